@@ -1,0 +1,161 @@
+// mnist_bilstm: a bidirectional LSTM over the 28 rows of each MNIST image, the model and
+// training setup of the Keras/TensorFlow reference run (see README.md, "Results").
+//
+//   mnist_bilstm --data data --epochs 30
+//
+// Defaults are the reference setup: Bidirectional(LSTM(128)) -> Dense(10, softmax), SGD
+// lr 0.5, momentum 0.9, Nesterov, batch 128, 30 epochs, sigmoid recurrent activation (the
+// reference's cuDNN run; `--recurrent-activation hard_sigmoid` is the Keras CPU run).
+
+#include <fastnn/data/mnist.hpp>
+#include <fastnn/fastnn.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+namespace {
+
+struct Options {
+  std::string data = "data";
+  int epochs = 30;
+  fastnn::Index batch_size = 128;
+  std::optional<double> lr;
+  double momentum = 0.9;
+  std::string optimizer = "sgd";
+  fastnn::Index train_limit = 0;
+  int threads = 0;
+  std::uint64_t seed = 42;
+  std::string device = "cpu";
+  int verbose = 1;
+  std::string history_csv;
+  std::string recurrent_activation = "sigmoid";
+  bool check_finite = true;
+};
+
+template <class D>
+std::unique_ptr<fastnn::Optimizer<float, D>> make_optimizer(const Options& o) {
+  if (o.optimizer == "sgd")
+    return std::make_unique<fastnn::SGD<float, D>>(o.lr.value_or(0.5), o.momentum, /*nesterov=*/true);
+  if (o.optimizer == "adam") return std::make_unique<fastnn::Adam<float, D>>(o.lr.value_or(0.001));
+  return std::make_unique<fastnn::RMSprop<float, D>>(o.lr.value_or(0.001));
+}
+
+template <class D>
+int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
+        const fastnn::Dataset<fastnn::Cpu>& test_host) {
+  using namespace fastnn;
+  Sequential<float, D> model;
+  model.template add<Bidirectional>(
+      LSTMOptions(128).recurrent_activation(activation_from_string(o.recurrent_activation)));
+  model.template add<Dense>(DenseOptions(10).activation(Activation::Softmax));
+  model.set_threads(o.threads);
+  model.build({28, 28}, o.seed);
+  model.compile(make_optimizer<D>(o));
+  model.summary(std::cout);
+
+  Dataset<D> train = train_host.template to<D>();
+  Dataset<D> test = test_host.template to<D>();
+  std::printf("Train on %lld samples, validate on %lld samples (device %s, %d thread%s, seed %llu)\n",
+              static_cast<long long>(train.size()), static_cast<long long>(test.size()), D::name(), o.threads,
+              o.threads == 1 ? "" : "s", static_cast<unsigned long long>(o.seed));
+  std::fflush(stdout);
+
+  FitOptions fit;
+  fit.epochs(o.epochs).batch_size(o.batch_size).verbose(o.verbose).check_finite(o.check_finite);
+  std::unique_ptr<CsvLogger> csv;
+  if (!o.history_csv.empty()) {
+    csv = std::make_unique<CsvLogger>(o.history_csv);
+    fit.callback(csv.get());
+  }
+  History h = model.fit(train, fit, &test);
+  if (!h.epochs.empty()) {
+    const auto& l = h.last();
+    std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,
+                l.val_accuracy);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"Train a bidirectional LSTM on MNIST rows (the Keras reference model) with fastnn"};
+  app.add_option("--data", o.data, "directory with the four MNIST IDX files (raw or .gz); scripts/fetch-mnist.sh DIR fetches them")
+      ->capture_default_str();
+  app.add_option("--epochs", o.epochs, "number of epochs")->check(CLI::Range(0, 100000))->capture_default_str();
+  app.add_option("--batch-size", o.batch_size, "samples per batch")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--lr", o.lr, "learning rate (default 0.5 for sgd, 0.001 for adam and rmsprop)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--momentum", o.momentum, "SGD momentum (Nesterov)")->check(CLI::Range(0.0, 0.999999))->capture_default_str();
+  app.add_option("--optimizer", o.optimizer, "sgd, adam or rmsprop")
+      ->check(CLI::IsMember({"sgd", "adam", "rmsprop"}))->capture_default_str();
+  app.add_option("--train-limit", o.train_limit, "use only the first N training samples (0 = all)")
+      ->check(CLI::Range(static_cast<fastnn::Index>(0), static_cast<fastnn::Index>(1) << 40))->capture_default_str();
+  app.add_option("--threads", o.threads, "CPU threads (0 = min(2, cores)); the two LSTM directions run in parallel")
+      ->check(CLI::Range(0, 256))->capture_default_str();
+  app.add_option("--seed", o.seed, "random seed (weights and shuffling)")->capture_default_str();
+  app.add_option("--device", o.device, "cpu, cuda, or auto (the GPU when one is present)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}))->capture_default_str();
+  app.add_option("--verbose", o.verbose, "0 silent, 1 progress bar, 2 one line per epoch")
+      ->check(CLI::Range(0, 2))->capture_default_str();
+  app.add_option("--history-csv", o.history_csv, "write epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,eval_seconds");
+  app.add_option("--recurrent-activation", o.recurrent_activation,
+                 "sigmoid (reference cuDNN run) or hard_sigmoid (Keras CPU run)")
+      ->check(CLI::IsMember({"sigmoid", "hard_sigmoid"}))->capture_default_str();
+  app.add_flag("!--no-check-finite", o.check_finite, "do not stop on a NaN/Inf loss or gradient");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::cerr << app.help() << "\n";
+    app.exit(e);
+    return e.get_exit_code() == 0 ? 2 : e.get_exit_code();
+  }
+  if (o.threads == 0) o.threads = std::max(1, std::min(2, static_cast<int>(std::thread::hardware_concurrency())));
+
+  try {
+    std::string device = o.device;
+    if (device == "cuda" || device == "auto") {
+#if defined(FASTNN_WITH_CUDA)
+      if (device == "cuda") {
+        fastnn::cuda::require_device();
+      } else if (fastnn::cuda::device_available()) {
+        device = "cuda";
+        std::printf("--device auto: using the GPU: %s\n", fastnn::cuda::device_description().c_str());
+      } else {
+        device = "cpu";
+        std::printf("--device auto: no CUDA device is available, using the CPU\n");
+      }
+#else
+      if (device == "cuda")
+        throw fastnn::UnsupportedError(
+            "--device cuda: this build has no CUDA backend (configure with -DFASTNN_CUDA=ON)");
+      device = "cpu";
+      std::printf("--device auto: this build has no CUDA backend, using the CPU\n");
+#endif
+    }
+    fastnn::data::Mnist mnist = fastnn::data::load_mnist(o.data);
+    auto train = fastnn::make_dataset(mnist.train.images, mnist.train.labels, {28, 28}, 10);
+    auto test = fastnn::make_dataset(mnist.test.images, mnist.test.labels, {28, 28}, 10);
+    if (o.train_limit > 0 && o.train_limit < train.size()) train = train.head(o.train_limit);
+#if defined(FASTNN_WITH_CUDA)
+    if (device == "cuda") return run<fastnn::Cuda>(o, train, test);
+#endif
+    return run<fastnn::Cpu>(o, train, test);
+  } catch (const fastnn::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "mnist_bilstm: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "mnist_bilstm: error: out of memory\n");
+    return 1;
+  }
+}

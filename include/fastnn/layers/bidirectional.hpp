@@ -1,0 +1,219 @@
+#pragma once
+/// \file bidirectional.hpp
+/// Bidirectional wrapper around any RecurrentLayer (Keras semantics). The backward copy is a
+/// clone of the wrapped layer with go_backwards toggled; with return_sequences its output is
+/// reversed back to input order before merging. Merge modes: concat (default), sum, mul, ave.
+/// On the CPU, with set_threads(n >= 2), the two directions run on two cores at once.
+
+#include <memory>
+#include <string>
+
+#include "fastnn/core/thread.hpp"
+#include "fastnn/layers/lstm.hpp"
+
+namespace fastnn {
+
+/// How the two directions' outputs are combined.
+enum class MergeMode { Concat, Sum, Mul, Ave };
+
+inline std::string to_string(MergeMode m) {
+  switch (m) {
+    case MergeMode::Concat: return "concat";
+    case MergeMode::Sum: return "sum";
+    case MergeMode::Mul: return "mul";
+    case MergeMode::Ave: return "ave";
+  }
+  return "?";
+}
+inline MergeMode merge_mode_from_string(const std::string& s) {
+  for (MergeMode m : {MergeMode::Concat, MergeMode::Sum, MergeMode::Mul, MergeMode::Ave})
+    if (to_string(m) == s) return m;
+  throw ArgumentError("unknown merge mode '" + s + "' (expected concat, sum, mul or ave)");
+}
+
+namespace detail {
+
+/// Merge and split of the two directions' outputs, per device. Outputs are viewed as
+/// [batch, steps, H] (steps = 1 without return_sequences); `yb` is in processing order, i.e.
+/// reversed in time when steps > 1.
+template <class T, class D>
+struct BidirMerge;
+
+template <class T>
+struct BidirMerge<T, Cpu> {
+  using Tn = Tensor<T, Cpu>;
+  static void merge(MergeMode m, Index B, Index S, Index H, const Tn& yf, const Tn& yb, Tn& y) {
+    for (Index b = 0; b < B; ++b)
+      for (Index t = 0; t < S; ++t) {
+        const T* f = yf.data() + (b * S + t) * H;
+        const T* r = yb.data() + (b * S + (S - 1 - t)) * H;
+        if (m == MergeMode::Concat) {
+          T* o = y.data() + (b * S + t) * 2 * H;
+          std::copy(f, f + H, o);
+          std::copy(r, r + H, o + H);
+          continue;
+        }
+        T* o = y.data() + (b * S + t) * H;
+        for (Index j = 0; j < H; ++j) {
+          switch (m) {
+            case MergeMode::Sum: o[j] = f[j] + r[j]; break;
+            case MergeMode::Mul: o[j] = f[j] * r[j]; break;
+            default: o[j] = T(0.5) * (f[j] + r[j]); break;
+          }
+        }
+      }
+  }
+  /// dyf, dyb from dy (dyb in the backward layer's processing order).
+  static void split(MergeMode m, Index B, Index S, Index H, const Tn& dy, const Tn& yf, const Tn& yb,
+                    Tn& dyf, Tn& dyb) {
+    for (Index b = 0; b < B; ++b)
+      for (Index t = 0; t < S; ++t) {
+        T* df = dyf.data() + (b * S + t) * H;
+        const Index tr = S - 1 - t;
+        T* dr = dyb.data() + (b * S + tr) * H;
+        if (m == MergeMode::Concat) {
+          const T* g = dy.data() + (b * S + t) * 2 * H;
+          std::copy(g, g + H, df);
+          std::copy(g + H, g + 2 * H, dr);
+          continue;
+        }
+        const T* g = dy.data() + (b * S + t) * H;
+        const T* f = yf.data() + (b * S + t) * H;
+        const T* r = yb.data() + (b * S + tr) * H;
+        for (Index j = 0; j < H; ++j) {
+          switch (m) {
+            case MergeMode::Sum: df[j] = g[j]; dr[j] = g[j]; break;
+            case MergeMode::Mul: df[j] = g[j] * r[j]; dr[j] = g[j] * f[j]; break;
+            default: df[j] = T(0.5) * g[j]; dr[j] = T(0.5) * g[j]; break;
+          }
+        }
+      }
+  }
+  static void add(const Tn& a, Tn& acc) { acc.array() += a.array(); }
+};
+
+}  // namespace detail
+
+template <class T, class D = Cpu>
+class Bidirectional : public Layer<T, D> {
+  using Base = Layer<T, D>;
+  using Tn = Tensor<T, D>;
+  using Merge = detail::BidirMerge<T, D>;
+
+ public:
+  /// Wraps `layer` (unbuilt). Throws ArgumentError if it already runs backwards.
+  explicit Bidirectional(std::unique_ptr<RecurrentLayer<T, D>> layer, MergeMode mode = MergeMode::Concat)
+      : mode_(mode), fwd_(std::move(layer)) {
+    if (!fwd_) throw ArgumentError("Bidirectional: no layer to wrap");
+    if (fwd_->go_backwards()) throw ArgumentError("Bidirectional: the wrapped layer must run forwards");
+    bwd_.reset(static_cast<RecurrentLayer<T, D>*>(fwd_->clone_unbuilt().release()));
+    bwd_->set_go_backwards(true);
+  }
+  /// Convenience: Bidirectional(LSTMOptions(128)).
+  explicit Bidirectional(const LSTMOptions& opt, MergeMode mode = MergeMode::Concat)
+      : Bidirectional(std::make_unique<LSTM<T, D>>(opt), mode) {}
+
+  std::string type_name() const override { return "Bidirectional"; }
+  LayerConfig config() const override {
+    LayerConfig c{{"merge_mode", to_string(mode_)}, {"layer", fwd_->type_name()}};
+    for (const auto& kv : fwd_->config()) c["layer." + kv.first] = kv.second;
+    return c;
+  }
+  std::unique_ptr<Base> clone_unbuilt() const override {
+    return std::make_unique<Bidirectional>(
+        std::unique_ptr<RecurrentLayer<T, D>>(static_cast<RecurrentLayer<T, D>*>(fwd_->clone_unbuilt().release())),
+        mode_);
+  }
+  MergeMode merge_mode() const { return mode_; }
+  RecurrentLayer<T, D>& forward_layer() { return *fwd_; }
+  RecurrentLayer<T, D>& backward_layer() { return *bwd_; }
+
+  void set_name(const std::string& n) override {
+    this->name_ = n;
+    std::string inner = fwd_->type_name();
+    for (auto& ch : inner) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    fwd_->set_name(n + ".forward_" + inner);
+    bwd_->set_name(n + ".backward_" + inner);
+  }
+  void set_threads(int n) override {
+    Base::set_threads(n);
+    if (this->threads_ >= 2 && !worker_) worker_ = std::make_unique<detail::Worker>();
+  }
+
+  Shape build(const Shape& in) override {
+    this->input_shape_ = in;
+    Shape of = fwd_->build(in);
+    bwd_->build(in);
+    Shape out = of;
+    if (mode_ == MergeMode::Concat) out[out.rank() - 1] *= 2;
+    this->output_shape_ = out;
+    return out;
+  }
+  std::vector<ParamSpec> param_specs() const override {
+    std::vector<ParamSpec> s;
+    for (auto* l : {fwd_.get(), bwd_.get()})
+      for (auto p : l->param_specs()) {
+        p.name = l->name().substr(this->name_.size() + 1) + "." + p.name;
+        s.push_back(p);
+      }
+    return s;
+  }
+  void bind_parameters(const Tn& values, const Tn& grads) override {
+    const Index nf = fwd_->param_count(), nb = bwd_->param_count();
+    if (values.size() != nf + nb || grads.size() != nf + nb)
+      throw ShapeError(this->name_ + ": bound buffers hold " + std::to_string(values.size()) +
+                       " values, the layer declares " + std::to_string(nf + nb));
+    fwd_->bind_parameters(values.view(0, Shape{nf}), grads.view(0, Shape{nf}));
+    bwd_->bind_parameters(values.view(nf, Shape{nb}), grads.view(nf, Shape{nb}));
+    this->params_ = fwd_->parameters();
+    for (auto& p : bwd_->parameters()) this->params_.push_back(p);
+  }
+  void initialize(Rng& rng) override {
+    fwd_->initialize(rng);
+    bwd_->initialize(rng);
+  }
+
+  void forward(const Tn& x, Tn& y, Mode mode) override {
+    both([&] { fwd_->forward(x, yf_, mode); }, [&] { bwd_->forward(x, yb_, mode); });
+    y.resize(this->output_shape_.prepend(x.dim(0)));
+    const Index H = yf_.shape()[yf_.rank() - 1];
+    const Index S = yf_.rank() == 3 ? yf_.dim(1) : 1;
+    Merge::merge(mode_, x.dim(0), S, H, yf_, yb_, y);
+  }
+
+  void backward(const Tn& x, const Tn&, const Tn& dy, Tn* dx) override {
+    const Index H = yf_.shape()[yf_.rank() - 1];
+    const Index S = yf_.rank() == 3 ? yf_.dim(1) : 1;
+    dyf_.resize(yf_.shape());
+    dyb_.resize(yb_.shape());
+    Merge::split(mode_, x.dim(0), S, H, dy, yf_, yb_, dyf_, dyb_);
+    Tn* dxb = dx ? &dxb_ : nullptr;
+    both([&] { fwd_->backward(x, yf_, dyf_, dx); }, [&] { bwd_->backward(x, yb_, dyb_, dxb); });
+    if (dx) Merge::add(dxb_, *dx);
+  }
+
+ private:
+  template <class F, class G>
+  void both(F&& f, G&& g) {
+    if (worker_ && this->threads_ >= 2) {
+      worker_->run(std::forward<G>(g));
+      try {
+        f();
+      } catch (...) {
+        worker_->wait();
+        throw;
+      }
+      worker_->wait();
+    } else {
+      f();
+      g();
+    }
+  }
+
+  MergeMode mode_;
+  std::unique_ptr<RecurrentLayer<T, D>> fwd_, bwd_;
+  std::unique_ptr<detail::Worker> worker_;
+  Tn yf_, yb_, dyf_, dyb_, dxb_;
+};
+
+}  // namespace fastnn

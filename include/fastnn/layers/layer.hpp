@@ -1,0 +1,93 @@
+#pragma once
+/// \file layer.hpp
+/// The Layer interface. Small and virtual on purpose (see README, "Design"): a virtual call
+/// costs nothing next to a GEMM, and errors stay readable.
+///
+/// Life cycle: construct with an options struct -> build(input shape) declares parameters and
+/// returns the output shape -> the owner binds contiguous storage (bind_parameters) ->
+/// initialize(rng) -> forward/backward any number of times.
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastnn/core/error.hpp"
+#include "fastnn/core/parameter.hpp"
+#include "fastnn/core/random.hpp"
+#include "fastnn/core/tensor.hpp"
+
+namespace fastnn {
+
+/// Training keeps what backward needs; inference does not.
+enum class Mode { Train, Infer };
+
+/// A layer's configuration as key/value text, used by summary(), checkpoints (architecture
+/// check) and device transfer (re-creating the layer on another device).
+using LayerConfig = std::map<std::string, std::string>;
+
+template <class T, class D = Cpu>
+class Layer {
+ public:
+  using Tensor_ = Tensor<T, D>;
+  virtual ~Layer() = default;
+
+  /// "Dense", "LSTM", "Bidirectional".
+  virtual std::string type_name() const = 0;
+  /// Options of this layer (not its weights).
+  virtual LayerConfig config() const = 0;
+  /// A fresh, unbuilt layer with the same options (used by wrappers and device transfer).
+  virtual std::unique_ptr<Layer> clone_unbuilt() const = 0;
+
+  /// Validates the per-sample input shape (no batch dimension), declares parameters and
+  /// returns the per-sample output shape. Throws ShapeError naming the layer on bad input.
+  virtual Shape build(const Shape& input_shape) = 0;
+  /// Parameter declarations, valid after build().
+  virtual std::vector<ParamSpec> param_specs() const = 0;
+  /// Receives views into the owner's flat buffers, laid out in param_specs() order.
+  virtual void bind_parameters(const Tensor_& values, const Tensor_& grads) {
+    params_.clear();
+    Index off = 0;
+    for (const auto& s : param_specs()) {
+      params_.push_back({qualified(s.name), values.view(off, s.shape), grads.view(off, s.shape)});
+      off += s.shape.numel();
+    }
+    if (off != values.size() || off != grads.size())
+      throw ShapeError(name_ + ": bound buffers hold " + std::to_string(values.size()) +
+                       " values, the layer declares " + std::to_string(off));
+  }
+  /// Draws initial values (the layer's own initialisers) from `rng`.
+  virtual void initialize(Rng& rng) = 0;
+
+  /// x: [batch, input_shape...] -> y: [batch, output_shape...] (y is resized as needed).
+  virtual void forward(const Tensor_& x, Tensor_& y, Mode mode) = 0;
+  /// Given dL/dy, ACCUMULATES parameter gradients (callers zero them per step) and, when dx is
+  /// not null, writes dL/dx. Requires the preceding forward() in Mode::Train on the same x.
+  virtual void backward(const Tensor_& x, const Tensor_& y, const Tensor_& dy, Tensor_* dx) = 0;
+
+  /// Number of worker threads the layer may use (Bidirectional runs its directions in parallel).
+  virtual void set_threads(int n) { threads_ = n < 1 ? 1 : n; }
+
+  const std::string& name() const noexcept { return name_; }
+  virtual void set_name(const std::string& n) { name_ = n; }
+  const Shape& input_shape() const noexcept { return input_shape_; }
+  const Shape& output_shape() const noexcept { return output_shape_; }
+  std::vector<Parameter<T, D>>& parameters() noexcept { return params_; }
+  const std::vector<Parameter<T, D>>& parameters() const noexcept { return params_; }
+  Index param_count() const { return numel(param_specs()); }
+
+ protected:
+  std::string qualified(const std::string& local) const { return name_ + "." + local; }
+  /// Throws ShapeError "<layer>: expected input <what>, got <shape>".
+  [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const {
+    throw ShapeError(name_ + " (" + type_name() + "): expected input " + expected + ", got " +
+                     got.str());
+  }
+
+  std::string name_;
+  Shape input_shape_, output_shape_;
+  std::vector<Parameter<T, D>> params_;
+  int threads_ = 1;
+};
+
+}  // namespace fastnn
