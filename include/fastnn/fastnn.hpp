@@ -26,6 +26,7 @@
 #include "fastnn/model/callbacks.hpp"
 #include "fastnn/model/sequential.hpp"
 #include "fastnn/data/dataset.hpp"
+#include "fastnn/testing/gradcheck.hpp"
 
 #if defined(FASTNN_WITH_CUDA)
 #include "fastnn/backend/cuda/cuda.hpp"
