@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages fastnn's build, tests, example and benchmarks need.
+# Only missing packages are installed; as root it runs apt-get, otherwise it prints the command.
+#   scripts/install-deps.sh            build + tests + example
+#   scripts/install-deps.sh --all      also the PyTorch peer, plotting and fuzzing tools
+set -euo pipefail
+pkgs=(build-essential cmake libeigen3-dev zlib1g-dev libgtest-dev libbenchmark-dev libcli11-dev
+      nlohmann-json3-dev python3-numpy python3-torch libopenblas0-pthread clang libclang-rt-dev)
+if [[ "${1:-}" == "--all" ]]; then
+  pkgs+=(gnuplot-nox time)
+fi
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then
+  echo "install-deps: not root; run: sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}"
