@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "fastnn/core/thread.hpp"
 #include "fastnn/layers/lstm.hpp"
@@ -92,6 +93,22 @@ struct BidirMerge<T, Cpu> {
   static void add(const Tn& a, Tn& acc) { acc.array() += a.array(); }
 };
 
+// ---- device hook (CUDA backend) -----------------------------------------------------------
+/// Lets a device backend run both directions in one call where it can (the CUDA backend, for an
+/// LSTM with merge concat: the two directions concurrently on two streams, or one cuDNN
+/// bidirectional RNN; either shares the two LSTMs' parameter views).
+/// forward() returns false to decline, and the generic path below runs; backward() returns true
+/// only when the preceding forward() was handled by the hook. Never used on the CPU.
+template <class T, class D>
+struct BidirFused {
+  bool forward(RecurrentLayer<T, D>&, RecurrentLayer<T, D>&, MergeMode, const Tensor<T, D>&, Tensor<T, D>&,
+               const Shape&, Mode) {
+    return false;
+  }
+  bool backward(const Tensor<T, D>&, const Tensor<T, D>&, Tensor<T, D>*) { return false; }
+};
+// ---- end of device hook ---------------------------------------------------------------------
+
 }  // namespace detail
 
 template <class T, class D = Cpu>
@@ -137,7 +154,8 @@ class Bidirectional : public Layer<T, D> {
   }
   void set_threads(int n) override {
     Base::set_threads(n);
-    if (this->threads_ >= 2 && !worker_) worker_ = std::make_unique<detail::Worker>();
+    // Only the CPU runs the directions on two threads: device work must stay on one thread's stream.
+    if (this->threads_ >= 2 && !worker_ && std::is_same<D, Cpu>::value) worker_ = std::make_unique<detail::Worker>();
   }
 
   Shape build(const Shape& in) override {
@@ -174,6 +192,9 @@ class Bidirectional : public Layer<T, D> {
   }
 
   void forward(const Tn& x, Tn& y, Mode mode) override {
+    if constexpr (!std::is_same<D, Cpu>::value) {  // device hook: both directions in one call
+      if (fused_.forward(*fwd_, *bwd_, mode_, x, y, this->output_shape_, mode)) return;
+    }
     both([&] { fwd_->forward(x, yf_, mode); }, [&] { bwd_->forward(x, yb_, mode); });
     y.resize(this->output_shape_.prepend(x.dim(0)));
     const Index H = yf_.shape()[yf_.rank() - 1];
@@ -182,6 +203,9 @@ class Bidirectional : public Layer<T, D> {
   }
 
   void backward(const Tn& x, const Tn&, const Tn& dy, Tn* dx) override {
+    if constexpr (!std::is_same<D, Cpu>::value) {  // device hook (see detail::BidirFused)
+      if (fused_.backward(x, dy, dx)) return;
+    }
     const Index H = yf_.shape()[yf_.rank() - 1];
     const Index S = yf_.rank() == 3 ? yf_.dim(1) : 1;
     dyf_.resize(yf_.shape());
@@ -213,6 +237,7 @@ class Bidirectional : public Layer<T, D> {
   MergeMode mode_;
   std::unique_ptr<RecurrentLayer<T, D>> fwd_, bwd_;
   std::unique_ptr<detail::Worker> worker_;
+  detail::BidirFused<T, D> fused_;  // device hook; empty and unused on the CPU
   Tn yf_, yb_, dyf_, dyb_, dxb_;
 };
 

@@ -1,0 +1,508 @@
+/// \file kernels.cu
+/// fastnn's own CUDA kernels (compiled by nvcc into the fastnn::cuda target's static library).
+/// The launchers are declared in kernels.cuh; the math mirrors backend/cpu/ops.hpp operation for
+/// operation so that CPU and GPU agree to rounding.
+
+#include "fastnn/backend/cuda/kernels.cuh"
+
+#include <cstdint>
+
+#include "fastnn/layers/activation.hpp"
+
+namespace fastnn {
+namespace cuda {
+namespace kernels {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kNoNonFinite = 0x7fffffff;
+
+inline unsigned blocks_for(idx_t n) {
+  idx_t b = (n + kThreads - 1) / kThreads;
+  if (b < 1) b = 1;
+  if (b > (idx_t{1} << 20)) b = idx_t{1} << 20;  // grid-stride loops cover the rest
+  return static_cast<unsigned>(b);
+}
+
+#define FASTNN_GRID_STRIDE(i, n)                                                      \
+  for (idx_t i = static_cast<idx_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += static_cast<idx_t>(blockDim.x) * gridDim.x)
+
+template <class T>
+__device__ inline T dev_exp(T x) {
+  return exp(x);
+}
+template <>
+__device__ inline float dev_exp<float>(float x) {
+  return expf(x);
+}
+template <class T>
+__device__ inline T dev_log(T x) {
+  return log(x);
+}
+template <>
+__device__ inline float dev_log<float>(float x) {
+  return logf(x);
+}
+template <class T>
+__device__ inline T dev_tanh(T x) {
+  return tanh(x);
+}
+template <>
+__device__ inline float dev_tanh<float>(float x) {
+  return tanhf(x);
+}
+template <class T>
+__device__ inline T dev_sqrt(T x) {
+  return sqrt(x);
+}
+template <>
+__device__ inline float dev_sqrt<float>(float x) {
+  return sqrtf(x);
+}
+
+template <class T>
+__global__ void fill_kernel(T* p, idx_t n, T v) {
+  FASTNN_GRID_STRIDE(i, n) p[i] = v;
+}
+
+template <class T>
+__global__ void add_row_vector_kernel(T* y, const T* b, idx_t rows, idx_t cols) {
+  FASTNN_GRID_STRIDE(i, rows * cols) y[i] += b[i % cols];
+}
+
+template <class T>
+__global__ void column_sums_add_kernel(const T* dy, T* db, idx_t rows, idx_t cols) {
+  FASTNN_GRID_STRIDE(j, cols) {
+    T acc = T(0);
+    for (idx_t i = 0; i < rows; ++i) acc += dy[i * cols + j];
+    db[j] += acc;
+  }
+}
+
+template <class T>
+__global__ void activate_kernel(int act, T* y, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    T v = y[i];
+    switch (static_cast<Activation>(act)) {
+      case Activation::Relu: v = v > T(0) ? v : T(0); break;
+      case Activation::Tanh: v = dev_tanh(v); break;
+      case Activation::Sigmoid: v = T(1) / (T(1) + dev_exp(-v)); break;
+      case Activation::HardSigmoid: {
+        v = T(0.2) * v + T(0.5);
+        v = v > T(0) ? v : T(0);
+        v = v < T(1) ? v : T(1);
+        break;
+      }
+      default: break;
+    }
+    y[i] = v;
+  }
+}
+
+template <class T>
+__global__ void softmax_rows_kernel(T* y, idx_t rows, idx_t cols) {
+  FASTNN_GRID_STRIDE(r, rows) {
+    T* row = y + r * cols;
+    T m = row[0];
+    for (idx_t j = 1; j < cols; ++j) m = row[j] > m ? row[j] : m;
+    T sum = T(0);
+    for (idx_t j = 0; j < cols; ++j) {
+      row[j] = dev_exp(row[j] - m);
+      sum += row[j];
+    }
+    for (idx_t j = 0; j < cols; ++j) row[j] /= sum;
+  }
+}
+
+template <class T>
+__global__ void activation_backward_kernel(int act, const T* y, T* d, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    const T v = y[i];
+    switch (static_cast<Activation>(act)) {
+      case Activation::Relu: d[i] = v > T(0) ? d[i] : T(0); break;
+      case Activation::Tanh: d[i] *= T(1) - v * v; break;
+      case Activation::Sigmoid: d[i] *= v * (T(1) - v); break;
+      case Activation::HardSigmoid: d[i] = (v > T(0) && v < T(1)) ? d[i] * T(0.2) : T(0); break;
+      default: break;
+    }
+  }
+}
+
+template <class T>
+__global__ void softmax_backward_rows_kernel(const T* y, T* d, idx_t rows, idx_t cols) {
+  FASTNN_GRID_STRIDE(r, rows) {
+    const T* yr = y + r * cols;
+    T* dr = d + r * cols;
+    T dot = T(0);
+    for (idx_t j = 0; j < cols; ++j) dot += yr[j] * dr[j];
+    for (idx_t j = 0; j < cols; ++j) dr[j] = yr[j] * (dr[j] - dot);
+  }
+}
+
+template <class T>
+__global__ void gather_scaled_kernel(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count,
+                                     idx_t inner, T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels) {
+  FASTNN_GRID_STRIDE(e, count * inner) {
+    const idx_t j = e / inner, k = e - j * inner;
+    const idx_t r = idx[begin + j];
+    x[e] = scale * static_cast<T>(src[r * inner + k]);
+    if (k == 0) labels[j] = lsrc[r];
+  }
+}
+
+/// One block; each thread takes rows tid, tid + blockDim, ...; the block then reduces in a
+/// fixed order, so the statistics are deterministic.
+template <class T>
+__global__ void softmax_xent_kernel(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale,
+                                    double* stats) {
+  __shared__ double s_loss[kThreads];
+  __shared__ double s_hit[kThreads];
+  double loss = 0, hit = 0;
+  for (idx_t i = threadIdx.x; i < rows; i += blockDim.x) {
+    const T* r = z + i * k;
+    idx_t arg = 0;
+    T m = r[0];
+    for (idx_t j = 1; j < k; ++j)
+      if (r[j] > m) {
+        m = r[j];
+        arg = j;
+      }
+    T sum = T(0);
+    for (idx_t j = 0; j < k; ++j) sum += dev_exp(r[j] - m);
+    const T lse = m + dev_log(sum);
+    const idx_t y = labels[i];
+    loss += static_cast<double>(lse - r[y]);
+    hit += (arg == y) ? 1.0 : 0.0;
+    if (dz) {
+      T* d = dz + i * k;
+      for (idx_t j = 0; j < k; ++j) d[j] = grad_scale * dev_exp(r[j] - lse);
+      d[y] -= grad_scale;
+    }
+  }
+  s_loss[threadIdx.x] = loss;
+  s_hit[threadIdx.x] = hit;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) {
+      s_loss[threadIdx.x] += s_loss[threadIdx.x + w];
+      s_hit[threadIdx.x] += s_hit[threadIdx.x + w];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    stats[0] += s_loss[0];
+    stats[1] += s_hit[0];
+  }
+}
+
+__device__ inline bool skip_update(const int* guard) { return guard && *guard != kNoNonFinite; }
+
+template <class T>
+__global__ void sgd_kernel(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bool nesterov, const int* guard) {
+  if (skip_update(guard)) return;
+  FASTNN_GRID_STRIDE(i, n) {
+    const T gi = g[i];
+    if (momentum == T(0)) {
+      p[i] -= lr * gi;
+      continue;
+    }
+    const T vi = momentum * v[i] - lr * gi;
+    v[i] = vi;
+    if (nesterov) p[i] += momentum * vi - lr * gi;
+    else p[i] += vi;
+  }
+}
+
+template <class T>
+__global__ void adam_kernel(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T eps, const int* guard) {
+  if (skip_update(guard)) return;
+  FASTNN_GRID_STRIDE(i, n) {
+    const T gi = g[i];
+    const T mi = b1 * m[i] + (T(1) - b1) * gi;
+    const T vi = b2 * v[i] + (T(1) - b2) * (gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] -= lr_t * mi / (dev_sqrt(vi) + eps);
+  }
+}
+
+template <class T>
+__global__ void rmsprop_kernel(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard) {
+  if (skip_update(guard)) return;
+  FASTNN_GRID_STRIDE(i, n) {
+    const T gi = g[i];
+    const T ai = rho * a[i] + (T(1) - rho) * (gi * gi);
+    a[i] = ai;
+    p[i] -= lr * gi / (dev_sqrt(ai) + eps);
+  }
+}
+
+template <class T>
+__global__ void flag_nonfinite_kernel(const T* p, idx_t n, int* flag) {
+  FASTNN_GRID_STRIDE(i, n) {
+    if (!isfinite(p[i])) *flag = 1;
+  }
+}
+
+template <class T>
+__global__ void check_step_finite_kernel(const double* stats, const T* g, idx_t n, int batch, int* guard) {
+  if (blockIdx.x == 0 && threadIdx.x == 0 && !isfinite(stats[0])) atomicMin(guard, 2 * batch);
+  FASTNN_GRID_STRIDE(i, n) {
+    if (!isfinite(g[i])) atomicMin(guard, 2 * batch + 1);
+  }
+}
+
+template <class T>
+__global__ void swap01_kernel(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bool rev1) {
+  FASTNN_GRID_STRIDE(e, d0 * d1 * inner) {
+    const idx_t k = e % inner;
+    const idx_t rest = e / inner;
+    const idx_t i = rest % d0;  // dst is [d1, d0, inner]
+    const idx_t j = rest / d0;
+    const idx_t si = rev0 ? d0 - 1 - i : i;
+    const idx_t sj = rev1 ? d1 - 1 - j : j;
+    dst[e] = src[(si * d1 + sj) * inner + k];
+  }
+}
+
+template <class T>
+__device__ inline T* lstm_param_at(const LstmParamPtrs<T>& p, std::int32_t m) {
+  const idx_t per_dir = p.f4h + p.h4h + p.g4;
+  const idx_t d = m / per_dir;
+  idx_t r = m - d * per_dir;
+  if (r < p.f4h) return p.w[d] + r;
+  r -= p.f4h;
+  if (r < p.h4h) return p.u[d] + r;
+  return p.b[d] + (r - p.h4h);
+}
+
+template <class T>
+__global__ void pack_lstm_weights_kernel(LstmParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n) {
+  FASTNN_GRID_STRIDE(j, n) {
+    const std::int32_t m = map[j];
+    ws[j] = m < 0 ? T(0) : *lstm_param_at(src, m);
+  }
+}
+
+template <class T>
+__global__ void unpack_add_lstm_grads_kernel(const T* dws, const std::int32_t* map, LstmParamPtrs<T> dst, idx_t n) {
+  FASTNN_GRID_STRIDE(j, n) {
+    const std::int32_t m = map[j];
+    if (m >= 0) *lstm_param_at(dst, m) += dws[j];
+  }
+}
+
+template <class T>
+__global__ void bidir_merge_kernel(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y) {
+  const idx_t width = mode == 0 ? 2 * H : H;
+  FASTNN_GRID_STRIDE(e, B * S * width) {
+    const idx_t j = e % width;
+    const idx_t bt = e / width;
+    const idx_t t = bt % S, b = bt / S;
+    const idx_t tr = S - 1 - t;
+    if (mode == 0) {
+      y[e] = j < H ? yf[(b * S + t) * H + j] : yb[(b * S + tr) * H + (j - H)];
+      continue;
+    }
+    const T f = yf[(b * S + t) * H + j];
+    const T r = yb[(b * S + tr) * H + j];
+    switch (mode) {
+      case 1: y[e] = f + r; break;
+      case 2: y[e] = f * r; break;
+      default: y[e] = T(0.5) * (f + r); break;
+    }
+  }
+}
+
+template <class T>
+__global__ void bidir_split_kernel(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf,
+                                   T* dyb) {
+  FASTNN_GRID_STRIDE(e, B * S * H) {
+    const idx_t j = e % H;
+    const idx_t bt = e / H;
+    const idx_t t = bt % S, b = bt / S;
+    const idx_t tr = S - 1 - t;
+    const idx_t fi = (b * S + t) * H + j;
+    const idx_t ri = (b * S + tr) * H + j;
+    if (mode == 0) {
+      const T* g = dy + (b * S + t) * 2 * H;
+      dyf[fi] = g[j];
+      dyb[ri] = g[H + j];
+      continue;
+    }
+    const T g = dy[(b * S + t) * H + j];
+    switch (mode) {
+      case 1: dyf[fi] = g; dyb[ri] = g; break;
+      case 2: dyf[fi] = g * yb[ri]; dyb[ri] = g * yf[fi]; break;
+      default: dyf[fi] = T(0.5) * g; dyb[ri] = T(0.5) * g; break;
+    }
+  }
+}
+
+template <class T>
+__global__ void add_inplace_kernel(const T* a, T* acc, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) acc[i] += a[i];
+}
+
+}  // namespace
+
+// ---- launchers ------------------------------------------------------------------------------
+
+template <class T>
+void fill(T* p, idx_t n, T v, cudaStream_t s) {
+  if (n <= 0) return;
+  fill_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, n, v);
+}
+
+template <class T>
+void add_row_vector(T* y, const T* b, idx_t rows, idx_t cols, cudaStream_t s) {
+  if (rows * cols <= 0) return;
+  add_row_vector_kernel<T><<<blocks_for(rows * cols), kThreads, 0, s>>>(y, b, rows, cols);
+}
+
+template <class T>
+void column_sums_add(const T* dy, T* db, idx_t rows, idx_t cols, cudaStream_t s) {
+  if (cols <= 0) return;
+  column_sums_add_kernel<T><<<blocks_for(cols), kThreads, 0, s>>>(dy, db, rows, cols);
+}
+
+template <class T>
+void activate(int act, T* y, idx_t rows, idx_t cols, cudaStream_t s) {
+  if (rows * cols <= 0 || act == static_cast<int>(Activation::Linear)) return;
+  if (act == static_cast<int>(Activation::Softmax)) {
+    softmax_rows_kernel<T><<<blocks_for(rows), kThreads, 0, s>>>(y, rows, cols);
+    return;
+  }
+  activate_kernel<T><<<blocks_for(rows * cols), kThreads, 0, s>>>(act, y, rows * cols);
+}
+
+template <class T>
+void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cudaStream_t s) {
+  if (rows * cols <= 0 || act == static_cast<int>(Activation::Linear)) return;
+  if (act == static_cast<int>(Activation::Softmax)) {
+    softmax_backward_rows_kernel<T><<<blocks_for(rows), kThreads, 0, s>>>(y, dy, rows, cols);
+    return;
+  }
+  activation_backward_kernel<T><<<blocks_for(rows * cols), kThreads, 0, s>>>(act, y, dy, rows * cols);
+}
+
+template <class T>
+void gather_scaled(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t inner, T scale,
+                   T* x, const std::int32_t* lsrc, std::int32_t* labels, cudaStream_t s) {
+  if (count * inner <= 0) return;
+  gather_scaled_kernel<T><<<blocks_for(count * inner), kThreads, 0, s>>>(src, idx, begin, count, inner, scale, x, lsrc,
+                                                                         labels);
+}
+
+template <class T>
+void softmax_xent(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale, double* stats,
+                  cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  softmax_xent_kernel<T><<<1, kThreads, 0, s>>>(z, labels, dz, rows, k, grad_scale, stats);
+}
+
+template <class T>
+void sgd_update(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bool nesterov, const int* guard, cudaStream_t s) {
+  if (n <= 0) return;
+  sgd_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, v, n, lr, momentum, nesterov, guard);
+}
+
+template <class T>
+void adam_update(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T eps, const int* guard, cudaStream_t s) {
+  if (n <= 0) return;
+  adam_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, m, v, n, lr_t, b1, b2, eps, guard);
+}
+
+template <class T>
+void rmsprop_update(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard, cudaStream_t s) {
+  if (n <= 0) return;
+  rmsprop_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, a, n, lr, rho, eps, guard);
+}
+
+template <class T>
+void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s) {
+  if (n <= 0) return;
+  flag_nonfinite_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, n, flag);
+}
+
+template <class T>
+void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, cudaStream_t s) {
+  check_step_finite_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(stats, grads, n, batch, guard);
+}
+
+template <class T>
+void swap01(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bool rev1, cudaStream_t s) {
+  const idx_t n = d0 * d1 * inner;
+  if (n <= 0) return;
+  swap01_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(src, dst, d0, d1, inner, rev0, rev1);
+}
+
+template <class T>
+void pack_lstm_weights(LstmParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  pack_lstm_weights_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(src, map, ws, n);
+}
+
+template <class T>
+void unpack_add_lstm_grads(const T* dws, const std::int32_t* map, LstmParamPtrs<T> dst, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  unpack_add_lstm_grads_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(dws, map, dst, n);
+}
+
+template <class T>
+void bidir_merge(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y, cudaStream_t s) {
+  const idx_t n = B * S * (mode == 0 ? 2 * H : H);
+  if (n <= 0) return;
+  bidir_merge_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(mode, B, S, H, yf, yb, y);
+}
+
+template <class T>
+void bidir_split(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf, T* dyb,
+                 cudaStream_t s) {
+  const idx_t n = B * S * H;
+  if (n <= 0) return;
+  bidir_split_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(mode, B, S, H, dy, yf, yb, dyf, dyb);
+}
+
+template <class T>
+void add_inplace(const T* a, T* acc, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  add_inplace_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(a, acc, n);
+}
+
+// ---- explicit instantiations ----------------------------------------------------------------
+
+template void fill<float>(float*, idx_t, float, cudaStream_t);
+template void fill<double>(double*, idx_t, double, cudaStream_t);
+template void fill<std::int32_t>(std::int32_t*, idx_t, std::int32_t, cudaStream_t);
+template void fill<std::uint8_t>(std::uint8_t*, idx_t, std::uint8_t, cudaStream_t);
+
+#define FASTNN_INSTANTIATE_MATH(T)                                                                             \
+  template void add_row_vector<T>(T*, const T*, idx_t, idx_t, cudaStream_t);                                   \
+  template void column_sums_add<T>(const T*, T*, idx_t, idx_t, cudaStream_t);                                  \
+  template void activate<T>(int, T*, idx_t, idx_t, cudaStream_t);                                              \
+  template void activation_backward<T>(int, const T*, T*, idx_t, idx_t, cudaStream_t);                         \
+  template void gather_scaled<T>(const std::uint8_t*, const std::int32_t*, idx_t, idx_t, idx_t, T, T*,         \
+                                 const std::int32_t*, std::int32_t*, cudaStream_t);                            \
+  template void softmax_xent<T>(const T*, const std::int32_t*, T*, idx_t, idx_t, T, double*, cudaStream_t);    \
+  template void sgd_update<T>(T*, const T*, T*, idx_t, T, T, bool, const int*, cudaStream_t);                  \
+  template void adam_update<T>(T*, const T*, T*, T*, idx_t, T, T, T, T, const int*, cudaStream_t);             \
+  template void rmsprop_update<T>(T*, const T*, T*, idx_t, T, T, T, const int*, cudaStream_t);                 \
+  template void flag_nonfinite<T>(const T*, idx_t, int*, cudaStream_t);                                        \
+  template void check_step_finite<T>(const double*, const T*, idx_t, int, int*, cudaStream_t);                 \
+  template void swap01<T>(const T*, T*, idx_t, idx_t, idx_t, bool, bool, cudaStream_t);                        \
+  template void pack_lstm_weights<T>(LstmParamPtrs<T>, const std::int32_t*, T*, idx_t, cudaStream_t);          \
+  template void unpack_add_lstm_grads<T>(const T*, const std::int32_t*, LstmParamPtrs<T>, idx_t, cudaStream_t); \
+  template void bidir_merge<T>(int, idx_t, idx_t, idx_t, const T*, const T*, T*, cudaStream_t);                \
+  template void bidir_split<T>(int, idx_t, idx_t, idx_t, const T*, const T*, const T*, T*, T*, cudaStream_t);  \
+  template void add_inplace<T>(const T*, T*, idx_t, cudaStream_t);
+
+FASTNN_INSTANTIATE_MATH(float)
+FASTNN_INSTANTIATE_MATH(double)
+
+#undef FASTNN_INSTANTIATE_MATH
+
+}  // namespace kernels
+}  // namespace cuda
+}  // namespace fastnn

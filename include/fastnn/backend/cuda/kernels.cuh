@@ -1,0 +1,113 @@
+#pragma once
+/// \file kernels.cuh
+/// Host-callable launchers of fastnn's own CUDA kernels (declarations only: plain C++ that the
+/// ordinary compiler reads). The kernels themselves are in kernels.cu, compiled by nvcc into
+/// the small static library of the fastnn::cuda CMake target, with explicit instantiations for
+/// float and double (fill also for int32 and uint8). Every launcher enqueues on `s` and returns
+/// at once; launch errors are reported by the caller's FASTNN_CUDA_CHECK_LAUNCH.
+///
+/// Matrices are row-major; `rows x cols` means a tensor viewed as [dim(0), rest].
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace fastnn {
+namespace cuda {
+namespace kernels {
+
+using idx_t = std::int64_t;
+
+/// p[i] = v for i < n.
+template <class T>
+void fill(T* p, idx_t n, T v, cudaStream_t s);
+
+/// y[i, j] += b[j].
+template <class T>
+void add_row_vector(T* y, const T* b, idx_t rows, idx_t cols, cudaStream_t s);
+
+/// db[j] += sum_i dy[i, j].
+template <class T>
+void column_sums_add(const T* dy, T* db, idx_t rows, idx_t cols, cudaStream_t s);
+
+/// y = a(y) in place; `act` is static_cast<int>(fastnn::Activation); Softmax is per row.
+template <class T>
+void activate(int act, T* y, idx_t rows, idx_t cols, cudaStream_t s);
+
+/// dy = dL/dz from y = a(z) and dy = dL/dy, in place.
+template <class T>
+void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cudaStream_t s);
+
+/// x[j, :] = scale * src[idx[begin + j], :], labels[j] = lsrc[idx[begin + j]] for j < count.
+template <class T>
+void gather_scaled(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t inner,
+                   T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels, cudaStream_t s);
+
+/// Softmax cross-entropy over rows of z [rows, k] with integer labels: stats[0] += sum of
+/// losses, stats[1] += number of rows whose arg-max is the label, and (dz not null)
+/// dz = grad_scale * (softmax(z) - onehot). Deterministic (one block, fixed reduction order).
+template <class T>
+void softmax_xent(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale, double* stats,
+                  cudaStream_t s);
+
+/// Optimizer updates over flat buffers (formulas in backend/cpu/ops.hpp). When `guard` is not
+/// null and *guard != 0x7fffffff the update is skipped (a NaN/Inf was found in this step).
+template <class T>
+void sgd_update(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bool nesterov, const int* guard, cudaStream_t s);
+template <class T>
+void adam_update(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T eps, const int* guard, cudaStream_t s);
+template <class T>
+void rmsprop_update(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard, cudaStream_t s);
+
+/// *flag = 1 if any of p[0..n) is NaN or infinite (flag is left alone otherwise).
+template <class T>
+void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s);
+
+/// Deferred finite check of one training step: *guard = min(*guard, 2 * batch) when stats[0]
+/// (the running loss) is not finite, min(*guard, 2 * batch + 1) when a gradient is not.
+template <class T>
+void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, cudaStream_t s);
+
+/// dst[j, i, :] = src[rev0 ? d0-1-i : i, rev1 ? d1-1-j : j, :] with src [d0, d1, inner] and
+/// dst [d1, d0, inner]: batch-major <-> time-major, optionally reversing time.
+template <class T>
+void swap01(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bool rev1, cudaStream_t s);
+
+/// Where the LSTM parameters of up to two directions are: kernel [F, 4H], recurrent kernel
+/// [H, 4H] and bias [4H] of direction d at w[d], u[d], b[d].
+template <class T>
+struct LstmParamPtrs {
+  T* w[2];
+  T* u[2];
+  T* b[2];
+  idx_t f4h;  ///< F * 4H
+  idx_t h4h;  ///< H * 4H
+  idx_t g4;   ///< 4H
+};
+
+/// ws[j] = source element map[j] of the parameters (0 where map[j] < 0). Source index m counts
+/// through direction 0's kernel, recurrent kernel and bias, then direction 1's.
+template <class T>
+void pack_lstm_weights(LstmParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n, cudaStream_t s);
+
+/// grad(map[j]) += dws[j] for map[j] >= 0 (the map is one-to-one, so no atomics).
+template <class T>
+void unpack_add_lstm_grads(const T* dws, const std::int32_t* map, LstmParamPtrs<T> dst, idx_t n, cudaStream_t s);
+
+/// Bidirectional merge (mode: 0 concat, 1 sum, 2 mul, 3 ave) of yf [B, S, H] and yb [B, S, H]
+/// (yb in processing order, i.e. reversed in time) into y [B, S, H or 2H].
+template <class T>
+void bidir_merge(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y, cudaStream_t s);
+
+/// The inverse of bidir_merge for gradients: dyf, dyb (dyb in processing order) from dy.
+template <class T>
+void bidir_split(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf, T* dyb,
+                 cudaStream_t s);
+
+/// acc[i] += a[i].
+template <class T>
+void add_inplace(const T* a, T* acc, idx_t n, cudaStream_t s);
+
+}  // namespace kernels
+}  // namespace cuda
+}  // namespace fastnn

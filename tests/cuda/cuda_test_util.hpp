@@ -1,0 +1,139 @@
+#pragma once
+// Helpers shared by the CUDA parity tests.
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <string>
+
+#include "fastnn/fastnn.hpp"
+
+/// Skips the current test, with the reason, when no CUDA device is usable.
+#define FASTNN_REQUIRE_CUDA()                                                                \
+  do {                                                                                       \
+    if (!fastnn::cuda::device_available())                                                   \
+      GTEST_SKIP() << "no CUDA device: " << fastnn::cuda::device_unavailable_reason();       \
+  } while (0)
+
+namespace fastnn_test {
+
+using fastnn::Cpu;
+using fastnn::Cuda;
+using fastnn::Index;
+using fastnn::Shape;
+using fastnn::Tensor;
+
+/// Relative tolerance of the float parity tests (TF32 disabled).
+constexpr double kRtolFloat = 1e-4;
+
+template <class T>
+Tensor<T, Cpu> random_tensor(const Shape& s, fastnn::Rng& rng, double lo = -1.0, double hi = 1.0) {
+  Tensor<T, Cpu> t(s);
+  for (Index i = 0; i < t.size(); ++i) t[i] = static_cast<T>(rng.uniform(lo, hi));
+  return t;
+}
+
+/// Normwise relative comparison: max_i |got_i - ref_i| <= rtol * max_i |ref_i| (and both finite).
+template <class T, class D>
+::testing::AssertionResult close(const Tensor<T, Cpu>& ref, const Tensor<T, D>& got_any, double rtol) {
+  Tensor<T, Cpu> got;
+  if constexpr (std::is_same<D, Cpu>::value) got = got_any;
+  else got = fastnn::to_device<Cpu>(got_any);
+  if (ref.size() != got.size())
+    return ::testing::AssertionFailure() << "sizes differ: " << ref.shape().str() << " vs " << got.shape().str();
+  double scale = 0, err = 0;
+  Index worst = 0;
+  for (Index i = 0; i < ref.size(); ++i) {
+    const double r = static_cast<double>(ref[i]), g = static_cast<double>(got[i]);
+    if (!std::isfinite(r) || !std::isfinite(g))
+      return ::testing::AssertionFailure() << "non-finite value at " << i << ": ref " << r << ", got " << g;
+    scale = std::max(scale, std::abs(r));
+    if (std::abs(r - g) > err) {
+      err = std::abs(r - g);
+      worst = i;
+    }
+  }
+  const double limit = rtol * std::max(scale, 1e-30);
+  if (err <= limit || (scale == 0 && err == 0)) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max |diff| " << err << " at element " << worst << " (ref "
+                                       << static_cast<double>(ref[worst]) << ", got " << static_cast<double>(got[worst])
+                                       << ") exceeds " << rtol << " * max|ref| = " << limit;
+}
+
+template <class T>
+::testing::AssertionResult bit_equal(const Tensor<T, Cpu>& a, const Tensor<T, Cpu>& b) {
+  if (a.size() != b.size()) return ::testing::AssertionFailure() << "sizes differ";
+  if (a.size() && std::memcmp(a.data(), b.data(), sizeof(T) * static_cast<std::size_t>(a.size())) != 0) {
+    for (Index i = 0; i < a.size(); ++i)
+      if (std::memcmp(a.data() + i, b.data() + i, sizeof(T)) != 0)
+        return ::testing::AssertionFailure() << "first difference at element " << i;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+/// The same layer on the CPU and on the GPU, with identical parameters (random, not the
+/// initialisers' zeros, so that biases are exercised) and identical non-zero gradient buffers
+/// (so that backward's accumulation is checked as well).
+template <class T>
+struct LayerPair {
+  std::unique_ptr<fastnn::Layer<T, Cpu>> cpu;
+  std::unique_ptr<fastnn::Layer<T, Cuda>> gpu;
+  Tensor<T, Cpu> pc, gc;
+  Tensor<T, Cuda> pg, gg;
+};
+
+template <class T, class Make>
+LayerPair<T> make_layer_pair(Make&& make, const Shape& in, std::uint64_t seed) {
+  LayerPair<T> p;
+  p.cpu = make(Cpu{});
+  p.gpu = make(Cuda{});
+  p.cpu->set_name("layer");
+  p.gpu->set_name("layer");
+  p.cpu->build(in);
+  p.gpu->build(in);
+  const Index n = p.cpu->param_count();
+  fastnn::Rng rng(seed);
+  p.pc = random_tensor<T>(Shape{n}, rng, -0.5, 0.5);
+  p.gc = random_tensor<T>(Shape{n}, rng, -0.1, 0.1);
+  p.cpu->bind_parameters(p.pc, p.gc);
+  p.pg = fastnn::to_device<Cuda>(p.pc);
+  p.gg = fastnn::to_device<Cuda>(p.gc);
+  p.gpu->bind_parameters(p.pg, p.gg);
+  return p;
+}
+
+/// Runs forward and backward on both devices and checks output, input gradient and parameter
+/// gradients (each parameter separately, by name).
+template <class T>
+void check_layer_parity(LayerPair<T>& p, const Shape& batch_in, std::uint64_t seed, double rtol,
+                        fastnn::Mode mode = fastnn::Mode::Train) {
+  fastnn::Rng rng(seed);
+  Tensor<T, Cpu> x = random_tensor<T>(batch_in, rng);
+  Tensor<T, Cuda> xg = fastnn::to_device<Cuda>(x);
+  Tensor<T, Cpu> y;
+  Tensor<T, Cuda> yg;
+  p.cpu->forward(x, y, mode);
+  p.gpu->forward(xg, yg, mode);
+  ASSERT_EQ(y.shape().str(), yg.shape().str());
+  EXPECT_TRUE(close(y, yg, rtol)) << "forward output";
+  if (mode != fastnn::Mode::Train) return;
+  Tensor<T, Cpu> dy = random_tensor<T>(y.shape(), rng);
+  Tensor<T, Cuda> dyg = fastnn::to_device<Cuda>(dy);
+  Tensor<T, Cpu> dx;
+  Tensor<T, Cuda> dxg;
+  p.cpu->backward(x, y, dy, &dx);
+  p.gpu->backward(xg, yg, dyg, &dxg);
+  ASSERT_EQ(dx.shape().str(), dxg.shape().str());
+  EXPECT_TRUE(close(dx, dxg, rtol)) << "input gradient";
+  const auto& pc = p.cpu->parameters();
+  const auto& pgpu = p.gpu->parameters();
+  ASSERT_EQ(pc.size(), pgpu.size());
+  for (std::size_t i = 0; i < pc.size(); ++i) {
+    EXPECT_EQ(pc[i].name, pgpu[i].name);
+    EXPECT_TRUE(close(pc[i].grad, pgpu[i].grad, rtol)) << "gradient of " << pc[i].name;
+  }
+}
+
+}  // namespace fastnn_test

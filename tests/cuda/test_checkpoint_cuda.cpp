@@ -1,0 +1,132 @@
+// Weights files and checkpoints of GPU models (issue 5): files written from a Sequential<float,
+// Cuda> load into a CPU model bit for bit and the other way round, load_model re-creates a GPU
+// model, and a GPU run resumed from a checkpoint (on the GPU or on the CPU) continues it.
+// Skipped without a CUDA device.
+
+#include <stdlib.h>
+
+#include <filesystem>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda_test_util.hpp"
+#include "fastnn/io/checkpoint.hpp"
+
+namespace {
+
+using namespace fastnn;
+using namespace fastnn_test;
+
+struct TempDir {
+  TempDir() {
+    std::string t = (std::filesystem::temp_directory_path() / "fastnn_ckcuda_XXXXXX").string();
+    path = mkdtemp(&t[0]);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::string file(const std::string& n) const { return path + "/" + n; }
+  std::string path;
+};
+
+template <class D>
+void build(Sequential<float, D>& m, std::uint64_t seed) {
+  m.template add<Bidirectional>(LSTMOptions(16));
+  m.template add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.build({6, 5}, seed);
+}
+
+template <class D>
+std::vector<float> flat(Sequential<float, D>& m) {
+  Tensor<float, Cpu> h = to_device<Cpu>(m.flat_parameters());
+  return std::vector<float>(h.data(), h.data() + h.size());
+}
+
+Dataset<Cpu> toy_data(std::size_t n, std::uint32_t seed) {
+  std::mt19937 g(seed);
+  std::vector<std::uint8_t> px(n * 30), labels(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
+    const std::size_t cls = g() % 3;
+    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
+    labels[i] = static_cast<std::uint8_t>(cls);
+  }
+  return make_dataset(px, labels, {6, 5}, 3);
+}
+
+TEST(CudaCheckpoint, WeightsMoveBetweenDevicesBitForBit) {
+  FASTNN_REQUIRE_CUDA();
+  TempDir dir;
+  Sequential<float, Cpu> cpu;
+  build(cpu, 1);
+  Sequential<float, Cuda> gpu;
+  build(gpu, 2);
+  ASSERT_NE(flat(cpu), flat(gpu));
+  cpu.save_weights(dir.file("cpu.safetensors"));
+  gpu.load_weights(dir.file("cpu.safetensors"));
+  EXPECT_EQ(flat(gpu), flat(cpu));
+
+  Sequential<float, Cuda> gpu2;
+  build(gpu2, 3);
+  gpu2.save_weights(dir.file("gpu.safetensors"));
+  Sequential<float, Cpu> cpu2;
+  build(cpu2, 4);
+  cpu2.load_weights(dir.file("gpu.safetensors"));
+  EXPECT_EQ(flat(cpu2), flat(gpu2));
+  Sequential<float, Cuda> gpu3 = io::load_model<float, Cuda>(dir.file("gpu.safetensors"));
+  EXPECT_EQ(flat(gpu3), flat(gpu2));
+  // The files do not depend on the device that wrote them.
+  cpu2.save_weights(dir.file("cpu2.safetensors"));
+  io::SafetensorsReader a(dir.file("gpu.safetensors")), b(dir.file("cpu2.safetensors"));
+  EXPECT_EQ(a.metadata(), b.metadata());
+}
+
+TEST(CudaCheckpoint, ResumedGpuRunContinuesTheUninterruptedOne) {
+  FASTNN_REQUIRE_CUDA();
+  TempDir dir;
+  const Dataset<Cpu> train_h = toy_data(256, 5), val_h = toy_data(64, 6);
+  const Dataset<Cuda> train = train_h.to<Cuda>(), val = val_h.to<Cuda>();
+  auto opt = [] { return std::make_unique<SGD<float, Cuda>>(0.2, 0.9, true); };
+
+  Sequential<float, Cuda> a;
+  build(a, 7);
+  a.compile(opt());
+  const History full = a.fit(train, FitOptions().epochs(2).batch_size(32).verbose(0), &val);
+
+  Sequential<float, Cuda> b;
+  build(b, 7);
+  b.compile(opt());
+  io::CheckpointSaver<float, Cuda> saver(b, dir.file("ck.safetensors"));
+  b.fit(train, FitOptions().epochs(1).batch_size(32).verbose(0).callback(&saver), &val);
+
+  // Loading restores the state exactly.
+  Sequential<float, Cuda> c;
+  build(c, 99);
+  c.compile(opt());
+  c.load_checkpoint(dir.file("ck.safetensors"));
+  EXPECT_EQ(flat(c), flat(b));
+  Tensor<float, Cpu> sb = to_device<Cpu>(b.optimizer()->state()[0].second), sc = to_device<Cpu>(c.optimizer()->state()[0].second);
+  EXPECT_EQ(std::vector<float>(sb.data(), sb.data() + sb.size()), std::vector<float>(sc.data(), sc.data() + sc.size()));
+  EXPECT_EQ(c.optimizer()->iterations(), b.optimizer()->iterations());
+  EXPECT_EQ(c.epochs_done(), 1);
+
+  const History resumed = c.fit(train, FitOptions().initial_epoch(1).epochs(2).batch_size(32).verbose(0), &val);
+  ASSERT_EQ(resumed.epochs.size(), 1u);
+  const EpochLogs &x = full.epochs[1], &y = resumed.epochs[0];
+  EXPECT_NEAR(y.loss, x.loss, 1e-4 * std::abs(x.loss));
+  EXPECT_NEAR(y.val_loss, x.val_loss, 1e-4 * std::abs(x.val_loss));
+  std::printf("[ gpu resume ] epoch 2 loss %.9g (uninterrupted %.9g), val_loss %.9g (%.9g): %s\n", y.loss, x.loss,
+              y.val_loss, x.val_loss, y.loss == x.loss && y.val_loss == x.val_loss ? "identical" : "close");
+
+  // The GPU checkpoint resumes on the CPU too.
+  Sequential<float, Cpu> h;
+  build(h, 5);
+  h.load_checkpoint(dir.file("ck.safetensors"));  // creates the recorded SGD
+  EXPECT_EQ(flat(h), flat(b));
+  const History on_cpu = h.fit(train_h, FitOptions().initial_epoch(1).epochs(2).batch_size(32).verbose(0), &val_h);
+  EXPECT_NEAR(on_cpu.epochs[0].loss, x.loss, 1e-3 * std::abs(x.loss));
+}
+
+}  // namespace
