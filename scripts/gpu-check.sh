@@ -3,13 +3,14 @@
 #
 # One command for a machine with an NVIDIA GPU (issue #4): configures fastnn with
 # -DFASTNN_CUDA=ON (Release), builds the CUDA tests, the example and the GPU benchmark, runs the
-# CUDA tests, trains 3 epochs of `mnist_bilstm --device cuda`, runs the GPU benchmark and, when
+# CUDA tests, trains 3 epochs of `mnist_bilstm --device cuda` (and 2 more with FASTNN_CUDA_GRAPH=0, the
+# eager baseline without CUDA graphs), runs the GPU benchmark and, when
 # python3 has PyTorch with CUDA, the PyTorch cuDNN peer (bench/gpu/torch_peer.py), then writes
 # OUT_DIR/gpu-results.md (device, driver, CUDA/cuDNN versions, test summary, epoch times,
 # validation accuracies, PyTorch's epoch times and the ratio). Needs no internet.
 #
 # Files written to OUT_DIR: gpu-results.md, gpu-check.log (every step's output),
-# fastnn-history.csv, torch-history.csv, bench_gpu.json.
+# fastnn-history.csv, fastnn-eager-history.csv, torch-history.csv, bench_gpu.json.
 #
 # Environment:
 #   BUILD_DIR  build tree (default: <repo>/build-gpu)
@@ -27,6 +28,7 @@
 #                cp -r /usr/src/googletest .deps/src/; zlib.h, zconf.h, libz.a to .deps/zlib/{include,lib}
 #   JOBS       parallel build jobs (default: nproc)
 #   EPOCHS     epochs of the training run and of the PyTorch peer (default 3)
+#   EAGER_EPOCHS  epochs of the run without CUDA graphs (default 2; 0 skips it)
 #   FULL_BUILD=1  build every target (default: only what this script runs)
 #   TEST_TIMEOUT, TRAIN_TIMEOUT, BENCH_TIMEOUT, TORCH_TIMEOUT  seconds per step
 #                 (defaults 300, 240, 200, 200)
@@ -132,7 +134,8 @@ if [ $CONFIGURE_RC -eq 0 ]; then
     run 900 cmake --build "$BUILD" -j "$JOBS"
     BUILD_RC=$?
   else
-    TARGETS=(test_tensor_cuda test_layers_cuda test_train_cuda mnist_bilstm bench_gpu probe_rnn_algos)
+    TARGETS=(mnist_bilstm bench_gpu probe_rnn_algos)
+    for t in "$ROOT"/tests/cuda/test_*_cuda.cpp; do TARGETS+=("$(basename "$t" .cpp)"); done
     run 900 cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
     BUILD_RC=$?
   fi
@@ -166,6 +169,16 @@ if [ -x "$BUILD/examples/mnist_bilstm" ]; then
   TRAIN_RC=${PIPESTATUS[0]}
 else
   log "examples/mnist_bilstm was not built"
+fi
+
+# The same run without CUDA graphs (FASTNN_CUDA_GRAPH=0): the eager baseline on this GPU.
+EAGER_RC=1
+if [ -x "$BUILD/examples/mnist_bilstm" ] && [ "${EAGER_EPOCHS:-2}" -gt 0 ]; then
+  log "mnist_bilstm --device cuda --epochs ${EAGER_EPOCHS:-2} with FASTNN_CUDA_GRAPH=0"
+  run "${TRAIN_TIMEOUT:-240}" env FASTNN_CUDA_GRAPH=0 "$BUILD/examples/mnist_bilstm" --device cuda \
+    --epochs "${EAGER_EPOCHS:-2}" --data "$MNIST" --history-csv "$OUT/fastnn-eager-history.csv" --verbose 2 |
+    tee "$WORK/train-eager.txt" >/dev/null
+  EAGER_RC=${PIPESTATUS[0]}
 fi
 
 # ---- 6. GPU benchmark --------------------------------------------------------------------------
@@ -220,6 +233,7 @@ ctest = read(os.path.join(work, "ctest.txt"))
 train = read(os.path.join(work, "train.txt"))
 torch_log = read(os.path.join(work, "torch.txt"))
 fh = history(os.path.join(out, "fastnn-history.csv"))
+eh = history(os.path.join(out, "fastnn-eager-history.csv"))
 th = history(os.path.join(out, "torch-history.csv"))
 L = []
 L.append("# fastnn on the GPU: gpu-check results\n")
@@ -277,6 +291,18 @@ if fh:
 else:
     L.append("no history (the run failed; see gpu-check.log)")
 L.append("")
+if eh:
+    L.append("### The same without CUDA graphs (FASTNN_CUDA_GRAPH=0), same GPU, same run\n")
+    L.append("| epoch | train s | eval s | loss | accuracy | val_loss | val_accuracy |\n| --- | --- | --- | --- | --- | --- | --- |")
+    for r in eh:
+        L.append(f"| {int(r['epoch'])} | {r['train_seconds']:.3f} | {r['eval_seconds']:.3f} | {r['loss']:.4f} | "
+                 f"{r['accuracy']:.4f} | {r['val_loss']:.4f} | {r['val_accuracy']:.4f} |")
+    if fh and len(eh) > 1 and len(fh) > 1:
+        n = min(len(eh), len(fh))
+        ea = sum(r["train_seconds"] for r in eh[1:n]) / (n - 1)
+        ga = sum(r["train_seconds"] for r in fh[1:n]) / (n - 1)
+        L.append(f"\nEpochs 2..{n}: eager {ea:.3f} s, with CUDA graphs {ga:.3f} s per epoch ({ea / ga:.2f}x).")
+    L.append("")
 L.append("## PyTorch cuDNN peer (bench/gpu/torch_peer.py)\n")
 cfg = re.search(r"^CONFIG (.*)$", torch_log, re.M)
 if cfg:

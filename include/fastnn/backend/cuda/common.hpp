@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -146,6 +147,14 @@ inline std::atomic<bool>& tf32_flag() {
   return f;
 }
 
+/// Counts every cudaMalloc and cudaFree of Allocator<Cuda> (all threads). A captured CUDA graph
+/// bakes in device addresses: it is replayed only while this count is unchanged since its
+/// capture, i.e. while no tensor can have moved (see graph.hpp).
+inline std::atomic<unsigned long long>& alloc_generation() {
+  static std::atomic<unsigned long long> g{0};
+  return g;
+}
+
 }  // namespace detail
 
 /// Whether a usable CUDA device is present (probed once per process; never throws).
@@ -255,6 +264,10 @@ class Context {
     FASTNN_CUBLAS_CHECK(cublasSetMathMode(cublas_, CUBLAS_DEFAULT_MATH));
     FASTNN_CUDNN_CHECK(cudnnCreate(&cudnn_));
     FASTNN_CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
+    // cuBLAS's workspace, set once, so that no GEMM allocates (e.g. while a CUDA graph is being
+    // captured); 32 MiB is cuBLAS's own default size on Hopper.
+    FASTNN_CUDA_CHECK(cudaMalloc(&cublas_ws_, kCublasWorkspaceBytes));
+    FASTNN_CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_ws_, kCublasWorkspaceBytes));
     FASTNN_CUDA_CHECK(cudaMalloc(&guard_, sizeof(int)));
     const int ok = kNoNonFinite;
     FASTNN_CUDA_CHECK(cudaMemcpyAsync(guard_, &ok, sizeof ok, cudaMemcpyHostToDevice, stream_));
@@ -271,6 +284,7 @@ class Context {
     if (aux_stream_) (void)cudaStreamDestroy(aux_stream_);
     if (cudnn_) (void)cudnnDestroy(cudnn_);
     if (cublas_) (void)cublasDestroy(cublas_);
+    if (cublas_ws_) (void)cudaFree(cublas_ws_);
     if (stream_) (void)cudaStreamDestroy(stream_);
   }
 
@@ -320,6 +334,14 @@ class Context {
   int* guard() const noexcept { return guard_; }
   static constexpr int kNoNonFinite = 0x7fffffff;
 
+  /// While a training step is being captured into a CUDA graph (graph.hpp): the device word
+  /// holding the step's index within the epoch, from which the captured kernels read the
+  /// per-step values (batch offset, batch number); null otherwise.
+  const std::int64_t* capture_step() const noexcept { return capture_step_; }
+  void set_capture_step(const std::int64_t* p) noexcept { capture_step_ = p; }
+  /// Whether such a capture is under way (cuDNN's algorithm fallback is then not attempted).
+  bool capturing() const noexcept { return capture_step_ != nullptr; }
+
  private:
   cudaStream_t stream_ = nullptr;
   cublasHandle_t cublas_ = nullptr;
@@ -328,6 +350,9 @@ class Context {
   DropoutDesc dropout_;
   void* dropout_states_ = nullptr;
   int* guard_ = nullptr;
+  void* cublas_ws_ = nullptr;
+  static constexpr std::size_t kCublasWorkspaceBytes = std::size_t{32} << 20;
+  const std::int64_t* capture_step_ = nullptr;
   cudaStream_t aux_stream_ = nullptr;
   cudnnHandle_t aux_cudnn_ = nullptr;
 
@@ -378,6 +403,7 @@ struct Allocator<Cuda> {
     cuda::require_device();
     if (bytes == 0) bytes = 256;
     void* p = nullptr;
+    cuda::detail::alloc_generation().fetch_add(1);
     cudaError_t e = cudaMalloc(&p, bytes);
     if (e != cudaSuccess) {
       (void)cudaGetLastError();
@@ -389,7 +415,9 @@ struct Allocator<Cuda> {
   /// cudaFree waits for the device, so memory still used by queued work is freed safely.
   /// Errors (e.g. at process exit, after the runtime has shut down) are ignored.
   static void deallocate(void* p) noexcept {
-    if (p) (void)cudaFree(p);
+    if (!p) return;
+    cuda::detail::alloc_generation().fetch_add(1);
+    (void)cudaFree(p);
   }
 };
 

@@ -1,7 +1,8 @@
 #pragma once
 /// \file cuda.hpp
 /// The CUDA backend: Tensor<T, Cuda> memory and transfers, Ops<T, Cuda> (cuBLAS and fastnn's
-/// kernels), LSTM and Bidirectional(LSTM) on cuDNN. Included by fastnn/fastnn.hpp when the
+/// kernels), LSTM and Bidirectional(LSTM) on cuDNN, the training step of Sequential::fit as one
+/// CUDA graph (graph.hpp; FASTNN_CUDA_GRAPH=0 turns it off). Included by fastnn/fastnn.hpp when the
 /// fastnn::cuda CMake target defines FASTNN_WITH_CUDA; it needs the CUDA runtime, cuBLAS and cuDNN
 /// headers, and the kernels library that target builds from kernels.cu.
 ///
@@ -15,3 +16,4 @@
 #include "fastnn/backend/cuda/kernels.cuh"
 #include "fastnn/backend/cuda/ops.hpp"
 #include "fastnn/backend/cuda/lstm_cudnn.hpp"
+#include "fastnn/backend/cuda/graph.hpp"

@@ -142,7 +142,9 @@ __global__ void softmax_backward_rows_kernel(const T* y, T* d, idx_t rows, idx_t
 
 template <class T>
 __global__ void gather_scaled_kernel(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count,
-                                     idx_t inner, T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels) {
+                                     idx_t inner, T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels,
+                                     const idx_t* step) {
+  if (step) begin = *step * count;  // a CUDA graph's replay: the batch offset lives on the device
   FASTNN_GRID_STRIDE(e, count * inner) {
     const idx_t j = e / inner, k = e - j * inner;
     const idx_t r = idx[begin + j];
@@ -246,12 +248,16 @@ __global__ void flag_nonfinite_kernel(const T* p, idx_t n, int* flag) {
 }
 
 template <class T>
-__global__ void check_step_finite_kernel(const double* stats, const T* g, idx_t n, int batch, int* guard) {
+__global__ void check_step_finite_kernel(const double* stats, const T* g, idx_t n, int batch, int* guard,
+                                         const idx_t* step) {
+  if (step) batch = static_cast<int>(*step + 1);
   if (blockIdx.x == 0 && threadIdx.x == 0 && !isfinite(stats[0])) atomicMin(guard, 2 * batch);
   FASTNN_GRID_STRIDE(i, n) {
     if (!isfinite(g[i])) atomicMin(guard, 2 * batch + 1);
   }
 }
+
+__global__ void increment_kernel(idx_t* p) { *p += 1; }
 
 template <class T>
 __global__ void swap01_kernel(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bool rev1) {
@@ -389,10 +395,10 @@ void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cud
 
 template <class T>
 void gather_scaled(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t inner, T scale,
-                   T* x, const std::int32_t* lsrc, std::int32_t* labels, cudaStream_t s) {
+                   T* x, const std::int32_t* lsrc, std::int32_t* labels, const idx_t* step, cudaStream_t s) {
   if (count * inner <= 0) return;
   gather_scaled_kernel<T><<<blocks_for(count * inner), kThreads, 0, s>>>(src, idx, begin, count, inner, scale, x, lsrc,
-                                                                         labels);
+                                                                         labels, step);
 }
 
 template <class T>
@@ -427,9 +433,12 @@ void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s) {
 }
 
 template <class T>
-void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, cudaStream_t s) {
-  check_step_finite_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(stats, grads, n, batch, guard);
+void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, const idx_t* step,
+                       cudaStream_t s) {
+  check_step_finite_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(stats, grads, n, batch, guard, step);
 }
+
+void increment(idx_t* p, cudaStream_t s) { increment_kernel<<<1, 1, 0, s>>>(p); }
 
 template <class T>
 void swap01(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bool rev1, cudaStream_t s) {
@@ -477,6 +486,7 @@ template void fill<float>(float*, idx_t, float, cudaStream_t);
 template void fill<double>(double*, idx_t, double, cudaStream_t);
 template void fill<std::int32_t>(std::int32_t*, idx_t, std::int32_t, cudaStream_t);
 template void fill<std::uint8_t>(std::uint8_t*, idx_t, std::uint8_t, cudaStream_t);
+template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_t);
 
 #define FASTNN_INSTANTIATE_MATH(T)                                                                             \
   template void add_row_vector<T>(T*, const T*, idx_t, idx_t, cudaStream_t);                                   \
@@ -484,13 +494,13 @@ template void fill<std::uint8_t>(std::uint8_t*, idx_t, std::uint8_t, cudaStream_
   template void activate<T>(int, T*, idx_t, idx_t, cudaStream_t);                                              \
   template void activation_backward<T>(int, const T*, T*, idx_t, idx_t, cudaStream_t);                         \
   template void gather_scaled<T>(const std::uint8_t*, const std::int32_t*, idx_t, idx_t, idx_t, T, T*,         \
-                                 const std::int32_t*, std::int32_t*, cudaStream_t);                            \
+                                 const std::int32_t*, std::int32_t*, const idx_t*, cudaStream_t);              \
   template void softmax_xent<T>(const T*, const std::int32_t*, T*, idx_t, idx_t, T, double*, cudaStream_t);    \
   template void sgd_update<T>(T*, const T*, T*, idx_t, T, T, bool, const int*, cudaStream_t);                  \
   template void adam_update<T>(T*, const T*, T*, T*, idx_t, T, T, T, T, const int*, cudaStream_t);             \
   template void rmsprop_update<T>(T*, const T*, T*, idx_t, T, T, T, const int*, cudaStream_t);                 \
   template void flag_nonfinite<T>(const T*, idx_t, int*, cudaStream_t);                                        \
-  template void check_step_finite<T>(const double*, const T*, idx_t, int, int*, cudaStream_t);                 \
+  template void check_step_finite<T>(const double*, const T*, idx_t, int, int*, const idx_t*, cudaStream_t);  \
   template void swap01<T>(const T*, T*, idx_t, idx_t, idx_t, bool, bool, cudaStream_t);                        \
   template void pack_lstm_weights<T>(LstmParamPtrs<T>, const std::int32_t*, T*, idx_t, cudaStream_t);          \
   template void unpack_add_lstm_grads<T>(const T*, const std::int32_t*, LstmParamPtrs<T>, idx_t, cudaStream_t); \

@@ -3,7 +3,7 @@
 /// Host-callable launchers of fastnn's own CUDA kernels (declarations only: plain C++ that the
 /// ordinary compiler reads). The kernels themselves are in kernels.cu, compiled by nvcc into
 /// the small static library of the fastnn::cuda CMake target, with explicit instantiations for
-/// float and double (fill also for int32 and uint8). Every launcher enqueues on `s` and returns
+/// float and double (fill also for int32, int64 and uint8). Every launcher enqueues on `s` and returns
 /// at once; launch errors are reported by the caller's FASTNN_CUDA_CHECK_LAUNCH.
 ///
 /// Matrices are row-major; `rows x cols` means a tensor viewed as [dim(0), rest].
@@ -18,7 +18,7 @@ namespace kernels {
 
 using idx_t = std::int64_t;
 
-/// p[i] = v for i < n.
+/// p[i] = v for i < n (instantiated for float, double, int32, int64 and uint8).
 template <class T>
 void fill(T* p, idx_t n, T v, cudaStream_t s);
 
@@ -39,9 +39,10 @@ template <class T>
 void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cudaStream_t s);
 
 /// x[j, :] = scale * src[idx[begin + j], :], labels[j] = lsrc[idx[begin + j]] for j < count.
+/// When `step` is not null, begin is read on the device as *step * count (a CUDA graph's replay).
 template <class T>
 void gather_scaled(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t inner,
-                   T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels, cudaStream_t s);
+                   T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels, const idx_t* step, cudaStream_t s);
 
 /// Softmax cross-entropy over rows of z [rows, k] with integer labels: stats[0] += sum of
 /// losses, stats[1] += number of rows whose arg-max is the label, and (dz not null)
@@ -64,9 +65,14 @@ template <class T>
 void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s);
 
 /// Deferred finite check of one training step: *guard = min(*guard, 2 * batch) when stats[0]
-/// (the running loss) is not finite, min(*guard, 2 * batch + 1) when a gradient is not.
+/// (the running loss) is not finite, min(*guard, 2 * batch + 1) when a gradient is not. When `step`
+/// is not null, batch is read on the device as *step + 1 (a CUDA graph's replay).
 template <class T>
-void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, cudaStream_t s);
+void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, const idx_t* step,
+                       cudaStream_t s);
+
+/// *p += 1 (one thread): advances the step counter at the end of a captured training step.
+void increment(idx_t* p, cudaStream_t s);
 
 /// dst[j, i, :] = src[rev0 ? d0-1-i : i, rev1 ? d1-1-j : j, :] with src [d0, d1, inner] and
 /// dst [d1, d0, inner]: batch-major <-> time-major, optionally reversing time.

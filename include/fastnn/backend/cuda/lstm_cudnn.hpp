@@ -163,7 +163,7 @@ class CudnnLstm {
       pack(w);
       cudnnStatus_t st = prepare(B, S);
       if (st != CUDNN_STATUS_SUCCESS) {
-        if (!fall_back(st, "cudnnGetRNNTempSpaceSizes"))
+        if (context().capturing() || !fall_back(st, "cudnnGetRNNTempSpaceSizes"))
           cuda::detail::throw_cudnn(st, "cudnnGetRNNTempSpaceSizes", __FILE__, __LINE__);
         continue;
       }
@@ -175,7 +175,8 @@ class CudnnLstm {
           nullptr, hy, h_desc_.get(), nullptr, nullptr, ws_bytes_, ws_.data(), train ? work_train_ : work_infer_,
           work_.data(), train ? reserve_bytes_ : 0, train ? reserve_.data() : nullptr);
       if (st == CUDNN_STATUS_SUCCESS) break;
-      if (!fall_back(st, "cudnnRNNForward")) cuda::detail::throw_cudnn(st, "cudnnRNNForward", __FILE__, __LINE__);
+      if (context().capturing() || !fall_back(st, "cudnnRNNForward"))
+        cuda::detail::throw_cudnn(st, "cudnnRNNForward", __FILE__, __LINE__);
     }
     last_w_ = w;
     trained_ = mode == Mode::Train;
@@ -202,7 +203,7 @@ class CudnnLstm {
         what = "cudnnRNNBackwardWeights_v8";
       }
       if (st == CUDNN_STATUS_SUCCESS) break;
-      if (!fall_back(st, what)) cuda::detail::throw_cudnn(st, what, __FILE__, __LINE__);
+      if (context().capturing() || !fall_back(st, what)) cuda::detail::throw_cudnn(st, what, __FILE__, __LINE__);
       // the reserve space of the refused algorithm is useless: redo the forward pass
       forward(Mode::Train, B, S, xt, ys, nullptr, last_w_);
     }
@@ -235,7 +236,9 @@ class CudnnLstm {
   }
 
   /// Moves to the next candidate after cuDNN refused the current one. False when none is left
-  /// (the error is then real).
+  /// (the error is then real). Never called while a CUDA graph is captured (graph.hpp): a call
+  /// failing there throws, the capture is abandoned and the step runs eagerly with the same
+  /// algorithm.
   bool fall_back(cudnnStatus_t st, const char* what) {
     if (cand_ + 1 >= candidates_.size()) return false;
     if (verbose()) {

@@ -76,6 +76,8 @@ struct Ops<T, Cuda> {
   }
 
   /// X[j, :] = scale * src[idx[begin + j], :]; labels[j] = lsrc[idx[begin + j]] for j < count.
+  /// While a training step is captured into a CUDA graph (graph.hpp), begin is read on the device
+  /// (step index * count) so that each replay takes the next batch.
   static void gather_scaled(const Tensor<std::uint8_t, Cuda>& src, const Tensor<std::int32_t, Cuda>& idx, Index begin,
                             Index count, T scale, Tn& X, const Tensor<std::int32_t, Cuda>& lsrc,
                             Tensor<std::int32_t, Cuda>& labels) {
@@ -83,7 +85,7 @@ struct Ops<T, Cuda> {
       throw ShapeError("gather_scaled: rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) +
                        ") of " + std::to_string(idx.size()) + " into " + X.shape().str());
     cuda::kernels::gather_scaled(src.data(), idx.data(), begin, count, src.shape().inner(), scale, X.data(),
-                                 lsrc.data(), labels.data(), cuda::stream());
+                                 lsrc.data(), labels.data(), cuda::context().capture_step(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("gather_scaled");
   }
 
@@ -150,10 +152,11 @@ struct Ops<T, Cuda> {
     cuda::kernels::fill(cuda::context().guard(), 1, cuda::Context::kNoNonFinite, cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("reset_nonfinite");
   }
-  /// Records batch `batch` if the running loss stats[0] or any gradient is not finite.
+  /// Records batch `batch` if the running loss stats[0] or any gradient is not finite (while a
+  /// step is captured into a CUDA graph, `batch` is read on the device).
   static void note_nonfinite(const Tensor<double, Cuda>& stats, const Tn& grads, long batch) {
     cuda::kernels::check_step_finite(stats.data(), grads.data(), grads.size(), static_cast<int>(batch),
-                                     cuda::context().guard(), cuda::stream());
+                                     cuda::context().guard(), cuda::context().capture_step(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("check_step_finite");
   }
   /// Throws NonFiniteError naming the first bad batch of `epoch`, if any (waits for the device).
