@@ -36,6 +36,7 @@ struct Options {
   std::string history_csv;
   std::string recurrent_activation = "sigmoid";
   bool check_finite = true;
+  std::string save, resume, export_weights;  // checkpoints and weights files (issue 5)
 };
 
 template <class D>
@@ -58,9 +59,20 @@ int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
   model.build({28, 28}, o.seed);
   model.compile(make_optimizer<D>(o));
   model.summary(std::cout);
+  if (!o.resume.empty()) {  // weights, optimizer state, epochs done, shuffle RNG (issue 5)
+    const io::CheckpointInfo ck = model.load_checkpoint(o.resume);
+    std::printf("Resumed from %s: %d epoch%s done, %lld optimizer steps\n", o.resume.c_str(), ck.epochs_done,
+                ck.epochs_done == 1 ? "" : "s", static_cast<long long>(ck.iterations));
+  }
 
-  Dataset<D> train = train_host.template to<D>();
-  Dataset<D> test = test_host.template to<D>();
+  Dataset<D> train, test;
+  if constexpr (std::is_same<D, Cpu>::value) {
+    train = train_host;  // shares storage: no second copy of the images on the host
+    test = test_host;
+  } else {
+    train = train_host.template to<D>();  // resident on the device for the whole run
+    test = test_host.template to<D>();
+  }
   std::printf("Train on %lld samples, validate on %lld samples (device %s, %d thread%s, seed %llu)\n",
               static_cast<long long>(train.size()), static_cast<long long>(test.size()), D::name(), o.threads,
               o.threads == 1 ? "" : "s", static_cast<unsigned long long>(o.seed));
@@ -68,12 +80,26 @@ int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
 
   FitOptions fit;
   fit.epochs(o.epochs).batch_size(o.batch_size).verbose(o.verbose).check_finite(o.check_finite);
+  fit.initial_epoch(model.epochs_done());  // > 0 after --resume: --epochs is the total
   std::unique_ptr<CsvLogger> csv;
   if (!o.history_csv.empty()) {
-    csv = std::make_unique<CsvLogger>(o.history_csv);
+    csv = std::make_unique<CsvLogger>(o.history_csv, /*append=*/!o.resume.empty());
     fit.callback(csv.get());
   }
+  std::unique_ptr<io::CheckpointSaver<float, D>> saver;
+  if (!o.save.empty()) {
+    saver = std::make_unique<io::CheckpointSaver<float, D>>(model, o.save);
+    fit.callback(saver.get());
+  }
+  if (!o.resume.empty() && o.epochs <= model.epochs_done()) {  // e.g. --epochs 0: only validate
+    const EvalResult r = model.evaluate(test, o.batch_size);
+    std::printf("validate %s (epoch %d): val_loss %.6f val_acc %.4f\n", o.resume.c_str(), model.epochs_done(), r.loss,
+                r.accuracy);
+    if (!o.export_weights.empty()) model.save_weights(o.export_weights);
+    return 0;
+  }
   History h = model.fit(train, fit, &test);
+  if (!o.export_weights.empty()) model.save_weights(o.export_weights);
   if (!h.epochs.empty()) {
     const auto& l = h.last();
     std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,
@@ -110,6 +136,10 @@ int main(int argc, char** argv) {
                  "sigmoid (reference cuDNN run) or hard_sigmoid (Keras CPU run)")
       ->check(CLI::IsMember({"sigmoid", "hard_sigmoid"}))->capture_default_str();
   app.add_flag("!--no-check-finite", o.check_finite, "do not stop on a NaN/Inf loss or gradient");
+  app.add_option("--save", o.save, "write a checkpoint to PATH at the end of every epoch (atomically)");
+  app.add_option("--resume", o.resume,
+                 "continue the run checkpointed in PATH (same flags); --epochs is the total, 0 only validates");
+  app.add_option("--export-weights", o.export_weights, "write the weights to PATH (safetensors) at the end");
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -145,6 +175,7 @@ int main(int argc, char** argv) {
     fastnn::data::Mnist mnist = fastnn::data::load_mnist(o.data);
     auto train = fastnn::make_dataset(mnist.train.images, mnist.train.labels, {28, 28}, 10);
     auto test = fastnn::make_dataset(mnist.test.images, mnist.test.labels, {28, 28}, 10);
+    mnist = {};  // the datasets hold their own copy; keep peak memory down
     if (o.train_limit > 0 && o.train_limit < train.size()) train = train.head(o.train_limit);
 #if defined(FASTNN_WITH_CUDA)
     if (device == "cuda") return run<fastnn::Cuda>(o, train, test);

@@ -20,13 +20,16 @@
 #include <numeric>
 #include <ostream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/data/dataset.hpp"
+#include "fastnn/io/checkpoint.hpp"  // save/load_weights, save/load_checkpoint (issue 5)
 #include "fastnn/layers/factory.hpp"
 #include "fastnn/model/callbacks.hpp"
+#include "fastnn/model/step_graph.hpp"  // device hook: the training step as one graph (CUDA)
 #include "fastnn/optim/optimizer.hpp"
 
 namespace fastnn {
@@ -158,19 +161,32 @@ class Sequential {
       Tensor<double, Cpu> stats_host;
       stats_.resize(Shape{2});
       stats_.set_zero();
+      if constexpr (!std::is_same<D, Cpu>::value) O::reset_nonfinite();  // GPU: deferred finite check (train_step)
       for (long s = 0; s < steps; ++s) {
         const Index begin = static_cast<Index>(s) * o.batch_size_;
         const Index count = std::min(o.batch_size_, n - begin);
-        gather(train, idx, begin, count);
-        train_step(count, o.check_finite_, epoch + 1, s + 1);
+        auto step = [&] {
+          gather(train, idx, begin, count);
+          train_step(count, o.check_finite_, epoch + 1, s + 1);
+        };
+        bool replayed = false;
+        if constexpr (!std::is_same<D, Cpu>::value)  // GPU: one CUDA graph per step (backend/cuda/graph.hpp)
+          replayed = graph_.step(detail::StepKey{train.x.data(), train.y.data(), idx.data(), train.scale, count,
+                                                 o.batch_size_, o.check_finite_},
+                                 s, *optimizer_, step);
+        if (!replayed) step();
         if (bar.due() || s + 1 == steps) {
           if (bar.wants_updates()) {
+            if constexpr (!std::is_same<D, Cpu>::value)
+              if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
             stats_host = to_device<Cpu>(stats_);
             const double seen = static_cast<double>(begin + count);
             bar.update(s + 1, stats_host[0] / seen, stats_host[1] / seen);
           }
         }
       }
+      if constexpr (!std::is_same<D, Cpu>::value)
+        if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
       stats_host = to_device<Cpu>(stats_);
       EpochLogs logs;
       logs.epoch = epoch + 1;
@@ -281,6 +297,18 @@ class Sequential {
   /// The RNG that shuffles the training data each epoch (saved in checkpoints).
   Rng& shuffle_rng() { return shuffle_rng_; }
 
+  // ---- weights and checkpoints (issue 5): safetensors files, see fastnn/io/ -------------
+  /// Writes every parameter and the architecture to `path` (safetensors, atomic).
+  void save_weights(const std::string& path) const { io::save_weights(*this, path); }
+  /// Loads weights saved by save_weights (or a checkpoint's weights). All-or-nothing; throws
+  /// IoError, FormatError (malformed file) or MismatchError (another architecture).
+  void load_weights(const std::string& path) { io::load_weights(*this, path); }
+  /// Writes weights, optimizer state, epochs_done() and the shuffle RNG to `path` (atomic).
+  void save_checkpoint(const std::string& path) { io::save_checkpoint(*this, path); }
+  /// Restores a checkpoint; continue with fit(..., FitOptions().initial_epoch(epochs_done())).
+  io::CheckpointInfo load_checkpoint(const std::string& path) { return io::load_checkpoint(*this, path); }
+  // ---- end of weights and checkpoints ----------------------------------------------------
+
   /// A copy of this model on device D2: same layers, weights, optimizer and its state.
   template <class D2>
   Sequential<T, D2> to() const {
@@ -371,6 +399,8 @@ class Sequential {
 
   void gather(const Dataset<D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count) {
     acts_.resize(layers_.size() + 1);
+    // GPU: drop acts_[0]'s share of batch_ first, or resize() reallocates it (cudaMalloc + cudaFree per step)
+    if constexpr (!std::is_same<D, Cpu>::value) acts_[0] = Tn();
     batch_.resize(input_shape_.prepend(count));
     labels_.resize(Shape{count});
     O::gather_scaled(data.x, idx, begin, count, static_cast<T>(data.scale), batch_, data.y, labels_);
@@ -380,7 +410,10 @@ class Sequential {
     for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->forward(acts_[i], acts_[i + 1], mode);
   }
 
-  void train_step(Index count, bool check, int epoch, long batch) {
+  void train_step(Index count, bool check_requested, int epoch, long batch) {
+    // On a GPU the loss and gradients are checked on the device without waiting for it
+    // (Ops<T, Cuda>::note_nonfinite); fit() reports the first bad batch when it synchronises.
+    const bool check = check_requested && std::is_same<D, Cpu>::value;
     forward_all(Mode::Train);
     grads_act_.resize(layers_.size() + 1);
     Tn& dlogits = grads_act_.back();
@@ -401,6 +434,8 @@ class Sequential {
           throw NonFiniteError("non-finite gradient in '" + p.name + "' at epoch " + std::to_string(epoch) +
                                ", batch " + std::to_string(batch));
     }
+    if constexpr (!std::is_same<D, Cpu>::value)
+      if (check_requested) O::note_nonfinite(stats_, grads_, batch);
     optimizer_->step();
   }
 
@@ -416,6 +451,7 @@ class Sequential {
   int threads_ = 1;
   int epochs_done_ = 0;
   bool built_ = false, fused_ = false;
+  detail::StepGraph<D> graph_;  // device hook (model/step_graph.hpp); unused on the CPU
 };
 
 }  // namespace fastnn

@@ -1,0 +1,736 @@
+// Tests for fastnn/io/weights.hpp and fastnn/io/checkpoint.hpp: weights round trips (float and
+// double), typed errors for malformed files and for files of another model, bit-identical
+// resume, atomic saves under SIGKILL, hundreds of mutated checkpoint and IDX files, and the
+// non-finite guard of Sequential::fit.
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fastnn/data/idx.hpp"
+#include "fastnn/data/mnist.hpp"
+#include "fastnn/fastnn.hpp"
+#include "fastnn/io/checkpoint.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace fastnn;
+using Bytes = std::vector<std::uint8_t>;
+
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "fastnn_ck_XXXXXX").string();
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
+  std::vector<std::string> list() const {
+    std::vector<std::string> v;
+    for (const auto& e : fs::directory_iterator(path_)) v.push_back(e.path().filename().string());
+    return v;
+  }
+
+ private:
+  std::string path_;
+};
+
+void write_bytes(const std::string& path, const Bytes& b) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+Bytes read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+/// Bidirectional(LSTM(units)) -> Dense(3, softmax) on [6, 5] samples.
+template <class T>
+void build(Sequential<T>& m, std::uint64_t seed, Index units = 8, int threads = 1) {
+  m.template add<Bidirectional>(LSTMOptions(units));
+  m.template add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.set_threads(threads);
+  m.build({6, 5}, seed);
+}
+
+/// A learnable toy problem: the class is which third of the rows holds the brightest pixel.
+Dataset<Cpu> toy_data(std::size_t n, std::uint32_t seed) {
+  std::mt19937 g(seed);
+  std::vector<std::uint8_t> px(n * 30), labels(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
+    const std::size_t cls = g() % 3;
+    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
+    labels[i] = static_cast<std::uint8_t>(cls);
+  }
+  return make_dataset(px, labels, {6, 5}, 3);
+}
+
+template <class T>
+std::vector<T> flat(Sequential<T>& m) {
+  const auto& p = m.flat_parameters();
+  return std::vector<T>(p.data(), p.data() + p.size());
+}
+template <class T>
+std::vector<T> host(const Tensor<T, Cpu>& t) {
+  return std::vector<T>(t.data(), t.data() + t.size());
+}
+
+/// Expects `f` to throw E whose message contains every string of `parts`.
+template <class E, class F>
+void expect_error(F&& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception; expected one mentioning " << parts.front();
+  } catch (const E& e) {
+    for (const auto& s : parts) EXPECT_NE(std::string(e.what()).find(s), std::string::npos) << "'" << s << "' not in: " << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "wrong exception type: " << e.what();
+  }
+}
+
+// ---- weights ---------------------------------------------------------------------------------
+
+template <class T>
+void weights_round_trip() {
+  TempDir dir;
+  Sequential<T> a, b;
+  build(a, 1);
+  build(b, 2);
+  ASSERT_NE(flat(a), flat(b));
+  const std::string path = dir.file("w.safetensors");
+  a.save_weights(path);
+  b.load_weights(path);
+  EXPECT_EQ(flat(a), flat(b));  // bit-identical
+
+  // Names, shapes and dtype as documented.
+  io::SafetensorsReader r(path);
+  EXPECT_EQ(r.metadata().at("fastnn.format"), "weights");
+  EXPECT_EQ(r.metadata().at("fastnn.dtype"), io::dtype_name(io::dtype_of<T>()));
+  EXPECT_EQ(r.metadata().at("fastnn.input_shape"), "[6,5]");
+  const std::vector<std::pair<std::string, std::vector<std::uint64_t>>> expected = {
+      {"bidirectional.forward_lstm.kernel", {5, 32}},  {"bidirectional.forward_lstm.recurrent_kernel", {8, 32}},
+      {"bidirectional.forward_lstm.bias", {32}},       {"bidirectional.backward_lstm.kernel", {5, 32}},
+      {"bidirectional.backward_lstm.recurrent_kernel", {8, 32}}, {"bidirectional.backward_lstm.bias", {32}},
+      {"dense.kernel", {16, 3}},                       {"dense.bias", {3}}};
+  ASSERT_EQ(r.tensors().size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(r.tensors()[i].name, expected[i].first);
+    EXPECT_EQ(r.tensors()[i].shape, expected[i].second);
+    EXPECT_EQ(r.tensors()[i].dtype, io::dtype_of<T>());
+  }
+  EXPECT_EQ(r.read_vector<T>("dense.bias"), host(a.named_parameters().back().value));
+
+  // load_model re-creates the architecture from the metadata.
+  Sequential<T> c = io::load_model<T>(path);
+  EXPECT_EQ(flat(c), flat(a));
+  EXPECT_EQ(c.layer(0).config(), a.layer(0).config());
+  Tensor<T, Cpu> x(Shape{2, 6, 5});
+  for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<T>(std::sin(0.1 * static_cast<double>(i)));
+  EXPECT_EQ(host(a.predict(x)), host(c.predict(x)));
+}
+
+TEST(Weights, RoundTripFloat) { weights_round_trip<float>(); }
+TEST(Weights, RoundTripDouble) { weights_round_trip<double>(); }
+
+TEST(Weights, AnotherArchitectureGivesMismatchErrorNamingTheLayer) {
+  TempDir dir;
+  Sequential<float> a;
+  build(a, 1);
+  a.save_weights(dir.file("w.safetensors"));
+  Sequential<float> wider;
+  build(wider, 1, /*units=*/16);
+  const auto before = flat(wider);
+  expect_error<MismatchError>([&] { wider.load_weights(dir.file("w.safetensors")); },
+                              {dir.file("w.safetensors"), "layer 0 ('bidirectional', Bidirectional)", "layer.units is '8' in the file, '16'"});
+  EXPECT_EQ(flat(wider), before);  // untouched
+
+  Sequential<float> other_act;
+  other_act.add<Bidirectional>(LSTMOptions(8).recurrent_activation(Activation::HardSigmoid));
+  other_act.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  other_act.build({6, 5}, 1);
+  expect_error<MismatchError>([&] { other_act.load_weights(dir.file("w.safetensors")); },
+                              {"layer.recurrent_activation is 'sigmoid' in the file, 'hard_sigmoid'"});
+
+  Sequential<float> dense_only;
+  dense_only.add<Dense>(DenseOptions(3));
+  dense_only.build({30}, 1);
+  expect_error<MismatchError>([&] { dense_only.load_weights(dir.file("w.safetensors")); },
+                              {"input shape [6, 5] in the file, [30] in the model", "2 layers in the file, 1 in the model"});
+
+  Sequential<double> dbl;
+  build(dbl, 1);
+  expect_error<MismatchError>([&] { dbl.load_weights(dir.file("w.safetensors")); }, {"F32", "F64"});
+  expect_error<MismatchError>([&] { io::load_model<double>(dir.file("w.safetensors")); }, {"F32"});
+}
+
+/// A file with the model's own metadata but tensors changed by `edit` (forged or from a buggy tool).
+template <class Edit>
+std::string forge(const TempDir& dir, Sequential<float>& m, Edit&& edit) {
+  io::SafetensorsWriter w;
+  io::write_model_record(w, io::describe(m), io::kWeightsFormat);
+  std::vector<std::pair<std::string, Tensor<float, Cpu>>> tensors;
+  for (const auto& p : m.named_parameters()) tensors.push_back({p.name, p.value});
+  edit(tensors);
+  for (const auto& t : tensors) w.add<float>(t.first, io::detail::to_u64(t.second.shape()), t.second.data());
+  const std::string path = dir.file("forged.safetensors");
+  w.write(path);
+  return path;
+}
+
+TEST(Weights, MissingExtraAndMisShapedTensorsAreNamed) {
+  TempDir dir;
+  Sequential<float> m;
+  build(m, 1);
+  using List = std::vector<std::pair<std::string, Tensor<float, Cpu>>>;
+  auto missing = forge(dir, m, [](List& t) { t.pop_back(); });
+  expect_error<MismatchError>([&] { m.load_weights(missing); }, {missing, "tensor 'dense.bias' [3] is missing from the file"});
+  Tensor<float, Cpu> extra = Tensor<float, Cpu>::zeros(Shape{2, 2});
+  auto with_extra = forge(dir, m, [&](List& t) { t.push_back({"dense.scale", extra}); });
+  expect_error<MismatchError>([&] { m.load_weights(with_extra); }, {"tensor 'dense.scale' [2, 2] in the file is not a parameter"});
+  Tensor<float, Cpu> wrong = Tensor<float, Cpu>::zeros(Shape{3, 16});
+  auto misshaped = forge(dir, m, [&](List& t) { t[6].second = wrong; });
+  expect_error<MismatchError>([&] { m.load_weights(misshaped); },
+                              {"tensor 'dense.kernel' has shape [3, 16] in the file, [16, 3] in the model"});
+  // A foreign file (no fastnn metadata) with exactly the model's tensors loads.
+  io::SafetensorsWriter w;
+  for (const auto& p : m.named_parameters()) w.add<float>(p.name, io::detail::to_u64(p.value.shape()), p.value.data());
+  w.write(dir.file("foreign.safetensors"), /*checksum=*/false);
+  Sequential<float> b;
+  build(b, 5);
+  b.load_weights(dir.file("foreign.safetensors"));
+  EXPECT_EQ(flat(b), flat(m));
+  EXPECT_THROW(io::load_model<float>(dir.file("foreign.safetensors")), FormatError);  // no architecture
+}
+
+/// Writes the model's checkpoint with one metadata entry replaced, and returns its path.
+std::string with_metadata(const TempDir& dir, Sequential<float>& m, const std::string& key, const std::string* value,
+                          bool checksum = true) {
+  const std::string good = dir.file("good.safetensors");
+  io::save_checkpoint(m, good);
+  io::SafetensorsReader r(good);
+  io::SafetensorsWriter w;
+  for (const auto& kv : r.metadata())
+    if (kv.first != io::kChecksumKey && kv.first != key) w.set_metadata(kv.first, kv.second);
+  if (value) w.set_metadata(key, *value);
+  std::vector<std::vector<float>> keep;
+  for (const auto& e : r.tensors()) {
+    keep.push_back(r.read_vector<float>(e.name));
+    w.add<float>(e.name, e.shape, keep.back().data());
+  }
+  const std::string path = dir.file("edited.safetensors");
+  w.write(path, checksum);
+  return path;
+}
+
+TEST(Checkpoint, MalformedMetadataGivesFormatErrorNamingTheField) {
+  TempDir dir;
+  Sequential<float> m;
+  build(m, 1);
+  m.compile(std::make_unique<SGD<float>>(0.1, 0.9, true));
+  auto expect_field = [&](const std::string& key, const std::string* value, const std::string& field, const std::string& text) {
+    const std::string path = with_metadata(dir, m, key, value);
+    try {
+      Sequential<float> t;
+      build(t, 1);
+      t.load_checkpoint(path);
+      ADD_FAILURE() << "no error for " << key;
+    } catch (const FormatError& e) {
+      EXPECT_EQ(e.path(), path);
+      EXPECT_EQ(e.field(), field) << e.what();
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  const std::string bad_json = "[{\"name\":";
+  const std::string not_layers = "{\"a\":1}";
+  const std::string bad_layer = "[{\"name\":\"x\",\"type\":\"Dense\"}]";
+  const std::string nested = std::string(5000, '[') + std::string(5000, ']');
+  const std::string negative = "-1";
+  const std::string huge = "99999999999999999999999";
+  const std::string junk = "junk";
+  const std::string v2 = "2";
+  const std::string bad_dtype = "F16";
+  const std::string weights = "weights";
+  const std::string shape0 = "[0,5]";
+  const std::string sgd_junk = "{\"learning_rate\":\"x\"}";
+  expect_field("fastnn.layers", &bad_json, "__metadata__.fastnn.layers", "invalid JSON");
+  expect_field("fastnn.layers", &not_layers, "__metadata__.fastnn.layers", "non-empty array");
+  expect_field("fastnn.layers", &bad_layer, "__metadata__.fastnn.layers[0]", "expected");
+  expect_field("fastnn.layers", &nested, "__metadata__.fastnn.layers", "nested deeper");
+  expect_field("fastnn.layers", nullptr, "__metadata__.fastnn.layers", "missing");
+  expect_field("fastnn.epochs_done", &negative, "__metadata__.fastnn.epochs_done", "not an integer");
+  expect_field("fastnn.epochs_done", &huge, "__metadata__.fastnn.epochs_done", "not an integer");
+  expect_field("fastnn.seed", &negative, "__metadata__.fastnn.seed", "unsigned");
+  expect_field("fastnn.shuffle_rng", &junk, "__metadata__.fastnn.shuffle_rng", "RNG state");
+  expect_field("fastnn.format_version", &v2, "__metadata__.fastnn.format_version", "newer fastnn");
+  expect_field("fastnn.dtype", &bad_dtype, "__metadata__.fastnn.dtype", "F16");
+  expect_field("fastnn.format", &weights, "__metadata__.fastnn.format", "not a checkpoint");
+  expect_field("fastnn.format", &junk, "__metadata__.fastnn.format", "not a fastnn format");
+  expect_field("fastnn.input_shape", &shape0, "__metadata__.fastnn.input_shape", "extent 0");
+  expect_field("fastnn.optimizer.iterations", &junk, "__metadata__.fastnn.optimizer.iterations", "not an integer");
+  expect_field("fastnn.optimizer.config", &junk, "__metadata__.fastnn.optimizer.config", "invalid JSON");
+  // A fastnn file must carry its checksum.
+  const std::string no_crc = with_metadata(dir, m, "x", nullptr, /*checksum=*/false);
+  expect_error<FormatError>([&] { m.load_checkpoint(no_crc); }, {"fastnn.crc32", "missing"});
+  // A malformed optimizer config is caught when the optimizer is made from it.
+  const std::string bad_cfg = with_metadata(dir, m, "fastnn.optimizer.config", &sgd_junk);
+  Sequential<float> fresh;
+  build(fresh, 1);
+  expect_error<FormatError>([&] { fresh.load_checkpoint(bad_cfg); }, {"fastnn.optimizer.config"});
+  EXPECT_EQ(fresh.optimizer(), nullptr);
+  // load_model on a file whose layers cannot be built.
+  const std::string bad_units = "[{\"name\":\"dense\",\"type\":\"Dense\",\"config\":{\"units\":\"0\",\"activation\":\"linear\",\"use_bias\":\"true\"}}]";
+  const std::string p = with_metadata(dir, m, "fastnn.layers", &bad_units);
+  expect_error<FormatError>([&] { io::load_model<float>(p); }, {"fastnn.layers", "cannot build"});
+  const std::string too_big =
+      "[{\"name\":\"lstm\",\"type\":\"LSTM\",\"config\":{\"units\":\"1073741824\",\"activation\":\"tanh\","
+      "\"recurrent_activation\":\"sigmoid\",\"return_sequences\":\"false\",\"unit_forget_bias\":\"true\",\"go_backwards\":\"false\"}}]";
+  const std::string p2 = with_metadata(dir, m, "fastnn.layers", &too_big);
+  expect_error<FormatError>([&] { io::load_model<float>(p2); }, {"fastnn.layers", "more parameters than the file holds"});
+}
+
+TEST(Checkpoint, OptimizerMismatchIsNamed) {
+  TempDir dir;
+  Sequential<float> m;
+  build(m, 1);
+  m.compile(std::make_unique<SGD<float>>(0.1, 0.9, true));
+  m.save_checkpoint(dir.file("c.safetensors"));
+  Sequential<float> adam;
+  build(adam, 1);
+  adam.compile(std::make_unique<Adam<float>>(0.001));
+  expect_error<MismatchError>([&] { adam.load_checkpoint(dir.file("c.safetensors")); }, {"optimizer: SGD in the file, Adam in the model"});
+  Sequential<float> lr;
+  build(lr, 1);
+  lr.compile(std::make_unique<SGD<float>>(0.2, 0.9, true));
+  expect_error<MismatchError>([&] { lr.load_checkpoint(dir.file("c.safetensors")); }, {"learning_rate is 0.10000000000000001 in the file"});
+  // A weights file is not a checkpoint, but a checkpoint holds weights.
+  m.save_weights(dir.file("w.safetensors"));
+  expect_error<FormatError>([&] { lr.load_checkpoint(dir.file("w.safetensors")); }, {"a weights file, not a checkpoint"});
+  Sequential<float> b;
+  build(b, 9);
+  b.load_weights(dir.file("c.safetensors"));
+  EXPECT_EQ(flat(b), flat(m));
+  // Without an optimizer, the recorded one is created.
+  Sequential<float> none;
+  build(none, 3);
+  io::CheckpointInfo info = none.load_checkpoint(dir.file("c.safetensors"));
+  ASSERT_NE(none.optimizer(), nullptr);
+  EXPECT_EQ(none.optimizer()->type_name(), "SGD");
+  EXPECT_EQ(none.optimizer()->config(), m.optimizer()->config());
+  EXPECT_EQ(info.optimizer, "SGD");
+  EXPECT_EQ(info.seed, 1u);
+}
+
+// ---- bit-identical resume ----------------------------------------------------------------
+
+struct Run {
+  History history;
+  std::vector<double> weights, state;
+  std::int64_t iterations = 0;
+};
+
+template <class T>
+std::unique_ptr<Optimizer<T>> make_opt(const std::string& kind) {
+  if (kind == "sgd") return std::make_unique<SGD<T>>(0.2, 0.9, true);
+  if (kind == "adam") return std::make_unique<Adam<T>>(0.01);
+  return std::make_unique<RMSprop<T>>(0.01);
+}
+
+template <class T>
+Run finish(Sequential<T>& m, History h) {
+  Run r;
+  r.history = h;
+  for (T v : flat(m)) r.weights.push_back(static_cast<double>(v));
+  for (auto& s : m.optimizer()->state())
+    for (Index i = 0; i < s.second.size(); ++i) r.state.push_back(static_cast<double>(s.second[i]));
+  r.iterations = m.optimizer()->iterations();
+  return r;
+}
+
+/// Two epochs in one go, against one epoch, a checkpoint, and a resumed second epoch in a model
+/// built from another seed. Everything must be bit-identical.
+template <class T>
+void resume_is_bit_identical(const std::string& opt, int threads, bool compile_before_load) {
+  TempDir dir;
+  const Dataset<Cpu> train = toy_data(200, 11), val = toy_data(60, 12);
+  const auto fit = FitOptions().epochs(2).batch_size(16).verbose(0);
+
+  Sequential<T> a;
+  build(a, 7, 8, threads);
+  a.compile(make_opt<T>(opt));
+  const Run full = finish(a, a.fit(train, fit, &val));
+  ASSERT_EQ(full.history.epochs.size(), 2u);
+
+  Sequential<T> b;
+  build(b, 7, 8, threads);
+  b.compile(make_opt<T>(opt));
+  io::CheckpointSaver<T, Cpu> saver(b, dir.file("ck-{epoch}.safetensors"));
+  FitOptions first = FitOptions().epochs(1).batch_size(16).verbose(0).callback(&saver);
+  History h1 = b.fit(train, first, &val);
+  EXPECT_EQ(h1.epochs[0].loss, full.history.epochs[0].loss);
+  ASSERT_TRUE(fs::exists(dir.file("ck-1.safetensors")));
+
+  Sequential<T> c;
+  build(c, 12345, 8, threads);  // another seed: everything must come from the checkpoint
+  if (compile_before_load) c.compile(make_opt<T>(opt));
+  io::CheckpointInfo info = c.load_checkpoint(dir.file("ck-1.safetensors"));
+  EXPECT_EQ(info.epochs_done, 1);
+  EXPECT_EQ(c.epochs_done(), 1);
+  ASSERT_TRUE(info.has_last_epoch);
+  EXPECT_EQ(info.last_epoch.loss, full.history.epochs[0].loss);
+  EXPECT_EQ(info.last_epoch.val_accuracy, full.history.epochs[0].val_accuracy);
+  const Run resumed = finish(c, c.fit(train, FitOptions().initial_epoch(c.epochs_done()).epochs(2).batch_size(16).verbose(0), &val));
+
+  ASSERT_EQ(resumed.history.epochs.size(), 1u);
+  const EpochLogs& x = full.history.epochs[1];
+  const EpochLogs& y = resumed.history.epochs[0];
+  EXPECT_EQ(y.epoch, 2);
+  EXPECT_EQ(x.loss, y.loss);
+  EXPECT_EQ(x.accuracy, y.accuracy);
+  EXPECT_EQ(x.val_loss, y.val_loss);
+  EXPECT_EQ(x.val_accuracy, y.val_accuracy);
+  EXPECT_TRUE(full.weights == resumed.weights) << "weights differ after resuming";
+  EXPECT_TRUE(full.state == resumed.state) << "optimizer state differs after resuming";
+  EXPECT_EQ(full.iterations, resumed.iterations);
+  EXPECT_EQ(c.epochs_done(), 2);
+  // The run learns (so the comparison is not between two frozen models).
+  EXPECT_LT(x.loss, full.history.epochs[0].loss);
+}
+
+TEST(Resume, BitIdenticalSgdNesterovFloat) { resume_is_bit_identical<float>("sgd", 1, true); }
+TEST(Resume, BitIdenticalAdamFloatTwoThreads) { resume_is_bit_identical<float>("adam", 2, true); }
+TEST(Resume, BitIdenticalRmspropFloatOptimizerFromFile) { resume_is_bit_identical<float>("rmsprop", 1, false); }
+TEST(Resume, BitIdenticalSgdDouble) { resume_is_bit_identical<double>("sgd", 1, true); }
+
+// ---- atomic saves under SIGKILL ---------------------------------------------------------
+
+TEST(Atomicity, SigkillDuringSavesAlwaysLeavesALoadableCheckpoint) {
+  TempDir dir;
+  const std::string path = dir.file("ck.safetensors");
+  auto make = [](Sequential<float>& m) {
+    build(m, 3, /*units=*/48);  // ~40k parameters: a checkpoint of ~340 KB
+    m.compile(std::make_unique<SGD<float>>(0.1, 0.9, true));
+  };
+  Sequential<float> m;
+  make(m);
+  m.save_checkpoint(path);
+  // Time one save, to spread the kills over a few saves.
+  const auto t0 = std::chrono::steady_clock::now();
+  m.save_checkpoint(path);
+  const auto save_us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
+  std::mt19937 rng(2024);
+  int last_epoch = 0, advanced = 0, leftovers = 0;
+  const int kRounds = 20;
+  auto temp_exists = [&] {
+    for (const auto& e : fs::directory_iterator(fs::path(path).parent_path()))
+      if (e.path().filename().string().rfind(".ck.safetensors.tmp.", 0) == 0) return true;
+    return false;
+  };
+  for (int round = 0; round < kRounds; ++round) {
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      // The child saves forever, each checkpoint with a larger epochs_done.
+      close(ready[0]);
+      if (write(ready[1], "x", 1) != 1) _exit(4);
+      for (int i = last_epoch + 1;; ++i) {
+        m.set_epochs_done(i);
+        try {
+          m.save_checkpoint(path);
+        } catch (...) {
+          _exit(3);
+        }
+      }
+    }
+    close(ready[1]);
+    char c = 0;
+    ASSERT_EQ(read(ready[0], &c, 1), 1);
+    close(ready[0]);
+    if (round % 2 == 0) {
+      // A random moment in the next few saves.
+      std::this_thread::sleep_for(std::chrono::microseconds(static_cast<long>(rng() % static_cast<unsigned>(3 * save_us + 1))));
+    } else {
+      // As soon as a save is under way (its temporary file exists), or a little later.
+      const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (!temp_exists() && std::chrono::steady_clock::now() < give_up) {
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(static_cast<long>(rng() % static_cast<unsigned>(save_us / 2 + 1))));
+    }
+    ASSERT_EQ(kill(pid, SIGKILL), 0);
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL) << "the saving child failed on its own";
+    // The checkpoint loads, and is at least as new as the last one seen.
+    Sequential<float> check;
+    make(check);
+    io::CheckpointInfo info;
+    ASSERT_NO_THROW(info = check.load_checkpoint(path)) << "round " << round;
+    EXPECT_GE(info.epochs_done, last_epoch);
+    if (info.epochs_done > last_epoch) ++advanced;
+    last_epoch = info.epochs_done;
+    // A killed save may leave its temporary file; it is never the checkpoint itself.
+    for (const auto& name : dir.list())
+      if (name != "ck.safetensors") {
+        EXPECT_EQ(name.rfind(".ck.safetensors.tmp.", 0), 0u) << name;
+        fs::remove(dir.file(name));
+        ++leftovers;
+      }
+  }
+  std::printf("[ kill test ] %d SIGKILLs (a save takes ~%lld us): the checkpoint loaded after every one; "
+              "%d were during a save (its temporary file was left behind, then removed); %d rounds completed saves\n",
+              kRounds, static_cast<long long>(save_us), leftovers, advanced);
+  RecordProperty("kills", kRounds);
+  RecordProperty("rounds_with_new_checkpoint", advanced);
+  RecordProperty("temporaries_left", leftovers);
+}
+
+// ---- mutated files ------------------------------------------------------------------------
+
+/// Mutations of `good`: truncations, flipped bytes, garbage headers, absurd lengths, appended
+/// bytes. Deterministic.
+std::vector<std::pair<std::string, Bytes>> mutations(const Bytes& good, std::size_t header_end, unsigned seed, int flips) {
+  std::vector<std::pair<std::string, Bytes>> v;
+  std::mt19937 g(seed);
+  const std::size_t n = good.size();
+  // Truncations: every length up to 24, then spread over the file.
+  for (std::size_t len = 0; len < 24 && len < n; ++len) v.push_back({"truncate " + std::to_string(len), Bytes(good.begin(), good.begin() + static_cast<long>(len))});
+  for (int i = 0; i < 40 && n > 24; ++i) {
+    const std::size_t len = 24 + g() % (n - 24);
+    v.push_back({"truncate " + std::to_string(len), Bytes(good.begin(), good.begin() + static_cast<long>(len))});
+  }
+  // Flipped bytes, half of them in the header.
+  for (int i = 0; i < flips; ++i) {
+    Bytes b = good;
+    const std::size_t at = i % 2 ? g() % header_end : g() % n;
+    b[at] = static_cast<std::uint8_t>(b[at] ^ (1u + g() % 255u));
+    v.push_back({"flip byte " + std::to_string(at), b});
+  }
+  // Garbage over the start of the file, and random bytes of the same length.
+  for (int i = 0; i < 20; ++i) {
+    Bytes b = good;
+    const std::size_t len = 1 + g() % std::min<std::size_t>(header_end, 256);
+    const std::size_t at = g() % (header_end - len + 1);
+    for (std::size_t k = 0; k < len; ++k) b[at + k] = static_cast<std::uint8_t>(g());
+    v.push_back({"garbage in the header at " + std::to_string(at), b});
+  }
+  {
+    Bytes b(n);
+    for (auto& c : b) c = static_cast<std::uint8_t>(g());
+    v.push_back({"random bytes", b});
+  }
+  // Absurd lengths in the first 8 bytes (the safetensors header length; the IDX magic and dims).
+  for (std::uint64_t len : {std::uint64_t{0}, std::uint64_t{1}, std::uint64_t{7}, std::uint64_t{0xffffffff}, std::uint64_t{100000001},
+                            std::uint64_t{1} << 40, std::uint64_t{1} << 63, ~std::uint64_t{0}, static_cast<std::uint64_t>(n),
+                            static_cast<std::uint64_t>(n - 8), static_cast<std::uint64_t>(header_end)}) {
+    Bytes b = good;
+    for (int k = 0; k < 8 && k < static_cast<int>(n); ++k) b[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(len >> (8 * k));
+    if (b != good) v.push_back({"length field " + std::to_string(len), b});
+  }
+  // Appended bytes.
+  for (std::size_t extra : {1u, 7u, 4096u}) {
+    Bytes b = good;
+    b.resize(n + extra, 0);
+    v.push_back({"append " + std::to_string(extra), b});
+  }
+  return v;
+}
+
+TEST(Mutations, EveryMutatedCheckpointIsRejectedWithAMessage) {
+  TempDir dir;
+  Sequential<float> m;
+  build(m, 4);
+  m.compile(std::make_unique<Adam<float>>(0.01));
+  m.fit(toy_data(32, 1), FitOptions().epochs(1).batch_size(16).verbose(0));
+  const std::string good_path = dir.file("good.safetensors");
+  m.save_checkpoint(good_path);
+  const Bytes good = read_bytes(good_path);
+  std::uint64_t hlen = 0;
+  for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | good[static_cast<std::size_t>(i)];
+  const auto cases = mutations(good, static_cast<std::size_t>(8 + hlen), 77, 400);
+  const std::string path = dir.file("mutant.safetensors");
+  int rejected = 0;
+  for (const auto& c : cases) {
+    write_bytes(path, c.second);
+    for (int target = 0; target < 3; ++target) {
+      Sequential<float> t;
+      build(t, 4);
+      t.compile(std::make_unique<Adam<float>>(0.01));
+      const auto before = flat(t);
+      try {
+        if (target == 0) t.load_checkpoint(path);
+        else if (target == 1) t.load_weights(path);
+        else io::load_model<float>(path);
+        ADD_FAILURE() << c.first << ": loaded (target " << target << ")";
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        EXPECT_EQ(msg.rfind(path + ": ", 0), 0u) << c.first << ": " << msg;
+        EXPECT_GT(msg.size(), path.size() + 10) << c.first;
+        ++rejected;
+      }
+      EXPECT_EQ(flat(t), before) << c.first << ": a failed load changed the model";
+    }
+  }
+  std::printf("[ mutations ] %zu mutated checkpoints x 3 loaders: %d rejections with a message, 0 loaded\n", cases.size(), rejected);
+  EXPECT_GE(cases.size(), 450u);
+  EXPECT_EQ(rejected, static_cast<int>(3 * cases.size()));
+  // The untouched file still loads.
+  Sequential<float> t;
+  build(t, 4);
+  EXPECT_NO_THROW(t.load_checkpoint(good_path));
+}
+
+Bytes gzip(const Bytes& data) {
+  z_stream s{};
+  EXPECT_EQ(deflateInit2(&s, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  Bytes out(deflateBound(&s, static_cast<uLong>(data.size())) + 64);
+  s.next_in = const_cast<Bytef*>(data.data());
+  s.avail_in = static_cast<uInt>(data.size());
+  s.next_out = out.data();
+  s.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
+  out.resize(s.total_out);
+  deflateEnd(&s);
+  return out;
+}
+
+TEST(Mutations, MutatedIdxFilesNeverCrash) {
+  // Images 5 x 4 x 4 and their labels, raw and gzip. A flipped byte in the pixel data of a raw
+  // file is a valid file with another picture, so raw data flips are only required not to crash;
+  // every other mutation must be rejected with a FormatError naming the file.
+  TempDir dir;
+  Bytes images = {0, 0, 8, 3, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 4};
+  for (int i = 0; i < 80; ++i) images.push_back(static_cast<std::uint8_t>(i * 3));
+  const Bytes labels = {0, 0, 8, 1, 0, 0, 0, 5, 1, 9, 0, 3, 7};
+  const std::string ip = dir.file("images"), lp = dir.file("labels");
+  write_bytes(ip, images);
+  write_bytes(lp, labels);
+  ASSERT_NO_THROW(data::load_mnist_split(ip, lp));
+  int rejected = 0, accepted = 0, total = 0;
+  struct Source {
+    const char* what;
+    Bytes good;
+    bool is_images, gz;
+  };
+  const std::vector<Source> sources = {{"images", images, true, false}, {"labels", labels, false, false},
+                                       {"images.gz", gzip(images), true, true}, {"labels.gz", gzip(labels), false, true}};
+  for (const auto& src : sources) {
+    const std::size_t header_end = src.gz ? 10 : (src.is_images ? 16 : 8);
+    const std::string path = dir.file(std::string("mutant-") + src.what);
+    for (const auto& c : mutations(src.good, header_end, 99, 100)) {
+      write_bytes(path, c.second);
+      ++total;
+      // May a valid file come out? Raw: only a flip in the data section of the images (or a
+      // label flipped to another digit). gzip: bytes the format does not protect (the header's
+      // flags, mtime and OS fields, the trailer of a 0-length tail).
+      bool may_load = false;
+      if (c.first.rfind("flip byte ", 0) == 0) {
+        const std::size_t at = std::stoul(c.first.substr(10));
+        // (The last byte of a deflate stream may hold padding bits that nothing checks.)
+        may_load = src.gz ? (at >= 3 && at < 10) || at == c.second.size() - 9 : at >= header_end;
+      }
+      if (c.first.rfind("garbage in the header", 0) == 0 && src.gz) may_load = true;
+      try {
+        if (src.is_images) data::load_mnist_split(path, lp);
+        else data::load_mnist_split(ip, path);
+        ++accepted;
+        EXPECT_TRUE(may_load) << src.what << ", " << c.first << ": loaded";
+      } catch (const FormatError& e) {
+        ++rejected;
+        EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+      } catch (const IoError& e) {
+        ++rejected;
+        EXPECT_EQ(e.path(), path);
+      }
+    }
+  }
+  std::printf("[ mutations ] %d mutated IDX files: %d rejected with a message, %d valid after the mutation\n", total,
+              rejected, accepted);
+  EXPECT_GE(total, 400);
+}
+
+// ---- non-finite guard ----------------------------------------------------------------------
+
+TEST(NonFinite, NanWeightStopsTrainingNamingEpochAndBatch) {
+  Sequential<float> m;
+  build(m, 1);
+  m.compile(std::make_unique<SGD<float>>(0.1));
+  m.named_parameters()[6].value[0] = std::nanf("");  // dense.kernel
+  expect_error<NonFiniteError>([&] { m.fit(toy_data(64, 2), FitOptions().epochs(2).batch_size(16).verbose(0)); },
+                               {"non-finite loss", "epoch 1", "batch 1"});
+  // The epoch number counts from the resumed epoch.
+  Sequential<float> r;
+  build(r, 1);
+  r.compile(std::make_unique<SGD<float>>(0.1));
+  r.named_parameters()[0].value[3] = INFINITY;
+  expect_error<NonFiniteError>(
+      [&] { r.fit(toy_data(64, 2), FitOptions().initial_epoch(4).epochs(6).batch_size(16).verbose(0)); }, {"epoch 5", "batch 1"});
+}
+
+TEST(NonFinite, AbsurdLearningRateStopsTraining) {
+  // With lr 1e38 the weights overflow float within a few steps (1e30 merely makes the loss
+  // huge but finite).
+  Sequential<float> m;
+  build(m, 1);
+  m.compile(std::make_unique<SGD<float>>(1e38));
+  expect_error<NonFiniteError>([&] { m.fit(toy_data(128, 3), FitOptions().epochs(3).batch_size(16).verbose(0)); },
+                               {"non-finite loss at epoch 1, batch "});
+}
+
+TEST(NonFinite, OverflowingGradientIsNamed) {
+  // A Dense weight near the float limit keeps the loss finite but overflows the gradient of
+  // the LSTM below it. Which configuration overflows first depends on the summation order
+  // (vectorisation), so several are tried; at least one must be caught as a gradient.
+  int gradient_errors = 0;
+  for (float v : {-3e38f, 3e38f})
+    for (Index row : {0, 5, 10, 15}) {
+      Sequential<float> m;
+      build(m, 1);
+      m.compile(std::make_unique<SGD<float>>(0.01));
+      auto k = m.named_parameters()[6].value;  // dense.kernel [16, 3]
+      for (Index c = 0; c < 3; ++c) k[row * 3 + c] = c == 0 ? v : -v;
+      try {
+        m.fit(toy_data(64, 3), FitOptions().epochs(1).batch_size(64).verbose(0));
+      } catch (const NonFiniteError& e) {
+        const std::string msg = e.what();
+        EXPECT_NE(msg.find("at epoch 1, batch 1"), std::string::npos) << msg;
+        if (msg.find("non-finite gradient in 'bidirectional.") != std::string::npos) ++gradient_errors;
+      }
+    }
+  EXPECT_GE(gradient_errors, 1);
+}
+
+TEST(NonFinite, CheckCanBeTurnedOff) {
+  Sequential<float> m;
+  build(m, 1);
+  m.compile(std::make_unique<SGD<float>>(0.1));
+  m.named_parameters()[6].value[0] = std::nanf("");
+  History h;
+  EXPECT_NO_THROW(h = m.fit(toy_data(64, 2), FitOptions().epochs(1).batch_size(16).verbose(0).check_finite(false)));
+  ASSERT_EQ(h.epochs.size(), 1u);
+  EXPECT_TRUE(std::isnan(h.epochs[0].loss));
+}
+
+}  // namespace
