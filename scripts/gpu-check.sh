@@ -19,7 +19,7 @@
 #              and their CMake configs), DEPS_DIR/src/googletest (sources, built here),
 #              DEPS_DIR/zlib/{include,lib} (used if the system has no zlib.h) and
 #              DEPS_DIR/cudnn/include (cuDNN headers, used only if none are found).
-#              To recreate it on a Debian/Ubuntu machine with those packages installed:
+#              scripts/make-gpu-deps.sh recreates it; by hand, on Debian/Ubuntu with the packages:
 #                P=.deps/prefix; mkdir -p $P/include $P/share/eigen3 $P/share/cmake $P/lib/x86_64-linux-gnu/cmake
 #                cp -r /usr/include/{eigen3,CLI,nlohmann,benchmark} $P/include/
 #                cp -r /usr/share/eigen3/cmake $P/share/eigen3/; cp -r /usr/share/cmake/{CLI11,nlohmann_json} $P/share/cmake/
