@@ -300,10 +300,10 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
 
   // Commit: nothing below reads the file or can fail on its contents.
   auto params = model.named_parameters();
-  for (std::size_t i = 0; i < params.size(); ++i) detail::upload(host[i], params[i].value);
+  for (std::size_t i = 0; i < params.size(); ++i) copy_from_host(host[i], params[i].value);
   if (fresh) model.compile(std::move(fresh));
   opt = model.optimizer();
-  for (std::size_t i = 0; i < slots.size(); ++i) detail::upload(slots[i], opt->state()[i].second);
+  for (std::size_t i = 0; i < slots.size(); ++i) copy_from_host(slots[i], opt->state()[i].second);
   opt->set_iterations(info.iterations);
   model.set_epochs_done(info.epochs_done);
   model.shuffle_rng().set_state(r.metadata().at(kShuffleRngKey));

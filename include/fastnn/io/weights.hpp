@@ -159,12 +159,6 @@ Tensor<T, Cpu> to_host(const Tensor<T, D>& t) {
   if constexpr (std::is_same<D, Cpu>::value) return t;
   else return to_device<Cpu>(t);
 }
-/// Copies a host tensor into a (view of a) device tensor of the same size.
-template <class T, class D>
-void upload(const Tensor<T, Cpu>& src, Tensor<T, D>& dst) {
-  if constexpr (std::is_same<D, Cpu>::value) copy_into(src, dst);
-  else copy_into(to_device<D>(src), dst);
-}
 
 /// Joins mismatch problems into one MismatchError message (at most 8 listed).
 inline void throw_mismatch(const std::string& path, const std::vector<std::string>& problems) {
@@ -385,7 +379,7 @@ void load_weights(Sequential<T, D>& model, const std::string& path) {
   SafetensorsReader r(path);
   auto host = check_and_stage(r, model);
   auto params = model.named_parameters();
-  for (std::size_t i = 0; i < params.size(); ++i) detail::upload(host[i], params[i].value);
+  for (std::size_t i = 0; i < params.size(); ++i) copy_from_host(host[i], params[i].value);
 }
 
 /// Re-creates the model recorded in a fastnn weights or checkpoint file (layers, input shape)
@@ -431,7 +425,7 @@ Sequential<T, D> load_model(const std::string& path) {
   }
   auto host = check_and_stage(r, model);
   auto params = model.named_parameters();
-  for (std::size_t i = 0; i < params.size(); ++i) detail::upload(host[i], params[i].value);
+  for (std::size_t i = 0; i < params.size(); ++i) copy_from_host(host[i], params[i].value);
   return model;
 }
 

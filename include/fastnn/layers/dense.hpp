@@ -63,10 +63,10 @@ class Dense : public Layer<T, D> {
   void initialize(Rng& rng) override {
     Tensor<T, Cpu> k(this->params_[0].value.shape());
     init::glorot_uniform(k, this->input_shape_[0], opt_.units(), rng);
-    assign(this->params_[0].value, k);
+    copy_from_host(k, this->params_[0].value);
     if (opt_.use_bias()) {
       Tensor<T, Cpu> b = Tensor<T, Cpu>::zeros(this->params_[1].value.shape());
-      assign(this->params_[1].value, b);
+      copy_from_host(b, this->params_[1].value);
     }
   }
 
@@ -108,10 +108,6 @@ class Dense : public Layer<T, D> {
   void check_input(const Tn& x) const {
     if (x.rank() < 2 || x.shape().inner() != this->input_shape_[0])
       this->shape_error("[batch, " + std::to_string(this->input_shape_[0]) + "]", x.shape());
-  }
-  static void assign(Tn& dst, const Tensor<T, Cpu>& src) {
-    if constexpr (std::is_same<D, Cpu>::value) copy_into(src, dst);
-    else copy_into(to_device<D>(src), dst);
   }
 
   DenseOptions opt_;

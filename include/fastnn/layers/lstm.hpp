@@ -120,9 +120,9 @@ class LSTM : public RecurrentLayer<T, D> {
     init::orthogonal(r, rng);
     if (opt_.unit_forget_bias())
       for (Index j = H; j < 2 * H; ++j) b[j] = T(1);
-    assign(this->params_[0].value, k);
-    assign(this->params_[1].value, r);
-    assign(this->params_[2].value, b);
+    copy_from_host(k, this->params_[0].value);
+    copy_from_host(r, this->params_[1].value);
+    copy_from_host(b, this->params_[2].value);
   }
 
   void forward(const Tn& x, Tn& y, Mode mode) override {
@@ -152,10 +152,6 @@ class LSTM : public RecurrentLayer<T, D> {
   detail::LstmImpl<T, D>& impl() { return impl_; }
 
  private:
-  static void assign(Tn& dst, const Tensor<T, Cpu>& src) {
-    if constexpr (std::is_same<D, Cpu>::value) copy_into(src, dst);
-    else copy_into(to_device<D>(src), dst);
-  }
   LSTMOptions opt_;
   detail::LstmDims dims_;
   detail::LstmImpl<T, D> impl_;
