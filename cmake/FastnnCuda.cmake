@@ -5,10 +5,11 @@
 # static library of fastnn's kernels (include/fastnn/backend/cuda/kernels.cu, compiled by nvcc) +
 # CUDA::cudart, CUDA::cublas and cuDNN 9.
 #
-# cuDNN is looked for, in order, in: -DCUDNN_ROOT=... (or the environment variable CUDNN_ROOT or
-# CUDNN_PATH), the CUDA toolkit's directories, the system, and the layout of NVIDIA's pip wheel
-# (nvidia-cudnn-cu13 / -cu12: <site-packages>/nvidia/cudnn/{include,lib}) found through python3.
-# Override the result with -DCUDNN_INCLUDE_DIR=... -DCUDNN_LIBRARY=...
+# cuDNN is found by fastnnFindCudnn.cmake (search order and overrides there).
+#
+# Installed (cmake --install) with the export set fastnnCudaTargets: the static kernel library,
+# fastnn::cuda and fastnnFindCudnn.cmake, so that an installed fastnn gives
+# find_package(fastnn REQUIRED COMPONENTS cuda) -> fastnn::cuda.
 #
 # GPU architectures: CMAKE_CUDA_ARCHITECTURES defaults to "80;90" (A100, H100/H200); pass
 # -DCMAKE_CUDA_ARCHITECTURES=... to change it.
@@ -22,74 +23,14 @@ endif()
 enable_language(CUDA)
 find_package(CUDAToolkit REQUIRED)
 
-# ---- cuDNN -----------------------------------------------------------------------------------
-set(_fastnn_cudnn_hints "")
-foreach(_v CUDNN_ROOT CUDNN_PATH)
-  if(DEFINED ${_v} AND NOT "${${_v}}" STREQUAL "")
-    list(APPEND _fastnn_cudnn_hints "${${_v}}")
-  endif()
-  if(DEFINED ENV{${_v}})
-    list(APPEND _fastnn_cudnn_hints "$ENV{${_v}}")
-  endif()
-endforeach()
-list(APPEND _fastnn_cudnn_hints "${CUDAToolkit_LIBRARY_ROOT}" "${CUDAToolkit_TARGET_DIR}")
-get_filename_component(_fastnn_cuda_root "${CUDAToolkit_BIN_DIR}" DIRECTORY)
-list(APPEND _fastnn_cudnn_hints "${_fastnn_cuda_root}")
-
-# NVIDIA's pip wheel: python3 -c "import nvidia.cudnn" -> <site-packages>/nvidia/cudnn
-set(_fastnn_pip_cudnn "")
-find_program(FASTNN_PYTHON3 NAMES python3 python)
-if(FASTNN_PYTHON3)
-  execute_process(
-    COMMAND "${FASTNN_PYTHON3}" -c "import nvidia.cudnn as m; print(list(m.__path__)[0])"
-    OUTPUT_VARIABLE _fastnn_pip_cudnn OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _fastnn_rc)
-  if(NOT _fastnn_rc EQUAL 0)
-    set(_fastnn_pip_cudnn "")
-  endif()
+# ---- cuDNN: the imported target fastnn_cudnn (the same file is installed for find_package) ------
+set(FASTNN_CUDNN_IMPORT_GLOBAL ON)
+include(${CMAKE_CURRENT_LIST_DIR}/fastnnFindCudnn.cmake)
+if(NOT FASTNN_CUDNN_FOUND)
+  message(FATAL_ERROR "FASTNN_CUDA: ${FASTNN_CUDNN_REASON}")
 endif()
-
-find_path(CUDNN_INCLUDE_DIR cudnn.h
-  HINTS ${_fastnn_cudnn_hints}
-  PATH_SUFFIXES include targets/x86_64-linux/include targets/sbsa-linux/include include/x86_64-linux-gnu)
-if(NOT CUDNN_INCLUDE_DIR AND _fastnn_pip_cudnn)
-  find_path(CUDNN_INCLUDE_DIR cudnn.h HINTS "${_fastnn_pip_cudnn}" PATH_SUFFIXES include NO_DEFAULT_PATH)
-endif()
-find_library(CUDNN_LIBRARY NAMES cudnn libcudnn.so.9
-  HINTS ${_fastnn_cudnn_hints}
-  PATH_SUFFIXES lib64 lib lib/x86_64-linux-gnu targets/x86_64-linux/lib targets/sbsa-linux/lib)
-if(NOT CUDNN_LIBRARY AND _fastnn_pip_cudnn)
-  find_library(CUDNN_LIBRARY NAMES cudnn libcudnn.so.9 HINTS "${_fastnn_pip_cudnn}" PATH_SUFFIXES lib lib64 NO_DEFAULT_PATH)
-endif()
-if(NOT CUDNN_INCLUDE_DIR OR NOT CUDNN_LIBRARY)
-  message(FATAL_ERROR
-    "FASTNN_CUDA: cuDNN 9 was not found (cudnn.h: ${CUDNN_INCLUDE_DIR}, library: ${CUDNN_LIBRARY}). "
-    "Pass -DCUDNN_ROOT=<dir with include/cudnn.h and lib/libcudnn.so>, or install the nvidia-cudnn-cu13 wheel "
-    "for ${FASTNN_PYTHON3}.")
-endif()
-
-set(_fastnn_cudnn_version_h "${CUDNN_INCLUDE_DIR}/cudnn_version.h")
-if(NOT EXISTS "${_fastnn_cudnn_version_h}")
-  set(_fastnn_cudnn_version_h "${CUDNN_INCLUDE_DIR}/cudnn.h")
-endif()
-file(STRINGS "${_fastnn_cudnn_version_h}" _fastnn_cudnn_lines REGEX "#define CUDNN_(MAJOR|MINOR|PATCHLEVEL) +[0-9]+")
-foreach(_part MAJOR MINOR PATCHLEVEL)
-  string(REGEX MATCH "CUDNN_${_part} +([0-9]+)" _m "${_fastnn_cudnn_lines}")
-  set(_fastnn_cudnn_${_part} "${CMAKE_MATCH_1}")
-endforeach()
-set(FASTNN_CUDNN_VERSION "${_fastnn_cudnn_MAJOR}.${_fastnn_cudnn_MINOR}.${_fastnn_cudnn_PATCHLEVEL}")
-if(_fastnn_cudnn_MAJOR LESS 9)
-  message(FATAL_ERROR "FASTNN_CUDA: cuDNN ${FASTNN_CUDNN_VERSION} at ${CUDNN_INCLUDE_DIR} is too old; fastnn needs cuDNN 9")
-endif()
-get_filename_component(FASTNN_CUDNN_LIBRARY_DIR "${CUDNN_LIBRARY}" DIRECTORY)
 message(STATUS "fastnn: CUDA ${CUDAToolkit_VERSION}, cuDNN ${FASTNN_CUDNN_VERSION} (${CUDNN_LIBRARY}, headers ${CUDNN_INCLUDE_DIR}), "
                "architectures ${CMAKE_CUDA_ARCHITECTURES}")
-
-if(NOT TARGET fastnn_cudnn)
-  add_library(fastnn_cudnn SHARED IMPORTED GLOBAL)
-  set_target_properties(fastnn_cudnn PROPERTIES
-    IMPORTED_LOCATION "${CUDNN_LIBRARY}"
-    INTERFACE_INCLUDE_DIRECTORIES "${CUDNN_INCLUDE_DIR}")
-endif()
 
 # ---- fastnn's kernels: a small static library compiled by nvcc -------------------------------
 add_library(fastnn_cuda_kernels STATIC ${PROJECT_SOURCE_DIR}/include/fastnn/backend/cuda/kernels.cu)
@@ -111,4 +52,14 @@ target_compile_definitions(fastnn_cuda INTERFACE FASTNN_WITH_CUDA=1)
 # directory on the binaries' search path (RPATH rather than RUNPATH, so that it also applies to
 # libraries loaded by cuDNN itself). Where cuDNN is not in a system directory this is what lets
 # the tests and examples run without LD_LIBRARY_PATH.
-target_link_options(fastnn_cuda INTERFACE "LINKER:-rpath,${FASTNN_CUDNN_LIBRARY_DIR}" "LINKER:--disable-new-dtags")
+# (The installed fastnnConfig.cmake adds the same option for the cuDNN it finds on the user's machine.)
+target_link_options(fastnn_cuda INTERFACE
+  "$<BUILD_INTERFACE:LINKER:-rpath,${FASTNN_CUDNN_LIBRARY_DIR}>" "$<BUILD_INTERFACE:LINKER:--disable-new-dtags>")
+
+set_target_properties(fastnn_cuda_kernels PROPERTIES EXPORT_NAME cuda_kernels)
+set_target_properties(fastnn_cuda PROPERTIES EXPORT_NAME cuda)
+include(GNUInstallDirs)
+install(TARGETS fastnn_cuda_kernels fastnn_cuda EXPORT fastnnCudaTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
+install(EXPORT fastnnCudaTargets NAMESPACE fastnn:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/fastnn)
+install(FILES ${CMAKE_CURRENT_LIST_DIR}/fastnnFindCudnn.cmake DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/fastnn)
