@@ -9,8 +9,12 @@
 # OUT_DIR/gpu-results.md (device, driver, CUDA/cuDNN versions, test summary, epoch times,
 # validation accuracies, PyTorch's epoch times and the ratio). Needs no internet.
 #
+# Then the same training with TF32 tensor-core math allowed (mnist_bilstm --tf32, and the peer
+# with --tf32): an opt-in mode, reported separately; the targets are judged on the default run.
+#
 # Files written to OUT_DIR: gpu-results.md, gpu-check.log (every step's output),
-# fastnn-history.csv, fastnn-eager-history.csv, torch-history.csv, bench_gpu.json.
+# fastnn-history.csv, fastnn-eager-history.csv, fastnn-tf32-history.csv, torch-history.csv,
+# torch-tf32-history.csv, bench_gpu.json.
 #
 # Environment:
 #   BUILD_DIR  build tree (default: <repo>/build-gpu)
@@ -29,6 +33,7 @@
 #   JOBS       parallel build jobs (default: nproc)
 #   EPOCHS     epochs of the training run and of the PyTorch peer (default 3)
 #   EAGER_EPOCHS  epochs of the run without CUDA graphs (default 2; 0 skips it)
+#   TF32_EPOCHS   epochs of the TF32 runs of fastnn and of the peer (default EPOCHS; 0 skips them)
 #   FULL_BUILD=1  build every target (default: only what this script runs)
 #   TEST_TIMEOUT, TRAIN_TIMEOUT, BENCH_TIMEOUT, TORCH_TIMEOUT  seconds per step
 #                 (defaults 300, 240, 200, 200)
@@ -181,6 +186,14 @@ if [ -x "$BUILD/examples/mnist_bilstm" ] && [ "${EAGER_EPOCHS:-2}" -gt 0 ]; then
   EAGER_RC=${PIPESTATUS[0]}
 fi
 
+# The same with TF32 allowed (--tf32): opt-in, reported beside the default.
+TF32_EPOCHS=${TF32_EPOCHS:-$EPOCHS}
+if [ -x "$BUILD/examples/mnist_bilstm" ] && [ "$TF32_EPOCHS" -gt 0 ]; then
+  log "mnist_bilstm --device cuda --tf32 --epochs $TF32_EPOCHS"
+  run "${TRAIN_TIMEOUT:-240}" "$BUILD/examples/mnist_bilstm" --device cuda --tf32 --epochs "$TF32_EPOCHS" \
+    --data "$MNIST" --history-csv "$OUT/fastnn-tf32-history.csv" --verbose 2 | tee "$WORK/train-tf32.txt" >/dev/null
+fi
+
 # ---- 6. GPU benchmark --------------------------------------------------------------------------
 if [ -x "$BUILD/bench/gpu/probe_rnn_algos" ]; then
   log "cuDNN RNN algorithms for the reference LSTM (probe_rnn_algos)"
@@ -203,6 +216,12 @@ if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
   run "${TORCH_TIMEOUT:-200}" env PYTHONUNBUFFERED=1 LD_LIBRARY_PATH="$ORIG_LD_LIBRARY_PATH" python3 "$ROOT/bench/gpu/torch_peer.py" --data "$MNIST" \
     --epochs "$EPOCHS" --history-csv "$OUT/torch-history.csv" | tee "$WORK/torch.txt" >/dev/null
   TORCH_RC=${PIPESTATUS[0]}
+  if [ "$TF32_EPOCHS" -gt 0 ]; then
+    log "PyTorch peer with --tf32"
+    run "${TORCH_TIMEOUT:-200}" env PYTHONUNBUFFERED=1 LD_LIBRARY_PATH="$ORIG_LD_LIBRARY_PATH" python3 "$ROOT/bench/gpu/torch_peer.py" \
+      --data "$MNIST" --epochs "$TF32_EPOCHS" --tf32 --history-csv "$OUT/torch-tf32-history.csv" |
+      tee "$WORK/torch-tf32.txt" >/dev/null
+  fi
 else
   log "python3 has no PyTorch with CUDA: no peer run"
 fi
@@ -302,6 +321,23 @@ if eh:
         ea = sum(r["train_seconds"] for r in eh[1:n]) / (n - 1)
         ga = sum(r["train_seconds"] for r in fh[1:n]) / (n - 1)
         L.append(f"\nEpochs 2..{n}: eager {ea:.3f} s, with CUDA graphs {ga:.3f} s per epoch ({ea / ga:.2f}x).")
+    L.append("")
+ft = history(os.path.join(out, "fastnn-tf32-history.csv"))
+tt = history(os.path.join(out, "torch-tf32-history.csv"))
+if ft or tt:
+    L.append("## Opt-in TF32 (mnist_bilstm --tf32, torch_peer.py --tf32), same GPU, same run\n")
+    L.append("TF32 tensor-core math in cuBLAS and cuDNN for both; not the default, and not what the targets above are judged on.\n")
+    L.append("| epoch | fastnn train s | fastnn val_accuracy | PyTorch train s | PyTorch val_accuracy | PyTorch / fastnn |\n"
+             "| --- | --- | --- | --- | --- | --- |")
+    for i in range(max(len(ft), len(tt))):
+        a = ft[i] if i < len(ft) else None
+        b = tt[i] if i < len(tt) else None
+        ratio = f"{b['train_seconds'] / a['train_seconds']:.2f}x" if a and b else ""
+        L.append(f"| {i + 1} | {a['train_seconds']:.3f} | {a['val_accuracy']:.4f} | " if a else f"| {i + 1} | | | ")
+        L[-1] += (f"{b['train_seconds']:.3f} | {b['val_accuracy']:.4f} | {ratio} |" if b else "| | |")
+    if len(ft) > 1:
+        fa = sum(r["train_seconds"] for r in ft[1:]) / (len(ft) - 1)
+        L.append(f"\nfastnn with TF32, epochs 2..{len(ft)}: mean {fa:.3f} s per training epoch.")
     L.append("")
 L.append("## PyTorch cuDNN peer (bench/gpu/torch_peer.py)\n")
 cfg = re.search(r"^CONFIG (.*)$", torch_log, re.M)

@@ -25,45 +25,18 @@
 #include "fastnn/data/mnist.hpp"
 #include "fastnn/fastnn.hpp"
 #include "fastnn/io/checkpoint.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace fastnn;
-using Bytes = std::vector<std::uint8_t>;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "fastnn_ck_XXXXXX").string();
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = buf.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  std::vector<std::string> list() const {
-    std::vector<std::string> v;
-    for (const auto& e : fs::directory_iterator(path_)) v.push_back(e.path().filename().string());
-    return v;
-  }
-
- private:
-  std::string path_;
-};
-
-void write_bytes(const std::string& path, const Bytes& b) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
-Bytes read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
+using fastnn_test::Bytes;
+using fastnn_test::gzip_bytes;
+using fastnn_test::read_bytes;
+using fastnn_test::TempDir;
+using fastnn_test::toy_data;
+using fastnn_test::write_bytes;
 
 /// Bidirectional(LSTM(units)) -> Dense(3, softmax) on [6, 5] samples.
 template <class T>
@@ -72,19 +45,6 @@ void build(Sequential<T>& m, std::uint64_t seed, Index units = 8, int threads = 
   m.template add<Dense>(DenseOptions(3).activation(Activation::Softmax));
   m.set_threads(threads);
   m.build({6, 5}, seed);
-}
-
-/// A learnable toy problem: the class is which third of the rows holds the brightest pixel.
-Dataset<Cpu> toy_data(std::size_t n, std::uint32_t seed) {
-  std::mt19937 g(seed);
-  std::vector<std::uint8_t> px(n * 30), labels(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
-    const std::size_t cls = g() % 3;
-    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
-    labels[i] = static_cast<std::uint8_t>(cls);
-  }
-  return make_dataset(px, labels, {6, 5}, 3);
 }
 
 template <class T>
@@ -602,20 +562,6 @@ TEST(Mutations, EveryMutatedCheckpointIsRejectedWithAMessage) {
   EXPECT_NO_THROW(t.load_checkpoint(good_path));
 }
 
-Bytes gzip(const Bytes& data) {
-  z_stream s{};
-  EXPECT_EQ(deflateInit2(&s, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  Bytes out(deflateBound(&s, static_cast<uLong>(data.size())) + 64);
-  s.next_in = const_cast<Bytef*>(data.data());
-  s.avail_in = static_cast<uInt>(data.size());
-  s.next_out = out.data();
-  s.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
-  out.resize(s.total_out);
-  deflateEnd(&s);
-  return out;
-}
-
 TEST(Mutations, MutatedIdxFilesNeverCrash) {
   // Images 5 x 4 x 4 and their labels, raw and gzip. A flipped byte in the pixel data of a raw
   // file is a valid file with another picture, so raw data flips are only required not to crash;
@@ -635,7 +581,7 @@ TEST(Mutations, MutatedIdxFilesNeverCrash) {
     bool is_images, gz;
   };
   const std::vector<Source> sources = {{"images", images, true, false}, {"labels", labels, false, false},
-                                       {"images.gz", gzip(images), true, true}, {"labels.gz", gzip(labels), false, true}};
+                                       {"images.gz", gzip_bytes(images), true, true}, {"labels.gz", gzip_bytes(labels), false, true}};
   for (const auto& src : sources) {
     const std::size_t header_end = src.gz ? 10 : (src.is_images ? 16 : 8);
     const std::string path = dir.file(std::string("mutant-") + src.what);

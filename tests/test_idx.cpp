@@ -20,6 +20,7 @@
 #include "fastnn/core/error.hpp"
 #include "fastnn/data/idx.hpp"
 #include "fastnn/data/mnist.hpp"
+#include "test_util.hpp"
 
 #if defined(_WIN32)
 #include <process.h>
@@ -32,7 +33,8 @@
 namespace {
 
 namespace fs = std::filesystem;
-using Bytes = std::vector<std::uint8_t>;
+using fastnn_test::Bytes;
+using fastnn_test::gzip_bytes;
 using fastnn::FormatError;
 using fastnn::IoError;
 using fastnn::data::IdxArray;
@@ -68,21 +70,6 @@ Bytes iota_bytes(std::size_t n, std::uint8_t start = 0) {
   Bytes b(n);
   for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<std::uint8_t>(start + i);
   return b;
-}
-
-/// Compresses `data` in memory as a gzip stream (zlib deflate with a gzip wrapper).
-Bytes gzip_bytes(const Bytes& data) {
-  z_stream s{};
-  EXPECT_EQ(deflateInit2(&s, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
-  Bytes out(deflateBound(&s, static_cast<uLong>(data.size())) + 64);
-  s.next_in = const_cast<Bytef*>(data.data());
-  s.avail_in = static_cast<uInt>(data.size());
-  s.next_out = out.data();
-  s.avail_out = static_cast<uInt>(out.size());
-  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
-  out.resize(s.total_out);
-  deflateEnd(&s);
-  return out;
 }
 
 class IdxTest : public ::testing::Test {

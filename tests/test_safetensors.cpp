@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "fastnn/io/safetensors.hpp"
+#include "test_util.hpp"
 
 namespace {
 
@@ -32,42 +33,10 @@ using fastnn::io::DType;
 using fastnn::io::SafetensorsLimits;
 using fastnn::io::SafetensorsReader;
 using fastnn::io::SafetensorsWriter;
-using Bytes = std::vector<std::uint8_t>;
-
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "fastnn_st_XXXXXX").string();
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = buf.data();
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string file(const std::string& name) const { return (fs::path(path_) / name).string(); }
-  const std::string& path() const { return path_; }
-  /// Names of the files in the directory.
-  std::vector<std::string> list() const {
-    std::vector<std::string> v;
-    for (const auto& e : fs::directory_iterator(path_)) v.push_back(e.path().filename().string());
-    return v;
-  }
-
- private:
-  std::string path_;
-};
-
-void write_bytes(const std::string& path, const Bytes& b) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
-Bytes read_bytes(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
+using fastnn_test::Bytes;
+using fastnn_test::read_bytes;
+using fastnn_test::TempDir;
+using fastnn_test::write_bytes;
 
 /// A raw file: 8-byte little-endian length of `header`, the header, then `data`.
 Bytes craft(const std::string& header, const Bytes& data = {}, std::uint64_t length_override = ~std::uint64_t{0}) {

@@ -6,7 +6,9 @@
 // Arguments: algo (0 auto = persistent small-h kernel with fallback, 1 standard, 2 persistent
 // static, 3 persistent dynamic; a refused choice falls back to standard) and bidir (0: two
 // cuDNN LSTMs on two streams, 1: one cuDNN bidirectional RNN, 2: the generic wrapper) and graph
-// (1: fit replays the training step as one CUDA graph, the default; 0: eager, FASTNN_CUDA_GRAPH=0).
+// (1: fit replays the training step as one CUDA graph, the default; 0: eager, FASTNN_CUDA_GRAPH=0)
+// and tf32 (1: TF32 tensor-core math allowed in cuBLAS and cuDNN, cuda::set_allow_tf32; 0: off,
+// the default, which the epoch-time target is measured with).
 // The data is MNIST from $FASTNN_MNIST_DIR
 // when set, else random bytes of the same shape (the timing does not depend on the values).
 // The device and the cuDNN algorithm chosen are printed before the results.
@@ -66,6 +68,7 @@ Sequential<float, Cuda> reference_model(const benchmark::State& state) {
                                    cuda::BidirMode::Generic};
   cuda::set_bidirectional_mode(modes[state.range(1) % 3]);
   cuda::set_graph_enabled(state.range(2) != 0);  // the training step as one CUDA graph (graph.hpp)
+  cuda::set_allow_tf32(state.range(3) != 0);
   Sequential<float, Cpu> m;
   m.add<Bidirectional>(LSTMOptions(128));
   m.add<Dense>(DenseOptions(10).activation(Activation::Softmax));
@@ -107,24 +110,27 @@ void BM_GpuEvaluate(benchmark::State& state) {
 }
 
 BENCHMARK(BM_GpuTrainSteps)
-    ->ArgNames({"algo", "bidir", "graph"})
-    ->Args({0, 0, 1})
-    ->Args({0, 0, 0})
-    ->Args({0, 1, 1})
-    ->Args({0, 2, 1})
-    ->Args({1, 0, 1})
-    ->Args({1, 1, 1})
+    ->ArgNames({"algo", "bidir", "graph", "tf32"})
+    ->Args({0, 0, 1, 0})
+    ->Args({0, 0, 0, 0})
+    ->Args({0, 1, 1, 0})
+    ->Args({0, 2, 1, 0})
+    ->Args({1, 0, 1, 0})
+    ->Args({1, 1, 1, 0})
+    ->Args({0, 0, 1, 1})
+    ->Args({0, 1, 1, 1})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GpuEpoch)
-    ->ArgNames({"algo", "bidir", "graph"})
-    ->Args({0, 0, 1})
-    ->Args({0, 0, 0})
-    ->Args({0, 1, 1})
+    ->ArgNames({"algo", "bidir", "graph", "tf32"})
+    ->Args({0, 0, 1, 0})
+    ->Args({0, 0, 0, 0})
+    ->Args({0, 1, 1, 0})
+    ->Args({0, 0, 1, 1})
     ->Iterations(3)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_GpuEvaluate)->ArgNames({"algo", "bidir", "graph"})->Args({0, 0, 0})->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_GpuEvaluate)->ArgNames({"algo", "bidir", "graph", "tf32"})->Args({0, 0, 0, 0})->Iterations(5)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 

@@ -5,8 +5,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "fastnn/fastnn.hpp"
 
@@ -133,6 +135,35 @@ void check_layer_parity(LayerPair<T>& p, const Shape& batch_in, std::uint64_t se
   for (std::size_t i = 0; i < pc.size(); ++i) {
     EXPECT_EQ(pc[i].name, pgpu[i].name);
     EXPECT_TRUE(close(pc[i].grad, pgpu[i].grad, rtol)) << "gradient of " << pc[i].name;
+  }
+}
+
+/// n random samples [6, 5] with 4 classes (for training-step parity, not learnability).
+inline fastnn::Dataset<Cpu> random_dataset(Index n, std::uint64_t seed) {
+  fastnn::Rng rng(seed);
+  std::vector<std::uint8_t> pixels(static_cast<std::size_t>(n * 6 * 5)), labels(static_cast<std::size_t>(n));
+  for (auto& v : pixels) v = static_cast<std::uint8_t>(rng.below(256));
+  for (auto& v : labels) v = static_cast<std::uint8_t>(rng.below(4));
+  return fastnn::make_dataset(pixels, labels, Shape{6, 5}, 4);
+}
+
+/// Bidirectional(LSTM(12)) -> Dense(4, softmax) on [6, 5], seed 7, compiled with `opt`.
+inline fastnn::Sequential<float, Cpu> small_model(std::unique_ptr<fastnn::Optimizer<float, Cpu>> opt) {
+  fastnn::Sequential<float, Cpu> m;
+  m.add<fastnn::Bidirectional>(fastnn::LSTMOptions(12));
+  m.add<fastnn::Dense>(fastnn::DenseOptions(4).activation(fastnn::Activation::Softmax));
+  m.build(Shape{6, 5}, 7);
+  m.compile(std::move(opt));
+  return m;
+}
+
+/// Per-epoch loss and val_loss of two training runs agree within `rtol` (relative).
+inline void expect_same_history(const fastnn::History& ref, const fastnn::History& got, double rtol) {
+  ASSERT_EQ(ref.epochs.size(), got.epochs.size());
+  for (std::size_t e = 0; e < ref.epochs.size(); ++e) {
+    EXPECT_NEAR(got.epochs[e].loss, ref.epochs[e].loss, rtol * ref.epochs[e].loss) << "loss, epoch " << e + 1;
+    EXPECT_NEAR(got.epochs[e].val_loss, ref.epochs[e].val_loss, rtol * ref.epochs[e].val_loss)
+        << "val_loss, epoch " << e + 1;
   }
 }
 

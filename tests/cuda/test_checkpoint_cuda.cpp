@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../test_util.hpp"
 #include "cuda_test_util.hpp"
 #include "fastnn/io/checkpoint.hpp"
 
@@ -17,19 +18,6 @@ namespace {
 
 using namespace fastnn;
 using namespace fastnn_test;
-
-struct TempDir {
-  TempDir() {
-    std::string t = (std::filesystem::temp_directory_path() / "fastnn_ckcuda_XXXXXX").string();
-    path = mkdtemp(&t[0]);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  std::string file(const std::string& n) const { return path + "/" + n; }
-  std::string path;
-};
 
 template <class D>
 void build(Sequential<float, D>& m, std::uint64_t seed) {
@@ -42,18 +30,6 @@ template <class D>
 std::vector<float> flat(Sequential<float, D>& m) {
   Tensor<float, Cpu> h = to_device<Cpu>(m.flat_parameters());
   return std::vector<float>(h.data(), h.data() + h.size());
-}
-
-Dataset<Cpu> toy_data(std::size_t n, std::uint32_t seed) {
-  std::mt19937 g(seed);
-  std::vector<std::uint8_t> px(n * 30), labels(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
-    const std::size_t cls = g() % 3;
-    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
-    labels[i] = static_cast<std::uint8_t>(cls);
-  }
-  return make_dataset(px, labels, {6, 5}, 3);
 }
 
 TEST(CudaCheckpoint, WeightsMoveBetweenDevicesBitForBit) {

@@ -12,23 +12,6 @@ namespace {
 using namespace fastnn;
 using namespace fastnn_test;
 
-Dataset<Cpu> random_dataset(Index n, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::uint8_t> pixels(static_cast<std::size_t>(n * 6 * 5)), labels(static_cast<std::size_t>(n));
-  for (auto& v : pixels) v = static_cast<std::uint8_t>(rng.below(256));
-  for (auto& v : labels) v = static_cast<std::uint8_t>(rng.below(4));
-  return make_dataset(pixels, labels, Shape{6, 5}, 4);
-}
-
-Sequential<float, Cpu> small_model(std::unique_ptr<Optimizer<float, Cpu>> opt) {
-  Sequential<float, Cpu> m;
-  m.add<Bidirectional>(LSTMOptions(12));
-  m.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
-  m.build(Shape{6, 5}, 7);
-  m.compile(std::move(opt));
-  return m;
-}
-
 /// Restores the graph switch at the end of a test.
 struct GraphSwitch {
   bool saved = cuda::graph_enabled();

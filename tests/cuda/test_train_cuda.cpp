@@ -92,23 +92,6 @@ TEST(CudaOptimizer, RmspropMatchesCpu) {
 
 // ---- Sequential ------------------------------------------------------------------------------
 
-Dataset<Cpu> random_dataset(Index n, std::uint64_t seed) {
-  Rng rng(seed);
-  std::vector<std::uint8_t> pixels(static_cast<std::size_t>(n * 6 * 5)), labels(static_cast<std::size_t>(n));
-  for (auto& v : pixels) v = static_cast<std::uint8_t>(rng.below(256));
-  for (auto& v : labels) v = static_cast<std::uint8_t>(rng.below(4));
-  return make_dataset(pixels, labels, Shape{6, 5}, 4);
-}
-
-Sequential<float, Cpu> small_model(std::unique_ptr<Optimizer<float, Cpu>> opt) {
-  Sequential<float, Cpu> m;
-  m.add<Bidirectional>(LSTMOptions(12));
-  m.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
-  m.build(Shape{6, 5}, 7);
-  m.compile(std::move(opt));
-  return m;
-}
-
 TEST(CudaSequential, TrainingMatchesCpu) {
   FASTNN_REQUIRE_CUDA();
   for (auto mode : {cuda::BidirMode::TwoStreams, cuda::BidirMode::CudnnBidirectional, cuda::BidirMode::Generic}) {
@@ -120,11 +103,7 @@ TEST(CudaSequential, TrainingMatchesCpu) {
     auto opts = FitOptions().epochs(2).batch_size(16).verbose(0);
     History hc = cpu.fit(data, opts, &data);
     History hg = gpu.fit(data_g, opts, &data_g);
-    ASSERT_EQ(hc.epochs.size(), hg.epochs.size());
-    for (std::size_t e = 0; e < hc.epochs.size(); ++e) {
-      EXPECT_NEAR(hg.epochs[e].loss, hc.epochs[e].loss, 1e-4 * hc.epochs[e].loss) << "epoch " << e + 1;
-      EXPECT_NEAR(hg.epochs[e].val_loss, hc.epochs[e].val_loss, 1e-4 * hc.epochs[e].val_loss) << "epoch " << e + 1;
-    }
+    expect_same_history(hc, hg, 1e-4);
     EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), kRtolFloat)) << "mode " << static_cast<int>(mode);
     EXPECT_TRUE(close(cpu.optimizer()->state()[0].second, gpu.optimizer()->state()[0].second, kRtolFloat));
     // predictions (softmax applied on the device)
@@ -133,6 +112,36 @@ TEST(CudaSequential, TrainingMatchesCpu) {
     EXPECT_TRUE(close(cpu.predict(x), gpu.predict(to_device<Cuda>(x)), kRtolFloat));
   }
   cuda::set_bidirectional_mode(cuda::BidirMode::TwoStreams);
+}
+
+// With TF32 allowed (cuda::set_allow_tf32, the example's --tf32) the GPU trains the same model
+// within TF32's precision (10-bit mantissa products, float accumulation): loose tolerances, and
+// the graph cache must not replay a step captured under the other math mode.
+TEST(CudaSequential, TrainingWithTf32StaysCloseToCpu) {
+  FASTNN_REQUIRE_CUDA();
+  struct Restore {
+    ~Restore() { cuda::set_allow_tf32(false); }
+  } restore;
+  auto data = random_dataset(80, 5);
+  auto data_g = data.to<Cuda>();
+  auto opts = FitOptions().epochs(2).batch_size(16).verbose(0);
+  auto cpu = small_model(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true));
+  auto gpu = cpu.to<Cuda>();
+  cuda::set_allow_tf32(true);
+  ASSERT_TRUE(cuda::allow_tf32());
+  History hc = cpu.fit(data, opts, &data);
+  History hg = gpu.fit(data_g, opts, &data_g);
+  expect_same_history(hc, hg, 2e-2);
+  EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), 2e-2));
+  // back to exact math on the same GPU model (its cuDNN descriptors are rebuilt, its step graph
+  // re-captured): one more epoch matches a CPU copy of it tightly again
+  cuda::set_allow_tf32(false);
+  auto cpu2 = gpu.to<Cpu>();
+  History hc2 = cpu2.fit(data, FitOptions().epochs(3).initial_epoch(2).batch_size(16).verbose(0));
+  History hg2 = gpu.fit(data_g, FitOptions().epochs(3).initial_epoch(2).batch_size(16).verbose(0));
+  ASSERT_EQ(hg2.epochs.size(), 1u);
+  EXPECT_NEAR(hg2.last().loss, hc2.last().loss, 1e-4 * hc2.last().loss);
+  EXPECT_TRUE(close(cpu2.flat_parameters(), gpu.flat_parameters(), kRtolFloat));
 }
 
 TEST(CudaSequential, ToCudaAndBackKeepsWeightsAndOptimizerStateBitExactly) {

@@ -258,6 +258,9 @@ class CudnnLstm {
 
   void ensure_built() {
     if (candidates_.empty()) candidates_ = candidates();
+    // The math type is part of the descriptor: follow set_allow_tf32() changes between steps
+    // (the training-step graph is keyed on the TF32 setting and re-captured after an eager step).
+    if (built_ && std::is_same<T, float>::value && built_tf32_ != allow_tf32()) built_ = false;
     while (!built_) {
       algo_ = candidates_[cand_].first;
       bias_ = candidates_[cand_].second;
@@ -282,8 +285,9 @@ class CudnnLstm {
       y_desc_ = RnnDataDesc(y);
       h_desc_ = make_tensor_desc();
     }
+    built_tf32_ = allow_tf32();
     const cudnnMathType_t math =
-        std::is_same<T, float>::value && !allow_tf32() ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
+        std::is_same<T, float>::value && !built_tf32_ ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
     cudnnStatus_t st = cudnnSetRNNDescriptor_v8(
         desc_.get(), algo_, CUDNN_LSTM, bias_, dirs_ == 2 ? CUDNN_BIDIRECTIONAL : CUDNN_UNIDIRECTIONAL,
         CUDNN_LINEAR_INPUT, dtype(), dtype(), math, static_cast<int32_t>(F_), static_cast<int32_t>(H_),
@@ -419,6 +423,7 @@ class CudnnLstm {
   Index F_ = -1, H_ = -1;
   int dirs_ = 1, lane_ = 0;
   bool built_ = false, trained_ = false;
+  bool built_tf32_ = false;  ///< allow_tf32() when the descriptor was built
   std::vector<std::pair<cudnnRNNAlgo_t, cudnnRNNBiasMode_t>> candidates_;
   std::size_t cand_ = 0;
   cudnnRNNAlgo_t algo_ = CUDNN_RNN_ALGO_STANDARD;

@@ -1,0 +1,95 @@
+#pragma once
+// Helpers shared by the tests that write files: a self-deleting temporary directory, whole-file
+// byte I/O, in-memory gzip, and a small learnable data set.
+
+#include <gtest/gtest.h>
+#include <stdlib.h>  // mkdtemp
+#include <zlib.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include "fastnn/data/dataset.hpp"
+
+namespace fastnn_test {
+
+using Bytes = std::vector<std::uint8_t>;
+
+/// A fresh directory under the system's temp directory (mkdtemp), removed with its contents.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "fastnn_test_") {
+    const std::string tmpl = (std::filesystem::temp_directory_path() / (prefix + "XXXXXX")).string();
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
+    path_ = buf.data();
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  const std::string& path() const { return path_; }
+  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+  /// Names of the files in the directory.
+  std::vector<std::string> list() const {
+    std::vector<std::string> v;
+    for (const auto& e : std::filesystem::directory_iterator(path_)) v.push_back(e.path().filename().string());
+    return v;
+  }
+
+ private:
+  std::string path_;
+};
+
+inline void write_bytes(const std::string& path, const Bytes& b) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  if (!f) throw std::runtime_error("cannot write " + path);
+}
+
+inline Bytes read_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return Bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+/// Compresses `data` in memory as a gzip stream (zlib deflate with a gzip wrapper).
+inline Bytes gzip_bytes(const Bytes& data) {
+  z_stream s{};
+  EXPECT_EQ(deflateInit2(&s, 9, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY), Z_OK);
+  Bytes out(deflateBound(&s, static_cast<uLong>(data.size())) + 64);
+  s.next_in = const_cast<Bytef*>(data.data());
+  s.avail_in = static_cast<uInt>(data.size());
+  s.next_out = out.data();
+  s.avail_out = static_cast<uInt>(out.size());
+  EXPECT_EQ(deflate(&s, Z_FINISH), Z_STREAM_END);
+  out.resize(s.total_out);
+  deflateEnd(&s);
+  return out;
+}
+
+/// A learnable toy problem on [6, 5] samples with 3 classes: the class is which third of the
+/// rows holds the brightest pixel.
+inline fastnn::Dataset<fastnn::Cpu> toy_data(std::size_t n, std::uint32_t seed) {
+  std::mt19937 g(seed);
+  std::vector<std::uint8_t> px(n * 30), labels(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
+    const std::size_t cls = g() % 3;
+    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
+    labels[i] = static_cast<std::uint8_t>(cls);
+  }
+  return fastnn::make_dataset(px, labels, {6, 5}, 3);
+}
+
+}  // namespace fastnn_test
