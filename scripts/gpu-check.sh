@@ -38,7 +38,8 @@
 #   TEST_TIMEOUT, TRAIN_TIMEOUT, BENCH_TIMEOUT, TORCH_TIMEOUT  seconds per step
 #                 (defaults 300, 240, 200, 200)
 #
-# Exit status: 0 when the build, the tests and the training run succeeded.
+# Exit status: 0 when the build, the tests and the training run succeeded and --device auto
+# picked the GPU.
 
 set -uo pipefail
 
@@ -186,6 +187,16 @@ if [ -x "$BUILD/examples/mnist_bilstm" ] && [ "${EAGER_EPOCHS:-2}" -gt 0 ]; then
   EAGER_RC=${PIPESTATUS[0]}
 fi
 
+# --device auto on a GPU machine must pick the GPU and say so (0 epochs: builds the model, validates).
+AUTO_RC=1
+if [ -x "$BUILD/examples/mnist_bilstm" ]; then
+  log "mnist_bilstm --device auto --epochs 0"
+  run 120 "$BUILD/examples/mnist_bilstm" --device auto --epochs 0 --data "$MNIST" --verbose 2 |
+    tee "$WORK/auto.txt" >/dev/null
+  AUTO_RC=${PIPESTATUS[0]}
+  grep -q "^--device auto: using the GPU" "$WORK/auto.txt" || AUTO_RC=1
+fi
+
 # The same with TF32 allowed (--tf32): opt-in, reported beside the default.
 TF32_EPOCHS=${TF32_EPOCHS:-$EPOCHS}
 if [ -x "$BUILD/examples/mnist_bilstm" ] && [ "$TF32_EPOCHS" -gt 0 ]; then
@@ -225,13 +236,13 @@ if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 else
   log "python3 has no PyTorch with CUDA: no peer run"
 fi
-log "done in $SECONDS s: configure $CONFIGURE_RC, build $BUILD_RC, tests $TEST_RC, train $TRAIN_RC, bench $BENCH_RC, torch $TORCH_RC"
+log "done in $SECONDS s: configure $CONFIGURE_RC, build $BUILD_RC, tests $TEST_RC, train $TRAIN_RC, auto $AUTO_RC, bench $BENCH_RC, torch $TORCH_RC"
 
 # ---- 8. results file ---------------------------------------------------------------------------------
-python3 - "$OUT" "$WORK" "$CONFIGURE_RC" "$BUILD_RC" "$TEST_RC" "$TRAIN_RC" "$BENCH_RC" "$TORCH_RC" <<'PY'
+python3 - "$OUT" "$WORK" "$CONFIGURE_RC" "$BUILD_RC" "$TEST_RC" "$TRAIN_RC" "$AUTO_RC" "$BENCH_RC" "$TORCH_RC" <<'PY'
 import csv, datetime, json, os, re, sys
 out, work = sys.argv[1], sys.argv[2]
-rc = dict(zip(["configure", "build", "tests", "train", "bench", "torch"], map(int, sys.argv[3:9])))
+rc = dict(zip(["configure", "build", "tests", "train", "device auto picks the GPU", "bench", "torch"], map(int, sys.argv[3:10])))
 
 def read(p):
     try:
@@ -387,4 +398,4 @@ with open(os.path.join(out, "gpu-results.md"), "w") as f:
 print("\n".join(L))
 PY
 
-[ $CONFIGURE_RC -eq 0 ] && [ $BUILD_RC -eq 0 ] && [ $TEST_RC -eq 0 ] && [ $TRAIN_RC -eq 0 ]
+[ $CONFIGURE_RC -eq 0 ] && [ $BUILD_RC -eq 0 ] && [ $TEST_RC -eq 0 ] && [ $TRAIN_RC -eq 0 ] && [ $AUTO_RC -eq 0 ]
