@@ -205,3 +205,52 @@ TEST(CudaSequential, NonFiniteLossIsReportedAndStopsTheUpdates) {
 }
 
 }  // namespace
+
+// ---- Dropout: the mask is a function of the key, so the GPU draws exactly the CPU's ----------
+
+namespace {
+
+TEST(CudaDropout, SameMaskAsTheCpuForwardAndBackward) {
+  FASTNN_REQUIRE_CUDA();
+  Dropout<float, Cpu> c(DropoutOptions(0.35));
+  Dropout<float, Cuda> g(DropoutOptions(0.35));
+  c.set_name("dropout");
+  g.set_name("dropout");
+  c.build(Shape{7, 33});
+  g.build(Shape{7, 33});
+  c.set_noise_key(1234);
+  g.set_noise_key(1234);
+  Rng rng(4);
+  Tensor<float, Cpu> x = random_tensor<float>(Shape{129, 7, 33}, rng), y, dy = random_tensor<float>(Shape{129, 7, 33}, rng), dx;
+  Tensor<float, Cuda> xg = to_device<Cuda>(x), yg, dyg = to_device<Cuda>(dy), dxg;
+  c.forward(x, y, Mode::Train);
+  g.forward(xg, yg, Mode::Train);
+  EXPECT_TRUE(bit_equal(y, to_device<Cpu>(yg)));
+  c.backward(x, y, dy, &dx);
+  g.backward(xg, yg, dyg, &dxg);
+  EXPECT_TRUE(bit_equal(dx, to_device<Cpu>(dxg)));
+  g.forward(xg, yg, Mode::Infer);
+  EXPECT_TRUE(bit_equal(x, to_device<Cpu>(yg)));
+}
+
+TEST(CudaDropout, TrainingWithDropoutMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  Sequential<float, Cpu> cpu;
+  cpu.add<Bidirectional>(LSTMOptions(12));
+  cpu.add<Dropout>(DropoutOptions(0.3));
+  cpu.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+  cpu.build(Shape{6, 5}, 7);
+  cpu.compile(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true));
+  auto gpu = cpu.to<Cuda>();
+  auto data = random_dataset(80, 5);
+  auto data_g = data.to<Cuda>();
+  auto opts = FitOptions().epochs(2).batch_size(16).verbose(0);
+  const auto replays = cuda::graph_stats().replays;
+  History hc = cpu.fit(data, opts, &data);
+  History hg = gpu.fit(data_g, opts, &data_g);
+  expect_same_history(hc, hg, 1e-4);
+  EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), kRtolFloat));
+  EXPECT_EQ(cuda::graph_stats().replays, replays) << "a model with Dropout must not replay a captured step";
+}
+
+}  // namespace

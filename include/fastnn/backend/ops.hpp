@@ -19,6 +19,8 @@
 ///                                                dlogits = grad_scale * (softmax(z) - onehot(y))
 ///   sgd / adam / rmsprop updates over flat buffers (see optim/)
 ///   all_finite(t)                                false if any element is NaN or infinite
+///   dropout(in, out, key, threshold, scale)      out = in * scale where hash::bits32(key, i)
+///                                                >= threshold, else 0 (core/hash.hpp)
 ///   fill(t, v), synchronize()
 /// Transfers between devices are the free function to_device<D2>(tensor) (core/tensor.hpp).
 

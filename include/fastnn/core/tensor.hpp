@@ -210,12 +210,13 @@ Tensor<U, D2> to_device(const Tensor<U, D1>& src) {
   return dst;
 }
 
-/// Copies a host tensor into `dst` (a tensor or view of the same size) on device D. Used to
-/// initialise and load parameters, which are always produced on the host.
+/// Copies a host tensor into `dst` (a tensor or view of the same size) on device D, without
+/// allocating (a device's copy_across). Used to initialise and load parameters, which are
+/// always produced on the host, and for fit's per-epoch shuffled index.
 template <class T, class D>
 void copy_from_host(const Tensor<T, Cpu>& src, Tensor<T, D>& dst) {
   if constexpr (std::is_same<D, Cpu>::value) copy_into(src, dst);
-  else copy_into(to_device<D>(src), dst);
+  else copy_across(src, dst);
 }
 
 }  // namespace fastnn

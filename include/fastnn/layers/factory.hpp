@@ -8,6 +8,7 @@
 
 #include "fastnn/layers/bidirectional.hpp"
 #include "fastnn/layers/dense.hpp"
+#include "fastnn/layers/dropout.hpp"
 #include "fastnn/layers/lstm.hpp"
 
 namespace fastnn {
@@ -38,7 +39,7 @@ inline bool cfg_bool(const LayerConfig& c, const std::string& key, const std::st
 
 }  // namespace detail
 
-/// Builds an unbuilt layer of `type` ("Dense", "LSTM", "Bidirectional") from `config` (as
+/// Builds an unbuilt layer of `type` ("Dense", "Dropout", "LSTM", "Bidirectional") from `config` (as
 /// produced by Layer::config()). Throws MismatchError for an unknown type or a bad config.
 template <class T, class D>
 std::unique_ptr<Layer<T, D>> make_layer(const std::string& type, const LayerConfig& c) {
@@ -49,6 +50,29 @@ std::unique_ptr<Layer<T, D>> make_layer(const std::string& type, const LayerConf
     o.activation(activation_from_string(cfg(c, "activation", where)));
     o.use_bias(detail::cfg_bool(c, "use_bias", where));
     return std::make_unique<Dense<T, D>>(o);
+  }
+  if (type == "Dropout") {
+    const std::string& r = cfg(c, "rate", where);
+    const std::string& sd = cfg(c, "seed", where);
+    double rate = -1;
+    unsigned long long seed = 0;
+    try {
+      std::size_t pos = 0;
+      rate = std::stod(r, &pos);
+      if (pos != r.size()) throw std::invalid_argument(r);
+    } catch (const std::exception&) {
+      throw MismatchError(where + ": 'rate' is not a number: '" + r + "'");
+    }
+    if (!(rate >= 0.0 && rate < 1.0)) throw MismatchError(where + ": 'rate' must be in [0, 1), got '" + r + "'");
+    try {
+      std::size_t pos = 0;
+      if (sd.empty() || sd[0] == '-') throw std::invalid_argument(sd);
+      seed = std::stoull(sd, &pos);
+      if (pos != sd.size()) throw std::invalid_argument(sd);
+    } catch (const std::exception&) {
+      throw MismatchError(where + ": 'seed' is not an unsigned integer: '" + sd + "'");
+    }
+    return std::make_unique<Dropout<T, D>>(DropoutOptions(rate).seed(seed));
   }
   if (type == "LSTM") {
     LSTMOptions o(detail::cfg_index(c, "units", where));

@@ -7,6 +7,7 @@
 /// returns the output shape -> the owner binds contiguous storage (bind_parameters) ->
 /// initialize(rng) -> forward/backward any number of times.
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
@@ -64,6 +65,12 @@ class Layer {
   /// Given dL/dy, ACCUMULATES parameter gradients (callers zero them per step) and, when dx is
   /// not null, writes dL/dx. Requires the preceding forward() in Mode::Train on the same x.
   virtual void backward(const Tensor_& x, const Tensor_& y, const Tensor_& dy, Tensor_* dx) = 0;
+
+  /// Whether forward() in training draws random numbers (Dropout). Such a layer gets a fresh
+  /// key before every training step through set_noise_key(), derived by Sequential from its
+  /// seed and the step count (both in checkpoints), and makes the GPU step run without a graph.
+  virtual bool stochastic() const { return false; }
+  virtual void set_noise_key(std::uint64_t) {}
 
   /// Number of worker threads the layer may use (Bidirectional runs its directions in parallel).
   virtual void set_threads(int n) { threads_ = n < 1 ? 1 : n; }

@@ -13,6 +13,7 @@
 /// the softmax is fused into the loss (log-sum-exp, numerically stable); otherwise the model's
 /// output is taken as logits. All parameters of the model live in one contiguous buffer.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include "fastnn/backend/ops.hpp"
+#include "fastnn/core/hash.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/data/dataset.hpp"
 #include "fastnn/io/checkpoint.hpp"  // save/load_weights, save/load_checkpoint (issue 5)
@@ -116,6 +118,7 @@ class Sequential {
     for (auto& l : layers_) l->initialize(rng);
     shuffle_rng_.seed(seed * 0x9E3779B97F4A7C15ULL + 1);
     seed_ = seed;
+    stochastic_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->stochastic(); });
     built_ = true;
     fuse_softmax();
     if (optimizer_) optimizer_->attach(params_, grads_);
@@ -156,7 +159,11 @@ class Sequential {
       std::iota(perm.begin(), perm.end(), 0);
       if (o.shuffle_) shuffle_rng_.shuffle(perm.begin(), perm.end());
       std::copy(perm.begin(), perm.end(), perm_host.data());
-      Tensor<std::int32_t, D> idx = to_device<D>(perm_host);
+      // The same device buffer every epoch (no allocation): a captured CUDA graph of the step
+      // stays valid from one epoch to the next (its key holds this address).
+      train_index_.resize(Shape{n});
+      copy_from_host(perm_host, train_index_);
+      const Tensor<std::int32_t, D>& idx = train_index_;
       bar.begin_epoch(epoch + 1, o.epochs_, steps);
       Tensor<double, Cpu> stats_host;
       stats_.resize(Shape{2});
@@ -171,7 +178,8 @@ class Sequential {
         };
         bool replayed = false;
         if constexpr (!std::is_same<D, Cpu>::value)  // GPU: one CUDA graph per step (backend/cuda/graph.hpp)
-          replayed = graph_.step(detail::StepKey{train.x.data(), train.y.data(), idx.data(), train.scale, count,
+          if (!stochastic_)  // a Dropout's key changes every step: no graph
+            replayed = graph_.step(detail::StepKey{train.x.data(), train.y.data(), idx.data(), train.scale, count,
                                                  o.batch_size_, o.check_finite_},
                                  s, *optimizer_, step);
         if (!replayed) step();
@@ -218,7 +226,9 @@ class Sequential {
     if (n == 0) throw ArgumentError("evaluate: the data is empty");
     Tensor<std::int32_t, Cpu> ih(Shape{n});
     std::iota(ih.data(), ih.data() + n, 0);
-    Tensor<std::int32_t, D> idx = to_device<D>(ih);
+    eval_index_.resize(Shape{n});  // reused: evaluating between epochs allocates nothing
+    copy_from_host(ih, eval_index_);
+    const Tensor<std::int32_t, D>& idx = eval_index_;
     eval_stats_.resize(Shape{2});
     eval_stats_.set_zero();
     for (Index begin = 0; begin < n; begin += batch_size) {
@@ -414,6 +424,10 @@ class Sequential {
     // On a GPU the loss and gradients are checked on the device without waiting for it
     // (Ops<T, Cuda>::note_nonfinite); fit() reports the first bad batch when it synchronises.
     const bool check = check_requested && std::is_same<D, Cpu>::value;
+    if (stochastic_) {  // Dropout: a key per step from the seed and the step count (both checkpointed)
+      const std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
+      for (auto& l : layers_) l->set_noise_key(key);
+    }
     forward_all(Mode::Train);
     grads_act_.resize(layers_.size() + 1);
     Tn& dlogits = grads_act_.back();
@@ -444,10 +458,12 @@ class Sequential {
   Shape input_shape_, output_shape_;
   Tn params_, grads_, batch_;
   Tensor<std::int32_t, D> labels_;
+  Tensor<std::int32_t, D> train_index_, eval_index_;  ///< fit's shuffled and evaluate's sample order
   Tensor<double, D> stats_, eval_stats_;
   std::vector<Tn> acts_, grads_act_;
   Rng shuffle_rng_;
   std::uint64_t seed_ = 0;
+  bool stochastic_ = false;  ///< a layer draws random numbers in training (Dropout)
   int threads_ = 1;
   int epochs_done_ = 0;
   bool built_ = false, fused_ = false;

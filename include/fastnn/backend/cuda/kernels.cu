@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "fastnn/core/hash.hpp"
 #include "fastnn/layers/activation.hpp"
 
 namespace fastnn {
@@ -351,6 +352,13 @@ __global__ void add_inplace_kernel(const T* a, T* acc, idx_t n) {
   FASTNN_GRID_STRIDE(i, n) acc[i] += a[i];
 }
 
+template <class T>
+__global__ void dropout_kernel(const T* in, T* out, idx_t n, std::uint64_t key, std::uint32_t threshold, T scale) {
+  FASTNN_GRID_STRIDE(i, n) {
+    out[i] = fastnn::hash::bits32(key, static_cast<std::uint64_t>(i)) >= threshold ? in[i] * scale : T(0);
+  }
+}
+
 }  // namespace
 
 // ---- launchers ------------------------------------------------------------------------------
@@ -480,6 +488,12 @@ void add_inplace(const T* a, T* acc, idx_t n, cudaStream_t s) {
   add_inplace_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(a, acc, n);
 }
 
+template <class T>
+void dropout(const T* in, T* out, idx_t n, std::uint64_t key, std::uint32_t threshold, T scale, cudaStream_t s) {
+  if (n <= 0) return;
+  dropout_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(in, out, n, key, threshold, scale);
+}
+
 // ---- explicit instantiations ----------------------------------------------------------------
 
 template void fill<float>(float*, idx_t, float, cudaStream_t);
@@ -506,7 +520,8 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void unpack_add_lstm_grads<T>(const T*, const std::int32_t*, LstmParamPtrs<T>, idx_t, cudaStream_t); \
   template void bidir_merge<T>(int, idx_t, idx_t, idx_t, const T*, const T*, T*, cudaStream_t);                \
   template void bidir_split<T>(int, idx_t, idx_t, idx_t, const T*, const T*, const T*, T*, T*, cudaStream_t);  \
-  template void add_inplace<T>(const T*, T*, idx_t, cudaStream_t);
+  template void add_inplace<T>(const T*, T*, idx_t, cudaStream_t);                                             \
+  template void dropout<T>(const T*, T*, idx_t, std::uint64_t, std::uint32_t, T, cudaStream_t);
 
 FASTNN_INSTANTIATE_MATH(float)
 FASTNN_INSTANTIATE_MATH(double)

@@ -110,6 +110,10 @@ template <class T>
 void bidir_split(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf, T* dyb,
                  cudaStream_t s);
 
+/// out[i] = in[i] * scale where fastnn::hash::bits32(key, i) >= threshold, else 0.
+template <class T>
+void dropout(const T* in, T* out, idx_t n, std::uint64_t key, std::uint32_t threshold, T scale, cudaStream_t s);
+
 /// acc[i] += a[i].
 template <class T>
 void add_inplace(const T* a, T* acc, idx_t n, cudaStream_t s);

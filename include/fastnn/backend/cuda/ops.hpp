@@ -133,6 +133,13 @@ struct Ops<T, Cuda> {
     return to_device<Cpu>(flag)[0] == 0;
   }
 
+  /// Dropout's mask, the same as on the CPU (core/hash.hpp).
+  static void dropout(const Tn& in, Tn& out, std::uint64_t key, std::uint32_t threshold, T scale) {
+    if (in.size() != out.size()) throw ShapeError("dropout: " + in.shape().str() + " and " + out.shape().str());
+    cuda::kernels::dropout(in.data(), out.data(), in.size(), key, threshold, scale, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("dropout");
+  }
+
   static void fill(Tn& t, T v) {
     cuda::kernels::fill(t.data(), t.size(), v, cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("fill");
