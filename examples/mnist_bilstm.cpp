@@ -37,6 +37,7 @@ struct Options {
   std::string recurrent_activation = "sigmoid";
   bool check_finite = true;
   bool tf32 = false;  // GPU only: TF32 tensor-core math in cuBLAS and cuDNN
+  double dropout = 0;  // a Dropout layer between the LSTM and the classifier when > 0
   std::string save, resume, export_weights;  // checkpoints and weights files (issue 5)
 };
 
@@ -55,6 +56,7 @@ int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
   Sequential<float, D> model;
   model.template add<Bidirectional>(
       LSTMOptions(128).recurrent_activation(activation_from_string(o.recurrent_activation)));
+  if (o.dropout > 0) model.template add<Dropout>(DropoutOptions(o.dropout));
   model.template add<Dense>(DenseOptions(10).activation(Activation::Softmax));
   model.set_threads(o.threads);
   model.build({28, 28}, o.seed);
@@ -136,6 +138,9 @@ int main(int argc, char** argv) {
   app.add_option("--recurrent-activation", o.recurrent_activation,
                  "sigmoid (reference cuDNN run) or hard_sigmoid (Keras CPU run)")
       ->check(CLI::IsMember({"sigmoid", "hard_sigmoid"}))->capture_default_str();
+  app.add_option("--dropout", o.dropout, "rate of a Dropout layer before the classifier (0 = none, the reference)")
+      ->check(CLI::Range(0.0, 0.95))
+      ->capture_default_str();
   app.add_flag("--tf32", o.tf32,
                "GPU only: allow TF32 tensor-core math in cuBLAS and cuDNN (faster, ~1e-3 relative error; "
                "PyTorch's and TensorFlow's cuDNN default); off by default so the GPU matches the CPU to ~1e-6");
