@@ -20,6 +20,7 @@
 #include "fastnn/layers/layer.hpp"
 #include "fastnn/layers/dense.hpp"
 #include "fastnn/layers/dropout.hpp"
+#include "fastnn/layers/flatten.hpp"
 #include "fastnn/layers/lstm.hpp"
 #include "fastnn/layers/bidirectional.hpp"
 #include "fastnn/layers/factory.hpp"

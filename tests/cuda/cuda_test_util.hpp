@@ -167,4 +167,17 @@ inline void expect_same_history(const fastnn::History& ref, const fastnn::Histor
   }
 }
 
+/// Trains `cpu` and a GPU copy of it (made first) for 2 epochs, batch 16, on `data`; the
+/// per-epoch losses and the final weights must agree within `rtol`.
+inline void expect_gpu_trains_like_cpu(fastnn::Sequential<float, Cpu>& cpu, const fastnn::Dataset<Cpu>& data,
+                                       double rtol = kRtolFloat) {
+  auto gpu = cpu.to<Cuda>();
+  auto data_g = data.to<Cuda>();
+  auto opts = fastnn::FitOptions().epochs(2).batch_size(16).verbose(0);
+  fastnn::History hc = cpu.fit(data, opts, &data);
+  fastnn::History hg = gpu.fit(data_g, opts, &data_g);
+  expect_same_history(hc, hg, rtol);
+  EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), rtol));
+}
+
 }  // namespace fastnn_test

@@ -241,16 +241,24 @@ TEST(CudaDropout, TrainingWithDropoutMatchesCpu) {
   cpu.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
   cpu.build(Shape{6, 5}, 7);
   cpu.compile(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true));
-  auto gpu = cpu.to<Cuda>();
-  auto data = random_dataset(80, 5);
-  auto data_g = data.to<Cuda>();
-  auto opts = FitOptions().epochs(2).batch_size(16).verbose(0);
   const auto replays = cuda::graph_stats().replays;
-  History hc = cpu.fit(data, opts, &data);
-  History hg = gpu.fit(data_g, opts, &data_g);
-  expect_same_history(hc, hg, 1e-4);
-  EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), kRtolFloat));
+  expect_gpu_trains_like_cpu(cpu, random_dataset(80, 5));
   EXPECT_EQ(cuda::graph_stats().replays, replays) << "a model with Dropout must not replay a captured step";
+}
+
+}  // namespace
+
+namespace {
+
+TEST(CudaFlatten, SequenceLstmFlattenDenseTrainsLikeTheCpu) {
+  FASTNN_REQUIRE_CUDA();
+  Sequential<float, Cpu> cpu;
+  cpu.add<LSTM>(LSTMOptions(8).return_sequences(true));
+  cpu.add<Flatten>();
+  cpu.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+  cpu.build(Shape{6, 5}, 3);
+  cpu.compile(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true));
+  expect_gpu_trains_like_cpu(cpu, random_dataset(80, 6));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include "fastnn/layers/bidirectional.hpp"
 #include "fastnn/layers/dense.hpp"
 #include "fastnn/layers/dropout.hpp"
+#include "fastnn/layers/flatten.hpp"
 #include "fastnn/layers/lstm.hpp"
 
 namespace fastnn {
@@ -39,7 +40,7 @@ inline bool cfg_bool(const LayerConfig& c, const std::string& key, const std::st
 
 }  // namespace detail
 
-/// Builds an unbuilt layer of `type` ("Dense", "Dropout", "LSTM", "Bidirectional") from `config` (as
+/// Builds an unbuilt layer of `type` ("Dense", "Dropout", "Flatten", "LSTM", "Bidirectional") from `config` (as
 /// produced by Layer::config()). Throws MismatchError for an unknown type or a bad config.
 template <class T, class D>
 std::unique_ptr<Layer<T, D>> make_layer(const std::string& type, const LayerConfig& c) {
@@ -50,6 +51,10 @@ std::unique_ptr<Layer<T, D>> make_layer(const std::string& type, const LayerConf
     o.activation(activation_from_string(cfg(c, "activation", where)));
     o.use_bias(detail::cfg_bool(c, "use_bias", where));
     return std::make_unique<Dense<T, D>>(o);
+  }
+  if (type == "Flatten") {
+    if (!c.empty()) throw MismatchError(where + ": unexpected configuration key '" + c.begin()->first + "'");
+    return std::make_unique<Flatten<T, D>>();
   }
   if (type == "Dropout") {
     const std::string& r = cfg(c, "rate", where);
