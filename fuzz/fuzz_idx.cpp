@@ -21,6 +21,7 @@
 #include "fastnn/core/error.hpp"
 #include "fastnn/data/idx.hpp"
 #include "fastnn/data/mnist.hpp"
+#include "fuzz_util.hpp"
 
 #if defined(_WIN32)
 #include <process.h>
@@ -32,21 +33,13 @@
 
 namespace {
 
+using fuzz::write_file;
+
 struct FuzzFiles {
   std::string input;
   std::string images;  // valid: 1 image of 2x2
   std::string labels;  // valid: 1 label
 };
-
-void write_file(const std::string& path, const std::uint8_t* data, std::size_t size) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) {
-    std::perror(path.c_str());
-    std::abort();
-  }
-  if (size != 0 && std::fwrite(data, 1, size, f) != size) std::abort();
-  if (std::fclose(f) != 0) std::abort();
-}
 
 void remove_files();
 

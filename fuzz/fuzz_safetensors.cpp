@@ -28,8 +28,11 @@
 #include "fastnn/io/checkpoint.hpp"
 
 #include "fuzz_model.hpp"
+#include "fuzz_util.hpp"
 
 namespace {
+
+using fuzz::write_file;
 
 const std::string& input_path() {
   static const std::string* const p = [] {
@@ -40,16 +43,6 @@ const std::string& input_path() {
     return s;
   }();
   return *p;
-}
-
-void write_file(const std::string& path, const std::uint8_t* data, std::size_t size) {
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) {
-    std::perror(path.c_str());
-    std::abort();
-  }
-  if (size != 0 && std::fwrite(data, 1, size, f) != size) std::abort();
-  if (std::fclose(f) != 0) std::abort();
 }
 
 void check(bool ok, const char* what) {
