@@ -70,12 +70,14 @@ class Dropout : public Layer<T, D> {
   void initialize(Rng&) override {}
 
   bool stochastic() const override { return threshold_ > 0; }
-  void set_noise_key(std::uint64_t k) override {
-    key_ = hash::combine(hash::combine(k, opt_.seed()), hash::of_string(this->name_.c_str()));
+  void set_name(const std::string& n) override {
+    Base::set_name(n);
+    name_hash_ = hash::of_string(n.c_str());
   }
+  void set_noise_key(std::uint64_t k) override { key_ = hash::combine(hash::combine(k, opt_.seed()), name_hash_); }
 
   void forward(const Tn& x, Tn& y, Mode mode) override {
-    check_input(x);
+    this->require_batch_of_input_shape(x.shape());
     y.resize(x.shape());
     if (mode == Mode::Train && threshold_ > 0) O::dropout(x, y, key_, threshold_, scale_);
     else copy_into(x, y);
@@ -89,14 +91,10 @@ class Dropout : public Layer<T, D> {
   }
 
  private:
-  void check_input(const Tn& x) const {
-    if (x.rank() != this->input_shape_.rank() + 1 || x.shape().drop_front() != this->input_shape_)
-      this->shape_error("[batch, " + this->input_shape_.str().substr(1), x.shape());
-  }
-
   DropoutOptions opt_;
   std::uint32_t threshold_ = 0;
   T scale_ = T(1);
+  std::uint64_t name_hash_ = hash::of_string("");
   std::uint64_t key_ = 0;
 };
 

@@ -3,6 +3,7 @@
 /// Re-creates a layer from its type name and config on any device. Used to move a model
 /// between devices and to check a checkpoint's recorded architecture.
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -38,6 +39,34 @@ inline bool cfg_bool(const LayerConfig& c, const std::string& key, const std::st
   throw MismatchError(where + ": '" + key + "' must be true or false, got '" + v + "'");
 }
 
+/// A number in [0, 1) (a rate).
+inline double cfg_unit_rate(const LayerConfig& c, const std::string& key, const std::string& where) {
+  const std::string& v = cfg(c, key, where);
+  double x = -1;
+  try {
+    std::size_t pos = 0;
+    x = std::stod(v, &pos);
+    if (pos != v.size()) throw std::invalid_argument(v);
+  } catch (const std::exception&) {
+    throw MismatchError(where + ": '" + key + "' is not a number: '" + v + "'");
+  }
+  if (!(x >= 0.0 && x < 1.0)) throw MismatchError(where + ": '" + key + "' must be in [0, 1), got '" + v + "'");
+  return x;
+}
+/// An unsigned 64-bit integer (a seed).
+inline std::uint64_t cfg_u64(const LayerConfig& c, const std::string& key, const std::string& where) {
+  const std::string& v = cfg(c, key, where);
+  try {
+    std::size_t pos = 0;
+    if (v.empty() || v[0] == '-') throw std::invalid_argument(v);
+    const unsigned long long n = std::stoull(v, &pos);
+    if (pos != v.size()) throw std::invalid_argument(v);
+    return n;
+  } catch (const std::exception&) {
+    throw MismatchError(where + ": '" + key + "' is not an unsigned integer: '" + v + "'");
+  }
+}
+
 }  // namespace detail
 
 /// Builds an unbuilt layer of `type` ("Dense", "Dropout", "Flatten", "LSTM", "Bidirectional") from `config` (as
@@ -56,29 +85,9 @@ std::unique_ptr<Layer<T, D>> make_layer(const std::string& type, const LayerConf
     if (!c.empty()) throw MismatchError(where + ": unexpected configuration key '" + c.begin()->first + "'");
     return std::make_unique<Flatten<T, D>>();
   }
-  if (type == "Dropout") {
-    const std::string& r = cfg(c, "rate", where);
-    const std::string& sd = cfg(c, "seed", where);
-    double rate = -1;
-    unsigned long long seed = 0;
-    try {
-      std::size_t pos = 0;
-      rate = std::stod(r, &pos);
-      if (pos != r.size()) throw std::invalid_argument(r);
-    } catch (const std::exception&) {
-      throw MismatchError(where + ": 'rate' is not a number: '" + r + "'");
-    }
-    if (!(rate >= 0.0 && rate < 1.0)) throw MismatchError(where + ": 'rate' must be in [0, 1), got '" + r + "'");
-    try {
-      std::size_t pos = 0;
-      if (sd.empty() || sd[0] == '-') throw std::invalid_argument(sd);
-      seed = std::stoull(sd, &pos);
-      if (pos != sd.size()) throw std::invalid_argument(sd);
-    } catch (const std::exception&) {
-      throw MismatchError(where + ": 'seed' is not an unsigned integer: '" + sd + "'");
-    }
-    return std::make_unique<Dropout<T, D>>(DropoutOptions(rate).seed(seed));
-  }
+  if (type == "Dropout")
+    return std::make_unique<Dropout<T, D>>(
+        DropoutOptions(detail::cfg_unit_rate(c, "rate", where)).seed(detail::cfg_u64(c, "seed", where)));
   if (type == "LSTM") {
     LSTMOptions o(detail::cfg_index(c, "units", where));
     o.recurrent_activation(activation_from_string(cfg(c, "recurrent_activation", where)));

@@ -33,8 +33,7 @@ class Flatten : public Layer<T, D> {
   void initialize(Rng&) override {}
 
   void forward(const Tn& x, Tn& y, Mode) override {
-    if (x.rank() != this->input_shape_.rank() + 1 || x.shape().drop_front() != this->input_shape_)
-      this->shape_error("[batch, " + this->input_shape_.str().substr(1), x.shape());
+    this->require_batch_of_input_shape(x.shape());
     y.resize(Shape{x.dim(0), this->output_shape_[0]});
     copy_into(x.reshaped(y.shape()), y);
   }

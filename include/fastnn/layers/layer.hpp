@@ -85,6 +85,11 @@ class Layer {
 
  protected:
   std::string qualified(const std::string& local) const { return name_ + "." + local; }
+  /// Requires x to be [batch, input_shape()...]; else a ShapeError "expected input [batch, ...]".
+  void require_batch_of_input_shape(const Shape& x) const {
+    if (x.rank() != input_shape_.rank() + 1 || x.drop_front() != input_shape_)
+      shape_error("[batch, " + input_shape_.str().substr(1), x);
+  }
   /// Throws ShapeError "<layer>: expected input <what>, got <shape>".
   [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const {
     throw ShapeError(name_ + " (" + type_name() + "): expected input " + expected + ", got " +
