@@ -1,32 +1,97 @@
 #pragma once
 /// \file ops.hpp
-/// `Ops<T, D>`: the device-specific primitives that generic code (Dense, Sequential, losses,
-/// optimizers) is written against. One specialisation per device: backend/cpu/ops.hpp (Eigen)
-/// and backend/cuda/ops.hpp (cuBLAS and fastnn's kernels).
+/// The device contract. Layers, losses, metrics, optimizers and the model are written once
+/// against `Ops<T, D>` and the few hooks listed below; only the files of a backend know which
+/// device they run on. The CPU backend (Eigen) is backend/cpu/ops.hpp, the CUDA one
+/// backend/cuda/ops.hpp (cuBLAS and fastnn's kernels).
 ///
-/// Every specialisation provides (all tensors on D; matrices are tensors viewed as
-/// [dim(0), product of the rest]):
-///   gemm(ta, tb, alpha, A, B, beta, C)           C = alpha op(A) op(B) + beta C
-///   add_row_vector(Y, b)                         Y[i, :] += b
-///   accumulate_column_sums(dY, db)               db += sum_i dY[i, :]
-///   activate(a, Y)                               Y = a(Y) in place (row softmax for Softmax)
-///   activation_backward(a, Y, dY)                dY = dL/dz given y = a(z) and dL/dy, in place
-///   gather_scaled(src_u8, idx, begin, count, scale, X, labels_src, labels)
-///                                                X[j] = scale * src[idx[begin + j]], labels too
-///   softmax_xent(logits, labels, dlogits*, grad_scale, stats)
-///                                                stats[0] += sum of -log softmax(z)[y],
-///                                                stats[1] += number of argmax(z) == y,
-///                                                dlogits = grad_scale * (softmax(z) - onehot(y))
-///   sgd / adam / rmsprop updates over flat buffers (see optim/)
-///   all_finite(t)                                false if any element is NaN or infinite
-///   dropout(in, out, key, threshold, scale)      out = in * scale where hash::bits32(key, i)
-///                                                >= threshold, else 0 (core/hash.hpp)
-///   fill(t, v), synchronize()
-/// Transfers between devices are the free function to_device<D2>(tensor) (core/tensor.hpp).
+/// A backend for a new device `Dev` provides, in new files only:
+///
+///  1. core:    `struct Dev { static constexpr const char* name(); };`, `Allocator<Dev>`
+///              (allocate / deallocate), and the free functions `copy_into(src, dst)` (same
+///              device), `device_set_zero(t)` and `copy_across(src, dst)` (to and from Cpu),
+///              found by argument-dependent lookup (see core/tensor.hpp).
+///  2. backend: `Ops<T, Dev>`, every member listed below (backend/<dev>/ops.hpp).
+///  3. layers:  the per-device parts of the layers that have them: `detail::LstmImpl<T, Dev>`
+///              (layers/lstm.hpp), `detail::BidirMerge<T, Dev>` and `detail::BidirFused<T, Dev>`
+///              (layers/bidirectional.hpp), in layers/<dev>/.
+///  4. model:   `detail::StepRunner<Dev>` (model/step_runner.hpp): runs a training step eagerly
+///              or replays a captured one, in model/<dev>/.
+///  5. an umbrella header including all of the above (as fastnn/cuda.hpp does for Cuda).
+/// Every hook's primary template is a compile error ("no ... for this device"), so a translation
+/// unit that forgets a backend header fails to compile instead of silently taking another path.
+///
+/// Members of Ops<T, D> (all tensors on D; a matrix is a tensor viewed as [dim(0), rest];
+/// "rows" of a prediction y are its elements grouped by the last axis: R = size / K, K = last
+/// extent; `stats` is a Tensor<double, D> of accumulators and `slot` the index to add into):
+///
+///  math
+///   gemm(ta, tb, alpha, A, B, beta, C)          C = alpha op(A) op(B) + beta C
+///   add_row_vector(Y, b)                        Y[i, :] += b
+///   accumulate_column_sums(dY, db)              db += sum_i dY[i, :]
+///   activate(a, Y)                              Y = a(Y) in place (row softmax for Softmax)
+///   activation_backward(a, Y, dY)               dY = dL/dz given y = a(z) and dL/dy, in place
+///   dropout(in, out, key, threshold, scale)     out = in * scale where hash::bits32(key, i)
+///                                               >= threshold, else 0 (core/hash.hpp)
+///   fill(t, v)
+///  data
+///   gather_rows<U>(src, idx, begin, count, dst) dst[j] = src[idx[begin + j]] for j < count,
+///                                               rows of any element type U (float, double, int32)
+///  losses (row loss summed into stats[slot]; the gradient written when dy is not null,
+///          dy = grad_scale * d(row loss)/dy)
+///   softmax_xent(z, labels, dz*, s, stats, slot)            lse(z) - z[label]
+///   softmax_xent_dense(z, t, dz*, s, stats, slot)           sum_k t_k (lse(z) - z_k)
+///   sigmoid_xent(z, t, dz*, s, stats, slot)                 mean_k max(z,0) - z t + log(1 + e^-|z|)
+///   pointwise_loss(kind, y, t, dy*, s, stats, slot)         mean_k f(y_k, t_k), PointwiseLoss
+///  metrics (row value summed into stats[slot])
+///   metric_labels(kind, y, labels, stats, slot)             argmax(y) == label
+///   metric_targets(kind, y, t, threshold, stats, slot)      MetricKind
+///  optimizers (one fused pass over the flat parameter buffer)
+///   sgd_update, adam_update, rmsprop_update     see optim/optimizer.hpp
+///  the non-finite guard of training
+///   reset_nonfinite()                           start of an epoch
+///   step_finite(stats, slot, grads, batch)      after a step: false when the running loss
+///                                               stats[slot] or a gradient is not finite now; a
+///                                               device that defers the check records the batch
+///                                               and returns true
+///   throw_if_nonfinite(epoch)                   NonFiniteError for a recorded batch (deferred)
+///   all_finite(t)                               false if any element is NaN or infinite
+///  transfers and synchronisation
+///   synchronize()                               waits for queued work
+
+#include <cstdint>
+#include <string>
 
 namespace fastnn {
 
+/// False for every type; makes a static_assert depend on a template parameter.
+template <class>
+struct dependent_false {
+  static constexpr bool value = false;
+};
+
+/// The device primitives; see the file comment. Specialised per device.
 template <class T, class D>
-struct Ops;
+struct Ops {
+  static_assert(dependent_false<D>::value,
+                "no Ops<T, D> for this device: include the device's backend header (fastnn/cuda.hpp for Cuda)");
+};
+
+/// Losses computed element by element: row loss = mean over the last axis of f(y, t).
+enum class PointwiseLoss {
+  MeanSquaredError,   ///< f = (y - t)^2
+  MeanAbsoluteError,  ///< f = |y - t|
+  BinaryCrossentropy  ///< f = -(t log p + (1 - t) log(1 - p)), p = clip(y, eps, 1 - eps), eps = 1e-7
+};
+
+/// Metrics against float targets; row value = what is listed.
+enum class MetricKind {
+  CategoricalAccuracy,  ///< argmax(y) == argmax(t)  (first maximum on ties)
+  BinaryAccuracy,       ///< mean over the last axis of (y > threshold) == t
+  MeanAbsoluteError     ///< mean over the last axis of |y - t|
+};
+
+/// The clipping epsilon of the probability-space cross-entropy (Keras's backend epsilon).
+constexpr double kProbabilityEpsilon = 1e-7;
 
 }  // namespace fastnn

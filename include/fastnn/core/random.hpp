@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <locale>
 #include <random>
 #include <sstream>
 #include <string>
@@ -61,6 +62,7 @@ class Rng {
   /// The full state as text (for checkpoints).
   std::string state() const {
     std::ostringstream os;
+    os.imbue(std::locale::classic());  // the same text under every global locale
     os << eng_ << ' ' << (has_spare_ ? 1 : 0) << ' ';
     os.precision(17);
     os << spare_;
@@ -69,6 +71,7 @@ class Rng {
   /// Restores a state produced by state(). Throws ArgumentError if it does not parse.
   void set_state(const std::string& s) {
     std::istringstream is(s);
+    is.imbue(std::locale::classic());
     std::mt19937_64 e;
     int spare_flag = 0;
     double spare = 0;

@@ -52,6 +52,12 @@ class Shape {
     return s;
   }
   /// A new shape with `n` in front.
+  /// The shape without its last extent (rank 0 stays rank 0).
+  Shape drop_back() const {
+    Shape s = *this;
+    if (s.rank_ > 0) --s.rank_;
+    return s;
+  }
   Shape prepend(Index n) const {
     Shape s;
     s.push_back(n);

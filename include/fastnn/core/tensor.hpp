@@ -4,8 +4,8 @@
 /// double for math, int32 for labels and indices, uint8 for raw data kept compact (images).
 ///
 /// Copying a Tensor is shallow (both share storage, like LibTorch); `clone()` makes a deep copy.
-/// Views (`view`, `reshaped`, `slice`) share storage with their parent. On the CPU, `matrix()`,
-/// `array()` and `vector()` give Eigen maps for the math. Memory on other devices comes from
+/// Views (`view`, `reshaped`, `rows`) share storage with their parent. On the CPU, `matrix()`
+/// and `array()` give Eigen maps for the math. Memory on other devices comes from
 /// `Allocator<D>`; host<->device transfers live in the device's backend.
 
 #include <cstdint>

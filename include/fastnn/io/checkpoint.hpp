@@ -9,7 +9,9 @@
 ///   metadata   the weights-file keys with fastnn.format = "checkpoint", plus
 ///              fastnn.epochs_done, fastnn.seed, fastnn.shuffle_rng (the state of the RNG that
 ///              shuffles each epoch), fastnn.threads, fastnn.optimizer.type,
-///              fastnn.optimizer.config (JSON), fastnn.optimizer.iterations and, when saved
+///              fastnn.optimizer.config (JSON), fastnn.optimizer.iterations, fastnn.loss.type and
+///              fastnn.loss.config (JSON; a checkpoint without them was trained with
+///              SparseCategoricalCrossentropy) and, when saved
 ///              by CheckpointSaver, fastnn.last_epoch (the epoch's logs, JSON)
 ///
 /// On the CPU, `load_checkpoint` followed by `fit(..., FitOptions().initial_epoch(
@@ -20,9 +22,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <locale>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -32,7 +32,10 @@
 #include "fastnn/core/random.hpp"
 #include "fastnn/io/weights.hpp"
 #include "fastnn/model/callbacks.hpp"
+#include "fastnn/losses/loss.hpp"
+#include "fastnn/model/sequential.hpp"
 #include "fastnn/optim/optimizer.hpp"
+#include "fastnn/optim/registry.hpp"
 
 namespace fastnn {
 namespace io {
@@ -45,6 +48,8 @@ inline constexpr const char* kOptimizerTypeKey = "fastnn.optimizer.type";
 inline constexpr const char* kOptimizerConfigKey = "fastnn.optimizer.config";
 inline constexpr const char* kOptimizerIterationsKey = "fastnn.optimizer.iterations";
 inline constexpr const char* kLastEpochKey = "fastnn.last_epoch";
+inline constexpr const char* kLossTypeKey = "fastnn.loss.type";
+inline constexpr const char* kLossConfigKey = "fastnn.loss.config";
 
 /// What a checkpoint says about the run it comes from (load_checkpoint returns it).
 struct CheckpointInfo {
@@ -53,7 +58,8 @@ struct CheckpointInfo {
   std::uint64_t seed = 0;
   int threads = 1;
   std::string optimizer;          ///< type name: "SGD", "Adam", "RMSprop"
-  LayerConfig optimizer_config;
+  Config optimizer_config;
+  Loss loss = SparseCategoricalCrossentropy();  ///< the compiled loss (files without one: the former only loss)
   std::int64_t iterations = 0;    ///< optimizer steps taken
   bool has_last_epoch = false;    ///< whether last_epoch holds the last epoch's logs
   EpochLogs last_epoch;
@@ -61,58 +67,14 @@ struct CheckpointInfo {
 
 namespace detail {
 
-inline std::string fmt_double(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
-}
-
-/// A finite decimal number; FormatError naming `field` otherwise.
-inline double parse_double(const std::string& path, const std::string& field, const std::string& s) {
-  double v = 0;
-  bool ok = !s.empty() && s.size() <= 64;
-  if (ok) {
-    std::istringstream is(s);
-    is.imbue(std::locale::classic());
-    is >> std::noskipws >> v;
-    ok = !is.fail() && is.eof() && std::isfinite(v);
-  }
-  if (!ok) throw FormatError(path, field, "'" + printable(s) + "' is not a finite number");
-  return v;
-}
-
-/// Re-creates an optimizer from its recorded type and config. FormatError when they are
-/// malformed or out of range.
+/// Re-creates an optimizer from its recorded type and config; FormatError naming the field
+/// when they are malformed or out of range.
 template <class T, class D>
-std::unique_ptr<Optimizer<T, D>> make_optimizer(const std::string& path, const std::string& type, const LayerConfig& c) {
-  const std::string field = std::string("__metadata__.") + kOptimizerConfigKey;
-  auto num = [&](const char* k) {
-    auto it = c.find(k);
-    if (it == c.end()) throw FormatError(path, field, std::string("lacks '") + k + "'");
-    return parse_double(path, field + "." + k, it->second);
-  };
-  auto flag = [&](const char* k) {
-    auto it = c.find(k);
-    if (it == c.end() || (it->second != "true" && it->second != "false"))
-      throw FormatError(path, field + "." + k, "expected true or false");
-    return it->second == "true";
-  };
+std::unique_ptr<Optimizer<T, D>> make_optimizer(const std::string& path, const std::string& type, const Config& c) {
   try {
-    std::unique_ptr<Optimizer<T, D>> o;
-    if (type == "SGD") o = std::make_unique<SGD<T, D>>(num("learning_rate"), num("momentum"), flag("nesterov"), num("decay"));
-    else if (type == "Adam")
-      o = std::make_unique<Adam<T, D>>(num("learning_rate"), num("beta_1"), num("beta_2"), num("epsilon"), num("decay"));
-    else if (type == "RMSprop")
-      o = std::make_unique<RMSprop<T, D>>(num("learning_rate"), num("rho"), num("epsilon"), num("decay"));
-    else
-      throw FormatError(path, std::string("__metadata__.") + kOptimizerTypeKey,
-                        "unknown optimizer '" + printable(type) + "' (SGD, Adam, RMSprop)");
-    const LayerConfig known = o->config();
-    for (const auto& kv : c)
-      if (!known.count(kv.first)) throw FormatError(path, field + "." + printable(kv.first), "is not an option of " + type);
-    return o;
-  } catch (const ArgumentError& e) {
-    throw FormatError(path, field, e.what());
+    return fastnn::make_optimizer<T, D>(type, c);
+  } catch (const MismatchError& e) {
+    throw FormatError(path, std::string("__metadata__.") + kOptimizerConfigKey, e.what());
   }
 }
 
@@ -134,13 +96,8 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsReader& r) {
   info.epochs_done = static_cast<int>(detail::parse_int(r, kEpochsDoneKey, require_meta(r, kEpochsDoneKey), 0, 1000000000));
   {
     const std::string s = require_meta(r, kSeedKey);
-    std::uint64_t v = 0;
-    std::istringstream is(s);
-    is.imbue(std::locale::classic());
-    is >> std::noskipws >> v;
-    if (s.empty() || s.size() > 20 || s[0] == '-' || is.fail() || !is.eof())
+    if (!parse_number(s, info.seed))
       throw FormatError(path, std::string("__metadata__.") + kSeedKey, "'" + detail::printable(s) + "' is not an unsigned 64-bit integer");
-    info.seed = v;
   }
   info.threads = static_cast<int>(detail::parse_int(r, kThreadsKey, require_meta(r, kThreadsKey), 1, 65536));
   {
@@ -161,6 +118,22 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsReader& r) {
   }
   info.iterations = detail::parse_int(r, kOptimizerIterationsKey, require_meta(r, kOptimizerIterationsKey), 0,
                                       std::numeric_limits<std::int64_t>::max());
+  auto lt = r.metadata().find(kLossTypeKey);
+  if (lt != r.metadata().end()) {
+    const std::string field = std::string("__metadata__.") + kLossConfigKey;
+    nlohmann::json lc = detail::parse_metadata_json(path, kLossConfigKey, require_meta(r, kLossConfigKey), 1);
+    if (!lc.is_object()) throw FormatError(path, field, "is not a JSON object");
+    Config c;
+    for (auto it = lc.begin(); it != lc.end(); ++it) {
+      if (!it.value().is_string()) throw FormatError(path, field + "." + detail::printable(it.key()), "is not a string");
+      c[it.key()] = it.value().get<std::string>();
+    }
+    try {
+      info.loss = Loss::from_config(lt->second, c, "loss");
+    } catch (const MismatchError& e) {
+      throw FormatError(path, std::string("__metadata__.") + kLossTypeKey, e.what());
+    }
+  }
   auto le = r.metadata().find(kLastEpochKey);
   if (le != r.metadata().end()) {
     const std::string field = std::string("__metadata__.") + kLastEpochKey;
@@ -190,6 +163,12 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsReader& r) {
 /// Reads a checkpoint file's metadata (validating the whole file's structure and checksum).
 inline CheckpointInfo read_checkpoint_info(const std::string& path) { return read_checkpoint_info(SafetensorsReader(path)); }
 
+/// "(from_logits=true)" for a cross-entropy, "" otherwise (messages).
+inline std::string describe_loss_options(const Loss& l) {
+  auto c = l.config();
+  return c.empty() ? std::string() : "(from_logits=" + c.begin()->second + ")";
+}
+
 /// Writes a checkpoint of the built and compiled `model` to `path`, atomically. `last`, when
 /// given, is recorded as the last epoch's logs. Throws ArgumentError (model not ready) or
 /// IoError.
@@ -209,6 +188,10 @@ void save_checkpoint(Sequential<T, D>& model, const std::string& path, const Epo
   for (const auto& kv : opt->config()) cfg[kv.first] = kv.second;
   w.set_metadata(kOptimizerConfigKey, cfg.dump());
   w.set_metadata(kOptimizerIterationsKey, std::to_string(opt->iterations()));
+  w.set_metadata(kLossTypeKey, model.loss().type_name());
+  nlohmann::json lc = nlohmann::json::object();
+  for (const auto& kv : model.loss().config()) lc[kv.first] = kv.second;
+  w.set_metadata(kLossConfigKey, lc.dump());
   if (last) {
     auto num = [](double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); };
     nlohmann::json j = {{"epoch", last->epoch},
@@ -265,6 +248,9 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
       for (const auto& kv : info.optimizer_config)
         if (!mine.count(kv.first)) p.push_back("optimizer " + opt->type_name() + ": unknown option '" + detail::printable(kv.first) + "' in the file");
     }
+    if (info.loss != model.loss())
+      p.push_back("loss: " + info.loss.type_name() + describe_loss_options(info.loss) + " in the file, " +
+                  model.loss().type_name() + describe_loss_options(model.loss()) + " in the model");
     detail::throw_mismatch(path, p);
   } else {
     fresh = detail::make_optimizer<T, D>(path, info.optimizer, info.optimizer_config);
@@ -301,7 +287,14 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
   // Commit: nothing below reads the file or can fail on its contents.
   auto params = model.named_parameters();
   for (std::size_t i = 0; i < params.size(); ++i) copy_from_host(host[i], params[i].value);
-  if (fresh) model.compile(std::move(fresh));
+  if (fresh) {
+    std::vector<Metric> metrics = model.metrics();
+    if (info.loss != model.loss()) {  // an uncompiled model's default metrics may not suit the recorded loss
+      metrics.clear();
+      if (info.loss.uses_labels()) metrics.push_back("accuracy");
+    }
+    model.compile(std::move(fresh), info.loss, metrics);
+  }
   opt = model.optimizer();
   for (std::size_t i = 0; i < slots.size(); ++i) copy_from_host(slots[i], opt->state()[i].second);
   opt->set_iterations(info.iterations);
@@ -337,7 +330,3 @@ class CheckpointSaver : public Callback {
 
 }  // namespace io
 }  // namespace fastnn
-
-// The Sequential members save_weights etc. call the functions above (sequential.hpp includes
-// this header before defining Sequential); a user who includes only this header gets it too.
-#include "fastnn/model/sequential.hpp"

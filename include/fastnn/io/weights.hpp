@@ -32,11 +32,9 @@
 
 #include <cstdint>
 #include <limits>
-#include <locale>
 #include <map>
 #include <memory>
 #include <set>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -47,13 +45,11 @@
 #include "fastnn/core/error.hpp"
 #include "fastnn/core/tensor.hpp"
 #include "fastnn/io/safetensors.hpp"
-#include "fastnn/layers/factory.hpp"
+#include "fastnn/core/parse.hpp"
+#include "fastnn/layers/registry.hpp"
+#include "fastnn/model/sequential.hpp"
 
 namespace fastnn {
-
-template <class T, class D>
-class Sequential;
-
 namespace io {
 
 /// Metadata keys and values (see the file comment).
@@ -128,14 +124,8 @@ inline const std::string& require_meta(const SafetensorsReader& r, const std::st
 /// A decimal integer in [lo, hi]; FormatError otherwise.
 inline std::int64_t parse_int(const SafetensorsReader& r, const std::string& key, const std::string& s,
                               std::int64_t lo, std::int64_t hi) {
-  bool ok = !s.empty() && s.size() <= 20;
   std::int64_t v = 0;
-  if (ok) {
-    std::istringstream is(s);
-    is.imbue(std::locale::classic());
-    is >> std::noskipws >> v;
-    ok = !is.fail() && is.eof();
-  }
+  const bool ok = parse_number(s, v);
   if (!ok || v < lo || v > hi)
     throw FormatError(r.path(), "__metadata__." + key,
                       "'" + printable(s) + "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
@@ -431,7 +421,3 @@ Sequential<T, D> load_model(const std::string& path) {
 
 }  // namespace io
 }  // namespace fastnn
-
-// The Sequential members save_weights etc. call the functions above (sequential.hpp includes
-// this header before defining Sequential); a user who includes only this header gets it too.
-#include "fastnn/model/sequential.hpp"

@@ -26,9 +26,18 @@ inline std::string to_string(MergeMode m) {
   }
   return "?";
 }
-inline MergeMode merge_mode_from_string(const std::string& s) {
+/// Parses a merge mode name into `out`; false for an unknown name.
+inline bool from_string(const std::string& s, MergeMode& out) {
   for (MergeMode m : {MergeMode::Concat, MergeMode::Sum, MergeMode::Mul, MergeMode::Ave})
-    if (to_string(m) == s) return m;
+    if (to_string(m) == s) {
+      out = m;
+      return true;
+    }
+  return false;
+}
+inline MergeMode merge_mode_from_string(const std::string& s) {
+  MergeMode m = MergeMode::Concat;
+  if (from_string(s, m)) return m;
   throw ArgumentError("unknown merge mode '" + s + "' (expected concat, sum, mul or ave)");
 }
 
@@ -38,7 +47,10 @@ namespace detail {
 /// [batch, steps, H] (steps = 1 without return_sequences); `yb` is in processing order, i.e.
 /// reversed in time when steps > 1.
 template <class T, class D>
-struct BidirMerge;
+struct BidirMerge {
+  static_assert(dependent_false<D>::value,
+                "no Bidirectional merge for this device: include the device's umbrella header (fastnn/cuda.hpp for Cuda)");
+};
 
 template <class T>
 struct BidirMerge<T, Cpu> {
@@ -93,21 +105,28 @@ struct BidirMerge<T, Cpu> {
   static void add(const Tn& a, Tn& acc) { acc.array() += a.array(); }
 };
 
-// ---- device hook (CUDA backend) -----------------------------------------------------------
-/// Lets a device backend run both directions in one call where it can (the CUDA backend, for an
-/// LSTM with merge concat: the two directions concurrently on two streams, or one cuDNN
-/// bidirectional RNN; either shares the two LSTMs' parameter views).
-/// forward() returns false to decline, and the generic path below runs; backward() returns true
-/// only when the preceding forward() was handled by the hook. Never used on the CPU.
+/// Device hook: lets a backend run both directions in one call where it can (the CUDA backend,
+/// for an LSTM with merge concat: the two directions concurrently on two streams, or one cuDNN
+/// bidirectional RNN; either shares the two LSTMs' parameter views). forward() returns false to
+/// decline, and the generic path of Bidirectional runs; backward() returns true only when the
+/// preceding forward() was handled by the hook. Every device specialises it; the CPU declines.
 template <class T, class D>
 struct BidirFused {
-  bool forward(RecurrentLayer<T, D>&, RecurrentLayer<T, D>&, MergeMode, const Tensor<T, D>&, Tensor<T, D>&,
+  static_assert(dependent_false<D>::value,
+                "no Bidirectional hook for this device: include the device's umbrella header (fastnn/cuda.hpp for Cuda)");
+};
+
+template <class T>
+struct BidirFused<T, Cpu> {
+  /// Whether the generic path may run the two directions on two host threads (a device whose
+  /// work must stay on one thread's stream says false).
+  static constexpr bool host_threads = true;
+  bool forward(RecurrentLayer<T, Cpu>&, RecurrentLayer<T, Cpu>&, MergeMode, const Tensor<T, Cpu>&, Tensor<T, Cpu>&,
                const Shape&, Mode) {
     return false;
   }
-  bool backward(const Tensor<T, D>&, const Tensor<T, D>&, Tensor<T, D>*) { return false; }
+  bool backward(const Tensor<T, Cpu>&, const Tensor<T, Cpu>&, Tensor<T, Cpu>*) { return false; }
 };
-// ---- end of device hook ---------------------------------------------------------------------
 
 }  // namespace detail
 
@@ -154,8 +173,8 @@ class Bidirectional : public Layer<T, D> {
   }
   void set_threads(int n) override {
     Base::set_threads(n);
-    // Only the CPU runs the directions on two threads: device work must stay on one thread's stream.
-    if (this->threads_ >= 2 && !worker_ && std::is_same<D, Cpu>::value) worker_ = std::make_unique<detail::Worker>();
+    if (this->threads_ >= 2 && !worker_ && detail::BidirFused<T, D>::host_threads)
+      worker_ = std::make_unique<detail::Worker>();
   }
 
   Shape build(const Shape& in) override {
@@ -192,9 +211,7 @@ class Bidirectional : public Layer<T, D> {
   }
 
   void forward(const Tn& x, Tn& y, Mode mode) override {
-    if constexpr (!std::is_same<D, Cpu>::value) {  // device hook: both directions in one call
-      if (fused_.forward(*fwd_, *bwd_, mode_, x, y, this->output_shape_, mode)) return;
-    }
+    if (fused_.forward(*fwd_, *bwd_, mode_, x, y, this->output_shape_, mode)) return;  // device hook
     both([&] { fwd_->forward(x, yf_, mode); }, [&] { bwd_->forward(x, yb_, mode); });
     y.resize(this->output_shape_.prepend(x.dim(0)));
     const Index H = yf_.shape()[yf_.rank() - 1];
@@ -203,9 +220,7 @@ class Bidirectional : public Layer<T, D> {
   }
 
   void backward(const Tn& x, const Tn&, const Tn& dy, Tn* dx) override {
-    if constexpr (!std::is_same<D, Cpu>::value) {  // device hook (see detail::BidirFused)
-      if (fused_.backward(x, dy, dx)) return;
-    }
+    if (fused_.backward(x, dy, dx)) return;  // device hook (see detail::BidirFused)
     const Index H = yf_.shape()[yf_.rank() - 1];
     const Index S = yf_.rank() == 3 ? yf_.dim(1) : 1;
     dyf_.resize(yf_.shape());
@@ -237,7 +252,7 @@ class Bidirectional : public Layer<T, D> {
   MergeMode mode_;
   std::unique_ptr<RecurrentLayer<T, D>> fwd_, bwd_;
   std::unique_ptr<detail::Worker> worker_;
-  detail::BidirFused<T, D> fused_;  // device hook; empty and unused on the CPU
+  detail::BidirFused<T, D> fused_;  // device hook; declines on the CPU
   Tn yf_, yb_, dyf_, dyb_, dxb_;
 };
 

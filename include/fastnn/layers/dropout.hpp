@@ -14,11 +14,12 @@
 /// every step).
 
 #include <cstdint>
-#include <cstdio>
 #include <memory>
 #include <string>
 
+#include "fastnn/backend/cpu/ops.hpp"
 #include "fastnn/backend/ops.hpp"
+#include "fastnn/core/options.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/layers/layer.hpp"
 
@@ -26,14 +27,9 @@ namespace fastnn {
 
 /// Options of a Dropout layer: `DropoutOptions(0.2)`, optionally `.seed(7)` to draw other masks.
 struct DropoutOptions {
-  explicit DropoutOptions(double rate) : rate_(rate) {}
-  DropoutOptions& seed(std::uint64_t s) { seed_ = s; return *this; }
-  double rate() const { return rate_; }
-  std::uint64_t seed() const { return seed_; }
-
- private:
-  double rate_;
-  std::uint64_t seed_ = 0;
+  explicit DropoutOptions(double rate = 0.0) { rate_ = rate; }
+  FASTNN_OPTIONS((double, rate, 0.0),
+                 (std::uint64_t, seed, 0))
 };
 
 template <class T, class D = Cpu>
@@ -51,11 +47,7 @@ class Dropout : public Layer<T, D> {
     scale_ = static_cast<T>(1.0 / (1.0 - opt.rate()));
   }
   std::string type_name() const override { return "Dropout"; }
-  LayerConfig config() const override {
-    char rate[32];
-    std::snprintf(rate, sizeof rate, "%.17g", opt_.rate());
-    return {{"rate", rate}, {"seed", std::to_string(opt_.seed())}};
-  }
+  LayerConfig config() const override { return options_to_config(opt_); }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<Dropout>(opt_); }
   const DropoutOptions& options() const { return opt_; }
 

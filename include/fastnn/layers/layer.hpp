@@ -1,6 +1,6 @@
 #pragma once
 /// \file layer.hpp
-/// The Layer interface. Small and virtual on purpose (see README, "Design"): a virtual call
+/// The Layer interface. Small and virtual on purpose (see docs/design.md): a virtual call
 /// costs nothing next to a GEMM, and errors stay readable.
 ///
 /// Life cycle: construct with an options struct -> build(input shape) declares parameters and
@@ -13,19 +13,20 @@
 #include <string>
 #include <vector>
 
+#include "fastnn/core/activation.hpp"
 #include "fastnn/core/error.hpp"
+#include "fastnn/core/mode.hpp"
+#include "fastnn/core/options.hpp"
 #include "fastnn/core/parameter.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/core/tensor.hpp"
 
 namespace fastnn {
 
-/// Training keeps what backward needs; inference does not.
-enum class Mode { Train, Infer };
-
-/// A layer's configuration as key/value text, used by summary(), checkpoints (architecture
-/// check) and device transfer (re-creating the layer on another device).
-using LayerConfig = std::map<std::string, std::string>;
+/// A layer's configuration as key/value text (its options, see core/options.hpp), used by
+/// summary(), weights files and checkpoints (architecture check), the layer registry and device
+/// transfer (re-creating the layer on another device).
+using LayerConfig = Config;
 
 template <class T, class D = Cpu>
 class Layer {
@@ -65,6 +66,14 @@ class Layer {
   /// Given dL/dy, ACCUMULATES parameter gradients (callers zero them per step) and, when dx is
   /// not null, writes dL/dx. Requires the preceding forward() in Mode::Train on the same x.
   virtual void backward(const Tensor_& x, const Tensor_& y, const Tensor_& dy, Tensor_* dx) = 0;
+
+  /// The activation the layer applies last (Linear if none). A loss that undoes it (softmax
+  /// for the categorical cross-entropies, sigmoid for the binary one) asks the layer to leave it
+  /// out through set_emit_preactivation(true) and computes from the logits.
+  virtual Activation output_activation() const { return Activation::Linear; }
+  /// Only called on a layer whose output_activation() is not Linear.
+  virtual void set_emit_preactivation(bool) {}
+  virtual bool emits_preactivation() const { return false; }
 
   /// Whether forward() in training draws random numbers (Dropout). Such a layer gets a fresh
   /// key before every training step through set_noise_key(), derived by Sequential from its

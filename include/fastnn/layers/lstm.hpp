@@ -2,7 +2,8 @@
 /// \file lstm.hpp
 /// Long short-term memory layer, Keras semantics (see backend/cpu/lstm.hpp for the equations).
 /// Parameters: kernel [F, 4H], recurrent_kernel [H, 4H], bias [4H], gate order i, f, c, o.
-/// The layer is written once; the per-device work is detail::LstmImpl<T, D>.
+/// The layer is written once; the per-device work is detail::LstmImpl<T, D> (the CPU one here,
+/// the cuDNN one in layers/cuda/lstm.hpp).
 
 #include <memory>
 #include <string>
@@ -27,31 +28,26 @@ class RecurrentLayer : public Layer<T, D> {
 };
 
 /// Options: `LSTMOptions(128).recurrent_activation(Activation::HardSigmoid).return_sequences(true)`.
+/// The cell activation is tanh (the only one the CPU kernel and cuDNN implement; recorded in
+/// the configuration as Keras does).
 struct LSTMOptions {
-  explicit LSTMOptions(Index units) : units_(units) {}
-  LSTMOptions& recurrent_activation(Activation a) { recurrent_activation_ = a; return *this; }
-  LSTMOptions& return_sequences(bool on) { return_sequences_ = on; return *this; }
-  LSTMOptions& unit_forget_bias(bool on) { unit_forget_bias_ = on; return *this; }
-  LSTMOptions& go_backwards(bool on) { go_backwards_ = on; return *this; }
-  Index units() const { return units_; }
-  Activation recurrent_activation() const { return recurrent_activation_; }
-  bool return_sequences() const { return return_sequences_; }
-  bool unit_forget_bias() const { return unit_forget_bias_; }
-  bool go_backwards() const { return go_backwards_; }
-
- private:
-  Index units_;
-  Activation recurrent_activation_ = Activation::Sigmoid;
-  bool return_sequences_ = false;
-  bool unit_forget_bias_ = true;
-  bool go_backwards_ = false;
+  explicit LSTMOptions(Index units = 1) { units_ = units; }
+  FASTNN_OPTIONS((Index, units, 1),
+                 (Activation, activation, Activation::Tanh),
+                 (Activation, recurrent_activation, Activation::Sigmoid),
+                 (bool, return_sequences, false),
+                 (bool, unit_forget_bias, true),
+                 (bool, go_backwards, false))
 };
 
 namespace detail {
 
 /// Per-device LSTM computation. x [B, S, F]; y [B, H] or [B, S, H].
 template <class T, class D>
-struct LstmImpl;
+struct LstmImpl {
+  static_assert(dependent_false<D>::value,
+                "no LSTM implementation for this device: include the device's umbrella header (fastnn/cuda.hpp for Cuda)");
+};
 
 template <class T>
 struct LstmImpl<T, Cpu> {
@@ -81,16 +77,11 @@ class LSTM : public RecurrentLayer<T, D> {
         opt.recurrent_activation() != Activation::HardSigmoid)
       throw ArgumentError("LSTM: recurrent_activation must be sigmoid or hard_sigmoid, got " +
                           to_string(opt.recurrent_activation()));
+    if (opt.activation() != Activation::Tanh)
+      throw UnsupportedError("LSTM: activation must be tanh, got " + to_string(opt.activation()));
   }
   std::string type_name() const override { return "LSTM"; }
-  LayerConfig config() const override {
-    return {{"units", std::to_string(opt_.units())},
-            {"activation", "tanh"},
-            {"recurrent_activation", to_string(opt_.recurrent_activation())},
-            {"return_sequences", opt_.return_sequences() ? "true" : "false"},
-            {"unit_forget_bias", opt_.unit_forget_bias() ? "true" : "false"},
-            {"go_backwards", opt_.go_backwards() ? "true" : "false"}};
-  }
+  LayerConfig config() const override { return options_to_config(opt_); }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<LSTM>(opt_); }
   const LSTMOptions& options() const { return opt_; }
   void set_go_backwards(bool on) override { opt_.go_backwards(on); }

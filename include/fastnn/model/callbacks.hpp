@@ -11,17 +11,33 @@
 #include <fstream>
 #include <iostream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastnn/core/error.hpp"
 
 namespace fastnn {
 
-/// What one epoch produced. val_* are NaN when there was no validation data.
+/// A metric's name and value.
+using MetricValue = std::pair<std::string, double>;
+
+/// What one epoch produced. val_* are NaN when there was no validation data. `metrics` holds
+/// every compiled metric by name, in compile order (and `val_metrics` the same with "val_"
+/// names); `accuracy` / `val_accuracy` repeat the metric named "accuracy" (or "acc"), NaN
+/// without one.
 struct EpochLogs {
   int epoch = 0;  ///< 1-based
   double loss = NAN, accuracy = NAN, val_loss = NAN, val_accuracy = NAN;
   double train_seconds = 0, eval_seconds = 0;
+  std::vector<MetricValue> metrics, val_metrics;
+  /// The value of metric `name` ("val_" names included); NaN when there is none.
+  double metric(const std::string& name) const {
+    for (const auto& m : metrics)
+      if (m.first == name) return m.second;
+    for (const auto& m : val_metrics)
+      if (m.first == name) return m.second;
+    return NAN;
+  }
 };
 
 /// Every epoch's logs, in order.
@@ -42,35 +58,52 @@ class Callback {
   virtual void on_train_end() {}
 };
 
-/// Writes `epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,eval_seconds`, one row per
-/// epoch, flushed after each row. With append = true (resumed runs) an existing file is
-/// continued and the header is not repeated.
+/// Writes `epoch,loss,<metrics>,val_loss,<val_metrics>,train_seconds,eval_seconds`, one row per
+/// epoch, flushed after each row (with the default metric: epoch,loss,accuracy,val_loss,
+/// val_accuracy,...). With append = true (resumed runs) an existing file is continued and the
+/// header is not repeated.
 class CsvLogger : public Callback {
  public:
   explicit CsvLogger(std::string path, bool append = false) : path_(std::move(path)), append_(append) {}
   void on_train_begin() override {
-    bool has_content = false;
+    has_header_ = false;
     if (append_) {
       std::ifstream in(path_);
-      has_content = in.good() && in.peek() != std::ifstream::traits_type::eof();
+      has_header_ = in.good() && in.peek() != std::ifstream::traits_type::eof();
     }
     out_.open(path_, append_ ? std::ios::app : std::ios::trunc);
     if (!out_) throw IoError(path_, "cannot open for writing");
-    if (!has_content) out_ << "epoch,loss,accuracy,val_loss,val_accuracy,train_seconds,eval_seconds\n";
-    out_.flush();
   }
   void on_epoch_end(const EpochLogs& l) override {
-    char buf[256];
-    std::snprintf(buf, sizeof buf, "%d,%.6f,%.6f,%.6f,%.6f,%.3f,%.3f\n", l.epoch, l.loss, l.accuracy,
-                  l.val_loss, l.val_accuracy, l.train_seconds, l.eval_seconds);
+    if (!has_header_) {
+      out_ << "epoch,loss";
+      for (const auto& m : l.metrics) out_ << "," << m.first;
+      out_ << ",val_loss";
+      for (const auto& m : l.metrics) out_ << ",val_" << m.first;
+      out_ << ",train_seconds,eval_seconds\n";
+      has_header_ = true;
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%d,%.6f", l.epoch, l.loss);
+    out_ << buf;
+    for (const auto& m : l.metrics) out_ << "," << fixed(m.second);
+    out_ << "," << fixed(l.val_loss);
+    for (const auto& m : l.metrics) out_ << "," << fixed(l.metric("val_" + m.first));
+    std::snprintf(buf, sizeof buf, ",%.3f,%.3f\n", l.train_seconds, l.eval_seconds);
     out_ << buf;
     out_.flush();
     if (!out_) throw IoError(path_, "write failed");
   }
 
  private:
+  static std::string fixed(double v) {
+    char buf[48];
+    std::snprintf(buf, sizeof buf, "%.6f", v);
+    return buf;
+  }
   std::string path_;
   bool append_;
+  bool has_header_ = false;
   std::ofstream out_;
 };
 
@@ -79,7 +112,7 @@ namespace detail {
 /// Keras-style progress: on a terminal a bar redrawn in place (at most every 100 ms); otherwise
 /// one line per epoch.
 ///   Epoch 1/30
-///   469/469 [==============================] - 10s 21ms/step - loss: 0.3376 - acc: 0.8889 - val_loss: 0.0863 - val_acc: 0.9741
+///   469/469 [==============================] - 10s 21ms/step - loss: 0.3376 - accuracy: 0.8889 - val_loss: 0.0863 - val_accuracy: 0.9741
 class ProgressBar {
  public:
   ProgressBar(int verbose, std::FILE* out = stdout)
@@ -91,15 +124,17 @@ class ProgressBar {
     last_draw_ = start_ - std::chrono::seconds(1);
     if (verbose_ >= 1) std::fprintf(out_, "Epoch %d/%d\n", epoch, epochs), std::fflush(out_);
   }
-  /// Redraws when due. loss/acc are running means.
-  void update(long step, double loss, double acc, bool force = false) {
+  /// Redraws when due. loss and the metrics are running means.
+  void update(long step, double loss, const std::vector<MetricValue>& metrics, bool force = false) {
     if (!wants_updates()) return;
     auto now = Clock::now();
     if (!force && now - last_draw_ < std::chrono::milliseconds(100) && step < steps_) return;
     last_draw_ = now;
     double el = seconds(now);
     double eta = step > 0 ? el / static_cast<double>(step) * static_cast<double>(steps_ - step) : 0;
-    std::fprintf(out_, "\r%s - ETA: %.0fs - loss: %.4f - acc: %.4f", bar(step).c_str(), eta, loss, acc);
+    std::string line = bar(step) + " - ETA: " + std::to_string(static_cast<long>(std::lround(eta))) + "s - loss: " + num(loss);
+    for (const auto& m : metrics) line += " - " + m.first + ": " + num(m.second);
+    std::fprintf(out_, "\r%s", line.c_str());
     std::fflush(out_);
   }
   bool due() const {
@@ -110,8 +145,12 @@ class ProgressBar {
     double el = l.train_seconds + l.eval_seconds;
     std::string line = bar(steps_) + " - " + std::to_string(static_cast<long>(std::lround(el))) + "s " +
                        per_step(l.train_seconds / static_cast<double>(steps_ > 0 ? steps_ : 1)) +
-                       " - loss: " + num(l.loss) + " - acc: " + num(l.accuracy);
-    if (!std::isnan(l.val_loss)) line += " - val_loss: " + num(l.val_loss) + " - val_acc: " + num(l.val_accuracy);
+                       " - loss: " + num(l.loss);
+    for (const auto& m : l.metrics) line += " - " + m.first + ": " + num(m.second);
+    if (!std::isnan(l.val_loss)) {
+      line += " - val_loss: " + num(l.val_loss);
+      for (const auto& m : l.val_metrics) line += " - " + m.first + ": " + num(m.second);
+    }
     std::fprintf(out_, "%s%s\n", wants_updates() ? "\r\033[K" : "", line.c_str());
     std::fflush(out_);
   }

@@ -6,58 +6,49 @@
 ///   model.add<Bidirectional>(LSTMOptions(128));
 ///   model.add<Dense>(DenseOptions(10).activation(Activation::Softmax));
 ///   model.build({28, 28}, /*seed=*/42);
-///   model.compile(std::make_unique<SGD<float>>(0.5, 0.9, true));
+///   model.compile(std::make_unique<SGD<float>>(0.5, 0.9, true), SparseCategoricalCrossentropy(), {"accuracy"});
 ///   History h = model.fit(train, FitOptions().epochs(30).batch_size(128), &test);
 ///
-/// The loss is sparse categorical cross-entropy. When the last layer is Dense with softmax,
-/// the softmax is fused into the loss (log-sum-exp, numerically stable); otherwise the model's
-/// output is taken as logits. All parameters of the model live in one contiguous buffer.
+/// The loss and metrics are chosen in compile() (losses/loss.hpp, metrics/metric.hpp); until
+/// then they are SparseCategoricalCrossentropy and "accuracy". When the last layer applies the
+/// activation the loss undoes (softmax, sigmoid), the two are fused: the layer emits logits
+/// during training and evaluation, and predict() returns the activated output. All parameters
+/// of the model live in one contiguous buffer.
+///
+/// Thread safety: predict() and evaluate() are const and use workspaces of their own (a
+/// Predictor per call), so any number of threads may call them on one model at once, as long
+/// as no thread trains or changes it meanwhile. fit() is not for concurrent use.
+///
+/// Saving and loading are free functions above the model (fastnn/io/weights.hpp,
+/// fastnn/io/checkpoint.hpp): io::save_weights(model, path), io::load_checkpoint(model, path).
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <numeric>
 #include <ostream>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/data/dataset.hpp"
-#include "fastnn/io/checkpoint.hpp"  // save/load_weights, save/load_checkpoint (issue 5)
-#include "fastnn/layers/factory.hpp"
+#include "fastnn/layers/registry.hpp"
+#include "fastnn/losses/loss.hpp"
+#include "fastnn/metrics/metric.hpp"
 #include "fastnn/model/callbacks.hpp"
-#include "fastnn/model/step_graph.hpp"  // device hook: the training step as one graph (CUDA)
+#include "fastnn/model/fit_options.hpp"
+#include "fastnn/model/predictor.hpp"
+#include "fastnn/model/step_runner.hpp"
+#include "fastnn/model/summary.hpp"
 #include "fastnn/optim/optimizer.hpp"
+#include "fastnn/optim/registry.hpp"
 
 namespace fastnn {
-
-/// Options of Sequential::fit, with chained setters.
-struct FitOptions {
-  FitOptions& epochs(int n) { epochs_ = n; return *this; }
-  FitOptions& initial_epoch(int n) { initial_epoch_ = n; return *this; }
-  FitOptions& batch_size(Index n) { batch_size_ = n; return *this; }
-  FitOptions& shuffle(bool on) { shuffle_ = on; return *this; }
-  FitOptions& verbose(int v) { verbose_ = v; return *this; }
-  FitOptions& check_finite(bool on) { check_finite_ = on; return *this; }
-  FitOptions& callback(Callback* c) { callbacks_.push_back(c); return *this; }
-  int epochs_ = 1;          ///< the epoch to stop after (total, as in Keras)
-  int initial_epoch_ = 0;   ///< epochs already done (resume)
-  Index batch_size_ = 32;
-  bool shuffle_ = true;
-  int verbose_ = 1;         ///< 0 silent, 1 progress bar, 2 one line per epoch
-  bool check_finite_ = true;///< stop with NonFiniteError on a NaN/Inf loss or gradient
-  std::vector<Callback*> callbacks_;
-};
-
-/// Mean loss and accuracy over a dataset.
-struct EvalResult {
-  double loss = 0, accuracy = 0;
-};
 
 template <class T, class D = Cpu>
 class Sequential {
@@ -82,6 +73,7 @@ class Sequential {
   /// Appends an already constructed, unbuilt layer.
   void add(std::unique_ptr<Layer<T, D>> layer) {
     if (built_) throw ArgumentError("Sequential::add: the model is already built");
+    if (!layer) throw ArgumentError("Sequential::add: no layer");
     layers_.push_back(std::move(layer));
   }
 
@@ -93,11 +85,10 @@ class Sequential {
     input_shape_ = input_shape;
     std::map<std::string, int> counts;
     Shape s = input_shape;
-    std::vector<std::vector<ParamSpec>> specs;
     Index total = 0;
     for (auto& l : layers_) {
-      std::string base = snake(l->type_name());
-      int k = counts[base]++;
+      const std::string base = detail::snake_case(l->type_name());
+      const int k = counts[base]++;
       l->set_name(k == 0 ? base : base + "_" + std::to_string(k));
       s = l->build(s);
       total += l->param_count();
@@ -109,7 +100,7 @@ class Sequential {
     grads_.set_zero();
     Index off = 0;
     for (auto& l : layers_) {
-      Index n = l->param_count();
+      const Index n = l->param_count();
       l->bind_parameters(params_.view(off, Shape{n}), grads_.view(off, Shape{n}));
       off += n;
       l->set_threads(threads_);
@@ -120,15 +111,27 @@ class Sequential {
     seed_ = seed;
     stochastic_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->stochastic(); });
     built_ = true;
-    fuse_softmax();
+    configure_loss(false);
     if (optimizer_) optimizer_->attach(params_, grads_);
   }
 
-  /// Sets the optimizer (the loss is sparse categorical cross-entropy).
-  void compile(std::unique_ptr<Optimizer<T, D>> opt) {
+  /// Sets the optimizer, the loss and the metrics reported beside it (Keras names, see
+  /// metrics/metric.hpp). Throws ArgumentError when the loss cannot take the model's output
+  /// (a categorical cross-entropy on probabilities needs a softmax last layer) or a metric
+  /// needs targets of another kind than the loss.
+  void compile(std::unique_ptr<Optimizer<T, D>> opt, const Loss& loss, std::vector<Metric> metrics = {}) {
     if (!opt) throw ArgumentError("Sequential::compile: no optimizer");
+    loss_ = loss;
+    metrics_ = std::move(metrics);
     optimizer_ = std::move(opt);
-    if (built_) optimizer_->attach(params_, grads_);
+    if (built_) {
+      configure_loss(true);
+      optimizer_->attach(params_, grads_);
+    }
+  }
+  /// Sets the optimizer with SparseCategoricalCrossentropy and the "accuracy" metric.
+  void compile(std::unique_ptr<Optimizer<T, D>> opt) {
+    compile(std::move(opt), SparseCategoricalCrossentropy(), {"accuracy"});
   }
 
   /// Threads for the layers (Bidirectional uses 2 to run its directions concurrently).
@@ -139,9 +142,10 @@ class Sequential {
   }
   int threads() const { return threads_; }
 
-  /// Trains. `train` and `val` hold samples of the built input shape. Returns the logs of the
-  /// epochs run in this call. Throws NonFiniteError (see FitOptions::check_finite).
-  History fit(const Dataset<D>& train, const FitOptions& o, const Dataset<D>* val = nullptr) {
+  /// Trains. `train` and `val` hold samples of the built input shape with labels or targets as
+  /// the loss needs them. Returns the logs of the epochs run in this call. Throws
+  /// NonFiniteError (see FitOptions::check_finite).
+  History fit(const Dataset<T, D>& train, const FitOptions& o, const Dataset<T, D>* val = nullptr) {
     require_ready("fit");
     check_dataset(train, "training data");
     if (val) check_dataset(*val, "validation data");
@@ -149,26 +153,27 @@ class Sequential {
     const Index n = train.size();
     if (n == 0) throw ArgumentError("fit: the training data is empty");
     const long steps = static_cast<long>((n + o.batch_size_ - 1) / o.batch_size_);
+    const double rows_per_sample = static_cast<double>(rows_per_sample_());
     History history;
     detail::ProgressBar bar(o.verbose_);
     for (auto* c : o.callbacks_) c->on_train_begin();
     std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
     Tensor<std::int32_t, Cpu> perm_host(Shape{n});
+    const bool capturable = optimizer_->capturable() && !stochastic_;
     for (int epoch = o.initial_epoch_; epoch < o.epochs_; ++epoch) {
       auto t0 = std::chrono::steady_clock::now();
       std::iota(perm.begin(), perm.end(), 0);
       if (o.shuffle_) shuffle_rng_.shuffle(perm.begin(), perm.end());
       std::copy(perm.begin(), perm.end(), perm_host.data());
-      // The same device buffer every epoch (no allocation): a captured CUDA graph of the step
-      // stays valid from one epoch to the next (its key holds this address).
+      // The same device buffer every epoch (no allocation): a captured step stays valid from
+      // one epoch to the next (its key holds this address).
       train_index_.resize(Shape{n});
       copy_from_host(perm_host, train_index_);
       const Tensor<std::int32_t, D>& idx = train_index_;
       bar.begin_epoch(epoch + 1, o.epochs_, steps);
-      Tensor<double, Cpu> stats_host;
-      stats_.resize(Shape{2});
+      stats_.resize(Shape{1 + static_cast<Index>(metrics_.size())});
       stats_.set_zero();
-      if constexpr (!std::is_same<D, Cpu>::value) O::reset_nonfinite();  // GPU: deferred finite check (train_step)
+      O::reset_nonfinite();
       for (long s = 0; s < steps; ++s) {
         const Index begin = static_cast<Index>(s) * o.batch_size_;
         const Index count = std::min(o.batch_size_, n - begin);
@@ -176,35 +181,33 @@ class Sequential {
           gather(train, idx, begin, count);
           train_step(count, o.check_finite_, epoch + 1, s + 1);
         };
-        bool replayed = false;
-        if constexpr (!std::is_same<D, Cpu>::value)  // GPU: one CUDA graph per step (backend/cuda/graph.hpp)
-          if (!stochastic_)  // a Dropout's key changes every step: no graph
-            replayed = graph_.step(detail::StepKey{train.x.data(), train.y.data(), idx.data(), train.scale, count,
-                                                 o.batch_size_, o.check_finite_},
-                                 s, *optimizer_, step);
-        if (!replayed) step();
-        if (bar.due() || s + 1 == steps) {
-          if (bar.wants_updates()) {
-            if constexpr (!std::is_same<D, Cpu>::value)
-              if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
-            stats_host = to_device<Cpu>(stats_);
-            const double seen = static_cast<double>(begin + count);
-            bar.update(s + 1, stats_host[0] / seen, stats_host[1] / seen);
-          }
+        const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), idx.data(),
+                                  count,          o.batch_size_,       o.check_finite_};
+        if (!runner_.step(key, s, capturable, *optimizer_, step)) step();
+        if ((bar.due() || s + 1 == steps) && bar.wants_updates()) {
+          if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
+          const auto h = to_device<Cpu>(stats_);
+          const double seen = static_cast<double>(begin + count) * rows_per_sample;
+          bar.update(s + 1, h[0] / seen, metric_values(h, seen, ""));
         }
       }
-      if constexpr (!std::is_same<D, Cpu>::value)
-        if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
-      stats_host = to_device<Cpu>(stats_);
+      if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
+      const auto h = to_device<Cpu>(stats_);
       EpochLogs logs;
       logs.epoch = epoch + 1;
-      logs.loss = stats_host[0] / static_cast<double>(n);
-      logs.accuracy = stats_host[1] / static_cast<double>(n);
+      const double total = static_cast<double>(n) * rows_per_sample;
+      logs.loss = h[0] / total;
+      logs.metrics = metric_values(h, total, "");
+      logs.accuracy = accuracy_of(logs.metrics, "");
       auto t1 = std::chrono::steady_clock::now();
       logs.train_seconds = std::chrono::duration<double>(t1 - t0).count();
       if (val) {
-        EvalResult r = evaluate(*val, o.batch_size_);
+        // fit keeps one evaluation workspace across epochs: evaluating allocates nothing after
+        // the first epoch (a captured training step stays valid)
+        if (!eval_ws_) eval_ws_ = std::make_unique<EvalWorkspace>(make_predictor(fused_));
+        EvalResult r = evaluate_with(*eval_ws_, *val, o.batch_size_);
         logs.val_loss = r.loss;
+        for (const auto& m : r.metrics) logs.val_metrics.push_back({"val_" + m.first, m.second});
         logs.val_accuracy = r.accuracy;
         logs.eval_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
       }
@@ -217,68 +220,48 @@ class Sequential {
     return history;
   }
 
-  /// Mean loss and accuracy on `data`, in inference mode, in batches of `batch_size`.
-  EvalResult evaluate(const Dataset<D>& data, Index batch_size = 128) {
+  /// Mean loss and metrics on `data`, in inference mode, in batches of `batch_size`. Const and
+  /// thread-safe (see the file comment).
+  EvalResult evaluate(const Dataset<T, D>& data, Index batch_size = 128) const {
     require_built("evaluate");
-    check_dataset(data, "evaluation data");
-    if (batch_size <= 0) throw ArgumentError("evaluate: batch_size must be positive");
-    const Index n = data.size();
-    if (n == 0) throw ArgumentError("evaluate: the data is empty");
-    Tensor<std::int32_t, Cpu> ih(Shape{n});
-    std::iota(ih.data(), ih.data() + n, 0);
-    eval_index_.resize(Shape{n});  // reused: evaluating between epochs allocates nothing
-    copy_from_host(ih, eval_index_);
-    const Tensor<std::int32_t, D>& idx = eval_index_;
-    eval_stats_.resize(Shape{2});
-    eval_stats_.set_zero();
-    for (Index begin = 0; begin < n; begin += batch_size) {
-      const Index count = std::min(batch_size, n - begin);
-      gather(data, idx, begin, count);
-      forward_all(Mode::Infer);
-      O::softmax_xent(acts_.back(), labels_, nullptr, T(0), eval_stats_);
-    }
-    auto h = to_device<Cpu>(eval_stats_);
-    return {h[0] / static_cast<double>(n), h[1] / static_cast<double>(n)};
+    EvalWorkspace ws(make_predictor(fused_));
+    return evaluate_with(ws, data, batch_size);
   }
 
-  /// Class probabilities [N, classes] for inputs x [N, input shape...] (already scaled).
-  Tn predict(const Tn& x, Index batch_size = 128) {
+  /// The model's output [N, output shape...] for inputs x [N, input shape...], with the last
+  /// layer's activation applied (probabilities for a softmax classifier). Const and thread-safe.
+  Tn predict(const Tn& x, Index batch_size = 128) const {
     require_built("predict");
+    if (batch_size <= 0) throw ArgumentError("predict: batch_size must be positive");
+    Predictor<T, D> p = make_predictor(false);
     if (x.rank() < 1 || x.shape().drop_front() != input_shape_)
       throw ShapeError("predict: expected input [N, " + input_shape_.str().substr(1) + ", got " + x.shape().str());
     const Index n = x.dim(0);
     Tn out(output_shape_.prepend(n));
     for (Index begin = 0; begin < n; begin += batch_size) {
       const Index count = std::min(batch_size, n - begin);
-      acts_.resize(layers_.size() + 1);
-      acts_[0] = x.rows(begin, begin + count);
-      forward_all(Mode::Infer);
       Tn dst = out.rows(begin, begin + count);
-      copy_into(acts_.back(), dst);
-      if (fused_) O::activate(Activation::Softmax, dst);
+      copy_into(p.forward(x.rows(begin, begin + count)), dst);
     }
     return out;
+  }
+
+  /// A predictor over this model's weights with workspaces of its own, for one thread to reuse
+  /// across calls (see model/predictor.hpp). `emit_preactivation`: leave out the last layer's
+  /// activation.
+  Predictor<T, D> make_predictor(bool emit_preactivation = false) const {
+    require_built("make_predictor");
+    std::vector<const Layer<T, D>*> ls;
+    for (const auto& l : layers_) ls.push_back(l.get());
+    return Predictor<T, D>(ls, input_shape_, params_, threads_, emit_preactivation);
   }
 
   /// Keras-style table: layer (type), output shape, parameter count, totals.
   void summary(std::ostream& os) const {
     require_built("summary");
-    const std::string rule(65, '_'), dbl(65, '=');
-    os << "Model: \"sequential\"\n" << rule << "\n";
-    os << pad("Layer (type)", 29) << pad("Output Shape", 26) << "Param #\n" << dbl << "\n";
-    Index total = 0;
-    for (std::size_t i = 0; i < layers_.size(); ++i) {
-      const auto& l = layers_[i];
-      std::string shape = "(None";
-      for (int k = 0; k < l->output_shape().rank(); ++k) shape += ", " + std::to_string(l->output_shape()[k]);
-      shape += ")";
-      os << pad(l->name() + " (" + l->type_name() + ")", 29) << pad(shape, 26) << l->param_count() << "\n";
-      os << (i + 1 < layers_.size() ? rule : dbl) << "\n";
-      total += l->param_count();
-    }
-    os << "Total params: " << grouped(total) << "\n";
-    os << "Trainable params: " << grouped(total) << "\n";
-    os << "Non-trainable params: 0\n" << rule << "\n";
+    std::vector<detail::SummaryRow> rows;
+    for (const auto& l : layers_) rows.push_back({l->name(), l->type_name(), l->output_shape(), l->param_count()});
+    detail::print_summary(os, rows);
   }
 
   // ---- access ----------------------------------------------------------------------------
@@ -297,6 +280,11 @@ class Sequential {
   Tn& flat_parameters() { return params_; }
   Tn& flat_gradients() { return grads_; }
   Optimizer<T, D>* optimizer() { return optimizer_.get(); }
+  const Optimizer<T, D>* optimizer() const { return optimizer_.get(); }
+  const Loss& loss() const { return loss_; }
+  const std::vector<Metric>& metrics() const { return metrics_; }
+  /// Whether the last layer's activation is fused into the loss.
+  bool loss_fused() const { return fused_; }
   const Shape& input_shape() const { return input_shape_; }
   const Shape& output_shape() const { return output_shape_; }
   bool built() const { return built_; }
@@ -306,20 +294,10 @@ class Sequential {
   void set_epochs_done(int n) { epochs_done_ = n; }
   /// The RNG that shuffles the training data each epoch (saved in checkpoints).
   Rng& shuffle_rng() { return shuffle_rng_; }
+  const Rng& shuffle_rng() const { return shuffle_rng_; }
 
-  // ---- weights and checkpoints (issue 5): safetensors files, see fastnn/io/ -------------
-  /// Writes every parameter and the architecture to `path` (safetensors, atomic).
-  void save_weights(const std::string& path) const { io::save_weights(*this, path); }
-  /// Loads weights saved by save_weights (or a checkpoint's weights). All-or-nothing; throws
-  /// IoError, FormatError (malformed file) or MismatchError (another architecture).
-  void load_weights(const std::string& path) { io::load_weights(*this, path); }
-  /// Writes weights, optimizer state, epochs_done() and the shuffle RNG to `path` (atomic).
-  void save_checkpoint(const std::string& path) { io::save_checkpoint(*this, path); }
-  /// Restores a checkpoint; continue with fit(..., FitOptions().initial_epoch(epochs_done())).
-  io::CheckpointInfo load_checkpoint(const std::string& path) { return io::load_checkpoint(*this, path); }
-  // ---- end of weights and checkpoints ----------------------------------------------------
-
-  /// A copy of this model on device D2: same layers, weights, optimizer and its state.
+  /// A copy of this model on device D2: same layers, weights, loss, metrics, optimizer and its
+  /// state.
   template <class D2>
   Sequential<T, D2> to() const {
     require_built("to");
@@ -329,12 +307,11 @@ class Sequential {
     m.build(input_shape_, seed_);
     copy_into(to_device<D2>(params_), m.flat_parameters());
     if (optimizer_) {
-      auto& src = *optimizer_;
-      m.compile(make_optimizer_on<D2>(src));
+      m.compile(make_optimizer<T, D2>(optimizer_->type_name(), optimizer_->config()), loss_, metrics_);
       auto& dst_state = m.optimizer()->state();
       for (std::size_t i = 0; i < dst_state.size(); ++i)
         copy_into(to_device<D2>(optimizer_->state()[i].second), dst_state[i].second);
-      m.optimizer()->set_iterations(src.iterations());
+      m.optimizer()->set_iterations(optimizer_->iterations());
     }
     m.set_epochs_done(epochs_done_);
     m.shuffle_rng().set_state(shuffle_rng_.state());
@@ -342,53 +319,78 @@ class Sequential {
   }
 
  private:
-  template <class D2>
-  static std::unique_ptr<Optimizer<T, D2>> make_optimizer_on(const Optimizer<T, D>& o) {
-    auto c = o.config();
-    auto num = [&](const char* k) { return std::stod(c.at(k)); };
-    if (o.type_name() == "SGD")
-      return std::make_unique<SGD<T, D2>>(num("learning_rate"), num("momentum"), c.at("nesterov") == "true", num("decay"));
-    if (o.type_name() == "Adam")
-      return std::make_unique<Adam<T, D2>>(num("learning_rate"), num("beta_1"), num("beta_2"), num("epsilon"), num("decay"));
-    if (o.type_name() == "RMSprop")
-      return std::make_unique<RMSprop<T, D2>>(num("learning_rate"), num("rho"), num("epsilon"), num("decay"));
-    throw UnsupportedError("Sequential::to: cannot transfer optimizer " + o.type_name());
-  }
+  /// What one evaluation writes: a predictor and the batch buffers.
+  struct EvalWorkspace {
+    explicit EvalWorkspace(Predictor<T, D> p) : predictor(std::move(p)) {}
+    Predictor<T, D> predictor;
+    Tensor<std::int32_t, D> index, labels;
+    Tn x, targets, scratch;
+    Tensor<double, D> stats;
+  };
 
-  static std::string snake(const std::string& s) {
-    std::string r;
-    for (std::size_t i = 0; i < s.size(); ++i) {
-      char c = s[i];
-      if (std::isupper(static_cast<unsigned char>(c))) {
-        if (i > 0 && !std::isupper(static_cast<unsigned char>(s[i - 1]))) r += '_';
-        r += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      } else {
-        r += c;
-      }
+  EvalResult evaluate_with(EvalWorkspace& ws, const Dataset<T, D>& data, Index batch_size) const {
+    check_dataset(data, "evaluation data");
+    if (batch_size <= 0) throw ArgumentError("evaluate: batch_size must be positive");
+    const Index n = data.size();
+    if (n == 0) throw ArgumentError("evaluate: the data is empty");
+    if (ws.index.size() != n) {
+      Tensor<std::int32_t, Cpu> ih(Shape{n});
+      std::iota(ih.data(), ih.data() + n, 0);
+      ws.index.resize(Shape{n});
+      copy_from_host(ih, ws.index);
     }
-    return r;
-  }
-  static std::string pad(const std::string& s, std::size_t w) {
-    return s.size() + 1 >= w ? s + " " : s + std::string(w - s.size(), ' ');
-  }
-  static std::string grouped(Index n) {
-    std::string d = std::to_string(n), r;
-    for (std::size_t i = 0; i < d.size(); ++i) {
-      if (i && (d.size() - i) % 3 == 0) r += ',';
-      r += d[i];
+    ws.stats.resize(Shape{1 + static_cast<Index>(metrics_.size())});
+    ws.stats.set_zero();
+    for (Index begin = 0; begin < n; begin += batch_size) {
+      const Index count = std::min(batch_size, n - begin);
+      gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
+      accumulate(ws.predictor.forward(ws.x), ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats);
     }
+    const auto h = to_device<Cpu>(ws.stats);
+    const double total = static_cast<double>(n) * static_cast<double>(rows_per_sample_());
+    EvalResult r;
+    r.loss = h[0] / total;
+    r.metrics = metric_values(h, total, "");
+    r.accuracy = accuracy_of(r.metrics, "");
     return r;
   }
 
-  void fuse_softmax() {
-    fused_ = false;
-    if (auto* d = dynamic_cast<Dense<T, D>*>(layers_.back().get())) {
-      if (d->options().activation() == Activation::Softmax) {
-        d->set_emit_logits(true);
-        fused_ = true;
-      }
-    }
+  /// Decides whether the loss absorbs the last layer's activation; with `strict`, throws when
+  /// the loss or a metric cannot take the model's output and targets.
+  void configure_loss(bool strict) {
+    eval_ws_.reset();
+    Layer<T, D>& last = *layers_.back();
+    const Activation a = last.output_activation();
+    fused_ = a != Activation::Linear && a == loss_.fusable_activation();
+    if (a != Activation::Linear) last.set_emit_preactivation(fused_);
+    fused_activation_ = fused_ ? a : Activation::Linear;
+    metric_kinds_.clear();
+    const Index units = output_shape_.rank() ? output_shape_[output_shape_.rank() - 1] : 1;
+    for (const auto& m : metrics_) metric_kinds_.push_back(m.resolve(loss_, units));
+    if (strict && !fused_ && !loss_.accepts_unfused_output())
+      throw ArgumentError("compile: " + loss_.type_name() +
+                          "(from_logits=false) needs a last layer with softmax activation (fused with the loss); the "
+                          "last layer '" + last.name() + "' applies " + to_string(a) + "; or use from_logits=true");
   }
+
+  /// Loss rows per sample: the output's elements grouped by its last axis.
+  Index rows_per_sample_() const {
+    if (output_shape_.rank() == 0) return 1;
+    return output_shape_.numel() / output_shape_[output_shape_.rank() - 1];
+  }
+
+  std::vector<MetricValue> metric_values(const Tensor<double, Cpu>& h, double total, const std::string& prefix) const {
+    std::vector<MetricValue> v;
+    for (std::size_t i = 0; i < metrics_.size(); ++i)
+      v.push_back({prefix + metrics_[i].name(), h[static_cast<Index>(i) + 1] / total});
+    return v;
+  }
+  static double accuracy_of(const std::vector<MetricValue>& v, const std::string& prefix) {
+    for (const auto& m : v)
+      if (m.first == prefix + "accuracy" || m.first == prefix + "acc") return m.second;
+    return NAN;
+  }
+
   void require_built(const char* what) const {
     if (!built_) throw ArgumentError(std::string("Sequential::") + what + ": call build() first");
   }
@@ -396,70 +398,101 @@ class Sequential {
     require_built(what);
     if (!optimizer_) throw ArgumentError(std::string("Sequential::") + what + ": call compile() first");
   }
-  void check_dataset(const Dataset<D>& d, const char* what) const {
+  void check_dataset(const Dataset<T, D>& d, const char* what) const {
     if (d.sample_shape() != input_shape_)
-      throw ShapeError(std::string(what) + ": samples of shape " + d.sample_shape().str() +
-                       ", the model was built for " + input_shape_.str());
-    if (d.y.rank() != 1 || d.y.dim(0) != d.size())
-      throw ShapeError(std::string(what) + ": " + d.y.shape().str() + " labels for " + std::to_string(d.size()) + " samples");
-    if (d.num_classes > output_shape_.numel())
-      throw ShapeError(std::string(what) + ": " + std::to_string(d.num_classes) + " classes, the model outputs " +
-                       output_shape_.str());
+      throw ShapeError(std::string(what) + ": samples of shape " + d.sample_shape().str() + ", the model was built for " +
+                       input_shape_.str());
+    if (loss_.uses_labels()) {
+      if (!d.has_labels())
+        throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs class labels, the data has " +
+                            (d.has_targets() ? "float targets" : "none"));
+      const Shape want = output_shape_.rank() ? output_shape_.drop_back() : Shape{};
+      if (d.labels.dim(0) != d.size() || d.target_shape() != want)
+        throw ShapeError(std::string(what) + ": labels " + d.labels.shape().str() + " for " + std::to_string(d.size()) +
+                         " samples; the model's output " + output_shape_.str() + " needs [N" +
+                         (want.rank() ? ", " + want.str().substr(1) : std::string("]")));
+      if (d.num_classes > output_shape_[output_shape_.rank() - 1])
+        throw ShapeError(std::string(what) + ": " + std::to_string(d.num_classes) + " classes, the model outputs " +
+                         output_shape_.str());
+    } else {
+      if (!d.has_targets())
+        throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs float targets, the data has " +
+                            (d.has_labels() ? "class labels" : "none"));
+      if (d.targets.dim(0) != d.size() || d.target_shape() != output_shape_)
+        throw ShapeError(std::string(what) + ": targets " + d.targets.shape().str() + " for " + std::to_string(d.size()) +
+                         " samples; the model's output is " + output_shape_.str() + " per sample");
+    }
   }
 
-  void gather(const Dataset<D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count) {
+  /// Rows idx[begin, begin + count) of the data into x and labels or targets.
+  static void gather_into(const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count, Tn& x,
+                          Tensor<std::int32_t, D>& labels, Tn& targets) {
+    x.resize(data.sample_shape().prepend(count));
+    O::gather_rows(data.x, idx, begin, count, x);
+    if (data.has_labels()) {
+      labels.resize(data.target_shape().prepend(count));
+      O::gather_rows(data.labels, idx, begin, count, labels);
+    }
+    if (data.has_targets()) {
+      targets.resize(data.target_shape().prepend(count));
+      O::gather_rows(data.targets, idx, begin, count, targets);
+    }
+  }
+
+  void gather(const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count) {
     acts_.resize(layers_.size() + 1);
-    // GPU: drop acts_[0]'s share of batch_ first, or resize() reallocates it (cudaMalloc + cudaFree per step)
-    if constexpr (!std::is_same<D, Cpu>::value) acts_[0] = Tn();
-    batch_.resize(input_shape_.prepend(count));
-    labels_.resize(Shape{count});
-    O::gather_scaled(data.x, idx, begin, count, static_cast<T>(data.scale), batch_, data.y, labels_);
+    acts_[0] = Tn();  // drop acts_[0]'s share of batch_, so that resize() can reuse its storage
+    gather_into(data, idx, begin, count, batch_, labels_, targets_);
     acts_[0] = batch_;
   }
-  void forward_all(Mode mode) {
-    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->forward(acts_[i], acts_[i + 1], mode);
+
+  /// Loss (and its gradient into dy when not null) and metrics of output y into stats.
+  void accumulate(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy, T grad_scale, Tn& scratch,
+                  Tensor<double, D>& stats) const {
+    detail::accumulate_loss(loss_, y, labels, targets, fused_, dy, grad_scale, stats, 0);
+    for (std::size_t i = 0; i < metric_kinds_.size(); ++i)
+      detail::accumulate_metric(metric_kinds_[i], y, labels, targets, fused_, fused_activation_, scratch, stats,
+                                static_cast<Index>(i) + 1);
   }
 
-  void train_step(Index count, bool check_requested, int epoch, long batch) {
-    // On a GPU the loss and gradients are checked on the device without waiting for it
-    // (Ops<T, Cuda>::note_nonfinite); fit() reports the first bad batch when it synchronises.
-    const bool check = check_requested && std::is_same<D, Cpu>::value;
+  void train_step(Index count, bool check, int epoch, long batch) {
     if (stochastic_) {  // Dropout: a key per step from the seed and the step count (both checkpointed)
       const std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
       for (auto& l : layers_) l->set_noise_key(key);
     }
-    forward_all(Mode::Train);
+    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Train);
     grads_act_.resize(layers_.size() + 1);
-    Tn& dlogits = grads_act_.back();
-    dlogits.resize(acts_.back().shape());
-    const double before = check ? to_device<Cpu>(stats_)[0] : 0.0;
-    O::softmax_xent(acts_.back(), labels_, &dlogits, T(1) / static_cast<T>(count), stats_);
-    if (check) {
-      const double after = to_device<Cpu>(stats_)[0];
-      if (!std::isfinite(after - before))
-        throw NonFiniteError("non-finite loss at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch));
-    }
+    Tn& dy = grads_act_.back();
+    dy.resize(acts_.back().shape());
+    const Index rows = count * rows_per_sample_();
+    accumulate(acts_.back(), labels_, targets_, &dy, T(1) / static_cast<T>(rows), scratch_, stats_);
     grads_.set_zero();
     for (std::size_t i = layers_.size(); i-- > 0;)
       layers_[i]->backward(acts_[i], acts_[i + 1], grads_act_[i + 1], i == 0 ? nullptr : &grads_act_[i]);
-    if (check && !O::all_finite(grads_)) {
+    // A device that defers the check records the batch and reports it at its next
+    // throw_if_nonfinite; the CPU answers at once, and the culprit is named here.
+    if (check && !O::step_finite(stats_, 0, grads_, batch)) {
+      if (!std::isfinite(to_device<Cpu>(stats_)[0]))
+        throw NonFiniteError("non-finite loss at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch));
       for (const auto& p : named_parameters())
         if (!O::all_finite(p.grad))
-          throw NonFiniteError("non-finite gradient in '" + p.name + "' at epoch " + std::to_string(epoch) +
-                               ", batch " + std::to_string(batch));
+          throw NonFiniteError("non-finite gradient in '" + p.name + "' at epoch " + std::to_string(epoch) + ", batch " +
+                               std::to_string(batch));
+      throw NonFiniteError("non-finite gradient at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch));
     }
-    if constexpr (!std::is_same<D, Cpu>::value)
-      if (check_requested) O::note_nonfinite(stats_, grads_, batch);
     optimizer_->step();
   }
 
   std::vector<std::unique_ptr<Layer<T, D>>> layers_;
   std::unique_ptr<Optimizer<T, D>> optimizer_;
+  Loss loss_ = SparseCategoricalCrossentropy();
+  std::vector<Metric> metrics_{Metric("accuracy")};
+  std::vector<Metric::Kind> metric_kinds_;
   Shape input_shape_, output_shape_;
-  Tn params_, grads_, batch_;
+  Tn params_, grads_, batch_, targets_, scratch_;
   Tensor<std::int32_t, D> labels_;
-  Tensor<std::int32_t, D> train_index_, eval_index_;  ///< fit's shuffled and evaluate's sample order
-  Tensor<double, D> stats_, eval_stats_;
+  Tensor<std::int32_t, D> train_index_;  ///< fit's shuffled sample order
+  Tensor<double, D> stats_;              ///< [loss, metrics...] sums of the epoch
   std::vector<Tn> acts_, grads_act_;
   Rng shuffle_rng_;
   std::uint64_t seed_ = 0;
@@ -467,7 +500,9 @@ class Sequential {
   int threads_ = 1;
   int epochs_done_ = 0;
   bool built_ = false, fused_ = false;
-  detail::StepGraph<D> graph_;  // device hook (model/step_graph.hpp); unused on the CPU
+  Activation fused_activation_ = Activation::Linear;
+  std::unique_ptr<EvalWorkspace> eval_ws_;  ///< fit's validation workspace
+  detail::StepRunner<D> runner_;  // device hook (model/step_runner.hpp)
 };
 
 }  // namespace fastnn

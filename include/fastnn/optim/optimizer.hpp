@@ -14,7 +14,8 @@
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/error.hpp"
 #include "fastnn/core/tensor.hpp"
-#include "fastnn/layers/layer.hpp"
+#include "fastnn/core/options.hpp"
+#include "fastnn/backend/cpu/ops.hpp"
 
 namespace fastnn {
 
@@ -25,10 +26,11 @@ class Optimizer {
   virtual ~Optimizer() = default;
   /// "SGD", "Adam", "RMSprop".
   virtual std::string type_name() const = 0;
-  /// Hyper-parameters as text (summary, checkpoint metadata).
-  virtual LayerConfig config() const = 0;
-  /// A copy with the same hyper-parameters and no state (used for device transfer).
-  virtual std::unique_ptr<Optimizer> clone_config() const = 0;
+  /// Hyper-parameters as text (checkpoint metadata, device transfer), Keras's names.
+  virtual Config config() const = 0;
+  /// Whether a step's update takes no per-step scalar computed on the host, so that a device
+  /// may capture it once and replay it (a CUDA graph): true for SGD and RMSprop without decay.
+  virtual bool capturable() const { return false; }
 
   /// Binds the flat parameter and gradient buffers and allocates zeroed state.
   void attach(const Tn& params, const Tn& grads) {
@@ -63,19 +65,19 @@ class Optimizer {
   }
   virtual void update(T lr) = 0;
   Tn& slot(std::size_t i) { return slots_[i].second; }
-  LayerConfig base_config() const {
-    return {{"learning_rate", fmt(lr_)}, {"decay", fmt(decay_)}};
-  }
-  static std::string fmt(double v) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.17g", v);
-    return buf;
-  }
 
   double lr_, decay_;
   std::int64_t iterations_ = 0;
   Tn params_, grads_;
   std::vector<std::pair<std::string, Tn>> slots_;
+};
+
+/// Options of SGD (Keras's names): `SGDOptions().learning_rate(0.5).momentum(0.9).nesterov(true)`.
+struct SGDOptions {
+  FASTNN_OPTIONS((double, learning_rate, 0.01),
+                 (double, momentum, 0.0),
+                 (bool, nesterov, false),
+                 (double, decay, 0.0))
 };
 
 /// Stochastic gradient descent with optional (Nesterov) momentum, Keras's formulation:
@@ -85,29 +87,31 @@ template <class T, class D = Cpu>
 class SGD : public Optimizer<T, D> {
  public:
   explicit SGD(double lr = 0.01, double momentum = 0.0, bool nesterov = false, double decay = 0.0)
-      : Optimizer<T, D>(lr, decay), momentum_(momentum), nesterov_(nesterov) {
-    if (!(momentum >= 0 && momentum < 1)) throw ArgumentError("SGD: momentum must be in [0, 1)");
+      : SGD(SGDOptions().learning_rate(lr).momentum(momentum).nesterov(nesterov).decay(decay)) {}
+  explicit SGD(const SGDOptions& o) : Optimizer<T, D>(o.learning_rate(), o.decay()), opt_(o) {
+    if (!(o.momentum() >= 0 && o.momentum() < 1)) throw ArgumentError("SGD: momentum must be in [0, 1)");
     this->slots_.push_back({"momentum", {}});
   }
   std::string type_name() const override { return "SGD"; }
-  LayerConfig config() const override {
-    auto c = this->base_config();
-    c["momentum"] = this->fmt(momentum_);
-    c["nesterov"] = nesterov_ ? "true" : "false";
-    return c;
-  }
-  std::unique_ptr<Optimizer<T, D>> clone_config() const override {
-    return std::make_unique<SGD>(this->lr_, momentum_, nesterov_, this->decay_);
-  }
+  Config config() const override { return options_to_config(opt_); }
+  bool capturable() const override { return opt_.decay() == 0; }
 
  protected:
   void update(T lr) override {
-    Ops<T, D>::sgd_update(this->params_, this->grads_, this->slot(0), lr, static_cast<T>(momentum_), nesterov_);
+    Ops<T, D>::sgd_update(this->params_, this->grads_, this->slot(0), lr, static_cast<T>(opt_.momentum()), opt_.nesterov());
   }
 
  private:
-  double momentum_;
-  bool nesterov_;
+  SGDOptions opt_;
+};
+
+/// Options of Adam (Keras's names).
+struct AdamOptions {
+  FASTNN_OPTIONS((double, learning_rate, 0.001),
+                 (double, beta_1, 0.9),
+                 (double, beta_2, 0.999),
+                 (double, epsilon, 1e-7),
+                 (double, decay, 0.0))
 };
 
 /// Adam (Kingma & Ba), Keras's formulation with the bias correction folded into the rate:
@@ -118,35 +122,35 @@ class Adam : public Optimizer<T, D> {
  public:
   explicit Adam(double lr = 0.001, double beta1 = 0.9, double beta2 = 0.999, double epsilon = 1e-7,
                 double decay = 0.0)
-      : Optimizer<T, D>(lr, decay), b1_(beta1), b2_(beta2), eps_(epsilon) {
-    if (!(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1))
+      : Adam(AdamOptions().learning_rate(lr).beta_1(beta1).beta_2(beta2).epsilon(epsilon).decay(decay)) {}
+  explicit Adam(const AdamOptions& o) : Optimizer<T, D>(o.learning_rate(), o.decay()), opt_(o) {
+    if (!(o.beta_1() >= 0 && o.beta_1() < 1) || !(o.beta_2() >= 0 && o.beta_2() < 1))
       throw ArgumentError("Adam: beta1 and beta2 must be in [0, 1)");
-    if (!(epsilon > 0)) throw ArgumentError("Adam: epsilon must be positive");
+    if (!(o.epsilon() > 0)) throw ArgumentError("Adam: epsilon must be positive");
     this->slots_.push_back({"m", {}});
     this->slots_.push_back({"v", {}});
   }
   std::string type_name() const override { return "Adam"; }
-  LayerConfig config() const override {
-    auto c = this->base_config();
-    c["beta_1"] = this->fmt(b1_);
-    c["beta_2"] = this->fmt(b2_);
-    c["epsilon"] = this->fmt(eps_);
-    return c;
-  }
-  std::unique_ptr<Optimizer<T, D>> clone_config() const override {
-    return std::make_unique<Adam>(this->lr_, b1_, b2_, eps_, this->decay_);
-  }
+  Config config() const override { return options_to_config(opt_); }
 
  protected:
   void update(T lr) override {
     const double t = static_cast<double>(this->iterations_ + 1);
-    const double lr_t = lr * std::sqrt(1.0 - std::pow(b2_, t)) / (1.0 - std::pow(b1_, t));
+    const double lr_t = lr * std::sqrt(1.0 - std::pow(opt_.beta_2(), t)) / (1.0 - std::pow(opt_.beta_1(), t));
     Ops<T, D>::adam_update(this->params_, this->grads_, this->slot(0), this->slot(1), static_cast<T>(lr_t),
-                           static_cast<T>(b1_), static_cast<T>(b2_), static_cast<T>(eps_));
+                           static_cast<T>(opt_.beta_1()), static_cast<T>(opt_.beta_2()), static_cast<T>(opt_.epsilon()));
   }
 
  private:
-  double b1_, b2_, eps_;
+  AdamOptions opt_;
+};
+
+/// Options of RMSprop (Keras's names).
+struct RMSpropOptions {
+  FASTNN_OPTIONS((double, learning_rate, 0.001),
+                 (double, rho, 0.9),
+                 (double, epsilon, 1e-7),
+                 (double, decay, 0.0))
 };
 
 /// RMSprop (Tieleman & Hinton), Keras's formulation:
@@ -155,30 +159,24 @@ template <class T, class D = Cpu>
 class RMSprop : public Optimizer<T, D> {
  public:
   explicit RMSprop(double lr = 0.001, double rho = 0.9, double epsilon = 1e-7, double decay = 0.0)
-      : Optimizer<T, D>(lr, decay), rho_(rho), eps_(epsilon) {
-    if (!(rho >= 0 && rho < 1)) throw ArgumentError("RMSprop: rho must be in [0, 1)");
-    if (!(epsilon > 0)) throw ArgumentError("RMSprop: epsilon must be positive");
+      : RMSprop(RMSpropOptions().learning_rate(lr).rho(rho).epsilon(epsilon).decay(decay)) {}
+  explicit RMSprop(const RMSpropOptions& o) : Optimizer<T, D>(o.learning_rate(), o.decay()), opt_(o) {
+    if (!(o.rho() >= 0 && o.rho() < 1)) throw ArgumentError("RMSprop: rho must be in [0, 1)");
+    if (!(o.epsilon() > 0)) throw ArgumentError("RMSprop: epsilon must be positive");
     this->slots_.push_back({"accumulator", {}});
   }
   std::string type_name() const override { return "RMSprop"; }
-  LayerConfig config() const override {
-    auto c = this->base_config();
-    c["rho"] = this->fmt(rho_);
-    c["epsilon"] = this->fmt(eps_);
-    return c;
-  }
-  std::unique_ptr<Optimizer<T, D>> clone_config() const override {
-    return std::make_unique<RMSprop>(this->lr_, rho_, eps_, this->decay_);
-  }
+  Config config() const override { return options_to_config(opt_); }
+  bool capturable() const override { return opt_.decay() == 0; }
 
  protected:
   void update(T lr) override {
-    Ops<T, D>::rmsprop_update(this->params_, this->grads_, this->slot(0), lr, static_cast<T>(rho_),
-                              static_cast<T>(eps_));
+    Ops<T, D>::rmsprop_update(this->params_, this->grads_, this->slot(0), lr, static_cast<T>(opt_.rho()),
+                              static_cast<T>(opt_.epsilon()));
   }
 
  private:
-  double rho_, eps_;
+  RMSpropOptions opt_;
 };
 
 }  // namespace fastnn

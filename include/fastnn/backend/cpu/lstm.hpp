@@ -15,7 +15,7 @@
 #include <cstdint>
 
 #include "fastnn/core/tensor.hpp"
-#include "fastnn/layers/activation.hpp"
+#include "fastnn/core/activation.hpp"
 
 namespace fastnn {
 namespace detail {

@@ -1,15 +1,16 @@
 #pragma once
 /// \file ops.hpp
-/// Ops<T, Cpu>: Eigen implementations of the primitives listed in backend/ops.hpp.
+/// Ops<T, Cpu>: Eigen implementations of the device contract (backend/ops.hpp).
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/tensor.hpp"
-#include "fastnn/layers/activation.hpp"
+#include "fastnn/core/activation.hpp"
 
 namespace fastnn {
 
@@ -36,8 +37,6 @@ struct Ops<T, Cpu> {
   static void accumulate_column_sums(const Tn& dY, Tn& db) {
     Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db.data(), db.size()) += dY.matrix().colwise().sum();
   }
-
-  static T hard_sigmoid(T x) { return std::min(T(1), std::max(T(0), T(0.2) * x + T(0.5))); }
 
   static void activate(Activation a, Tn& Y) {
     auto y = Y.array();
@@ -80,42 +79,148 @@ struct Ops<T, Cpu> {
     }
   }
 
-  /// X[j, :] = scale * src[idx[begin + j], :] for j < count; labels[j] = lsrc[idx[begin + j]].
-  static void gather_scaled(const Tensor<std::uint8_t, Cpu>& src, const Tensor<std::int32_t, Cpu>& idx,
-                            Index begin, Index count, T scale, Tn& X,
-                            const Tensor<std::int32_t, Cpu>& lsrc, Tensor<std::int32_t, Cpu>& labels) {
+  /// dst[j, ...] = src[idx[begin + j], ...] for j < count (rows of any element type).
+  template <class U>
+  static void gather_rows(const Tensor<U, Cpu>& src, const Tensor<std::int32_t, Cpu>& idx, Index begin, Index count,
+                          Tensor<U, Cpu>& dst) {
     const Index inner = src.shape().inner();
+    const std::size_t bytes = sizeof(U) * static_cast<std::size_t>(inner);
     for (Index j = 0; j < count; ++j) {
       const Index r = idx.data()[begin + j];
-      const std::uint8_t* s = src.data() + r * inner;
-      T* x = X.data() + j * inner;
-      for (Index k = 0; k < inner; ++k) x[k] = scale * static_cast<T>(s[k]);
-      labels.data()[j] = lsrc.data()[r];
+      if (bytes) std::memcpy(dst.data() + j * inner, src.data() + r * inner, bytes);
     }
   }
 
-  /// Fused, numerically stable softmax cross-entropy with integer labels (see backend/ops.hpp).
-  static void softmax_xent(const Tn& logits, const Tensor<std::int32_t, Cpu>& labels, Tn* dlogits,
-                           T grad_scale, Tensor<double, Cpu>& stats) {
-    auto z = logits.matrix();
-    const Index n = z.rows(), k = z.cols();
-    double loss = 0, correct = 0;
+  // ---- losses: y viewed as rows [R, K] over its last axis (see backend/ops.hpp) -------------
+
+  /// Softmax cross-entropy with class indices: row loss lse(z) - z[label];
+  /// dz = s (softmax(z) - onehot(label)).
+  static void softmax_xent(const Tn& logits, const Tensor<std::int32_t, Cpu>& labels, Tn* dlogits, T s,
+                           Tensor<double, Cpu>& stats, Index slot) {
+    const Index k = last(logits), n = logits.size() / k;
+    double loss = 0;
     for (Index i = 0; i < n; ++i) {
-      auto r = z.row(i);
-      Index arg = 0;
-      T m = r.maxCoeff(&arg);
-      T lse = m + std::log((r.array() - m).exp().sum());
+      Row r(logits.data() + i * k, k);
+      const T m = r.maxCoeff();
+      const T lse = m + std::log((r.array() - m).exp().sum());
       const Index y = labels.data()[i];
       loss += static_cast<double>(lse - r(y));
-      correct += (arg == y) ? 1.0 : 0.0;
       if (dlogits) {
         T* d = dlogits->data() + i * k;
-        for (Index j = 0; j < k; ++j) d[j] = grad_scale * std::exp(r(j) - lse);
-        d[y] -= grad_scale;
+        for (Index j = 0; j < k; ++j) d[j] = s * std::exp(r(j) - lse);
+        d[y] -= s;
       }
     }
-    stats.data()[0] += loss;
-    stats.data()[1] += correct;
+    stats.data()[slot] += loss;
+  }
+
+  /// Softmax cross-entropy with target distributions t: row loss sum_k t_k (lse(z) - z_k);
+  /// dz = s (softmax(z) sum(t) - t).
+  static void softmax_xent_dense(const Tn& logits, const Tn& targets, Tn* dlogits, T s, Tensor<double, Cpu>& stats,
+                                 Index slot) {
+    const Index k = last(logits), n = logits.size() / k;
+    double loss = 0;
+    for (Index i = 0; i < n; ++i) {
+      Row r(logits.data() + i * k, k);
+      Row t(targets.data() + i * k, k);
+      const T m = r.maxCoeff();
+      const T lse = m + std::log((r.array() - m).exp().sum());
+      const T tsum = t.sum();
+      loss += static_cast<double>(lse * tsum - t.dot(r));
+      if (dlogits) {
+        T* d = dlogits->data() + i * k;
+        for (Index j = 0; j < k; ++j) d[j] = s * (std::exp(r(j) - lse) * tsum - t(j));
+      }
+    }
+    stats.data()[slot] += loss;
+  }
+
+  /// Sigmoid cross-entropy on logits: row loss mean_k max(z,0) - z t + log(1 + exp(-|z|));
+  /// dz = s (sigmoid(z) - t) / K.
+  static void sigmoid_xent(const Tn& logits, const Tn& targets, Tn* dlogits, T s, Tensor<double, Cpu>& stats,
+                           Index slot) {
+    const Index k = last(logits), n = logits.size();
+    const T* z = logits.data();
+    const T* t = targets.data();
+    double loss = 0;
+    for (Index i = 0; i < n; ++i) {
+      loss += static_cast<double>(std::max(z[i], T(0)) - z[i] * t[i] + std::log1p(std::exp(-std::abs(z[i]))));
+      if (dlogits) dlogits->data()[i] = s * (T(1) / (T(1) + std::exp(-z[i])) - t[i]) / static_cast<T>(k);
+    }
+    stats.data()[slot] += loss / static_cast<double>(k);
+  }
+
+  /// Element-wise losses (PointwiseLoss): row loss mean_k f(y, t); dy = s f'(y, t) / K.
+  static void pointwise_loss(PointwiseLoss kind, const Tn& y, const Tn& targets, Tn* dy, T s,
+                             Tensor<double, Cpu>& stats, Index slot) {
+    const Index k = last(y), n = y.size();
+    const T* p = y.data();
+    const T* t = targets.data();
+    const T g = s / static_cast<T>(k);
+    const T eps = static_cast<T>(kProbabilityEpsilon);
+    double loss = 0;
+    for (Index i = 0; i < n; ++i) {
+      const T e = p[i] - t[i];
+      T f = 0, d = 0;
+      switch (kind) {
+        case PointwiseLoss::MeanSquaredError: f = e * e; d = T(2) * e; break;
+        case PointwiseLoss::MeanAbsoluteError: f = std::abs(e); d = static_cast<T>((e > T(0)) - (e < T(0))); break;
+        case PointwiseLoss::BinaryCrossentropy: {
+          const T q = std::min(std::max(p[i], eps), T(1) - eps);
+          f = -(t[i] * std::log(q) + (T(1) - t[i]) * std::log(T(1) - q));
+          d = (p[i] > eps && p[i] < T(1) - eps) ? (q - t[i]) / (q * (T(1) - q)) : T(0);
+          break;
+        }
+      }
+      loss += static_cast<double>(f);
+      if (dy) dy->data()[i] = g * d;
+    }
+    stats.data()[slot] += loss / static_cast<double>(k);
+  }
+
+  // ---- metrics --------------------------------------------------------------------------------
+
+  /// Sparse categorical accuracy: adds the number of rows whose first arg-max is the label.
+  static void metric_labels(const Tn& y, const Tensor<std::int32_t, Cpu>& labels, Tensor<double, Cpu>& stats,
+                            Index slot) {
+    const Index k = last(y), n = y.size() / k;
+    double hits = 0;
+    for (Index i = 0; i < n; ++i) {
+      Index arg = 0;
+      Row(y.data() + i * k, k).maxCoeff(&arg);
+      hits += (arg == labels.data()[i]) ? 1.0 : 0.0;
+    }
+    stats.data()[slot] += hits;
+  }
+
+  /// Metrics against float targets (MetricKind), summed over rows.
+  static void metric_targets(MetricKind kind, const Tn& y, const Tn& targets, T threshold, Tensor<double, Cpu>& stats,
+                             Index slot) {
+    const Index k = last(y), n = y.size() / k;
+    double sum = 0;
+    for (Index i = 0; i < n; ++i) {
+      Row r(y.data() + i * k, k);
+      Row t(targets.data() + i * k, k);
+      switch (kind) {
+        case MetricKind::CategoricalAccuracy: {
+          Index a = 0, b = 0;
+          r.maxCoeff(&a);
+          t.maxCoeff(&b);
+          sum += (a == b) ? 1.0 : 0.0;
+          break;
+        }
+        case MetricKind::BinaryAccuracy: {
+          double hits = 0;
+          for (Index j = 0; j < k; ++j) hits += ((r(j) > threshold ? T(1) : T(0)) == t(j)) ? 1.0 : 0.0;
+          sum += hits / static_cast<double>(k);
+          break;
+        }
+        case MetricKind::MeanAbsoluteError:
+          sum += static_cast<double>((r - t).cwiseAbs().sum()) / static_cast<double>(k);
+          break;
+      }
+    }
+    stats.data()[slot] += sum;
   }
 
   /// Keras SGD: v = momentum v - lr g; p += momentum v - lr g (Nesterov) or p += v.
@@ -148,6 +253,13 @@ struct Ops<T, Cpu> {
 
   static bool all_finite(const Tn& t) { return t.array().isFinite().all(); }
 
+  // ---- the non-finite guard: the CPU checks every step at once ---------------------------------
+  static void reset_nonfinite() {}
+  static bool step_finite(const Tensor<double, Cpu>& stats, Index slot, const Tn& grads, long) {
+    return std::isfinite(stats.data()[slot]) && all_finite(grads);
+  }
+  static void throw_if_nonfinite(int) {}
+
   /// out[i] = in[i] * scale where hash::bits32(key, i) >= threshold, else 0 (Dropout's mask).
   static void dropout(const Tn& in, Tn& out, std::uint64_t key, std::uint32_t threshold, T scale) {
     if (in.size() != out.size()) throw ShapeError("dropout: " + in.shape().str() + " and " + out.shape().str());
@@ -159,6 +271,10 @@ struct Ops<T, Cpu> {
 
   static void fill(Tn& t, T v) { t.array().setConstant(v); }
   static void synchronize() {}
+
+ private:
+  using Row = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+  static Index last(const Tn& t) { return t.rank() == 0 ? 1 : t.dim(t.rank() - 1); }
 };
 
 }  // namespace fastnn

@@ -8,7 +8,7 @@
 #include <cstdint>
 
 #include "fastnn/core/hash.hpp"
-#include "fastnn/layers/activation.hpp"
+#include "fastnn/core/activation.hpp"
 
 namespace fastnn {
 namespace cuda {

@@ -14,7 +14,7 @@
 #include "fastnn/backend/cuda/kernels.cuh"
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/tensor.hpp"
-#include "fastnn/layers/activation.hpp"
+#include "fastnn/core/activation.hpp"
 
 namespace fastnn {
 

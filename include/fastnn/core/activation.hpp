@@ -1,6 +1,6 @@
 #pragma once
 /// \file activation.hpp
-/// Activation functions by name, shared by Dense, LSTM and the device backends.
+/// Activation functions by name, shared by the layers, the losses and the device backends.
 
 #include <string>
 
@@ -24,11 +24,21 @@ inline std::string to_string(Activation a) {
   return "?";
 }
 
-/// Parses a Keras activation name; throws ArgumentError listing the valid names.
-inline Activation activation_from_string(const std::string& s) {
+/// Parses a Keras activation name into `out`; false for an unknown name.
+inline bool from_string(const std::string& s, Activation& out) {
   for (Activation a : {Activation::Linear, Activation::Relu, Activation::Tanh, Activation::Sigmoid,
                        Activation::HardSigmoid, Activation::Softmax})
-    if (to_string(a) == s) return a;
+    if (to_string(a) == s) {
+      out = a;
+      return true;
+    }
+  return false;
+}
+
+/// Parses a Keras activation name; throws ArgumentError listing the valid names.
+inline Activation activation_from_string(const std::string& s) {
+  Activation a = Activation::Linear;
+  if (from_string(s, a)) return a;
   throw ArgumentError("unknown activation '" + s +
                       "' (expected linear, relu, tanh, sigmoid, hard_sigmoid or softmax)");
 }

@@ -1,0 +1,150 @@
+#pragma once
+/// \file options.hpp
+/// Options declared once. An options struct lists each option a single time:
+///
+///   struct DenseOptions {
+///     explicit DenseOptions(Index units = 1) { units_ = units; }
+///     FASTNN_OPTIONS((Index, units, 1),
+///                    (Activation, activation, Activation::Linear),
+///                    (bool, use_bias, true))
+///   };
+///
+/// and gets, for each entry, a chained setter `o.units(10)`, a getter `o.units()`, the field
+/// `units_` with its default, and `visit(f)`, which calls `f("units", units_)` for every option
+/// in declaration order. From visit, options_to_config() writes a layer's or optimizer's
+/// config() (shown by summary(), recorded in weights files and checkpoints) and
+/// options_from_config() parses one back (the layer and optimizer registries, checkpoint
+/// loading). Option types: bool, integers, double, std::string, and enums that provide
+/// `to_string(E)` and `from_string(const std::string&, E&)` (found by argument-dependent lookup).
+/// Numbers are written and parsed independently of the locale (core/parse.hpp).
+
+#include <map>
+#include <set>
+#include <string>
+#include <type_traits>
+
+#include "fastnn/core/error.hpp"
+#include "fastnn/core/parse.hpp"
+
+namespace fastnn {
+
+/// Options of a layer, loss or optimizer as key/value text.
+using Config = std::map<std::string, std::string>;
+
+// ---- the declaration macro ------------------------------------------------------------------
+#define FASTNN_PP_CAT_(a, b) a##b
+#define FASTNN_PP_CAT(a, b) FASTNN_PP_CAT_(a, b)
+#define FASTNN_PP_NARGS_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, N, ...) N
+#define FASTNN_PP_NARGS(...) FASTNN_PP_NARGS_(__VA_ARGS__, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define FASTNN_PP_EACH_1(m, x) m x
+#define FASTNN_PP_EACH_2(m, x, ...) m x FASTNN_PP_EACH_1(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_3(m, x, ...) m x FASTNN_PP_EACH_2(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_4(m, x, ...) m x FASTNN_PP_EACH_3(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_5(m, x, ...) m x FASTNN_PP_EACH_4(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_6(m, x, ...) m x FASTNN_PP_EACH_5(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_7(m, x, ...) m x FASTNN_PP_EACH_6(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_8(m, x, ...) m x FASTNN_PP_EACH_7(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_9(m, x, ...) m x FASTNN_PP_EACH_8(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_10(m, x, ...) m x FASTNN_PP_EACH_9(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_11(m, x, ...) m x FASTNN_PP_EACH_10(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_12(m, x, ...) m x FASTNN_PP_EACH_11(m, __VA_ARGS__)
+#define FASTNN_PP_EACH(m, ...) FASTNN_PP_CAT(FASTNN_PP_EACH_, FASTNN_PP_NARGS(__VA_ARGS__))(m, __VA_ARGS__)
+
+#define FASTNN_OPTION_DECL_(type, name, def)           \
+ public:                                               \
+  auto& name(const type& v) {                          \
+    name##_ = v;                                       \
+    return *this;                                      \
+  }                                                    \
+  const type& name() const { return name##_; }         \
+                                                       \
+ private:                                              \
+  type name##_ = def;
+#define FASTNN_OPTION_VISIT_(type, name, def) v(#name, name##_);
+
+/// Declares options as (type, name, default) triples; see the file comment.
+#define FASTNN_OPTIONS(...)                                                        \
+  FASTNN_PP_EACH(FASTNN_OPTION_DECL_, __VA_ARGS__)                                 \
+ public:                                                                           \
+  template <class V>                                                               \
+  void visit(V&& v) {                                                              \
+    FASTNN_PP_EACH(FASTNN_OPTION_VISIT_, __VA_ARGS__)                              \
+  }                                                                                \
+  template <class V>                                                               \
+  void visit(V&& v) const {                                                        \
+    FASTNN_PP_EACH(FASTNN_OPTION_VISIT_, __VA_ARGS__)                              \
+  }
+
+// ---- text of one option ---------------------------------------------------------------------
+namespace detail {
+
+inline std::string option_text(bool b) { return b ? "true" : "false"; }
+inline std::string option_text(const std::string& s) { return s; }
+template <class N, typename std::enable_if<std::is_arithmetic<N>::value, int>::type = 0>
+std::string option_text(N v) {
+  return format_number(v);
+}
+template <class E, typename std::enable_if<std::is_enum<E>::value, int>::type = 0>
+std::string option_text(E e) {
+  return to_string(e);
+}
+
+/// Parses `s` into `out`; false when `s` is not a valid value of out's type.
+inline bool option_parse(const std::string& s, bool& out) {
+  if (s == "true") out = true;
+  else if (s == "false") out = false;
+  else return false;
+  return true;
+}
+inline bool option_parse(const std::string& s, std::string& out) {
+  out = s;
+  return true;
+}
+template <class N, typename std::enable_if<std::is_arithmetic<N>::value, int>::type = 0>
+bool option_parse(const std::string& s, N& out) {
+  return parse_number(s, out);
+}
+template <class E, typename std::enable_if<std::is_enum<E>::value, int>::type = 0>
+bool option_parse(const std::string& s, E& out) {
+  return from_string(s, out);
+}
+
+template <class V>
+const char* option_kind() {
+  if (std::is_same<V, bool>::value) return "true or false";
+  if (std::is_floating_point<V>::value) return "a finite number";
+  if (std::is_unsigned<V>::value) return "an unsigned integer";
+  if (std::is_integral<V>::value) return "an integer";
+  if (std::is_enum<V>::value) return "a known name";
+  return "text";
+}
+
+}  // namespace detail
+
+/// The options of `o` as text, keyed by option name.
+template <class O>
+Config options_to_config(const O& o) {
+  Config c;
+  o.visit([&](const char* key, const auto& value) { c[key] = detail::option_text(value); });
+  return c;
+}
+
+/// Sets every option of `o` from `c`, which must hold exactly o's options. Throws
+/// MismatchError "<where>: ..." naming the missing, unknown or malformed key.
+template <class O>
+void options_from_config(O& o, const Config& c, const std::string& where) {
+  std::set<std::string> known;
+  o.visit([&](const char* key, auto& value) {
+    using V = typename std::decay<decltype(value)>::type;
+    known.insert(key);
+    auto it = c.find(key);
+    if (it == c.end()) throw MismatchError(where + ": configuration lacks '" + key + "'");
+    if (!detail::option_parse(it->second, value))
+      throw MismatchError(where + ": '" + key + "' must be " + detail::option_kind<V>() + ", got '" +
+                          it->second.substr(0, 64) + "'");
+  });
+  for (const auto& kv : c)
+    if (!known.count(kv.first)) throw MismatchError(where + ": unknown option '" + kv.first.substr(0, 64) + "'");
+}
+
+}  // namespace fastnn

@@ -1,0 +1,45 @@
+#pragma once
+/// \file fit_options.hpp
+/// Options of Sequential::fit and the result of Sequential::evaluate.
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "fastnn/core/shape.hpp"
+#include "fastnn/model/callbacks.hpp"
+
+namespace fastnn {
+
+/// Options of Sequential::fit, with chained setters.
+struct FitOptions {
+  FitOptions& epochs(int n) { epochs_ = n; return *this; }
+  FitOptions& initial_epoch(int n) { initial_epoch_ = n; return *this; }
+  FitOptions& batch_size(Index n) { batch_size_ = n; return *this; }
+  FitOptions& shuffle(bool on) { shuffle_ = on; return *this; }
+  FitOptions& verbose(int v) { verbose_ = v; return *this; }
+  FitOptions& check_finite(bool on) { check_finite_ = on; return *this; }
+  FitOptions& callback(Callback* c) { callbacks_.push_back(c); return *this; }
+  int epochs_ = 1;          ///< the epoch to stop after (total, as in Keras)
+  int initial_epoch_ = 0;   ///< epochs already done (resume)
+  Index batch_size_ = 32;
+  bool shuffle_ = true;
+  int verbose_ = 1;         ///< 0 silent, 1 progress bar, 2 one line per epoch
+  bool check_finite_ = true;///< stop with NonFiniteError on a NaN/Inf loss or gradient
+  std::vector<Callback*> callbacks_;
+};
+
+/// Mean loss and metrics over a dataset. `accuracy` repeats the metric named "accuracy" (or
+/// "acc"); NaN without one.
+struct EvalResult {
+  double loss = NAN, accuracy = NAN;
+  std::vector<MetricValue> metrics;
+  /// The value of metric `name`; NaN when there is none.
+  double metric(const std::string& name) const {
+    for (const auto& m : metrics)
+      if (m.first == name) return m.second;
+    return NAN;
+  }
+};
+
+}  // namespace fastnn

@@ -1,0 +1,69 @@
+#pragma once
+/// \file predictor.hpp
+/// `Predictor<T, D>`: inference on a model's weights with workspaces of its own. It holds an
+/// unbuilt copy of every layer (clone_unbuilt), built for the model's input shape and bound to
+/// views of the model's parameters, so that forward() writes only into the predictor's own
+/// buffers. Sequential::predict and evaluate make one per call; any number of threads can each
+/// use their own predictor (Sequential::make_predictor) on one shared, const model. The
+/// predictor shares the parameters' storage: training the model while a predictor runs is a
+/// data race, as is using one predictor from two threads at once.
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "fastnn/core/tensor.hpp"
+#include "fastnn/layers/layer.hpp"
+
+namespace fastnn {
+
+template <class T, class D = Cpu>
+class Predictor {
+  using Tn = Tensor<T, D>;
+
+ public:
+  /// Copies of `layers` (built, in order) for per-sample `input_shape`, bound to `params` (the
+  /// model's flat parameter buffer). `emit_preactivation`: the last layer leaves out its
+  /// activation (evaluate, when the loss fuses it).
+  Predictor(const std::vector<const Layer<T, D>*>& layers, const Shape& input_shape, const Tn& params, int threads,
+            bool emit_preactivation = false) {
+    Shape s = input_shape;
+    Index off = 0;
+    for (const Layer<T, D>* src : layers) {
+      auto l = src->clone_unbuilt();
+      l->set_name(src->name());
+      s = l->build(s);
+      const Index n = l->param_count();
+      // Inference never writes gradients: the gradient views alias the values.
+      l->bind_parameters(params.view(off, Shape{n}), params.view(off, Shape{n}));
+      off += n;
+      l->set_threads(threads);
+      layers_.push_back(std::move(l));
+    }
+    if (off != params.size())
+      throw ShapeError("Predictor: the layers declare " + std::to_string(off) + " parameters, the model holds " +
+                       std::to_string(params.size()));
+    input_shape_ = input_shape;
+    if (!layers_.empty() && layers_.back()->output_activation() != Activation::Linear)
+      layers_.back()->set_emit_preactivation(emit_preactivation);
+    acts_.resize(layers_.size() + 1);
+  }
+
+  /// The output for inputs x [batch, input shape...] (inference mode). The reference stays
+  /// valid until the next call.
+  const Tn& forward(const Tn& x) {
+    if (x.rank() < 1 || x.shape().drop_front() != input_shape_)
+      throw ShapeError("predict: expected input [N, " + input_shape_.str().substr(1) + ", got " + x.shape().str());
+    acts_[0] = x;
+    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Infer);
+    return acts_.back();
+  }
+  const Shape& input_shape() const { return input_shape_; }
+
+ private:
+  std::vector<std::unique_ptr<Layer<T, D>>> layers_;
+  std::vector<Tn> acts_;
+  Shape input_shape_;
+};
+
+}  // namespace fastnn

@@ -1,0 +1,67 @@
+#pragma once
+/// \file summary.hpp
+/// Text helpers of the model: Keras's layer names and its summary() table.
+
+#include <cctype>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "fastnn/core/shape.hpp"
+
+namespace fastnn {
+namespace detail {
+
+/// "Bidirectional" -> "bidirectional", "LSTM" -> "lstm", "MyLayer" -> "my_layer" (Keras's names).
+inline std::string snake_case(const std::string& s) {
+  std::string r;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (std::isupper(c)) {
+      if (i > 0 && !std::isupper(static_cast<unsigned char>(s[i - 1]))) r += '_';
+      r += static_cast<char>(std::tolower(c));
+    } else {
+      r += static_cast<char>(c);
+    }
+  }
+  return r;
+}
+
+/// One row of the summary table.
+struct SummaryRow {
+  std::string name, type;
+  Shape output_shape;
+  Index params = 0;
+};
+
+/// Keras-style table: layer (type), output shape, parameter count, totals.
+inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows) {
+  auto pad = [](const std::string& s, std::size_t w) { return s.size() + 1 >= w ? s + " " : s + std::string(w - s.size(), ' '); };
+  auto grouped = [](Index n) {
+    std::string d = std::to_string(n), r;
+    for (std::size_t i = 0; i < d.size(); ++i) {
+      if (i && (d.size() - i) % 3 == 0) r += ',';
+      r += d[i];
+    }
+    return r;
+  };
+  const std::string rule(65, '_'), dbl(65, '=');
+  os << "Model: \"sequential\"\n" << rule << "\n";
+  os << pad("Layer (type)", 29) << pad("Output Shape", 26) << "Param #\n" << dbl << "\n";
+  Index total = 0;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto& r = rows[i];
+    std::string shape = "(None";
+    for (int k = 0; k < r.output_shape.rank(); ++k) shape += ", " + std::to_string(r.output_shape[k]);
+    shape += ")";
+    os << pad(r.name + " (" + r.type + ")", 29) << pad(shape, 26) << r.params << "\n";
+    os << (i + 1 < rows.size() ? rule : dbl) << "\n";
+    total += r.params;
+  }
+  os << "Total params: " << grouped(total) << "\n";
+  os << "Trainable params: " << grouped(total) << "\n";
+  os << "Non-trainable params: 0\n" << rule << "\n";
+}
+
+}  // namespace detail
+}  // namespace fastnn
