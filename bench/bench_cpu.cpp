@@ -117,7 +117,7 @@ struct Bound {
 
 // ---- MNIST or synthetic data ----------------------------------------------------------------
 struct Data {
-  Dataset<Cpu> train, val;
+  Dataset<float, Cpu> train, val;
   std::string source;
 };
 
@@ -139,7 +139,7 @@ std::string mnist_dir() {
   return std::string(FASTNN_SOURCE_DIR) + "/data";
 }
 
-Dataset<Cpu> synthetic(Index n, std::uint64_t seed) {
+Dataset<float, Cpu> synthetic(Index n, std::uint64_t seed) {
   std::mt19937_64 gen(seed);
   std::vector<std::uint8_t> px(static_cast<std::size_t>(n * kSteps * kFeatures)), lb(static_cast<std::size_t>(n));
   // MNIST-like: mostly background, some strokes.
@@ -343,7 +343,7 @@ void BM_Dense(benchmark::State& st) {
   const int what = static_cast<int>(st.range(0));
   Bound<Dense<float>> b(std::make_unique<Dense<float>>(DenseOptions(kClasses).activation(Activation::Softmax)),
                         "dense", Shape{2 * kUnits});
-  b.layer->set_emit_logits(true);
+  b.layer->set_emit_preactivation(true);
   Tn x = random_tensor(Shape{kBatch, 2 * kUnits}, -1.f, 1.f, 1);
   Tn dy = random_tensor(Shape{kBatch, kClasses}, -0.01f, 0.01f, 2);
   Tn y, dx;
@@ -370,7 +370,7 @@ void BM_Dense(benchmark::State& st) {
 }
 BENCHMARK(BM_Dense)->ArgName("bwd")->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
-/// The fused softmax cross-entropy of Sequential (loss, accuracy and dlogits) on [128, 10].
+/// The fused softmax cross-entropy of Sequential (loss, dlogits, then the accuracy metric) on [128, 10].
 void BM_SoftmaxCrossEntropy(benchmark::State& st) {
   Tn logits = random_tensor(Shape{kBatch, kClasses}, -5.f, 5.f, 1);
   Tensor<std::int32_t, Cpu> labels(Shape{kBatch});
@@ -378,7 +378,8 @@ void BM_SoftmaxCrossEntropy(benchmark::State& st) {
   Tn dlogits(logits.shape());
   Tensor<double, Cpu> stats = Tensor<double, Cpu>::zeros(Shape{2});
   for (auto _ : st) {
-    Ops<float, Cpu>::softmax_xent(logits, labels, &dlogits, 1.f / kBatch, stats);
+    Ops<float, Cpu>::softmax_xent(logits, labels, &dlogits, 1.f / kBatch, stats, 0);
+    Ops<float, Cpu>::metric_labels(logits, labels, stats, 1);
     benchmark::DoNotOptimize(dlogits.data());
     benchmark::ClobberMemory();
   }
@@ -415,7 +416,7 @@ BENCHMARK(BM_SgdNesterovStep)->UseRealTime()->Unit(benchmark::kMicrosecond);
 void BM_TrainStep(benchmark::State& st) {
   const int threads = static_cast<int>(st.range(0));
   auto model = reference_model(threads);
-  const Dataset<Cpu> batch = bench_data().train.head(kBatch);
+  const Dataset<float, Cpu> batch = bench_data().train.head(kBatch);
   const FitOptions fo = FitOptions().epochs(1).batch_size(kBatch).verbose(0);
   model->fit(batch, fo);  // warm-up: workspaces reach their final size
   double secs = 0;
@@ -433,7 +434,7 @@ BENCHMARK(BM_TrainStep)->ArgName("threads")->Arg(2)->Arg(1)->UseRealTime()->Unit
 void BM_EvalStep(benchmark::State& st) {
   const int threads = static_cast<int>(st.range(0));
   auto model = reference_model(threads);
-  const Dataset<Cpu> batch = bench_data().val.head(kBatch);
+  const Dataset<float, Cpu> batch = bench_data().val.head(kBatch);
   model->evaluate(batch, kBatch);
   double secs = 0;
   for (auto _ : st) {
@@ -454,8 +455,8 @@ BENCHMARK(BM_EvalStep)->ArgName("threads")->Arg(2)->Arg(1)->UseRealTime()->Unit(
 void BM_Epoch(benchmark::State& st) {
   const int threads = static_cast<int>(st.range(0));
   const Data& d = bench_data();
-  const Dataset<Cpu> train = d.train.head(std::min(g_settings.epoch_train_limit, d.train.size()));
-  const Dataset<Cpu> val = d.val.head(std::min(g_settings.epoch_val_limit, d.val.size()));
+  const Dataset<float, Cpu> train = d.train.head(std::min(g_settings.epoch_train_limit, d.train.size()));
+  const Dataset<float, Cpu> val = d.val.head(std::min(g_settings.epoch_val_limit, d.val.size()));
   auto model = reference_model(threads);
   const FitOptions fo = FitOptions().epochs(1).batch_size(kBatch).verbose(0);
   double train_s = 0, eval_s = 0, last_val_acc = 0, secs = 0;

@@ -38,7 +38,7 @@ struct Options {
   bool check_finite = true;
   bool tf32 = false;  // GPU only: TF32 tensor-core math in cuBLAS and cuDNN
   double dropout = 0;  // a Dropout layer between the LSTM and the classifier when > 0
-  std::string save, resume, export_weights;  // checkpoints and weights files (issue 5)
+  std::string save, resume, export_weights;  // checkpoints and weights files
 };
 
 template <class D>
@@ -50,8 +50,8 @@ std::unique_ptr<fastnn::Optimizer<float, D>> make_optimizer(const Options& o) {
 }
 
 template <class D>
-int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
-        const fastnn::Dataset<fastnn::Cpu>& test_host) {
+int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
+        const fastnn::Dataset<float, fastnn::Cpu>& test_host) {
   using namespace fastnn;
   Sequential<float, D> model;
   model.template add<Bidirectional>(
@@ -60,15 +60,15 @@ int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
   model.template add<Dense>(DenseOptions(10).activation(Activation::Softmax));
   model.set_threads(o.threads);
   model.build({28, 28}, o.seed);
-  model.compile(make_optimizer<D>(o));
+  model.compile(make_optimizer<D>(o), SparseCategoricalCrossentropy(), {"accuracy"});
   model.summary(std::cout);
-  if (!o.resume.empty()) {  // weights, optimizer state, epochs done, shuffle RNG (issue 5)
-    const io::CheckpointInfo ck = model.load_checkpoint(o.resume);
+  if (!o.resume.empty()) {  // weights, optimizer state, epochs done, shuffle RNG
+    const io::CheckpointInfo ck = io::load_checkpoint(model, o.resume);
     std::printf("Resumed from %s: %d epoch%s done, %lld optimizer steps\n", o.resume.c_str(), ck.epochs_done,
                 ck.epochs_done == 1 ? "" : "s", static_cast<long long>(ck.iterations));
   }
 
-  Dataset<D> train, test;
+  Dataset<float, D> train, test;
   if constexpr (std::is_same<D, Cpu>::value) {
     train = train_host;  // shares storage: no second copy of the images on the host
     test = test_host;
@@ -98,11 +98,11 @@ int run(const Options& o, const fastnn::Dataset<fastnn::Cpu>& train_host,
     const EvalResult r = model.evaluate(test, o.batch_size);
     std::printf("validate %s (epoch %d): val_loss %.6f val_acc %.4f\n", o.resume.c_str(), model.epochs_done(), r.loss,
                 r.accuracy);
-    if (!o.export_weights.empty()) model.save_weights(o.export_weights);
+    if (!o.export_weights.empty()) io::save_weights(model, o.export_weights);
     return 0;
   }
   History h = model.fit(train, fit, &test);
-  if (!o.export_weights.empty()) model.save_weights(o.export_weights);
+  if (!o.export_weights.empty()) io::save_weights(model, o.export_weights);
   if (!h.epochs.empty()) {
     const auto& l = h.last();
     std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,

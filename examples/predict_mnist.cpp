@@ -42,7 +42,7 @@ int main(int argc, char** argv) {
       throw ShapeError("predict_mnist: the model takes " + model.input_shape().str() + " samples, MNIST has " +
                        std::to_string(test.rows) + "x" + std::to_string(test.cols));
     Tensor<float, Cpu> x(model.input_shape().prepend(n));
-    const float scale = static_cast<float>(1.0 / 255.0);  // as Dataset::scale in training
+    const float scale = static_cast<float>(1.0 / 255.0);  // as make_dataset converts the images in training
     for (Index i = 0; i < n * pixels; ++i) x[i] = scale * static_cast<float>(test.images[static_cast<std::size_t>(i)]);
     Tensor<float, Cpu> p = model.predict(x);
     io::SafetensorsWriter w;

@@ -15,7 +15,8 @@ int main(int argc, char** argv) {
     model.add<Dense>(DenseOptions(10).activation(Activation::Softmax));
     model.set_threads(2);  // the two LSTM directions run on two cores
     model.build({28, 28}, /*seed=*/42);
-    model.compile(std::make_unique<SGD<float>>(0.5, /*momentum=*/0.9, /*nesterov=*/true));
+    model.compile(std::make_unique<SGD<float>>(0.5, /*momentum=*/0.9, /*nesterov=*/true),
+                  SparseCategoricalCrossentropy(), {"accuracy"});
     model.summary(std::cout);
 
     History h = model.fit(train.head(6400), FitOptions().epochs(1).batch_size(128), &test);

@@ -105,7 +105,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     Sequential<float> fresh;
     fuzz::build_model(fresh, /*compile=*/false);
-    fresh.load_checkpoint(path);
+    io::load_checkpoint(fresh, path);
     check(fresh.optimizer() != nullptr, "the checkpoint created an optimizer");
   } catch (const Error&) {
   }

@@ -21,7 +21,7 @@ namespace {
 
 using namespace fastnn;
 
-Dataset<Cpu> tiny_data() {
+Dataset<float, Cpu> tiny_data() {
   std::vector<std::uint8_t> px(8 * 6), labels(8);
   for (std::size_t i = 0; i < px.size(); ++i) px[i] = static_cast<std::uint8_t>((i * 37) % 256);
   for (std::size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::uint8_t>(i % 3);
@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
     {
       Sequential<float> m;
       fuzz::build_model(m);
-      m.save_weights(dir + "weights_f32.safetensors");
+      io::save_weights(m, dir + "weights_f32.safetensors");
       // The same tensors without fastnn metadata (as another tool would write them).
       io::SafetensorsWriter w;
       for (const auto& p : m.named_parameters())
@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
     {
       Sequential<double> m;
       fuzz::build_model(m);
-      m.save_weights(dir + "weights_f64.safetensors");
+      io::save_weights(m, dir + "weights_f64.safetensors");
     }
     trained_checkpoint<float>(std::make_unique<SGD<float>>(0.1, 0.9, true), dir + "checkpoint_sgd.safetensors");
     trained_checkpoint<float>(std::make_unique<Adam<float>>(0.01), dir + "checkpoint_adam.safetensors");
@@ -85,7 +85,7 @@ int main(int argc, char** argv) {
       m.add<Dense>(DenseOptions(4).activation(Activation::Relu));
       m.add<Dense>(DenseOptions(2).use_bias(false));
       m.build({5}, 3);
-      m.save_weights(dir + "dense_only_f32.safetensors");
+      io::save_weights(m, dir + "dense_only_f32.safetensors");
     }
     {
       const double f64[2] = {1.5, -2};

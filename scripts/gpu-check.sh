@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu-check.sh OUT_DIR MNIST_DIR
 #
-# One command for a machine with an NVIDIA GPU (issue #4): configures fastnn with
+# One command for a machine with an NVIDIA GPU: configures fastnn with
 # -DFASTNN_CUDA=ON (Release), builds the CUDA tests, the example and the GPU benchmark, runs the
 # CUDA tests, trains 3 epochs of `mnist_bilstm --device cuda` (and 2 more with FASTNN_CUDA_GRAPH=0, the
 # eager baseline without CUDA graphs), runs the GPU benchmark and, when

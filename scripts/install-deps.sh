@@ -5,16 +5,30 @@
 #   scripts/install-deps.sh --all      also the PyTorch peer, plotting and fuzzing tools
 set -euo pipefail
 pkgs=(build-essential cmake libeigen3-dev zlib1g-dev libgtest-dev libbenchmark-dev libcli11-dev
-      nlohmann-json3-dev python3-numpy python3-torch libopenblas0-pthread clang libclang-rt-dev)
+      nlohmann-json3-dev python3-numpy python3-torch libopenblas0-pthread clang libclang-rt-dev locales)
 if [[ "${1:-}" == "--all" ]]; then
   pkgs+=(gnuplot-nox time)
 fi
+# The locale test (tests/test_locale.cpp) runs under de_DE.UTF-8, which Debian generates on demand.
+need_locale() { ! locale -a 2>/dev/null | grep -qi '^de_DE\.utf-\?8$'; }
+gen_locale() {
+  if need_locale; then
+    if [[ $(id -u) -eq 0 ]]; then
+      echo "install-deps: generating the de_DE.UTF-8 locale"
+      localedef -i de_DE -f UTF-8 de_DE.UTF-8
+    else
+      echo "install-deps: not root; run: sudo localedef -i de_DE -f UTF-8 de_DE.UTF-8" >&2
+      return 1
+    fi
+  fi
+}
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]} == 0)); then
   echo "install-deps: all ${#pkgs[@]} packages present"
+  gen_locale
   exit 0
 fi
 echo "install-deps: installing ${missing[*]}"
@@ -25,3 +39,4 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}"
+gen_locale

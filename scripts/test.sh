@@ -2,7 +2,8 @@
 # One command from a fresh clone: installs dependencies, fetches MNIST (tests that need it skip
 # without it), builds everything and runs the test suite with ctest. Where nvcc exists the
 # CUDA backend is built too (its tests skip without a GPU).
-#   scripts/test.sh           main build + ctest, then the sanitizer build + ctest, then the fuzzers (60 s each)
+#   scripts/test.sh           main build + ctest, then the sanitizer build + ctest, then the
+#                             ThreadSanitizer build of the Concurrency tests, then the fuzzers (60 s each)
 #   scripts/test.sh --quick   main build + ctest only
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,6 +33,26 @@ cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTNN_SANITIZE=ON 
   -DFASTNN_BUILD_BENCHMARKS=OFF -DFASTNN_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
+
+echo "== ThreadSanitizer build, the Concurrency tests (concurrent predict on one const model)"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTNN_TSAN=ON -DFASTNN_NATIVE=OFF \
+  -DFASTNN_BUILD_BENCHMARKS=OFF -DFASTNN_BUILD_EXAMPLES=OFF -DFASTNN_CUDA=OFF >/dev/null
+# ThreadSanitizer aborts at start-up with "FATAL: ThreadSanitizer: unexpected memory mapping" on
+# kernels whose mmap randomisation has more entropy than its fixed memory layout expects (Debian 12's
+# GCC 12 libtsan with vm.mmap_rnd_bits above 28). TSan needs no address-space randomisation, so its
+# programs run under `setarch <arch> -R` (randomisation off) wherever that is permitted (some
+# containers forbid it; there they run as they are). The build is wrapped too: it runs the test
+# binary once to list its tests (gtest_discover_tests), and setarch's setting is inherited by
+# child processes.
+tsan_run=()
+if setarch "$(uname -m)" -R true 2>/dev/null; then
+  tsan_run=(setarch "$(uname -m)" -R)
+fi
+export TSAN_OPTIONS='halt_on_error=1 second_deadlock_stack=1'
+"${tsan_run[@]}" cmake --build build-tsan -j"$jobs" --target test_concurrency
+# --no-tests=error: fails if no Concurrency test was found, as well as on any failure or race.
+(cd build-tsan && "${tsan_run[@]}" ctest -R '^Concurrency\.' --no-tests=error --output-on-failure)
+unset TSAN_OPTIONS
 
 if [[ -x scripts/run-fuzzers.sh ]]; then
   echo "== fuzzers (libFuzzer + ASan + UBSan), ${FASTNN_FUZZ_SECONDS:-60} s each"

@@ -80,8 +80,8 @@ void weights_round_trip() {
   build(b, 2);
   ASSERT_NE(flat(a), flat(b));
   const std::string path = dir.file("w.safetensors");
-  a.save_weights(path);
-  b.load_weights(path);
+  io::save_weights(a, path);
+  io::load_weights(b, path);
   EXPECT_EQ(flat(a), flat(b));  // bit-identical
 
   // Names, shapes and dtype as documented.
@@ -118,11 +118,11 @@ TEST(Weights, AnotherArchitectureGivesMismatchErrorNamingTheLayer) {
   TempDir dir;
   Sequential<float> a;
   build(a, 1);
-  a.save_weights(dir.file("w.safetensors"));
+  io::save_weights(a, dir.file("w.safetensors"));
   Sequential<float> wider;
   build(wider, 1, /*units=*/16);
   const auto before = flat(wider);
-  expect_error<MismatchError>([&] { wider.load_weights(dir.file("w.safetensors")); },
+  expect_error<MismatchError>([&] { io::load_weights(wider, dir.file("w.safetensors")); },
                               {dir.file("w.safetensors"), "layer 0 ('bidirectional', Bidirectional)", "layer.units is '8' in the file, '16'"});
   EXPECT_EQ(flat(wider), before);  // untouched
 
@@ -130,18 +130,18 @@ TEST(Weights, AnotherArchitectureGivesMismatchErrorNamingTheLayer) {
   other_act.add<Bidirectional>(LSTMOptions(8).recurrent_activation(Activation::HardSigmoid));
   other_act.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
   other_act.build({6, 5}, 1);
-  expect_error<MismatchError>([&] { other_act.load_weights(dir.file("w.safetensors")); },
+  expect_error<MismatchError>([&] { io::load_weights(other_act, dir.file("w.safetensors")); },
                               {"layer.recurrent_activation is 'sigmoid' in the file, 'hard_sigmoid'"});
 
   Sequential<float> dense_only;
   dense_only.add<Dense>(DenseOptions(3));
   dense_only.build({30}, 1);
-  expect_error<MismatchError>([&] { dense_only.load_weights(dir.file("w.safetensors")); },
+  expect_error<MismatchError>([&] { io::load_weights(dense_only, dir.file("w.safetensors")); },
                               {"input shape [6, 5] in the file, [30] in the model", "2 layers in the file, 1 in the model"});
 
   Sequential<double> dbl;
   build(dbl, 1);
-  expect_error<MismatchError>([&] { dbl.load_weights(dir.file("w.safetensors")); }, {"F32", "F64"});
+  expect_error<MismatchError>([&] { io::load_weights(dbl, dir.file("w.safetensors")); }, {"F32", "F64"});
   expect_error<MismatchError>([&] { io::load_model<double>(dir.file("w.safetensors")); }, {"F32"});
 }
 
@@ -165,13 +165,13 @@ TEST(Weights, MissingExtraAndMisShapedTensorsAreNamed) {
   build(m, 1);
   using List = std::vector<std::pair<std::string, Tensor<float, Cpu>>>;
   auto missing = forge(dir, m, [](List& t) { t.pop_back(); });
-  expect_error<MismatchError>([&] { m.load_weights(missing); }, {missing, "tensor 'dense.bias' [3] is missing from the file"});
+  expect_error<MismatchError>([&] { io::load_weights(m, missing); }, {missing, "tensor 'dense.bias' [3] is missing from the file"});
   Tensor<float, Cpu> extra = Tensor<float, Cpu>::zeros(Shape{2, 2});
   auto with_extra = forge(dir, m, [&](List& t) { t.push_back({"dense.scale", extra}); });
-  expect_error<MismatchError>([&] { m.load_weights(with_extra); }, {"tensor 'dense.scale' [2, 2] in the file is not a parameter"});
+  expect_error<MismatchError>([&] { io::load_weights(m, with_extra); }, {"tensor 'dense.scale' [2, 2] in the file is not a parameter"});
   Tensor<float, Cpu> wrong = Tensor<float, Cpu>::zeros(Shape{3, 16});
   auto misshaped = forge(dir, m, [&](List& t) { t[6].second = wrong; });
-  expect_error<MismatchError>([&] { m.load_weights(misshaped); },
+  expect_error<MismatchError>([&] { io::load_weights(m, misshaped); },
                               {"tensor 'dense.kernel' has shape [3, 16] in the file, [16, 3] in the model"});
   // A foreign file (no fastnn metadata) with exactly the model's tensors loads.
   io::SafetensorsWriter w;
@@ -179,7 +179,7 @@ TEST(Weights, MissingExtraAndMisShapedTensorsAreNamed) {
   w.write(dir.file("foreign.safetensors"), /*checksum=*/false);
   Sequential<float> b;
   build(b, 5);
-  b.load_weights(dir.file("foreign.safetensors"));
+  io::load_weights(b, dir.file("foreign.safetensors"));
   EXPECT_EQ(flat(b), flat(m));
   EXPECT_THROW(io::load_model<float>(dir.file("foreign.safetensors")), FormatError);  // no architecture
 }
@@ -214,7 +214,7 @@ TEST(Checkpoint, MalformedMetadataGivesFormatErrorNamingTheField) {
     try {
       Sequential<float> t;
       build(t, 1);
-      t.load_checkpoint(path);
+      io::load_checkpoint(t, path);
       ADD_FAILURE() << "no error for " << key;
     } catch (const FormatError& e) {
       EXPECT_EQ(e.path(), path);
@@ -252,12 +252,12 @@ TEST(Checkpoint, MalformedMetadataGivesFormatErrorNamingTheField) {
   expect_field("fastnn.optimizer.config", &junk, "__metadata__.fastnn.optimizer.config", "invalid JSON");
   // A fastnn file must carry its checksum.
   const std::string no_crc = with_metadata(dir, m, "x", nullptr, /*checksum=*/false);
-  expect_error<FormatError>([&] { m.load_checkpoint(no_crc); }, {"fastnn.crc32", "missing"});
+  expect_error<FormatError>([&] { io::load_checkpoint(m, no_crc); }, {"fastnn.crc32", "missing"});
   // A malformed optimizer config is caught when the optimizer is made from it.
   const std::string bad_cfg = with_metadata(dir, m, "fastnn.optimizer.config", &sgd_junk);
   Sequential<float> fresh;
   build(fresh, 1);
-  expect_error<FormatError>([&] { fresh.load_checkpoint(bad_cfg); }, {"fastnn.optimizer.config"});
+  expect_error<FormatError>([&] { io::load_checkpoint(fresh, bad_cfg); }, {"fastnn.optimizer.config"});
   EXPECT_EQ(fresh.optimizer(), nullptr);
   // load_model on a file whose layers cannot be built.
   const std::string bad_units = "[{\"name\":\"dense\",\"type\":\"Dense\",\"config\":{\"units\":\"0\",\"activation\":\"linear\",\"use_bias\":\"true\"}}]";
@@ -275,26 +275,26 @@ TEST(Checkpoint, OptimizerMismatchIsNamed) {
   Sequential<float> m;
   build(m, 1);
   m.compile(std::make_unique<SGD<float>>(0.1, 0.9, true));
-  m.save_checkpoint(dir.file("c.safetensors"));
+  io::save_checkpoint(m, dir.file("c.safetensors"));
   Sequential<float> adam;
   build(adam, 1);
   adam.compile(std::make_unique<Adam<float>>(0.001));
-  expect_error<MismatchError>([&] { adam.load_checkpoint(dir.file("c.safetensors")); }, {"optimizer: SGD in the file, Adam in the model"});
+  expect_error<MismatchError>([&] { io::load_checkpoint(adam, dir.file("c.safetensors")); }, {"optimizer: SGD in the file, Adam in the model"});
   Sequential<float> lr;
   build(lr, 1);
   lr.compile(std::make_unique<SGD<float>>(0.2, 0.9, true));
-  expect_error<MismatchError>([&] { lr.load_checkpoint(dir.file("c.safetensors")); }, {"learning_rate is 0.10000000000000001 in the file"});
+  expect_error<MismatchError>([&] { io::load_checkpoint(lr, dir.file("c.safetensors")); }, {"learning_rate is 0.10000000000000001 in the file"});
   // A weights file is not a checkpoint, but a checkpoint holds weights.
-  m.save_weights(dir.file("w.safetensors"));
-  expect_error<FormatError>([&] { lr.load_checkpoint(dir.file("w.safetensors")); }, {"a weights file, not a checkpoint"});
+  io::save_weights(m, dir.file("w.safetensors"));
+  expect_error<FormatError>([&] { io::load_checkpoint(lr, dir.file("w.safetensors")); }, {"a weights file, not a checkpoint"});
   Sequential<float> b;
   build(b, 9);
-  b.load_weights(dir.file("c.safetensors"));
+  io::load_weights(b, dir.file("c.safetensors"));
   EXPECT_EQ(flat(b), flat(m));
   // Without an optimizer, the recorded one is created.
   Sequential<float> none;
   build(none, 3);
-  io::CheckpointInfo info = none.load_checkpoint(dir.file("c.safetensors"));
+  io::CheckpointInfo info = io::load_checkpoint(none, dir.file("c.safetensors"));
   ASSERT_NE(none.optimizer(), nullptr);
   EXPECT_EQ(none.optimizer()->type_name(), "SGD");
   EXPECT_EQ(none.optimizer()->config(), m.optimizer()->config());
@@ -333,7 +333,7 @@ Run finish(Sequential<T>& m, History h) {
 template <class T>
 void resume_is_bit_identical(const std::string& opt, int threads, bool compile_before_load) {
   TempDir dir;
-  const Dataset<Cpu> train = toy_data(200, 11), val = toy_data(60, 12);
+  const Dataset<T, Cpu> train = toy_data<T>(200, 11), val = toy_data<T>(60, 12);
   const auto fit = FitOptions().epochs(2).batch_size(16).verbose(0);
 
   Sequential<T> a;
@@ -354,7 +354,7 @@ void resume_is_bit_identical(const std::string& opt, int threads, bool compile_b
   Sequential<T> c;
   build(c, 12345, 8, threads);  // another seed: everything must come from the checkpoint
   if (compile_before_load) c.compile(make_opt<T>(opt));
-  io::CheckpointInfo info = c.load_checkpoint(dir.file("ck-1.safetensors"));
+  io::CheckpointInfo info = io::load_checkpoint(c, dir.file("ck-1.safetensors"));
   EXPECT_EQ(info.epochs_done, 1);
   EXPECT_EQ(c.epochs_done(), 1);
   ASSERT_TRUE(info.has_last_epoch);
@@ -394,10 +394,10 @@ TEST(Atomicity, SigkillDuringSavesAlwaysLeavesALoadableCheckpoint) {
   };
   Sequential<float> m;
   make(m);
-  m.save_checkpoint(path);
+  io::save_checkpoint(m, path);
   // Time one save, to spread the kills over a few saves.
   const auto t0 = std::chrono::steady_clock::now();
-  m.save_checkpoint(path);
+  io::save_checkpoint(m, path);
   const auto save_us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0).count();
   std::mt19937 rng(2024);
   int last_epoch = 0, advanced = 0, leftovers = 0;
@@ -419,7 +419,7 @@ TEST(Atomicity, SigkillDuringSavesAlwaysLeavesALoadableCheckpoint) {
       for (int i = last_epoch + 1;; ++i) {
         m.set_epochs_done(i);
         try {
-          m.save_checkpoint(path);
+          io::save_checkpoint(m, path);
         } catch (...) {
           _exit(3);
         }
@@ -447,7 +447,7 @@ TEST(Atomicity, SigkillDuringSavesAlwaysLeavesALoadableCheckpoint) {
     Sequential<float> check;
     make(check);
     io::CheckpointInfo info;
-    ASSERT_NO_THROW(info = check.load_checkpoint(path)) << "round " << round;
+    ASSERT_NO_THROW(info = io::load_checkpoint(check, path)) << "round " << round;
     EXPECT_GE(info.epochs_done, last_epoch);
     if (info.epochs_done > last_epoch) ++advanced;
     last_epoch = info.epochs_done;
@@ -525,7 +525,7 @@ TEST(Mutations, EveryMutatedCheckpointIsRejectedWithAMessage) {
   m.compile(std::make_unique<Adam<float>>(0.01));
   m.fit(toy_data(32, 1), FitOptions().epochs(1).batch_size(16).verbose(0));
   const std::string good_path = dir.file("good.safetensors");
-  m.save_checkpoint(good_path);
+  io::save_checkpoint(m, good_path);
   const Bytes good = read_bytes(good_path);
   std::uint64_t hlen = 0;
   for (int i = 7; i >= 0; --i) hlen = (hlen << 8) | good[static_cast<std::size_t>(i)];
@@ -540,8 +540,8 @@ TEST(Mutations, EveryMutatedCheckpointIsRejectedWithAMessage) {
       t.compile(std::make_unique<Adam<float>>(0.01));
       const auto before = flat(t);
       try {
-        if (target == 0) t.load_checkpoint(path);
-        else if (target == 1) t.load_weights(path);
+        if (target == 0) io::load_checkpoint(t, path);
+        else if (target == 1) io::load_weights(t, path);
         else io::load_model<float>(path);
         ADD_FAILURE() << c.first << ": loaded (target " << target << ")";
       } catch (const Error& e) {
@@ -559,7 +559,7 @@ TEST(Mutations, EveryMutatedCheckpointIsRejectedWithAMessage) {
   // The untouched file still loads.
   Sequential<float> t;
   build(t, 4);
-  EXPECT_NO_THROW(t.load_checkpoint(good_path));
+  EXPECT_NO_THROW(io::load_checkpoint(t, good_path));
 }
 
 TEST(Mutations, MutatedIdxFilesNeverCrash) {

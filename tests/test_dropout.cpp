@@ -179,9 +179,9 @@ TEST(DropoutModel, ResumeFromACheckpointIsBitIdentical) {
   build_model(first, 0.4, 5);
   whole.fit(data, FitOptions().epochs(3).batch_size(32).verbose(0));
   first.fit(data, FitOptions().epochs(1).batch_size(32).verbose(0));
-  first.save_checkpoint(dir.file("ck.safetensors"));
+  io::save_checkpoint(first, dir.file("ck.safetensors"));
   build_model(resumed, 0.4, 5);
-  resumed.load_checkpoint(dir.file("ck.safetensors"));
+  io::load_checkpoint(resumed, dir.file("ck.safetensors"));
   resumed.fit(data, FitOptions().epochs(3).initial_epoch(resumed.epochs_done()).batch_size(32).verbose(0));
   const auto pw = whole.flat_parameters(), pr = resumed.flat_parameters();
   ASSERT_EQ(pw.size(), pr.size());
@@ -192,11 +192,11 @@ TEST(DropoutModel, ItsConfigurationTravelsWithTheWeights) {
   TempDir dir;
   Sequential<float> m, same, other;
   build_model(m, 0.25, 3, 9);
-  m.save_weights(dir.file("w.safetensors"));
+  io::save_weights(m, dir.file("w.safetensors"));
   build_model(same, 0.25, 4, 9);
-  EXPECT_NO_THROW(same.load_weights(dir.file("w.safetensors")));
+  EXPECT_NO_THROW(io::load_weights(same, dir.file("w.safetensors")));
   build_model(other, 0.5, 3, 9);
-  EXPECT_THROW(other.load_weights(dir.file("w.safetensors")), MismatchError);  // another rate
+  EXPECT_THROW(io::load_weights(other, dir.file("w.safetensors")), MismatchError);  // another rate
   auto copy = m.to<Cpu>();
   EXPECT_EQ(copy.layer(1).config(), m.layer(1).config());
 }

@@ -72,9 +72,9 @@ TEST(Flatten, BetweenASequenceLstmAndDenseTrainsAndSaves) {
   EXPECT_EQ(m.layer(1).output_shape(), (Shape{48}));
   History h = m.fit(data, FitOptions().epochs(10).batch_size(32).verbose(0), &data);
   EXPECT_GT(h.last().val_accuracy, 0.9);
-  m.save_weights(dir.file("w.safetensors"));
+  io::save_weights(m, dir.file("w.safetensors"));
   make(again, 2);
-  again.load_weights(dir.file("w.safetensors"));
+  io::load_weights(again, dir.file("w.safetensors"));
   EXPECT_EQ(again.evaluate(data).loss, m.evaluate(data).loss);
 }
 

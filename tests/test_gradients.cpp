@@ -1,4 +1,4 @@
-// Finite-difference gradient checks, in double, for every layer and the loss.
+// Finite-difference gradient checks, in double, for every layer (the losses: test_losses.cpp).
 #include <fastnn/fastnn.hpp>
 
 #include <gtest/gtest.h>
@@ -44,9 +44,41 @@ INSTANTIATE_TEST_SUITE_P(AllActivations, DenseGrad,
                                            Activation::Sigmoid, Activation::Softmax),
                          [](const ::testing::TestParamInfo<Activation>& i) { return to_string(i.param); });
 
-TEST(DenseGrad, WithoutBiasAndRank3Input) {
+TEST(DenseGrad, WithoutBias) {
   Dense<double> d(DenseOptions(3).use_bias(false));
   expect_gradients_match(d, Shape{6}, 2, 5);
+}
+
+// Dense on [batch, steps, features] applies the same weights to every step (Keras's last-axis
+// semantics), with and without an activation, softmax included (row-wise over the last axis).
+class DenseSeqGrad : public ::testing::TestWithParam<Activation> {};
+
+TEST_P(DenseSeqGrad, MatchesFiniteDifferences) {
+  Dense<double> d(DenseOptions(4).activation(GetParam()));
+  expect_gradients_match(d, Shape{5, 6}, 3, 17);
+  EXPECT_EQ(d.output_shape(), (Shape{5, 4}));
+}
+
+INSTANTIATE_TEST_SUITE_P(Rank3, DenseSeqGrad, ::testing::Values(Activation::Linear, Activation::Tanh, Activation::Softmax),
+                         [](const ::testing::TestParamInfo<Activation>& i) { return to_string(i.param); });
+
+TEST(DenseSeq, EachStepEqualsDenseOnThatStepAlone) {
+  Rng rng(4);
+  Dense<double> seq(DenseOptions(3).activation(Activation::Softmax));
+  auto storage = build_standalone(seq, Shape{4, 5}, rng);
+  Dense<double> one(DenseOptions(3).activation(Activation::Softmax));
+  one.build(Shape{5});
+  one.bind_parameters(storage.first, storage.second);
+  auto x = random_tensor(Shape{2, 4, 5}, rng);
+  Tensor<double, Cpu> y, yt;
+  seq.forward(x, y, Mode::Infer);
+  ASSERT_EQ(y.shape(), (Shape{2, 4, 3}));
+  for (Index b = 0; b < 2; ++b)
+    for (Index t = 0; t < 4; ++t) {
+      Tensor<double, Cpu> xt = x.view((b * 4 + t) * 5, Shape{1, 5});
+      one.forward(xt, yt, Mode::Infer);
+      for (Index k = 0; k < 3; ++k) EXPECT_DOUBLE_EQ(y[(b * 4 + t) * 3 + k], yt[k]);
+    }
 }
 
 struct LstmCase {
@@ -91,40 +123,3 @@ INSTANTIATE_TEST_SUITE_P(Modes, BidirGrad,
                          [](const ::testing::TestParamInfo<std::tuple<MergeMode, bool>>& i) {
                            return to_string(std::get<0>(i.param)) + (std::get<1>(i.param) ? "_seq" : "_last");
                          });
-
-TEST(LossGrad, SoftmaxCrossEntropyMatchesFiniteDifferences) {
-  Rng rng(3);
-  auto z = random_tensor(Shape{6, 10}, rng, -5, 5);
-  Tensor<std::int32_t, Cpu> y(Shape{6});
-  for (Index i = 0; i < 6; ++i) y[i] = static_cast<std::int32_t>(rng.below(10));
-  Tensor<double, Cpu> dz;
-  softmax_cross_entropy(z, y, &dz);
-  std::vector<double> a, n;
-  const double h = 1e-6;
-  for (Index i = 0; i < z.size(); ++i) {
-    const double old = z[i];
-    z[i] = old + h;
-    const double lp = softmax_cross_entropy(z, y);
-    z[i] = old - h;
-    const double lm = softmax_cross_entropy(z, y);
-    z[i] = old;
-    n.push_back((lp - lm) / (2 * h));
-    a.push_back(dz[i]);
-  }
-  EXPECT_LT(fastnn::testing::rel_error(a, n), kTol);
-}
-
-TEST(Loss, StableForHugeLogitsAndMatchesDefinition) {
-  Tensor<double, Cpu> z(Shape{2, 3});
-  const double v[] = {1000, 0, -1000, 1, 2, 3};
-  std::copy(v, v + 6, z.data());
-  Tensor<std::int32_t, Cpu> y(Shape{2});
-  y[0] = 0;
-  y[1] = 1;
-  const double l = softmax_cross_entropy(z, y);
-  // row 0: logsumexp = 1000 (+ tiny) -> loss ~ 0; row 1: log(e^1 + e^2 + e^3) - 2
-  const double row1 = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0)) - 2.0;
-  EXPECT_TRUE(std::isfinite(l));
-  EXPECT_NEAR(l, row1 / 2, 1e-12);
-  EXPECT_DOUBLE_EQ(accuracy(z, y), 0.5);
-}

@@ -80,7 +80,8 @@ inline Bytes gzip_bytes(const Bytes& data) {
 
 /// A learnable toy problem on [6, 5] samples with 3 classes: the class is which third of the
 /// rows holds the brightest pixel.
-inline fastnn::Dataset<fastnn::Cpu> toy_data(std::size_t n, std::uint32_t seed) {
+template <class T = float>
+fastnn::Dataset<T, fastnn::Cpu> toy_data(std::size_t n, std::uint32_t seed) {
   std::mt19937 g(seed);
   std::vector<std::uint8_t> px(n * 30), labels(n);
   for (std::size_t i = 0; i < n; ++i) {
@@ -89,7 +90,7 @@ inline fastnn::Dataset<fastnn::Cpu> toy_data(std::size_t n, std::uint32_t seed) 
     px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
     labels[i] = static_cast<std::uint8_t>(cls);
   }
-  return fastnn::make_dataset(px, labels, {6, 5}, 3);
+  return fastnn::make_dataset<T>(px, labels, {6, 5}, 3);
 }
 
 }  // namespace fastnn_test

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch cuDNN peer of fastnn's mnist_bilstm --device cuda (issue #4).
+"""PyTorch cuDNN peer of fastnn's mnist_bilstm --device cuda.
 
     python3 bench/gpu/torch_peer.py --data MNIST_DIR --epochs 3 --history-csv torch.csv
 

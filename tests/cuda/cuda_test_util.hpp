@@ -1,13 +1,23 @@
 #pragma once
-// Helpers shared by the CUDA parity tests.
+// Helpers shared by the CUDA parity tests: random tensors, normwise comparison, a layer built
+// identically on both devices, small models and data sets, and a self-deleting directory. Every
+// test that needs a GPU starts with FASTNN_REQUIRE_CUDA(), so the suite passes (skipped) on a
+// machine without one.
 
 #include <gtest/gtest.h>
+#include <stdlib.h>  // mkdtemp
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
 #include <memory>
+#include <random>
+#include <stdexcept>
 #include <string>
+#include <system_error>
+#include <type_traits>
 #include <vector>
 
 #include "fastnn/fastnn.hpp"
@@ -138,13 +148,60 @@ void check_layer_parity(LayerPair<T>& p, const Shape& batch_in, std::uint64_t se
   }
 }
 
-/// n random samples [6, 5] with 4 classes (for training-step parity, not learnability).
-inline fastnn::Dataset<Cpu> random_dataset(Index n, std::uint64_t seed) {
+/// n random samples [6, 5] (bytes / 255) with 4 classes (for training-step parity, not
+/// learnability).
+inline fastnn::Dataset<float, Cpu> random_dataset(Index n, std::uint64_t seed) {
   fastnn::Rng rng(seed);
   std::vector<std::uint8_t> pixels(static_cast<std::size_t>(n * 6 * 5)), labels(static_cast<std::size_t>(n));
   for (auto& v : pixels) v = static_cast<std::uint8_t>(rng.below(256));
   for (auto& v : labels) v = static_cast<std::uint8_t>(rng.below(4));
   return fastnn::make_dataset(pixels, labels, Shape{6, 5}, 4);
+}
+
+/// A learnable toy problem on [6, 5] samples with 3 classes: the class is which third of the
+/// rows holds the brightest pixel.
+inline fastnn::Dataset<float, Cpu> toy_classes(std::size_t n, std::uint32_t seed) {
+  std::mt19937 g(seed);
+  std::vector<std::uint8_t> px(n * 30), labels(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
+    const std::size_t cls = g() % 3;
+    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
+    labels[i] = static_cast<std::uint8_t>(cls);
+  }
+  return fastnn::make_dataset(px, labels, {6, 5}, 3);
+}
+
+/// n random sequences x [n, steps, f] with float targets [n, steps, k] that depend on them (a
+/// per-step regression: t = tanh of a fixed mix of the running input).
+inline fastnn::Dataset<float, Cpu> sequence_regression(Index n, Index steps, Index f, Index k, std::uint64_t seed) {
+  fastnn::Rng rng(seed);
+  Tensor<float, Cpu> x = random_tensor<float>(Shape{n, steps, f}, rng);
+  Tensor<float, Cpu> t(Shape{n, steps, k});
+  for (Index i = 0; i < n; ++i) {
+    std::vector<double> run(static_cast<std::size_t>(k), 0.0);
+    for (Index s = 0; s < steps; ++s)
+      for (Index j = 0; j < k; ++j) {
+        double v = 0;
+        for (Index c = 0; c < f; ++c) v += x[(i * steps + s) * f + c] * (((c + j) % 3) - 1.0);
+        run[static_cast<std::size_t>(j)] = 0.5 * run[static_cast<std::size_t>(j)] + v;
+        t[(i * steps + s) * k + j] = static_cast<float>(std::tanh(run[static_cast<std::size_t>(j)]));
+      }
+  }
+  return fastnn::make_dataset(x, t);
+}
+
+/// n random sequences x [n, steps, f] with one class label per step [n, steps] (below
+/// `classes`; the label of a step is the sign pattern of its first two features).
+inline fastnn::Dataset<float, Cpu> sequence_labels(Index n, Index steps, Index f, int classes, std::uint64_t seed) {
+  fastnn::Rng rng(seed);
+  Tensor<float, Cpu> x = random_tensor<float>(Shape{n, steps, f}, rng);
+  Tensor<std::int32_t, Cpu> labels(Shape{n, steps});
+  for (Index i = 0; i < n * steps; ++i) {
+    const int a = x[i * f] > 0 ? 1 : 0, b = f > 1 && x[i * f + 1] > 0 ? 2 : 0;
+    labels[i] = static_cast<std::int32_t>((a + b) % classes);
+  }
+  return fastnn::make_dataset(x, labels, classes);
 }
 
 /// Bidirectional(LSTM(12)) -> Dense(4, softmax) on [6, 5], seed 7, compiled with `opt`.
@@ -157,19 +214,43 @@ inline fastnn::Sequential<float, Cpu> small_model(std::unique_ptr<fastnn::Optimi
   return m;
 }
 
-/// Per-epoch loss and val_loss of two training runs agree within `rtol` (relative).
+/// How far a metric of two runs may differ: `rtol` relative for continuous ones; a counting
+/// metric (an accuracy) may also differ by one arg-max that rounding flipped near a tie (the
+/// training runs themselves differ by rounding).
+inline double metric_tolerance(const std::string& name, double ref, double rtol) {
+  const bool counts = name.find("acc") != std::string::npos;
+  return (counts ? 0.02 : 1e-6) + rtol * std::abs(ref);
+}
+
+/// Per-epoch loss, val_loss and every metric of two training runs agree (see
+/// metric_tolerance).
 inline void expect_same_history(const fastnn::History& ref, const fastnn::History& got, double rtol) {
   ASSERT_EQ(ref.epochs.size(), got.epochs.size());
   for (std::size_t e = 0; e < ref.epochs.size(); ++e) {
-    EXPECT_NEAR(got.epochs[e].loss, ref.epochs[e].loss, rtol * ref.epochs[e].loss) << "loss, epoch " << e + 1;
-    EXPECT_NEAR(got.epochs[e].val_loss, ref.epochs[e].val_loss, rtol * ref.epochs[e].val_loss)
-        << "val_loss, epoch " << e + 1;
+    const auto& a = ref.epochs[e];
+    const auto& b = got.epochs[e];
+    EXPECT_NEAR(b.loss, a.loss, rtol * std::abs(a.loss)) << "loss, epoch " << e + 1;
+    if (!std::isnan(a.val_loss)) {
+      EXPECT_NEAR(b.val_loss, a.val_loss, rtol * std::abs(a.val_loss)) << "val_loss, epoch " << e + 1;
+    }
+    ASSERT_EQ(a.metrics.size(), b.metrics.size());
+    for (std::size_t i = 0; i < a.metrics.size(); ++i) {
+      EXPECT_EQ(a.metrics[i].first, b.metrics[i].first);
+      EXPECT_NEAR(b.metrics[i].second, a.metrics[i].second,
+                  metric_tolerance(a.metrics[i].first, a.metrics[i].second, rtol))
+          << a.metrics[i].first << ", epoch " << e + 1;
+    }
+    ASSERT_EQ(a.val_metrics.size(), b.val_metrics.size());
+    for (std::size_t i = 0; i < a.val_metrics.size(); ++i)
+      EXPECT_NEAR(b.val_metrics[i].second, a.val_metrics[i].second,
+                  metric_tolerance(a.val_metrics[i].first, a.val_metrics[i].second, rtol))
+          << a.val_metrics[i].first << ", epoch " << e + 1;
   }
 }
 
 /// Trains `cpu` and a GPU copy of it (made first) for 2 epochs, batch 16, on `data`; the
-/// per-epoch losses and the final weights must agree within `rtol`.
-inline void expect_gpu_trains_like_cpu(fastnn::Sequential<float, Cpu>& cpu, const fastnn::Dataset<Cpu>& data,
+/// per-epoch losses and metrics and the final weights must agree within `rtol`.
+inline void expect_gpu_trains_like_cpu(fastnn::Sequential<float, Cpu>& cpu, const fastnn::Dataset<float, Cpu>& data,
                                        double rtol = kRtolFloat) {
   auto gpu = cpu.to<Cuda>();
   auto data_g = data.to<Cuda>();
@@ -179,5 +260,28 @@ inline void expect_gpu_trains_like_cpu(fastnn::Sequential<float, Cpu>& cpu, cons
   expect_same_history(hc, hg, rtol);
   EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), rtol));
 }
+
+/// A fresh directory under the system's temporary directory (mkdtemp), removed with its
+/// contents.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    const std::string tmpl = (std::filesystem::temp_directory_path() / "fastnn_cuda_test_XXXXXX").string();
+    std::vector<char> buf(tmpl.begin(), tmpl.end());
+    buf.push_back('\0');
+    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
+    path_ = buf.data();
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
+
+ private:
+  std::string path_;
+};
 
 }  // namespace fastnn_test

@@ -1,18 +1,14 @@
-// Weights files and checkpoints of GPU models (issue 5): files written from a Sequential<float,
-// Cuda> load into a CPU model bit for bit and the other way round, load_model re-creates a GPU
-// model, and a GPU run resumed from a checkpoint (on the GPU or on the CPU) continues it.
-// Skipped without a CUDA device.
+// Weights files and checkpoints of GPU models (the free functions of fastnn/io): files written
+// from a Sequential<float, Cuda> load into a CPU model bit for bit and the other way round,
+// load_model re-creates a GPU model, and a GPU run resumed from a checkpoint (on the GPU or on
+// the CPU) continues it. Skipped without a CUDA device.
 
-#include <stdlib.h>
-
-#include <filesystem>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "../test_util.hpp"
 #include "cuda_test_util.hpp"
 #include "fastnn/io/checkpoint.hpp"
+#include "fastnn/io/weights.hpp"
 
 namespace {
 
@@ -34,36 +30,36 @@ std::vector<float> flat(Sequential<float, D>& m) {
 
 TEST(CudaCheckpoint, WeightsMoveBetweenDevicesBitForBit) {
   FASTNN_REQUIRE_CUDA();
-  TempDir dir;
+  ScratchDir dir;
   Sequential<float, Cpu> cpu;
   build(cpu, 1);
   Sequential<float, Cuda> gpu;
   build(gpu, 2);
   ASSERT_NE(flat(cpu), flat(gpu));
-  cpu.save_weights(dir.file("cpu.safetensors"));
-  gpu.load_weights(dir.file("cpu.safetensors"));
+  io::save_weights(cpu, dir.file("cpu.safetensors"));
+  io::load_weights(gpu, dir.file("cpu.safetensors"));
   EXPECT_EQ(flat(gpu), flat(cpu));
 
   Sequential<float, Cuda> gpu2;
   build(gpu2, 3);
-  gpu2.save_weights(dir.file("gpu.safetensors"));
+  io::save_weights(gpu2, dir.file("gpu.safetensors"));
   Sequential<float, Cpu> cpu2;
   build(cpu2, 4);
-  cpu2.load_weights(dir.file("gpu.safetensors"));
+  io::load_weights(cpu2, dir.file("gpu.safetensors"));
   EXPECT_EQ(flat(cpu2), flat(gpu2));
   Sequential<float, Cuda> gpu3 = io::load_model<float, Cuda>(dir.file("gpu.safetensors"));
   EXPECT_EQ(flat(gpu3), flat(gpu2));
   // The files do not depend on the device that wrote them.
-  cpu2.save_weights(dir.file("cpu2.safetensors"));
+  io::save_weights(cpu2, dir.file("cpu2.safetensors"));
   io::SafetensorsReader a(dir.file("gpu.safetensors")), b(dir.file("cpu2.safetensors"));
   EXPECT_EQ(a.metadata(), b.metadata());
 }
 
 TEST(CudaCheckpoint, ResumedGpuRunContinuesTheUninterruptedOne) {
   FASTNN_REQUIRE_CUDA();
-  TempDir dir;
-  const Dataset<Cpu> train_h = toy_data(256, 5), val_h = toy_data(64, 6);
-  const Dataset<Cuda> train = train_h.to<Cuda>(), val = val_h.to<Cuda>();
+  ScratchDir dir;
+  const Dataset<float, Cpu> train_h = toy_classes(256, 5), val_h = toy_classes(64, 6);
+  const Dataset<float, Cuda> train = train_h.to<Cuda>(), val = val_h.to<Cuda>();
   auto opt = [] { return std::make_unique<SGD<float, Cuda>>(0.2, 0.9, true); };
 
   Sequential<float, Cuda> a;
@@ -81,7 +77,7 @@ TEST(CudaCheckpoint, ResumedGpuRunContinuesTheUninterruptedOne) {
   Sequential<float, Cuda> c;
   build(c, 99);
   c.compile(opt());
-  c.load_checkpoint(dir.file("ck.safetensors"));
+  io::load_checkpoint(c, dir.file("ck.safetensors"));
   EXPECT_EQ(flat(c), flat(b));
   Tensor<float, Cpu> sb = to_device<Cpu>(b.optimizer()->state()[0].second), sc = to_device<Cpu>(c.optimizer()->state()[0].second);
   EXPECT_EQ(std::vector<float>(sb.data(), sb.data() + sb.size()), std::vector<float>(sc.data(), sc.data() + sc.size()));
@@ -99,10 +95,36 @@ TEST(CudaCheckpoint, ResumedGpuRunContinuesTheUninterruptedOne) {
   // The GPU checkpoint resumes on the CPU too.
   Sequential<float, Cpu> h;
   build(h, 5);
-  h.load_checkpoint(dir.file("ck.safetensors"));  // creates the recorded SGD
+  io::load_checkpoint(h, dir.file("ck.safetensors"));  // creates the recorded SGD
   EXPECT_EQ(flat(h), flat(b));
   const History on_cpu = h.fit(train_h, FitOptions().initial_epoch(1).epochs(2).batch_size(32).verbose(0), &val_h);
   EXPECT_NEAR(on_cpu.epochs[0].loss, x.loss, 1e-3 * std::abs(x.loss));
+}
+
+TEST(CudaCheckpoint, RegressionCheckpointFromTheGpuEvaluatesTheSameOnTheCpu) {
+  FASTNN_REQUIRE_CUDA();
+  ScratchDir dir;
+  const Dataset<float, Cpu> data = sequence_regression(48, 6, 5, 3, 31);
+  auto make = [](auto tag) {
+    using D = decltype(tag);
+    Sequential<float, D> m;
+    m.template add<LSTM>(LSTMOptions(8).return_sequences(true));
+    m.template add<Dense>(DenseOptions(3));
+    m.build({6, 5}, 32);
+    m.compile(std::make_unique<Adam<float, D>>(0.01), MeanSquaredError(), {"mae"});
+    return m;
+  };
+  Sequential<float, Cuda> gpu = make(Cuda{});
+  const auto data_g = data.to<Cuda>();
+  gpu.fit(data_g, FitOptions().epochs(1).batch_size(16).verbose(0));
+  io::save_checkpoint(gpu, dir.file("reg.safetensors"));
+  Sequential<float, Cpu> cpu = make(Cpu{});
+  const io::CheckpointInfo info = io::load_checkpoint(cpu, dir.file("reg.safetensors"));
+  EXPECT_EQ(info.epochs_done, 1);
+  EXPECT_EQ(flat(cpu), flat(gpu));
+  const EvalResult ec = cpu.evaluate(data, 16), eg = gpu.evaluate(data_g, 16);
+  EXPECT_NEAR(eg.loss, ec.loss, kRtolFloat * ec.loss);
+  EXPECT_NEAR(eg.metric("mae"), ec.metric("mae"), kRtolFloat * ec.metric("mae"));
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// Device memory and transfers of Tensor<T, Cuda>, GEMM parity, and the no-device error.
-// Every test but NoDeviceGivesAClearError skips itself without a CUDA device.
+// Device memory and transfers of Tensor<T, Cuda>, GEMM and gather parity, and the no-device
+// error. Every test but HeadersLinkFromTwoTranslationUnits and NoDeviceGivesAClearError skips
+// itself without a CUDA device.
 
 #include <cstring>
 #include <limits>
@@ -88,12 +89,21 @@ TEST(CudaTensor, ZerosViewsAndCopies) {
   EXPECT_EQ(dh[9], 9.0f);
   Tensor<float, Cuda> wrong(Shape{5});
   EXPECT_THROW(copy_into(other, wrong), ShapeError);
-  // datasets move to the device unchanged
-  Dataset<Cpu> ds = make_dataset({1, 2, 3, 4, 5, 6}, {0, 1, 2}, Shape{2}, 3);
+  // datasets move to the device unchanged: labels, and float targets
+  Dataset<float, Cpu> ds = make_dataset({1, 2, 3, 4, 5, 6}, {0, 1, 2}, Shape{2}, 3);
   auto dg = ds.to<Cuda>();
   auto back = dg.to<Cpu>();
   EXPECT_TRUE(bit_equal(ds.x, back.x));
-  EXPECT_TRUE(bit_equal(ds.y, back.y));
+  EXPECT_TRUE(bit_equal(ds.labels, back.labels));
+  EXPECT_EQ(back.num_classes, 3);
+  EXPECT_FALSE(back.has_targets());
+  Rng rng(3);
+  Dataset<float, Cpu> reg =
+      make_dataset(random_tensor<float>(Shape{5, 2, 3}, rng), random_tensor<float>(Shape{5, 4}, rng));
+  auto reg_back = reg.to<Cuda>().to<Cpu>();
+  EXPECT_TRUE(bit_equal(reg.x, reg_back.x));
+  EXPECT_TRUE(bit_equal(reg.targets, reg_back.targets));
+  EXPECT_FALSE(reg_back.has_labels());
 }
 
 TEST(CudaOps, GemmMatchesCpuForEveryTransposeCombination) {
@@ -136,23 +146,64 @@ TEST(CudaOps, PointwiseOpsMatchCpu) {
   Ops<float, Cuda>::synchronize();
 }
 
-TEST(CudaOps, GatherScaledMatchesCpu) {
+/// Gathers rows [begin, begin + count) of a shuffled index from src on both devices; the GPU's
+/// rows must be the CPU's bit for bit.
+template <class U>
+void check_gather(const Tensor<U, Cpu>& src, Index begin, Index count, std::uint64_t seed) {
+  const Index n = src.dim(0);
+  Tensor<std::int32_t, Cpu> idx(Shape{n});
+  for (Index i = 0; i < n; ++i) idx[i] = static_cast<std::int32_t>(i);
+  Rng rng(seed);
+  rng.shuffle(idx.data(), idx.data() + n);
+  Tensor<U, Cpu> dst(src.shape().drop_front().prepend(count));
+  Ops<float, Cpu>::gather_rows(src, idx, begin, count, dst);
+  Tensor<U, Cuda> src_g = to_device<Cuda>(src), dst_g(dst.shape());
+  Tensor<std::int32_t, Cuda> idx_g = to_device<Cuda>(idx);
+  Ops<float, Cuda>::gather_rows(src_g, idx_g, begin, count, dst_g);
+  EXPECT_TRUE(bit_equal(dst, to_device<Cpu>(dst_g))) << src.shape().str() << " rows " << begin << "+" << count;
+  // the same through Ops<double, Cuda> (the element type of the rows is independent of T)
+  Tensor<U, Cuda> dst_d(dst.shape());
+  Ops<double, Cuda>::gather_rows(src_g, idx_g, begin, count, dst_d);
+  EXPECT_TRUE(bit_equal(dst, to_device<Cpu>(dst_d)));
+}
+
+TEST(CudaOps, GatherRowsMatchesCpuForEveryElementType) {
   FASTNN_REQUIRE_CUDA();
-  Dataset<Cpu> ds = make_dataset(std::vector<std::uint8_t>(50 * 6, 0), std::vector<std::uint8_t>(50, 0), Shape{2, 3}, 4);
   Rng rng(6);
-  for (Index i = 0; i < ds.x.size(); ++i) ds.x[i] = static_cast<std::uint8_t>(rng.below(256));
-  for (Index i = 0; i < ds.y.size(); ++i) ds.y[i] = static_cast<std::int32_t>(rng.below(4));
-  Tensor<std::int32_t, Cpu> idx(Shape{50});
-  for (Index i = 0; i < 50; ++i) idx[i] = static_cast<std::int32_t>((i * 17) % 50);
-  Tensor<float, Cpu> x(Shape{12, 2, 3});
-  Tensor<std::int32_t, Cpu> labels(Shape{12});
-  Ops<float, Cpu>::gather_scaled(ds.x, idx, 30, 12, 1.0f / 255, x, ds.y, labels);
-  auto dg = ds.to<Cuda>();
-  Tensor<std::int32_t, Cuda> idxg = to_device<Cuda>(idx), lg(Shape{12});
-  Tensor<float, Cuda> xg(Shape{12, 2, 3});
-  Ops<float, Cuda>::gather_scaled(dg.x, idxg, 30, 12, 1.0f / 255, xg, dg.y, lg);
-  EXPECT_TRUE(bit_equal(x, to_device<Cpu>(xg)));
-  EXPECT_TRUE(bit_equal(labels, to_device<Cpu>(lg)));
+  // features of odd and even widths (the kernel copies 8-, 4- or 1-byte words), per-sample and
+  // per-step labels, float targets
+  check_gather(random_tensor<float>(Shape{50, 2, 3}, rng), 30, 12, 1);
+  check_gather(random_tensor<float>(Shape{50, 7}, rng), 0, 50, 2);
+  check_gather(random_tensor<float>(Shape{50, 1}, rng), 49, 1, 3);
+  check_gather(random_tensor<double>(Shape{40, 3, 5}, rng), 8, 16, 4);
+  check_gather(random_tensor<double>(Shape{40}, rng), 5, 35, 5);
+  Tensor<std::int32_t, Cpu> labels(Shape{60}), step_labels(Shape{60, 9});
+  for (Index i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int32_t>(rng.below(10));
+  for (Index i = 0; i < step_labels.size(); ++i) step_labels[i] = static_cast<std::int32_t>(rng.below(10)) - 3;
+  check_gather(labels, 16, 16, 6);
+  check_gather(step_labels, 33, 27, 7);
+  // device views as source and destination, 12 bytes past an allocation (not 8-byte aligned)
+  Tensor<float, Cpu> big = random_tensor<float>(Shape{21, 3}, rng);
+  Tensor<std::int32_t, Cpu> idx(Shape{20});
+  for (Index i = 0; i < 20; ++i) idx[i] = static_cast<std::int32_t>((i * 7) % 20);
+  Tensor<float, Cpu> want(Shape{8, 3});
+  Ops<float, Cpu>::gather_rows(big.rows(1, 21), idx, 4, 8, want);
+  Tensor<float, Cuda> big_g = to_device<Cuda>(big), out_g = Tensor<float, Cuda>::zeros(Shape{9, 3});
+  Tensor<float, Cuda> out_view = out_g.rows(1, 9);
+  Ops<float, Cuda>::gather_rows(big_g.rows(1, 21), to_device<Cuda>(idx), 4, 8, out_view);
+  EXPECT_TRUE(bit_equal(want, to_device<Cpu>(out_view)));
+}
+
+TEST(CudaOps, GatherRowsRejectsRangesOutsideTheIndex) {
+  FASTNN_REQUIRE_CUDA();
+  Tensor<float, Cuda> src = Tensor<float, Cuda>::zeros(Shape{10, 4}), dst(Shape{5, 4}), small(Shape{2, 4});
+  Tensor<std::int32_t, Cuda> idx = Tensor<std::int32_t, Cuda>::zeros(Shape{10});
+  using O = Ops<float, Cuda>;
+  EXPECT_THROW(O::gather_rows(src, idx, 8, 5, dst), ShapeError);
+  EXPECT_THROW(O::gather_rows(src, idx, -1, 2, dst), ShapeError);
+  EXPECT_THROW(O::gather_rows(src, idx, 0, 5, small), ShapeError);
+  EXPECT_NO_THROW(O::gather_rows(src, idx, 5, 5, dst));
+  Ops<float, Cuda>::synchronize();
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
-// CPU-vs-GPU parity of the loss, the optimizers and whole training steps of Sequential, and the
-// GPU's deferred NaN/Inf check. Skipped without a CUDA device.
+// CPU-vs-GPU parity of the optimizers and of whole training runs of Sequential (every loss,
+// per-sample and per-step targets, evaluate and predict on a const model), and the GPU's
+// deferred NaN/Inf check. Skipped without a CUDA device.
 
 #include <limits>
+#include <thread>
 
 #include "cuda_test_util.hpp"
 
@@ -9,38 +11,6 @@ namespace {
 
 using namespace fastnn;
 using namespace fastnn_test;
-
-// ---- softmax cross-entropy -------------------------------------------------------------------
-
-TEST(CudaSoftmaxXent, MatchesCpu) {
-  FASTNN_REQUIRE_CUDA();
-  Rng rng(3);
-  const Index n = 301, k = 10;
-  Tensor<float, Cpu> z = random_tensor<float>(Shape{n, k}, rng, -6, 6);
-  Tensor<std::int32_t, Cpu> labels(Shape{n});
-  for (Index i = 0; i < n; ++i) labels[i] = static_cast<std::int32_t>(rng.below(k));
-  Tensor<double, Cpu> stats = Tensor<double, Cpu>::zeros(Shape{2});
-  stats[0] = 1.5;  // accumulates
-  stats[1] = 2;
-  Tensor<float, Cpu> dz(Shape{n, k});
-  Ops<float, Cpu>::softmax_xent(z, labels, &dz, 1.0f / n, stats);
-
-  Tensor<double, Cpu> init(Shape{2});
-  init[0] = 1.5;
-  init[1] = 2;
-  Tensor<double, Cuda> stats_g = to_device<Cuda>(init);
-  Tensor<float, Cuda> zg = to_device<Cuda>(z), dzg(Shape{n, k});
-  Tensor<std::int32_t, Cuda> lg = to_device<Cuda>(labels);
-  Ops<float, Cuda>::softmax_xent(zg, lg, &dzg, 1.0f / n, stats_g);
-  auto sh = to_device<Cpu>(stats_g);
-  EXPECT_NEAR(sh[0], stats[0], 1e-4 * std::abs(stats[0]));
-  EXPECT_EQ(sh[1], stats[1]);
-  EXPECT_TRUE(close(dz, dzg, kRtolFloat));
-
-  // without the gradient (evaluation), through the public helpers
-  EXPECT_NEAR(softmax_cross_entropy(zg, lg), softmax_cross_entropy(z, labels), 1e-5);
-  EXPECT_DOUBLE_EQ(accuracy(zg, lg), accuracy(z, labels));
-}
 
 // ---- optimizers --------------------------------------------------------------------------------
 
@@ -106,10 +76,12 @@ TEST(CudaSequential, TrainingMatchesCpu) {
     expect_same_history(hc, hg, 1e-4);
     EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), kRtolFloat)) << "mode " << static_cast<int>(mode);
     EXPECT_TRUE(close(cpu.optimizer()->state()[0].second, gpu.optimizer()->state()[0].second, kRtolFloat));
-    // predictions (softmax applied on the device)
+    // predictions (softmax applied on the device), through const models
     Rng rng(9);
     Tensor<float, Cpu> x = random_tensor<float>(Shape{10, 6, 5}, rng, 0, 1);
-    EXPECT_TRUE(close(cpu.predict(x), gpu.predict(to_device<Cuda>(x)), kRtolFloat));
+    const Sequential<float, Cpu>& cc = cpu;
+    const Sequential<float, Cuda>& cg = gpu;
+    EXPECT_TRUE(close(cc.predict(x), cg.predict(to_device<Cuda>(x), 4), kRtolFloat));
   }
   cuda::set_bidirectional_mode(cuda::BidirMode::TwoStreams);
 }
@@ -179,7 +151,9 @@ TEST(CudaSequential, NonFiniteLossIsReportedAndStopsTheUpdates) {
   auto cpu = small_model(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, false));
   auto gpu = cpu.to<Cuda>();
   auto data = random_dataset(64, 4);
-  data.scale = std::numeric_limits<double>::infinity();  // the first batch's loss is NaN
+  // the first batch's inputs are infinite (set after make_dataset, which refuses them): its loss
+  // is NaN
+  for (Index i = 0; i < 8 * 30; ++i) data.x[i] = std::numeric_limits<float>::infinity();
   auto data_g = data.to<Cuda>();
   auto opts = FitOptions().epochs(1).batch_size(8).verbose(0).shuffle(false);
   std::string cpu_msg, gpu_msg;
@@ -259,6 +233,128 @@ TEST(CudaFlatten, SequenceLstmFlattenDenseTrainsLikeTheCpu) {
   cpu.build(Shape{6, 5}, 3);
   cpu.compile(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true));
   expect_gpu_trains_like_cpu(cpu, random_dataset(80, 6));
+}
+
+}  // namespace
+
+// ---- every loss, per-sample and per-step targets: fit, evaluate and predict like the CPU --------
+
+namespace {
+
+/// Trains `cpu` and a GPU copy for 2 epochs (losses, metrics and weights agree), then compares
+/// evaluate() and predict() of the two trained models, both called on const references; the GPU
+/// prediction also from two threads at once.
+void expect_fit_evaluate_predict_like_cpu(Sequential<float, Cpu>& cpu, const Dataset<float, Cpu>& data) {
+  expect_gpu_trains_like_cpu(cpu, data);
+  // expect_gpu_trains_like_cpu trains its own GPU copy; compare the trained CPU model with a fresh
+  // copy of it instead, so that evaluation and prediction see identical weights
+  auto gpu = cpu.to<Cuda>();
+  const Sequential<float, Cpu>& cc = cpu;
+  const Sequential<float, Cuda>& cg = gpu;
+  const auto data_g = data.to<Cuda>();
+  const EvalResult ec = cc.evaluate(data, 16), eg = cg.evaluate(data_g, 16);
+  EXPECT_NEAR(eg.loss, ec.loss, kRtolFloat * std::abs(ec.loss));
+  ASSERT_EQ(ec.metrics.size(), eg.metrics.size());
+  for (std::size_t i = 0; i < ec.metrics.size(); ++i)
+    EXPECT_NEAR(eg.metrics[i].second, ec.metrics[i].second,
+                metric_tolerance(ec.metrics[i].first, ec.metrics[i].second, kRtolFloat))
+        << ec.metrics[i].first;
+  const Tensor<float, Cpu> pc = cc.predict(data.x, 7);
+  const Tensor<float, Cuda> pg = cg.predict(data_g.x, 7);
+  ASSERT_EQ(pc.shape(), pg.shape());
+  EXPECT_TRUE(close(pc, pg, kRtolFloat));
+  // a shared const GPU model, one predictor per call, each thread on its own stream
+  Ops<float, Cuda>::synchronize();  // data_g is complete before other threads read it
+  Tensor<float, Cpu> r1, r2;
+  std::thread a([&] { r1 = to_device<Cpu>(cg.predict(data_g.x, 5)); });
+  std::thread b([&] { r2 = to_device<Cpu>(cg.predict(data_g.x, 16)); });
+  a.join();
+  b.join();
+  EXPECT_TRUE(close(pc, r1, kRtolFloat));
+  EXPECT_TRUE(close(pc, r2, kRtolFloat));
+}
+
+TEST(CudaFit, SequenceRegressionWithMeanSquaredErrorMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  // LSTM(return_sequences) -> Dense(3): float targets per step, [N, 6, 3]
+  Sequential<float, Cpu> cpu;
+  cpu.add<LSTM>(LSTMOptions(8).return_sequences(true));
+  cpu.add<Dense>(DenseOptions(3));
+  cpu.build(Shape{6, 5}, 13);
+  cpu.compile(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true), MeanSquaredError(), {"mae"});
+  expect_fit_evaluate_predict_like_cpu(cpu, sequence_regression(80, 6, 5, 3, 14));
+}
+
+TEST(CudaFit, PerStepClassifierMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  // LSTM(return_sequences) -> Dense(4, softmax) with one class label per step, [N, 6]
+  Sequential<float, Cpu> cpu;
+  cpu.add<LSTM>(LSTMOptions(8).return_sequences(true));
+  cpu.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+  cpu.build(Shape{6, 5}, 15);
+  cpu.compile(std::make_unique<SGD<float, Cpu>>(0.2, 0.9, true), SparseCategoricalCrossentropy(),
+              {"accuracy", "sparse_categorical_accuracy"});
+  expect_fit_evaluate_predict_like_cpu(cpu, sequence_labels(80, 6, 5, 4, 16));
+}
+
+TEST(CudaFit, PerStepClassifierOnBidirectionalMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  for (auto mode : {cuda::BidirMode::TwoStreams, cuda::BidirMode::CudnnBidirectional, cuda::BidirMode::Generic}) {
+    cuda::set_bidirectional_mode(mode);
+    SCOPED_TRACE(static_cast<int>(mode));
+    Sequential<float, Cpu> cpu;
+    cpu.add<Bidirectional>(LSTMOptions(6).return_sequences(true));
+    cpu.add<Dense>(DenseOptions(3));
+    cpu.build(Shape{6, 5}, 17);
+    cpu.compile(std::make_unique<RMSprop<float, Cpu>>(0.01), SparseCategoricalCrossentropy(true), {"accuracy"});
+    expect_fit_evaluate_predict_like_cpu(cpu, sequence_labels(64, 6, 5, 3, 18));
+  }
+  cuda::set_bidirectional_mode(cuda::BidirMode::TwoStreams);
+}
+
+/// Targets for LSTM(8) -> Dense(k) on random_dataset's [6, 5] samples: `kind` 0 one-hot rows,
+/// 1 values in {0, 1}, 2 values in [-1, 1].
+Dataset<float, Cpu> with_targets(const Dataset<float, Cpu>& d, Index k, int kind, std::uint64_t seed) {
+  Rng rng(seed);
+  Tensor<float, Cpu> t = Tensor<float, Cpu>::zeros(Shape{d.size(), k});
+  for (Index i = 0; i < d.size(); ++i)
+    for (Index j = 0; j < k; ++j) {
+      if (kind == 0) t[i * k + j] = j == static_cast<Index>(d.labels[i]) % k ? 1.0f : 0.0f;
+      else if (kind == 1) t[i * k + j] = static_cast<float>(rng.below(2));
+      else t[i * k + j] = static_cast<float>(rng.uniform(-1, 1));
+    }
+  return make_dataset(d.x, t);
+}
+
+TEST(CudaFit, EveryLossTrainsLikeCpu) {
+  FASTNN_REQUIRE_CUDA();
+  const auto base = random_dataset(64, 19);
+  struct Case {
+    std::string name;
+    Activation act;
+    Loss loss;
+    std::vector<Metric> metrics;
+    int targets;  // -1: class labels, else with_targets' kind
+  };
+  const std::vector<Case> cases = {
+      {"scce_from_logits", Activation::Linear, SparseCategoricalCrossentropy(true), {"accuracy"}, -1},
+      {"cce_fused_softmax", Activation::Softmax, CategoricalCrossentropy(), {"accuracy", "mae"}, 0},
+      {"cce_from_logits", Activation::Linear, CategoricalCrossentropy(true), {"categorical_accuracy"}, 0},
+      {"bce_fused_sigmoid", Activation::Sigmoid, BinaryCrossentropy(), {"accuracy", "mae"}, 1},
+      {"bce_from_logits", Activation::Linear, BinaryCrossentropy(true), {"binary_accuracy"}, 1},
+      {"bce_probabilities", Activation::Tanh, BinaryCrossentropy(), {"binary_accuracy"}, 1},
+      {"mse", Activation::Tanh, MeanSquaredError(), {"mae"}, 2},
+      {"mae", Activation::Linear, MeanAbsoluteError(), {"mae"}, 2},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    Sequential<float, Cpu> cpu;
+    cpu.add<LSTM>(LSTMOptions(8));
+    cpu.add<Dense>(DenseOptions(4).activation(c.act));
+    cpu.build(Shape{6, 5}, 20);
+    cpu.compile(std::make_unique<SGD<float, Cpu>>(0.05, 0.9, false), c.loss, c.metrics);
+    expect_fit_evaluate_predict_like_cpu(cpu, c.targets < 0 ? base : with_targets(base, 4, c.targets, 21));
+  }
 }
 
 }  // namespace

@@ -44,7 +44,7 @@
 ///   sigmoid_xent(z, t, dz*, s, stats, slot)                 mean_k max(z,0) - z t + log(1 + e^-|z|)
 ///   pointwise_loss(kind, y, t, dy*, s, stats, slot)         mean_k f(y_k, t_k), PointwiseLoss
 ///  metrics (row value summed into stats[slot])
-///   metric_labels(kind, y, labels, stats, slot)             argmax(y) == label
+///   metric_labels(y, labels, stats, slot)                   argmax(y) == label
 ///   metric_targets(kind, y, t, threshold, stats, slot)      MetricKind
 ///  optimizers (one fused pass over the flat parameter buffer)
 ///   sgd_update, adam_update, rmsprop_update     see optim/optimizer.hpp

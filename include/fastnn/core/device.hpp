@@ -3,7 +3,7 @@
 /// Devices are types. Layer and model code is written against a device type parameter and
 /// the device-specific work lives in backend/<device>/. `Cuda` is declared everywhere so that
 /// generic code can name it, but nothing that uses it compiles unless the CUDA backend header
-/// (fastnn/backend/cuda/cuda.hpp, part of the fastnn::cuda target) is included.
+/// (fastnn/cuda.hpp, part of the fastnn::cuda target) is included.
 
 #include <cstddef>
 #include <cstdlib>

@@ -68,4 +68,13 @@ std::string format_number(N v) {
   return std::string(buf, r.ptr);
 }
 
+/// Text of `v` in fixed notation with `digits` decimals ("0.500000"), independent of the
+/// locale ("nan" and "inf" for those values).
+inline std::string format_fixed(double v, int digits) {
+  char buf[400];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::fixed, digits);
+  if (r.ec != std::errc()) return format_number(v);
+  return std::string(buf, r.ptr);
+}
+
 }  // namespace fastnn

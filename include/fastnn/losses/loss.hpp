@@ -162,6 +162,15 @@ void accumulate_loss(const Loss& loss, const Tensor<T, D>& y, const Tensor<std::
   }
 }
 
+/// X itself, in a context that takes no part in template argument deduction (so that nullptr
+/// can be passed for a Tensor pointer).
+template <class X>
+struct NoDeduceT {
+  using type = X;
+};
+template <class X>
+using NoDeduce = typename NoDeduceT<X>::type;
+
 /// Rows of a prediction: its elements grouped by the last axis.
 template <class T, class D>
 Index loss_rows(const Tensor<T, D>& y) {
@@ -178,7 +187,7 @@ Index loss_rows(const Tensor<T, D>& y) {
 /// labels do not give one class per row, ArgumentError for a loss that takes float targets.
 template <class T, class D>
 double loss_value(const Loss& loss, const Tensor<T, D>& y, const Tensor<std::int32_t, D>& labels,
-                  Tensor<T, D>* dy = nullptr, bool fused = false) {
+                  detail::NoDeduce<Tensor<T, D>>* dy = nullptr, bool fused = false) {
   if (!loss.uses_labels()) throw ArgumentError(loss.type_name() + " takes float targets, not class labels");
   const Index rows = detail::loss_rows(y);
   if (labels.size() != rows)
@@ -193,8 +202,8 @@ double loss_value(const Loss& loss, const Tensor<T, D>& y, const Tensor<std::int
 /// The mean loss of prediction `y` against float `targets` of the same shape, and its
 /// gradient when `dy` is not null (see the overload for labels).
 template <class T, class D>
-double loss_value(const Loss& loss, const Tensor<T, D>& y, const Tensor<T, D>& targets, Tensor<T, D>* dy = nullptr,
-                  bool fused = false) {
+double loss_value(const Loss& loss, const Tensor<T, D>& y, const Tensor<T, D>& targets,
+                  detail::NoDeduce<Tensor<T, D>>* dy = nullptr, bool fused = false) {
   if (loss.uses_labels()) throw ArgumentError(loss.type_name() + " takes class labels, not float targets");
   if (targets.shape() != y.shape())
     throw ShapeError(loss.type_name() + ": targets " + targets.shape().str() + " for a prediction " + y.shape().str());

@@ -9,12 +9,14 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <locale>
 #include <iostream>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "fastnn/core/error.hpp"
+#include "fastnn/core/parse.hpp"
 
 namespace fastnn {
 
@@ -64,7 +66,9 @@ class Callback {
 /// header is not repeated.
 class CsvLogger : public Callback {
  public:
-  explicit CsvLogger(std::string path, bool append = false) : path_(std::move(path)), append_(append) {}
+  explicit CsvLogger(std::string path, bool append = false) : path_(std::move(path)), append_(append) {
+    out_.imbue(std::locale::classic());
+  }
   void on_train_begin() override {
     has_header_ = false;
     if (append_) {
@@ -83,24 +87,17 @@ class CsvLogger : public Callback {
       out_ << ",train_seconds,eval_seconds\n";
       has_header_ = true;
     }
-    char buf[64];
-    std::snprintf(buf, sizeof buf, "%d,%.6f", l.epoch, l.loss);
-    out_ << buf;
-    for (const auto& m : l.metrics) out_ << "," << fixed(m.second);
-    out_ << "," << fixed(l.val_loss);
-    for (const auto& m : l.metrics) out_ << "," << fixed(l.metric("val_" + m.first));
-    std::snprintf(buf, sizeof buf, ",%.3f,%.3f\n", l.train_seconds, l.eval_seconds);
-    out_ << buf;
+    // numbers through format_fixed: a '.' for the decimal point whatever the global locale
+    out_ << l.epoch << "," << format_fixed(l.loss, 6);
+    for (const auto& m : l.metrics) out_ << "," << format_fixed(m.second, 6);
+    out_ << "," << format_fixed(l.val_loss, 6);
+    for (const auto& m : l.metrics) out_ << "," << format_fixed(l.metric("val_" + m.first), 6);
+    out_ << "," << format_fixed(l.train_seconds, 3) << "," << format_fixed(l.eval_seconds, 3) << "\n";
     out_.flush();
     if (!out_) throw IoError(path_, "write failed");
   }
 
  private:
-  static std::string fixed(double v) {
-    char buf[48];
-    std::snprintf(buf, sizeof buf, "%.6f", v);
-    return buf;
-  }
   std::string path_;
   bool append_;
   bool has_header_ = false;

@@ -278,6 +278,7 @@ class Sequential {
   Index param_count() const { return params_.size(); }
   /// The flat parameter and gradient buffers (every parameter is a view into them).
   Tn& flat_parameters() { return params_; }
+  const Tn& flat_parameters() const { return params_; }
   Tn& flat_gradients() { return grads_; }
   Optimizer<T, D>* optimizer() { return optimizer_.get(); }
   const Optimizer<T, D>* optimizer() const { return optimizer_.get(); }

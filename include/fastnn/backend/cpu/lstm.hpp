@@ -6,7 +6,7 @@
 ///   i = r(z_i)   f = r(z_f)   g = tanh(z_c)   o = r(z_o)      r = sigmoid or hard_sigmoid
 ///   c_t = f * c_{t-1} + i * g                   h_t = o * tanh(c_t)
 ///
-/// Speed (issue #3): the input projection of ALL time steps is one GEMM before the loop; each
+/// Speed: the input projection of ALL time steps is one GEMM before the loop; each
 /// step is one [B, H] x [H, 4H] GEMM plus one fused pass over the gates; backward mirrors it with
 /// one [B, 4H] x [4H, H] GEMM per step, and the weight gradients dW, dU, db and the input
 /// gradient are single GEMMs over all time steps after the loop. Work buffers are kept between

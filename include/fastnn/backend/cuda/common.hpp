@@ -142,6 +142,13 @@ inline const DeviceProbe& device_probe() {
   return p;
 }
 
+/// Whether FASTNN_CUDA_VERBOSE is set: the backend then reports its choices (cuDNN algorithm,
+/// CUDA graph capture) on stderr.
+inline bool verbose() {
+  static const bool v = std::getenv("FASTNN_CUDA_VERBOSE") != nullptr;
+  return v;
+}
+
 inline std::atomic<bool>& tf32_flag() {
   static std::atomic<bool> f{false};
   return f;
@@ -149,7 +156,7 @@ inline std::atomic<bool>& tf32_flag() {
 
 /// Counts every cudaMalloc and cudaFree of Allocator<Cuda> (all threads). A captured CUDA graph
 /// bakes in device addresses: it is replayed only while this count is unchanged since its
-/// capture, i.e. while no tensor can have moved (see graph.hpp).
+/// capture, i.e. while no tensor can have moved (see model/cuda/step_runner.hpp).
 inline std::atomic<unsigned long long>& alloc_generation() {
   static std::atomic<unsigned long long> g{0};
   return g;
@@ -334,9 +341,10 @@ class Context {
   int* guard() const noexcept { return guard_; }
   static constexpr int kNoNonFinite = 0x7fffffff;
 
-  /// While a training step is being captured into a CUDA graph (graph.hpp): the device word
-  /// holding the step's index within the epoch, from which the captured kernels read the
-  /// per-step values (batch offset, batch number); null otherwise.
+  /// While a training step is being captured into a CUDA graph (model/cuda/step_runner.hpp): the
+  /// device word holding the step's index within the epoch, from which the captured kernels read
+  /// the per-step values (batch offset of gather_rows, batch number of the finite check); null
+  /// otherwise.
   const std::int64_t* capture_step() const noexcept { return capture_step_; }
   void set_capture_step(const std::int64_t* p) noexcept { capture_step_ = p; }
   /// Whether such a capture is under way (cuDNN's algorithm fallback is then not attempted).

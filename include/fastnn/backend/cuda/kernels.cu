@@ -5,10 +5,12 @@
 
 #include "fastnn/backend/cuda/kernels.cuh"
 
+#include <cmath>
 #include <cstdint>
 
-#include "fastnn/core/hash.hpp"
+#include "fastnn/backend/ops.hpp"
 #include "fastnn/core/activation.hpp"
+#include "fastnn/core/hash.hpp"
 
 namespace fastnn {
 namespace cuda {
@@ -44,6 +46,14 @@ __device__ inline T dev_log(T x) {
 template <>
 __device__ inline float dev_log<float>(float x) {
   return logf(x);
+}
+template <class T>
+__device__ inline T dev_log1p(T x) {
+  return log1p(x);
+}
+template <>
+__device__ inline float dev_log1p<float>(float x) {
+  return log1pf(x);
 }
 template <class T>
 __device__ inline T dev_tanh(T x) {
@@ -141,62 +151,186 @@ __global__ void softmax_backward_rows_kernel(const T* y, T* d, idx_t rows, idx_t
   }
 }
 
-template <class T>
-__global__ void gather_scaled_kernel(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count,
-                                     idx_t inner, T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels,
-                                     const idx_t* step) {
+template <class W>
+__global__ void gather_rows_kernel(const W* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t row_words,
+                                   W* dst, const idx_t* step) {
   if (step) begin = *step * count;  // a CUDA graph's replay: the batch offset lives on the device
-  FASTNN_GRID_STRIDE(e, count * inner) {
-    const idx_t j = e / inner, k = e - j * inner;
-    const idx_t r = idx[begin + j];
-    x[e] = scale * static_cast<T>(src[r * inner + k]);
-    if (k == 0) labels[j] = lsrc[r];
+  FASTNN_GRID_STRIDE(e, count * row_words) {
+    const idx_t j = e / row_words, w = e - j * row_words;
+    dst[e] = src[static_cast<idx_t>(idx[begin + j]) * row_words + w];
   }
 }
 
-/// One block; each thread takes rows tid, tid + blockDim, ...; the block then reduces in a
-/// fixed order, so the statistics are deterministic.
-template <class T>
-__global__ void softmax_xent_kernel(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale,
-                                    double* stats) {
-  __shared__ double s_loss[kThreads];
-  __shared__ double s_hit[kThreads];
-  double loss = 0, hit = 0;
-  for (idx_t i = threadIdx.x; i < rows; i += blockDim.x) {
-    const T* r = z + i * k;
-    idx_t arg = 0;
-    T m = r[0];
-    for (idx_t j = 1; j < k; ++j)
-      if (r[j] > m) {
-        m = r[j];
-        arg = j;
-      }
-    T sum = T(0);
-    for (idx_t j = 0; j < k; ++j) sum += dev_exp(r[j] - m);
-    const T lse = m + dev_log(sum);
-    const idx_t y = labels[i];
-    loss += static_cast<double>(lse - r[y]);
-    hit += (arg == y) ? 1.0 : 0.0;
-    if (dz) {
-      T* d = dz + i * k;
-      for (idx_t j = 0; j < k; ++j) d[j] = grad_scale * dev_exp(r[j] - lse);
-      d[y] -= grad_scale;
-    }
-  }
-  s_loss[threadIdx.x] = loss;
-  s_hit[threadIdx.x] = hit;
+// ---- losses and metrics: one block, fixed reduction order (deterministic) ----------------------
+
+/// The sum of `v` over the block (every thread gets it). blockDim.x must be kThreads.
+__device__ inline double block_sum(double v) {
+  __shared__ double sh[kThreads];
+  sh[threadIdx.x] = v;
   __syncthreads();
   for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
-    if (threadIdx.x < w) {
-      s_loss[threadIdx.x] += s_loss[threadIdx.x + w];
-      s_hit[threadIdx.x] += s_hit[threadIdx.x + w];
-    }
+    if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
-    stats[0] += s_loss[0];
-    stats[1] += s_hit[0];
+  const double total = sh[0];
+  __syncthreads();
+  return total;
+}
+
+/// Index of the first maximum of r[0..k) (a NaN never replaces the running maximum), as Eigen's
+/// maxCoeff on the CPU.
+template <class T>
+__device__ inline idx_t first_argmax(const T* r, idx_t k) {
+  idx_t arg = 0;
+  T m = r[0];
+  for (idx_t j = 1; j < k; ++j)
+    if (r[j] > m) {
+      m = r[j];
+      arg = j;
+    }
+  return arg;
+}
+
+/// log(sum_j exp(r_j)) = m + log(sum_j exp(r_j - m)), m = max_j r_j.
+template <class T>
+__device__ inline T row_lse(const T* r, idx_t k) {
+  T m = r[0];
+  for (idx_t j = 1; j < k; ++j) m = r[j] > m ? r[j] : m;
+  T sum = T(0);
+  for (idx_t j = 0; j < k; ++j) sum += dev_exp(r[j] - m);
+  return m + dev_log(sum);
+}
+
+template <class T>
+__global__ void softmax_xent_kernel(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale,
+                                    double* stat) {
+  double loss = 0;
+  for (idx_t i = threadIdx.x; i < rows; i += blockDim.x) {
+    const T* r = z + i * k;
+    const T lse = row_lse(r, k);
+    const idx_t y = labels[i];
+    const bool valid = y >= 0 && y < k;  // a label out of range gives NaN, never a stray read
+    loss += valid ? static_cast<double>(lse - r[y]) : static_cast<double>(NAN);
+    if (dz) {
+      T* d = dz + i * k;
+      for (idx_t j = 0; j < k; ++j) d[j] = valid ? grad_scale * dev_exp(r[j] - lse) : T(NAN);
+      if (valid) d[y] -= grad_scale;
+    }
   }
+  const double total = block_sum(loss);
+  if (threadIdx.x == 0) *stat += total;
+}
+
+template <class T>
+__global__ void softmax_xent_dense_kernel(const T* z, const T* t, T* dz, idx_t rows, idx_t k, T grad_scale,
+                                          double* stat) {
+  double loss = 0;
+  for (idx_t i = threadIdx.x; i < rows; i += blockDim.x) {
+    const T* r = z + i * k;
+    const T* ti = t + i * k;
+    const T lse = row_lse(r, k);
+    T tsum = T(0), dot = T(0);
+    for (idx_t j = 0; j < k; ++j) {
+      tsum += ti[j];
+      dot += ti[j] * r[j];
+    }
+    loss += static_cast<double>(lse * tsum - dot);
+    if (dz) {
+      T* d = dz + i * k;
+      for (idx_t j = 0; j < k; ++j) d[j] = grad_scale * (dev_exp(r[j] - lse) * tsum - ti[j]);
+    }
+  }
+  const double total = block_sum(loss);
+  if (threadIdx.x == 0) *stat += total;
+}
+
+template <class T>
+__global__ void sigmoid_xent_kernel(const T* z, const T* t, T* dz, idx_t n, idx_t k, T grad_scale, double* stat) {
+  double loss = 0;
+  for (idx_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const T zi = z[i], ti = t[i];
+    const T a = zi < T(0) ? -zi : zi;
+    loss += static_cast<double>((zi > T(0) ? zi : T(0)) - zi * ti + dev_log1p(dev_exp(-a)));
+    if (dz) dz[i] = grad_scale * (T(1) / (T(1) + dev_exp(-zi)) - ti) / static_cast<T>(k);
+  }
+  const double total = block_sum(loss);
+  if (threadIdx.x == 0) *stat += total / static_cast<double>(k);
+}
+
+template <class T>
+__global__ void pointwise_loss_kernel(int kind, const T* y, const T* t, T* dy, idx_t n, idx_t k, T grad_scale,
+                                      double* stat) {
+  const T g = grad_scale / static_cast<T>(k);
+  const T eps = static_cast<T>(kProbabilityEpsilon);
+  double loss = 0;
+  for (idx_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const T p = y[i], ti = t[i];
+    const T e = p - ti;
+    T f = T(0), d = T(0);
+    switch (static_cast<PointwiseLoss>(kind)) {
+      case PointwiseLoss::MeanSquaredError:
+        f = e * e;
+        d = T(2) * e;
+        break;
+      case PointwiseLoss::MeanAbsoluteError:
+        f = e < T(0) ? -e : e;
+        d = static_cast<T>((e > T(0)) - (e < T(0)));
+        break;
+      case PointwiseLoss::BinaryCrossentropy: {
+        // q = min(max(p, eps), 1 - eps), written as std::max and std::min are (NaN stays NaN)
+        T q = p < eps ? eps : p;
+        q = (T(1) - eps) < q ? T(1) - eps : q;
+        f = -(ti * dev_log(q) + (T(1) - ti) * dev_log(T(1) - q));
+        d = (p > eps && p < T(1) - eps) ? (q - ti) / (q * (T(1) - q)) : T(0);
+        break;
+      }
+    }
+    loss += static_cast<double>(f);
+    if (dy) dy[i] = g * d;
+  }
+  const double total = block_sum(loss);
+  if (threadIdx.x == 0) *stat += total / static_cast<double>(k);
+}
+
+template <class T>
+__global__ void metric_labels_kernel(const T* y, const std::int32_t* labels, idx_t rows, idx_t k, double* stat) {
+  double hits = 0;
+  for (idx_t i = threadIdx.x; i < rows; i += blockDim.x)
+    hits += first_argmax(y + i * k, k) == static_cast<idx_t>(labels[i]) ? 1.0 : 0.0;
+  const double total = block_sum(hits);
+  if (threadIdx.x == 0) *stat += total;
+}
+
+template <class T>
+__global__ void metric_targets_kernel(int kind, const T* y, const T* t, idx_t rows, idx_t k, T threshold,
+                                      double* stat) {
+  double sum = 0;
+  for (idx_t i = threadIdx.x; i < rows; i += blockDim.x) {
+    const T* r = y + i * k;
+    const T* ti = t + i * k;
+    switch (static_cast<MetricKind>(kind)) {
+      case MetricKind::CategoricalAccuracy:
+        sum += first_argmax(r, k) == first_argmax(ti, k) ? 1.0 : 0.0;
+        break;
+      case MetricKind::BinaryAccuracy: {
+        double hits = 0;
+        for (idx_t j = 0; j < k; ++j) hits += ((r[j] > threshold ? T(1) : T(0)) == ti[j]) ? 1.0 : 0.0;
+        sum += hits / static_cast<double>(k);
+        break;
+      }
+      case MetricKind::MeanAbsoluteError: {
+        T a = T(0);
+        for (idx_t j = 0; j < k; ++j) {
+          const T e = r[j] - ti[j];
+          a += e < T(0) ? -e : e;
+        }
+        sum += static_cast<double>(a) / static_cast<double>(k);
+        break;
+      }
+    }
+  }
+  const double total = block_sum(sum);
+  if (threadIdx.x == 0) *stat += total;
 }
 
 __device__ inline bool skip_update(const int* guard) { return guard && *guard != kNoNonFinite; }
@@ -249,10 +383,10 @@ __global__ void flag_nonfinite_kernel(const T* p, idx_t n, int* flag) {
 }
 
 template <class T>
-__global__ void check_step_finite_kernel(const double* stats, const T* g, idx_t n, int batch, int* guard,
+__global__ void check_step_finite_kernel(const double* loss, const T* g, idx_t n, int batch, int* guard,
                                          const idx_t* step) {
   if (step) batch = static_cast<int>(*step + 1);
-  if (blockIdx.x == 0 && threadIdx.x == 0 && !isfinite(stats[0])) atomicMin(guard, 2 * batch);
+  if (blockIdx.x == 0 && threadIdx.x == 0 && !isfinite(*loss)) atomicMin(guard, 2 * batch);
   FASTNN_GRID_STRIDE(i, n) {
     if (!isfinite(g[i])) atomicMin(guard, 2 * batch + 1);
   }
@@ -401,19 +535,67 @@ void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cud
   activation_backward_kernel<T><<<blocks_for(rows * cols), kThreads, 0, s>>>(act, y, dy, rows * cols);
 }
 
-template <class T>
-void gather_scaled(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t inner, T scale,
-                   T* x, const std::int32_t* lsrc, std::int32_t* labels, const idx_t* step, cudaStream_t s) {
-  if (count * inner <= 0) return;
-  gather_scaled_kernel<T><<<blocks_for(count * inner), kThreads, 0, s>>>(src, idx, begin, count, inner, scale, x, lsrc,
-                                                                         labels, step);
+void gather_rows(const void* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t row_bytes, void* dst,
+                 const idx_t* step, cudaStream_t s) {
+  if (count <= 0 || row_bytes <= 0) return;
+  // the widest word that divides the row and both addresses
+  const auto aligned = [&](idx_t w) {
+    return row_bytes % w == 0 && reinterpret_cast<std::uintptr_t>(src) % static_cast<std::uintptr_t>(w) == 0 &&
+           reinterpret_cast<std::uintptr_t>(dst) % static_cast<std::uintptr_t>(w) == 0;
+  };
+  if (aligned(8)) {
+    const idx_t words = row_bytes / 8;
+    gather_rows_kernel<unsigned long long><<<blocks_for(count * words), kThreads, 0, s>>>(
+        static_cast<const unsigned long long*>(src), idx, begin, count, words, static_cast<unsigned long long*>(dst),
+        step);
+  } else if (aligned(4)) {
+    const idx_t words = row_bytes / 4;
+    gather_rows_kernel<unsigned int><<<blocks_for(count * words), kThreads, 0, s>>>(
+        static_cast<const unsigned int*>(src), idx, begin, count, words, static_cast<unsigned int*>(dst), step);
+  } else {
+    gather_rows_kernel<unsigned char><<<blocks_for(count * row_bytes), kThreads, 0, s>>>(
+        static_cast<const unsigned char*>(src), idx, begin, count, row_bytes, static_cast<unsigned char*>(dst), step);
+  }
 }
 
 template <class T>
-void softmax_xent(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale, double* stats,
+void softmax_xent(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale, double* stat,
                   cudaStream_t s) {
   if (rows <= 0 || k <= 0) return;
-  softmax_xent_kernel<T><<<1, kThreads, 0, s>>>(z, labels, dz, rows, k, grad_scale, stats);
+  softmax_xent_kernel<T><<<1, kThreads, 0, s>>>(z, labels, dz, rows, k, grad_scale, stat);
+}
+
+template <class T>
+void softmax_xent_dense(const T* z, const T* t, T* dz, idx_t rows, idx_t k, T grad_scale, double* stat,
+                        cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  softmax_xent_dense_kernel<T><<<1, kThreads, 0, s>>>(z, t, dz, rows, k, grad_scale, stat);
+}
+
+template <class T>
+void sigmoid_xent(const T* z, const T* t, T* dz, idx_t n, idx_t k, T grad_scale, double* stat, cudaStream_t s) {
+  if (n <= 0 || k <= 0) return;
+  sigmoid_xent_kernel<T><<<1, kThreads, 0, s>>>(z, t, dz, n, k, grad_scale, stat);
+}
+
+template <class T>
+void pointwise_loss(int kind, const T* y, const T* t, T* dy, idx_t n, idx_t k, T grad_scale, double* stat,
+                    cudaStream_t s) {
+  if (n <= 0 || k <= 0) return;
+  pointwise_loss_kernel<T><<<1, kThreads, 0, s>>>(kind, y, t, dy, n, k, grad_scale, stat);
+}
+
+template <class T>
+void metric_labels(const T* y, const std::int32_t* labels, idx_t rows, idx_t k, double* stat, cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  metric_labels_kernel<T><<<1, kThreads, 0, s>>>(y, labels, rows, k, stat);
+}
+
+template <class T>
+void metric_targets(int kind, const T* y, const T* t, idx_t rows, idx_t k, T threshold, double* stat,
+                    cudaStream_t s) {
+  if (rows <= 0 || k <= 0) return;
+  metric_targets_kernel<T><<<1, kThreads, 0, s>>>(kind, y, t, rows, k, threshold, stat);
 }
 
 template <class T>
@@ -441,9 +623,9 @@ void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s) {
 }
 
 template <class T>
-void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, const idx_t* step,
+void check_step_finite(const double* loss, const T* grads, idx_t n, int batch, int* guard, const idx_t* step,
                        cudaStream_t s) {
-  check_step_finite_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(stats, grads, n, batch, guard, step);
+  check_step_finite_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(loss, grads, n, batch, guard, step);
 }
 
 void increment(idx_t* p, cudaStream_t s) { increment_kernel<<<1, 1, 0, s>>>(p); }
@@ -507,9 +689,12 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void column_sums_add<T>(const T*, T*, idx_t, idx_t, cudaStream_t);                                  \
   template void activate<T>(int, T*, idx_t, idx_t, cudaStream_t);                                              \
   template void activation_backward<T>(int, const T*, T*, idx_t, idx_t, cudaStream_t);                         \
-  template void gather_scaled<T>(const std::uint8_t*, const std::int32_t*, idx_t, idx_t, idx_t, T, T*,         \
-                                 const std::int32_t*, std::int32_t*, const idx_t*, cudaStream_t);              \
   template void softmax_xent<T>(const T*, const std::int32_t*, T*, idx_t, idx_t, T, double*, cudaStream_t);    \
+  template void softmax_xent_dense<T>(const T*, const T*, T*, idx_t, idx_t, T, double*, cudaStream_t);         \
+  template void sigmoid_xent<T>(const T*, const T*, T*, idx_t, idx_t, T, double*, cudaStream_t);               \
+  template void pointwise_loss<T>(int, const T*, const T*, T*, idx_t, idx_t, T, double*, cudaStream_t);        \
+  template void metric_labels<T>(const T*, const std::int32_t*, idx_t, idx_t, double*, cudaStream_t);          \
+  template void metric_targets<T>(int, const T*, const T*, idx_t, idx_t, T, double*, cudaStream_t);            \
   template void sgd_update<T>(T*, const T*, T*, idx_t, T, T, bool, const int*, cudaStream_t);                  \
   template void adam_update<T>(T*, const T*, T*, T*, idx_t, T, T, T, T, const int*, cudaStream_t);             \
   template void rmsprop_update<T>(T*, const T*, T*, idx_t, T, T, T, const int*, cudaStream_t);                 \

@@ -3,8 +3,9 @@
 /// Host-callable launchers of fastnn's own CUDA kernels (declarations only: plain C++ that the
 /// ordinary compiler reads). The kernels themselves are in kernels.cu, compiled by nvcc into
 /// the small static library of the fastnn::cuda CMake target, with explicit instantiations for
-/// float and double (fill also for int32, int64 and uint8). Every launcher enqueues on `s` and returns
-/// at once; launch errors are reported by the caller's FASTNN_CUDA_CHECK_LAUNCH.
+/// float and double (fill also for int32, int64 and uint8; gather_rows copies bytes, for any
+/// element type). Every launcher enqueues on `s` and returns at once; launch errors are reported
+/// by the caller's FASTNN_CUDA_CHECK_LAUNCH.
 ///
 /// Matrices are row-major; `rows x cols` means a tensor viewed as [dim(0), rest].
 
@@ -38,18 +39,50 @@ void activate(int act, T* y, idx_t rows, idx_t cols, cudaStream_t s);
 template <class T>
 void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cudaStream_t s);
 
-/// x[j, :] = scale * src[idx[begin + j], :], labels[j] = lsrc[idx[begin + j]] for j < count.
-/// When `step` is not null, begin is read on the device as *step * count (a CUDA graph's replay).
-template <class T>
-void gather_scaled(const std::uint8_t* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t inner,
-                   T scale, T* x, const std::int32_t* lsrc, std::int32_t* labels, const idx_t* step, cudaStream_t s);
+/// dst row j = src row idx[begin + j] for j < count, rows of `row_bytes` bytes (any element
+/// type). When `step` is not null, begin is read on the device as *step * count (a CUDA graph's
+/// replay takes the next batch).
+void gather_rows(const void* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t row_bytes, void* dst,
+                 const idx_t* step, cudaStream_t s);
 
-/// Softmax cross-entropy over rows of z [rows, k] with integer labels: stats[0] += sum of
-/// losses, stats[1] += number of rows whose arg-max is the label, and (dz not null)
-/// dz = grad_scale * (softmax(z) - onehot). Deterministic (one block, fixed reduction order).
+// ---- losses and metrics ------------------------------------------------------------------------
+// Each adds one sum to *stat (a double on the device) and is deterministic: one block of threads,
+// each taking rows (or elements) tid, tid + blockDim, ..., then a reduction in a fixed order.
+// Rows are the elements grouped by the last axis: z [rows, k]. When the gradient pointer is not
+// null it is written (not added to). The formulas are those of backend/cpu/ops.hpp.
+
+/// Softmax cross-entropy with class indices: *stat += sum_i lse(z_i) - z_i[labels[i]];
+/// dz = grad_scale * (softmax(z) - onehot(label)).
 template <class T>
-void softmax_xent(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale, double* stats,
+void softmax_xent(const T* z, const std::int32_t* labels, T* dz, idx_t rows, idx_t k, T grad_scale, double* stat,
                   cudaStream_t s);
+
+/// Softmax cross-entropy with target distributions t [rows, k]: *stat += sum_i sum_j
+/// t_ij (lse(z_i) - z_ij); dz = grad_scale * (softmax(z) sum_j t_ij - t).
+template <class T>
+void softmax_xent_dense(const T* z, const T* t, T* dz, idx_t rows, idx_t k, T grad_scale, double* stat,
+                        cudaStream_t s);
+
+/// Sigmoid cross-entropy on logits over n elements, rows of k: *stat += (sum_e max(z,0) - z t +
+/// log(1 + exp(-|z|))) / k; dz = grad_scale * (sigmoid(z) - t) / k.
+template <class T>
+void sigmoid_xent(const T* z, const T* t, T* dz, idx_t n, idx_t k, T grad_scale, double* stat, cudaStream_t s);
+
+/// Element-wise loss `kind` (static_cast<int>(fastnn::PointwiseLoss)) over n elements, rows of k:
+/// *stat += (sum_e f(y, t)) / k; dy = grad_scale * f'(y, t) / k.
+template <class T>
+void pointwise_loss(int kind, const T* y, const T* t, T* dy, idx_t n, idx_t k, T grad_scale, double* stat,
+                    cudaStream_t s);
+
+/// *stat += the number of rows of y [rows, k] whose first arg-max is the label.
+template <class T>
+void metric_labels(const T* y, const std::int32_t* labels, idx_t rows, idx_t k, double* stat, cudaStream_t s);
+
+/// *stat += the sum over rows of metric `kind` (static_cast<int>(fastnn::MetricKind)) of y
+/// against t, both [rows, k]; `threshold` is BinaryAccuracy's.
+template <class T>
+void metric_targets(int kind, const T* y, const T* t, idx_t rows, idx_t k, T threshold, double* stat,
+                    cudaStream_t s);
 
 /// Optimizer updates over flat buffers (formulas in backend/cpu/ops.hpp). When `guard` is not
 /// null and *guard != 0x7fffffff the update is skipped (a NaN/Inf was found in this step).
@@ -64,11 +97,11 @@ void rmsprop_update(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const i
 template <class T>
 void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s);
 
-/// Deferred finite check of one training step: *guard = min(*guard, 2 * batch) when stats[0]
-/// (the running loss) is not finite, min(*guard, 2 * batch + 1) when a gradient is not. When `step`
+/// Deferred finite check of one training step: *guard = min(*guard, 2 * batch) when *loss (the
+/// running loss) is not finite, min(*guard, 2 * batch + 1) when a gradient is not. When `step`
 /// is not null, batch is read on the device as *step + 1 (a CUDA graph's replay).
 template <class T>
-void check_step_finite(const double* stats, const T* grads, idx_t n, int batch, int* guard, const idx_t* step,
+void check_step_finite(const double* loss, const T* grads, idx_t n, int batch, int* guard, const idx_t* step,
                        cudaStream_t s);
 
 /// *p += 1 (one thread): advances the step counter at the end of a captured training step.

@@ -4,7 +4,8 @@
 /// (row-major tensors through the usual transpose identity: C^T = op(B)^T op(A)^T in cuBLAS's
 /// column-major view), everything else to fastnn's kernels (kernels.cuh). All work is queued on
 /// this thread's stream (cuda::context()); only all_finite(), the deferred finite check's
-/// read-back and synchronize() wait for the device.
+/// read-back (throw_if_nonfinite) and synchronize() wait for the device. Every member of the
+/// contract has the CPU's semantics (backend/cpu/ops.hpp), to rounding.
 
 #include <cstdint>
 #include <string>
@@ -75,28 +76,97 @@ struct Ops<T, Cuda> {
     FASTNN_CUDA_CHECK_LAUNCH("activation_backward");
   }
 
-  /// X[j, :] = scale * src[idx[begin + j], :]; labels[j] = lsrc[idx[begin + j]] for j < count.
-  /// While a training step is captured into a CUDA graph (graph.hpp), begin is read on the device
-  /// (step index * count) so that each replay takes the next batch.
-  static void gather_scaled(const Tensor<std::uint8_t, Cuda>& src, const Tensor<std::int32_t, Cuda>& idx, Index begin,
-                            Index count, T scale, Tn& X, const Tensor<std::int32_t, Cuda>& lsrc,
-                            Tensor<std::int32_t, Cuda>& labels) {
-    if (begin < 0 || begin + count > idx.size() || X.size() < count * src.shape().inner() || labels.size() < count)
-      throw ShapeError("gather_scaled: rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) +
-                       ") of " + std::to_string(idx.size()) + " into " + X.shape().str());
-    cuda::kernels::gather_scaled(src.data(), idx.data(), begin, count, src.shape().inner(), scale, X.data(),
-                                 lsrc.data(), labels.data(), cuda::context().capture_step(), cuda::stream());
-    FASTNN_CUDA_CHECK_LAUNCH("gather_scaled");
+  /// dst[j, ...] = src[idx[begin + j], ...] for j < count: rows of any element type U (float,
+  /// double, int32; one byte-copy kernel). While a training step is captured into a CUDA graph
+  /// (model/cuda/step_runner.hpp), begin is read on the device (step index * count) so that each
+  /// replay takes the next batch. Throws ShapeError when [begin, begin + count) does not fit in
+  /// idx or the rows do not fit in dst.
+  template <class U>
+  static void gather_rows(const Tensor<U, Cuda>& src, const Tensor<std::int32_t, Cuda>& idx, Index begin, Index count,
+                          Tensor<U, Cuda>& dst) {
+    const Index inner = src.shape().inner();
+    if (count < 0 || begin < 0 || begin + count > idx.size() || dst.size() < count * inner)
+      throw ShapeError("gather_rows: rows [" + std::to_string(begin) + ", " + std::to_string(begin + count) + ") of " +
+                       std::to_string(idx.size()) + " indices, from " + src.shape().str() + " into " +
+                       dst.shape().str());
+    cuda::kernels::gather_rows(src.data(), idx.data(), begin, count,
+                               static_cast<cuda::kernels::idx_t>(sizeof(U)) * inner, dst.data(),
+                               cuda::context().capture_step(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("gather_rows");
   }
 
-  /// Fused softmax cross-entropy (see backend/ops.hpp); stats is a device tensor of 2 doubles.
-  static void softmax_xent(const Tn& logits, const Tensor<std::int32_t, Cuda>& labels, Tn* dlogits, T grad_scale,
-                           Tensor<double, Cuda>& stats) {
-    if (labels.size() != rows(logits) || stats.size() < 2 || (dlogits && dlogits->size() != logits.size()))
-      throw ShapeError("softmax_xent: logits " + logits.shape().str() + ", labels " + labels.shape().str());
-    cuda::kernels::softmax_xent(logits.data(), labels.data(), dlogits ? dlogits->data() : nullptr, rows(logits),
-                                cols(logits), grad_scale, stats.data(), cuda::stream());
+  // ---- losses: y viewed as rows [R, K] over its last axis (see backend/ops.hpp) -------------
+  // Each adds one double into stats[slot] on the device (deterministically) and, when the
+  // gradient is not null, writes it; nothing waits for the device.
+
+  /// Softmax cross-entropy with class indices: row loss lse(z) - z[label];
+  /// dz = s (softmax(z) - onehot(label)). A label outside [0, K) gives a NaN loss.
+  static void softmax_xent(const Tn& logits, const Tensor<std::int32_t, Cuda>& labels, Tn* dlogits, T s,
+                           Tensor<double, Cuda>& stats, Index slot) {
+    const Index k = last(logits), n = row_count(logits);
+    if (labels.size() != n) throw ShapeError("softmax_xent: " + std::to_string(labels.size()) + " labels " +
+                                             labels.shape().str() + " for logits " + logits.shape().str());
+    check_loss("softmax_xent", logits, dlogits, stats, slot);
+    cuda::kernels::softmax_xent(logits.data(), labels.data(), dlogits ? dlogits->data() : nullptr, n, k, s,
+                                stats.data() + slot, cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("softmax_xent");
+  }
+
+  /// Softmax cross-entropy with target distributions t: row loss sum_k t_k (lse(z) - z_k);
+  /// dz = s (softmax(z) sum(t) - t).
+  static void softmax_xent_dense(const Tn& logits, const Tn& targets, Tn* dlogits, T s, Tensor<double, Cuda>& stats,
+                                 Index slot) {
+    same_shape(logits, targets, "softmax_xent_dense");
+    check_loss("softmax_xent_dense", logits, dlogits, stats, slot);
+    cuda::kernels::softmax_xent_dense(logits.data(), targets.data(), dlogits ? dlogits->data() : nullptr,
+                                      row_count(logits), last(logits), s, stats.data() + slot, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("softmax_xent_dense");
+  }
+
+  /// Sigmoid cross-entropy on logits: row loss mean_k max(z,0) - z t + log(1 + exp(-|z|));
+  /// dz = s (sigmoid(z) - t) / K.
+  static void sigmoid_xent(const Tn& logits, const Tn& targets, Tn* dlogits, T s, Tensor<double, Cuda>& stats,
+                           Index slot) {
+    same_shape(logits, targets, "sigmoid_xent");
+    check_loss("sigmoid_xent", logits, dlogits, stats, slot);
+    cuda::kernels::sigmoid_xent(logits.data(), targets.data(), dlogits ? dlogits->data() : nullptr, logits.size(),
+                                last(logits), s, stats.data() + slot, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("sigmoid_xent");
+  }
+
+  /// Element-wise losses (PointwiseLoss): row loss mean_k f(y, t); dy = s f'(y, t) / K. The
+  /// binary cross-entropy clips y to [1e-7, 1 - 1e-7] and has zero gradient outside.
+  static void pointwise_loss(PointwiseLoss kind, const Tn& y, const Tn& targets, Tn* dy, T s,
+                             Tensor<double, Cuda>& stats, Index slot) {
+    same_shape(y, targets, "pointwise_loss");
+    check_loss("pointwise_loss", y, dy, stats, slot);
+    cuda::kernels::pointwise_loss(static_cast<int>(kind), y.data(), targets.data(), dy ? dy->data() : nullptr,
+                                  y.size(), last(y), s, stats.data() + slot, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("pointwise_loss");
+  }
+
+  // ---- metrics --------------------------------------------------------------------------------
+
+  /// Sparse categorical accuracy: adds the number of rows whose first arg-max is the label.
+  static void metric_labels(const Tn& y, const Tensor<std::int32_t, Cuda>& labels, Tensor<double, Cuda>& stats,
+                            Index slot) {
+    const Index n = row_count(y);
+    if (labels.size() != n)
+      throw ShapeError("metric_labels: " + std::to_string(labels.size()) + " labels " + labels.shape().str() +
+                       " for a prediction " + y.shape().str());
+    check_slot("metric_labels", stats, slot);
+    cuda::kernels::metric_labels(y.data(), labels.data(), n, last(y), stats.data() + slot, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("metric_labels");
+  }
+
+  /// Metrics against float targets (MetricKind), summed over rows; first arg-max on ties.
+  static void metric_targets(MetricKind kind, const Tn& y, const Tn& targets, T threshold, Tensor<double, Cuda>& stats,
+                             Index slot) {
+    same_shape(y, targets, "metric_targets");
+    check_slot("metric_targets", stats, slot);
+    cuda::kernels::metric_targets(static_cast<int>(kind), y.data(), targets.data(), row_count(y), last(y), threshold,
+                                  stats.data() + slot, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("metric_targets");
   }
 
   static void sgd_update(Tn& p, const Tn& g, Tn& v, T lr, T momentum, bool nesterov) {
@@ -159,12 +229,16 @@ struct Ops<T, Cuda> {
     cuda::kernels::fill(cuda::context().guard(), 1, cuda::Context::kNoNonFinite, cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("reset_nonfinite");
   }
-  /// Records batch `batch` if the running loss stats[0] or any gradient is not finite (while a
-  /// step is captured into a CUDA graph, `batch` is read on the device).
-  static void note_nonfinite(const Tensor<double, Cuda>& stats, const Tn& grads, long batch) {
-    cuda::kernels::check_step_finite(stats.data(), grads.data(), grads.size(), static_cast<int>(batch),
+  /// Enqueues the check of one training step: records batch `batch` if the running loss
+  /// stats[slot] or any gradient is not finite (while a step is captured into a CUDA graph,
+  /// `batch` is read on the device). Returns true at once: the answer comes from
+  /// throw_if_nonfinite.
+  static bool step_finite(const Tensor<double, Cuda>& stats, Index slot, const Tn& grads, long batch) {
+    check_slot("step_finite", stats, slot);
+    cuda::kernels::check_step_finite(stats.data() + slot, grads.data(), grads.size(), static_cast<int>(batch),
                                      cuda::context().guard(), cuda::context().capture_step(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("check_step_finite");
+    return true;
   }
   /// Throws NonFiniteError naming the first bad batch of `epoch`, if any (waits for the device).
   static void throw_if_nonfinite(int epoch) {
@@ -182,6 +256,27 @@ struct Ops<T, Cuda> {
  private:
   static Index rows(const Tn& t) { return t.rank() == 0 ? 1 : t.dim(0); }
   static Index cols(const Tn& t) { return t.rank() == 0 ? 1 : t.shape().inner(); }
+  /// K, the extent of the last axis, and R = size / K: the rows of the losses and metrics.
+  static Index last(const Tn& t) { return t.rank() == 0 ? 1 : t.dim(t.rank() - 1); }
+  static Index row_count(const Tn& t) {
+    const Index k = last(t);
+    return k == 0 ? 0 : t.size() / k;
+  }
+  /// Targets must have one value per element of the prediction.
+  static void same_shape(const Tn& y, const Tn& t, const char* what) {
+    if (y.size() != t.size())
+      throw ShapeError(std::string(what) + ": targets " + t.shape().str() + " for a prediction " + y.shape().str());
+  }
+  static void check_slot(const char* what, const Tensor<double, Cuda>& stats, Index slot) {
+    if (slot < 0 || slot >= stats.size())
+      throw ShapeError(std::string(what) + ": slot " + std::to_string(slot) + " of " + std::to_string(stats.size()) +
+                       " accumulators");
+  }
+  static void check_loss(const char* what, const Tn& y, const Tn* dy, const Tensor<double, Cuda>& stats, Index slot) {
+    if (dy && dy->size() != y.size())
+      throw ShapeError(std::string(what) + ": gradient " + dy->shape().str() + " for " + y.shape().str());
+    check_slot(what, stats, slot);
+  }
   static int to_int(Index v) {
     if (v > 0x7fffffff) throw ShapeError("gemm: dimension " + std::to_string(v) + " exceeds cuBLAS's int range");
     return static_cast<int>(v);

@@ -1,7 +1,11 @@
 #pragma once
-/// \file lstm_cudnn.hpp
-/// LSTM and Bidirectional(LSTM) on the cuDNN 9 RNN API (host code; the few helper kernels are in
-/// kernels.cu).
+/// \file rnn.hpp
+/// The raw cuDNN 9 RNN calls of the CUDA backend on device pointers: detail::CudnnLstm, one LSTM
+/// layer of one or two directions over time-major data, and the process-wide settings that
+/// choose how it runs (the cuDNN algorithm, and how Bidirectional(LSTM) maps onto cuDNN). Host
+/// code; the helper kernels it launches (weight packing, gradient unpacking) are in kernels.cu.
+/// It knows nothing of layers: layers/cuda/lstm.hpp and layers/cuda/bidirectional.hpp build the
+/// LSTM and Bidirectional layers on it.
 ///
 /// Mapping of fastnn's (Keras's) LSTM onto cuDNN:
 ///  - parameters stay where the layer declared them, in the model's flat buffer: kernel W [F, 4H],
@@ -20,29 +24,17 @@
 ///  - cudnnRNNBackwardWeights_v8 only ADDS into its gradient buffer: that buffer is zeroed
 ///    before each call, and its contents are then added into the layer's gradients, which keeps
 ///    fastnn's contract (backward accumulates; the caller zeroes once per step).
-///  - data is time-major inside ([S, B, F], CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED with every
-///    sequence of full length); one transpose kernel converts, and reverses time for
-///    go_backwards. Without return_sequences the output is cuDNN's final hidden state hy and its
-///    gradient goes in as dhy (dy of the sequence is zero).
-///  - Bidirectional(LSTM) with merge concat runs in one call of the layer (detail::BidirFused):
-///    by default as two unidirectional cuDNN LSTMs on two streams, so that the directions run
-///    concurrently, or (set_bidirectional_mode) as ONE cuDNN RNN with CUDNN_BIDIRECTIONAL
-///    (pseudo-layer 0 = forward LSTM, 1 = backward LSTM, both mapped onto their own layers'
-///    parameter views). cuDNN's backward direction emits its outputs in input order, which is
-///    Keras's merged output; its final state hy[1] is Keras's backward output. cuDNN 9.14 on an
-///    H200 runs the two directions of CUDNN_BIDIRECTIONAL one after the other (0.53 ms per
-///    training pass of the reference LSTM, vs 0.26 ms for one direction), hence the default
-///    (a whole training step of the reference model there: 0.56 ms with two streams, 0.66 ms
-///    with CUDNN_BIDIRECTIONAL, 0.65 ms with the generic wrapper).
-///  - the recurrent activation of cuDNN's LSTM is the logistic sigmoid: hard_sigmoid is refused
-///    with UnsupportedError.
+///  - data is time-major ([S, B, F], CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED with every sequence
+///    of full length); the callers convert with the swap01 transpose kernel.
+///  - two directions (dirs = 2) are one cuDNN RNN with CUDNN_BIDIRECTIONAL: pseudo-layer 0 is the
+///    forward LSTM, 1 the backward one, each mapped onto its own parameter pointers. cuDNN's
+///    backward direction emits its outputs in input order; its final state is hy[1].
 ///  - algorithm: CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H is tried first for float (set_rnn_algo or
 ///    FASTNN_CUDNN_RNN_ALGO=standard|small_h|static|dynamic|auto choose), first with
-///    CUDNN_RNN_SINGLE_INP_BIAS, then with CUDNN_RNN_DOUBLE_BIAS (the persistent kernels of
-///    cuDNN 9.14 refuse the single bias; the second, recurrent bias is then held at zero and its
-///    gradient dropped, which is still exactly Keras's one bias), then CUDNN_RNN_ALGO_STANDARD:
-///    each refusal by cuDNN moves to the next choice. On an H200 (cuDNN 9.14), one training pass
-///    of the reference LSTM takes 0.26 ms with the small-h kernel, 0.87 ms with the standard one.
+///    CUDNN_RNN_SINGLE_INP_BIAS, then with CUDNN_RNN_DOUBLE_BIAS (persistent kernels may refuse
+///    the single bias; the second, recurrent bias is then held at zero and its gradient dropped,
+///    which is still exactly Keras's one bias), then CUDNN_RNN_ALGO_STANDARD: each refusal by
+///    cuDNN moves to the next choice.
 ///  - math: CUDNN_FMA_MATH for float (no TF32) unless cuda::set_allow_tf32(true).
 
 #include <atomic>
@@ -57,8 +49,8 @@
 
 #include "fastnn/backend/cuda/common.hpp"
 #include "fastnn/backend/cuda/kernels.cuh"
-#include "fastnn/layers/bidirectional.hpp"
-#include "fastnn/layers/lstm.hpp"
+#include "fastnn/core/mode.hpp"
+#include "fastnn/core/tensor.hpp"
 
 namespace fastnn {
 namespace cuda {
@@ -81,10 +73,6 @@ inline RnnAlgo rnn_algo_from_env() {
 inline std::atomic<int>& rnn_algo_setting() {
   static std::atomic<int> a{static_cast<int>(rnn_algo_from_env())};
   return a;
-}
-inline bool verbose() {
-  static const bool v = std::getenv("FASTNN_CUDA_VERBOSE") != nullptr;
-  return v;
 }
 inline const char* algo_name(cudnnRNNAlgo_t a) {
   switch (a) {
@@ -236,9 +224,9 @@ class CudnnLstm {
   }
 
   /// Moves to the next candidate after cuDNN refused the current one. False when none is left
-  /// (the error is then real). Never called while a CUDA graph is captured (graph.hpp): a call
-  /// failing there throws, the capture is abandoned and the step runs eagerly with the same
-  /// algorithm.
+  /// (the error is then real). Never called while a CUDA graph is captured
+  /// (model/cuda/step_runner.hpp): a call failing there throws, the capture is abandoned and the
+  /// step runs eagerly with the same algorithm.
   bool fall_back(cudnnStatus_t st, const char* what) {
     if (cand_ + 1 >= candidates_.size()) return false;
     if (verbose()) {
@@ -439,6 +427,8 @@ class CudnnLstm {
   Ptrs last_w_{};
 };
 
+/// The parameter (or gradient) pointers of one or two directions for CudnnLstm: kernel w [F, 4H],
+/// recurrent kernel u [H, 4H] and bias b [4H] of direction 0, and of direction 1 when given.
 template <class T>
 kernels::LstmParamPtrs<T> lstm_ptrs(Index F, Index H, const Tensor<T, Cuda>& w0, const Tensor<T, Cuda>& u0,
                                     const Tensor<T, Cuda>& b0, const Tensor<T, Cuda>* w1 = nullptr,
@@ -456,313 +446,6 @@ kernels::LstmParamPtrs<T> lstm_ptrs(Index F, Index H, const Tensor<T, Cuda>& w0,
   return p;
 }
 
-[[noreturn]] inline void refuse_hard_sigmoid(const std::string& layer) {
-  throw UnsupportedError(layer + ": recurrent_activation 'hard_sigmoid' is not available on the GPU (cuDNN's LSTM "
-                                 "uses the logistic sigmoid); use LSTMOptions::recurrent_activation(Activation::Sigmoid) "
-                                 "for a model that runs on CUDA");
-}
-
 }  // namespace detail
 }  // namespace cuda
-
-namespace detail {
-
-/// LSTM on cuDNN (one direction; go_backwards reverses the time axis in the transpose kernel).
-template <class T>
-struct LstmImpl<T, Cuda> {
-  using Tn = Tensor<T, Cuda>;
-
-  void forward(const LstmDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& y, Mode mode) {
-    if (d.recurrent == Activation::HardSigmoid) cuda::detail::refuse_hard_sigmoid("LSTM");
-    d_ = d;
-    const Index B = d.batch, S = d.steps, F = d.features, H = d.units;
-    auto s = cuda::stream();
-    rnn_.configure(F, H, 1);
-    xt_.resize(Shape{S, B, F});
-    cuda::kernels::swap01(x.data(), xt_.data(), B, S, F, false, d.go_backwards, s);  // xt[t, b] = x[b, t or S-1-t]
-    FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    ys_.resize(Shape{S, B, H});
-    rnn_.forward(mode, B, S, xt_.data(), ys_.data(), d.return_sequences ? nullptr : y.data(),
-                 cuda::detail::lstm_ptrs(F, H, w, u, b));
-    if (d.return_sequences) {
-      cuda::kernels::swap01(ys_.data(), y.data(), S, B, H, false, false, s);  // y[b, t] = ys[t, b]
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    }
-  }
-
-  void backward(const Tn& dy, const Tn& w, const Tn& u, Tn& dw, Tn& du, Tn& db, Tn* dx) {
-    (void)w;
-    (void)u;
-    const LstmDims& d = d_;
-    const Index B = d.batch, S = d.steps, F = d.features, H = d.units;
-    auto s = cuda::stream();
-    const T* dhy = nullptr;
-    if (d.return_sequences) {
-      dys_.resize(Shape{S, B, H});
-      cuda::kernels::swap01(dy.data(), dys_.data(), B, S, H, false, false, s);  // dys[t, b] = dy[b, t]
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-      zero_ptr_ = nullptr;
-    } else {
-      dys_.resize(Shape{S, B, H});
-      if (dys_.data() != zero_ptr_ || dys_.size() != zero_n_) {
-        dys_.set_zero();
-        zero_ptr_ = dys_.data();
-        zero_n_ = dys_.size();
-      }
-      dhy = dy.data();
-    }
-    dxt_.resize(Shape{S, B, F});
-    rnn_.backward(B, S, xt_.data(), ys_.data(), dys_.data(), dhy, dxt_.data(), cuda::detail::lstm_ptrs(F, H, dw, du, db));
-    if (dx) {
-      cuda::kernels::swap01(dxt_.data(), dx->data(), S, B, F, d.go_backwards, false, s);  // dx[b, t] = dxt[t or S-1-t, b]
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    }
-  }
-
-  /// The cuDNN algorithm in use ("persist_static_small_h", "standard", ...).
-  const char* algo_name() const { return rnn_.algo_name(); }
-
- private:
-  LstmDims d_;
-  cuda::detail::CudnnLstm<T> rnn_;
-  Tn xt_, ys_, dys_, dxt_;
-  const T* zero_ptr_ = nullptr;
-  Index zero_n_ = 0;
-};
-
-/// Bidirectional(LSTM) with merge concat in one call of the layer (see the file comment), in
-/// one of two ways (cuda::set_bidirectional_mode):
-///  - TwoStreams: two unidirectional cuDNN LSTMs, the backward one on the context's second lane,
-///    so that the two directions run concurrently (cuDNN's bidirectional mode runs them one after
-///    the other); events order the lanes;
-///  - CudnnBidirectional: one cuDNN RNN with CUDNN_BIDIRECTIONAL.
-/// Both share the two LSTM layers' parameter views and gradients.
-template <class T>
-struct BidirFused<T, Cuda> {
-  using Tn = Tensor<T, Cuda>;
-
-  bool forward(RecurrentLayer<T, Cuda>& fl, RecurrentLayer<T, Cuda>& bl, MergeMode merge, const Tn& x, Tn& y,
-               const Shape& out_shape, Mode mode) {
-    active_ = false;
-    const cuda::BidirMode how = cuda::bidirectional_mode();
-    if (merge != MergeMode::Concat || how == cuda::BidirMode::Generic) return false;
-    auto* f = dynamic_cast<LSTM<T, Cuda>*>(&fl);
-    auto* b = dynamic_cast<LSTM<T, Cuda>*>(&bl);
-    if (!f || !b || f->go_backwards() || !b->go_backwards() || f->return_sequences() != b->return_sequences() ||
-        f->options().units() != b->options().units() || f->parameters().size() != 3 || b->parameters().size() != 3)
-      return false;
-    if (f->options().recurrent_activation() == Activation::HardSigmoid ||
-        b->options().recurrent_activation() == Activation::HardSigmoid)
-      cuda::detail::refuse_hard_sigmoid(f->name());
-    const Shape& in = f->input_shape();
-    if (x.rank() != 3 || x.dim(1) != in[0] || x.dim(2) != in[1])
-      throw ShapeError(f->name() + " (LSTM): expected input [batch, " + std::to_string(in[0]) + ", " +
-                       std::to_string(in[1]) + "], got " + x.shape().str());
-    f_ = f;
-    b_ = b;
-    B_ = x.dim(0);
-    S_ = in[0];
-    F_ = in[1];
-    H_ = f->options().units();
-    seq_ = f->return_sequences();
-    two_ = how == cuda::BidirMode::TwoStreams;
-    y.resize(out_shape.prepend(B_));
-    if (two_) forward_two(x, y, mode);
-    else forward_one(x, y, mode);
-    active_ = mode == Mode::Train;
-    return true;
-  }
-
-  bool backward(const Tn& x, const Tn& dy, Tn* dx) {
-    if (!active_) return false;
-    (void)x;
-    if (dx) dx->resize(Shape{B_, S_, F_});
-    if (two_) backward_two(dy, dx);
-    else backward_one(dy, dx);
-    return true;
-  }
-
- private:
-  using Ptrs = cuda::kernels::LstmParamPtrs<T>;
-  Ptrs values(LSTM<T, Cuda>* l) const {
-    auto& p = l->parameters();
-    return cuda::detail::lstm_ptrs(F_, H_, p[0].value, p[1].value, p[2].value);
-  }
-  Ptrs grads(LSTM<T, Cuda>* l) const {
-    auto& p = l->parameters();
-    return cuda::detail::lstm_ptrs(F_, H_, p[0].grad, p[1].grad, p[2].grad);
-  }
-  /// Zeroes `t` (on `s`) unless it is still the zero buffer of the last call.
-  static void zeroed(Tn& t, const Shape& shape, const T*& ptr, Index& n, cudaStream_t s) {
-    t.resize(shape);
-    if (t.data() == ptr && t.size() == n) return;
-    FASTNN_CUDA_CHECK(cudaMemsetAsync(t.data(), 0, sizeof(T) * static_cast<std::size_t>(t.size()), s));
-    ptr = t.data();
-    n = t.size();
-  }
-
-  // ---- two unidirectional LSTMs on two lanes ----------------------------------------------------
-  void forward_two(const Tn& x, Tn& y, Mode mode) {
-    const Index B = B_, S = S_, F = F_, H = H_;
-    auto& ctx = cuda::context();
-    cudaStream_t s0 = ctx.stream(0), s1 = ctx.stream(1);
-    rnn_f_.set_lane(0);
-    rnn_b_.set_lane(1);
-    rnn_f_.configure(F, H, 1);
-    rnn_b_.configure(F, H, 1);
-    xt_.resize(Shape{S, B, F});
-    xtb_.resize(Shape{S, B, F});
-    ys_.resize(Shape{S, B, H});
-    ysb_.resize(Shape{S, B, H});
-    hy_.resize(Shape{B, H});
-    hyb_.resize(Shape{B, H});
-    fork_.order(s0, s1);  // x and the parameters are ready on lane 0
-    cuda::kernels::swap01(x.data(), xtb_.data(), B, S, F, false, true, s1);  // reversed in time
-    FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    rnn_b_.forward(mode, B, S, xtb_.data(), ysb_.data(), seq_ ? nullptr : hyb_.data(), values(b_));
-    cuda::kernels::swap01(x.data(), xt_.data(), B, S, F, false, false, s0);
-    FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    rnn_f_.forward(mode, B, S, xt_.data(), ys_.data(), seq_ ? nullptr : hy_.data(), values(f_));
-    join_.order(s1, s0);
-    if (seq_) {
-      yf_.resize(Shape{B, S, H});
-      yb_.resize(Shape{B, S, H});
-      cuda::kernels::swap01(ys_.data(), yf_.data(), S, B, H, false, false, s0);
-      cuda::kernels::swap01(ysb_.data(), yb_.data(), S, B, H, false, false, s0);
-      cuda::kernels::bidir_merge(0, B, S, H, yf_.data(), yb_.data(), y.data(), s0);
-    } else {
-      cuda::kernels::bidir_merge(0, B, 1, H, hy_.data(), hyb_.data(), y.data(), s0);
-    }
-    FASTNN_CUDA_CHECK_LAUNCH("bidir_merge");
-  }
-
-  void backward_two(const Tn& dy, Tn* dx) {
-    const Index B = B_, S = S_, F = F_, H = H_;
-    auto& ctx = cuda::context();
-    cudaStream_t s0 = ctx.stream(0), s1 = ctx.stream(1);
-    const T* dhy = nullptr;
-    const T* dhyb = nullptr;
-    if (seq_) {
-      yf_.resize(Shape{B, S, H});  // reused as dy of each direction, batch-major
-      yb_.resize(Shape{B, S, H});
-      dys_.resize(Shape{S, B, H});
-      dysb_.resize(Shape{S, B, H});
-      cuda::kernels::bidir_split<T>(0, B, S, H, dy.data(), nullptr, nullptr, yf_.data(), yb_.data(), s0);
-      cuda::kernels::swap01(yf_.data(), dys_.data(), B, S, H, false, false, s0);
-      cuda::kernels::swap01(yb_.data(), dysb_.data(), B, S, H, false, false, s0);
-      zero_ptr_ = zero_ptr_b_ = nullptr;
-    } else {
-      zeroed(dys_, Shape{S, B, H}, zero_ptr_, zero_n_, s0);
-      zeroed(dysb_, Shape{S, B, H}, zero_ptr_b_, zero_n_b_, s0);
-      dhy_.resize(Shape{B, H});
-      dhyb_.resize(Shape{B, H});
-      cuda::kernels::bidir_split<T>(0, B, 1, H, dy.data(), nullptr, nullptr, dhy_.data(), dhyb_.data(), s0);
-      dhy = dhy_.data();
-      dhyb = dhyb_.data();
-    }
-    FASTNN_CUDA_CHECK_LAUNCH("bidir_split");
-    dxt_.resize(Shape{S, B, F});
-    dxtb_.resize(Shape{S, B, F});
-    if (dx) dxb_.resize(Shape{B, S, F});
-    fork_.order(s0, s1);  // dy split, gradients zeroed by the caller
-    rnn_b_.backward(B, S, xtb_.data(), ysb_.data(), dysb_.data(), dhyb, dxtb_.data(), grads(b_));
-    if (dx) {
-      cuda::kernels::swap01(dxtb_.data(), dxb_.data(), S, B, F, true, false, s1);  // back to input order
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    }
-    rnn_f_.backward(B, S, xt_.data(), ys_.data(), dys_.data(), dhy, dxt_.data(), grads(f_));
-    if (dx) {
-      cuda::kernels::swap01(dxt_.data(), dx->data(), S, B, F, false, false, s0);
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    }
-    join_.order(s1, s0);
-    if (dx) {
-      cuda::kernels::add_inplace(dxb_.data(), dx->data(), dx->size(), s0);
-      FASTNN_CUDA_CHECK_LAUNCH("add_inplace");
-    }
-  }
-
-  // ---- one cuDNN bidirectional RNN ----------------------------------------------------------------
-  void forward_one(const Tn& x, Tn& y, Mode mode) {
-    const Index B = B_, S = S_, F = F_, H = H_;
-    auto s = cuda::stream();
-    rnn_.configure(F, H, 2);
-    xt_.resize(Shape{S, B, F});
-    cuda::kernels::swap01(x.data(), xt_.data(), B, S, F, false, false, s);
-    FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    ys_.resize(Shape{S, B, 2 * H});
-    hy_.resize(Shape{2, B, H});
-    auto& pf = f_->parameters();
-    auto& pb = b_->parameters();
-    rnn_.forward(mode, B, S, xt_.data(), ys_.data(), seq_ ? nullptr : hy_.data(),
-                 cuda::detail::lstm_ptrs(F, H, pf[0].value, pf[1].value, pf[2].value, &pb[0].value, &pb[1].value,
-                                         &pb[2].value));
-    if (seq_) cuda::kernels::swap01(ys_.data(), y.data(), S, B, 2 * H, false, false, s);  // y[b, t] = ys[t, b]
-    else cuda::kernels::swap01(hy_.data(), y.data(), 2, B, H, false, false, s);            // y[b, d] = hy[d, b]
-    FASTNN_CUDA_CHECK_LAUNCH("swap01");
-  }
-
-  void backward_one(const Tn& dy, Tn* dx) {
-    const Index B = B_, S = S_, F = F_, H = H_;
-    auto s = cuda::stream();
-    const T* dhy = nullptr;
-    if (seq_) {
-      dys_.resize(Shape{S, B, 2 * H});
-      cuda::kernels::swap01(dy.data(), dys_.data(), B, S, 2 * H, false, false, s);
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-      zero_ptr_ = nullptr;
-    } else {
-      zeroed(dys_, Shape{S, B, 2 * H}, zero_ptr_, zero_n_, s);
-      dhy_.resize(Shape{2, B, H});
-      cuda::kernels::swap01(dy.data(), dhy_.data(), B, 2, H, false, false, s);  // dhy[d, b] = dy[b, d]
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-      dhy = dhy_.data();
-    }
-    dxt_.resize(Shape{S, B, F});
-    auto& pf = f_->parameters();
-    auto& pb = b_->parameters();
-    rnn_.backward(B, S, xt_.data(), ys_.data(), dys_.data(), dhy, dxt_.data(),
-                  cuda::detail::lstm_ptrs(F, H, pf[0].grad, pf[1].grad, pf[2].grad, &pb[0].grad, &pb[1].grad,
-                                          &pb[2].grad));
-    if (dx) {
-      cuda::kernels::swap01(dxt_.data(), dx->data(), S, B, F, false, false, s);
-      FASTNN_CUDA_CHECK_LAUNCH("swap01");
-    }
-  }
-
-  LSTM<T, Cuda>* f_ = nullptr;
-  LSTM<T, Cuda>* b_ = nullptr;
-  Index B_ = 0, S_ = 0, F_ = 0, H_ = 0;
-  bool seq_ = false, active_ = false, two_ = true;
-  cuda::detail::CudnnLstm<T> rnn_, rnn_f_, rnn_b_;
-  cuda::Event fork_, join_;
-  Tn xt_, xtb_, ys_, ysb_, hy_, hyb_, yf_, yb_, dys_, dysb_, dhy_, dhyb_, dxt_, dxtb_, dxb_;
-  const T* zero_ptr_ = nullptr;
-  const T* zero_ptr_b_ = nullptr;
-  Index zero_n_ = 0, zero_n_b_ = 0;
-};
-
-/// Merge and split of the generic Bidirectional path on the GPU.
-template <class T>
-struct BidirMerge<T, Cuda> {
-  using Tn = Tensor<T, Cuda>;
-  static void merge(MergeMode m, Index B, Index S, Index H, const Tn& yf, const Tn& yb, Tn& y) {
-    cuda::kernels::bidir_merge(static_cast<int>(m), B, S, H, yf.data(), yb.data(), y.data(), cuda::stream());
-    FASTNN_CUDA_CHECK_LAUNCH("bidir_merge");
-  }
-  static void split(MergeMode m, Index B, Index S, Index H, const Tn& dy, const Tn& yf, const Tn& yb, Tn& dyf,
-                    Tn& dyb) {
-    cuda::kernels::bidir_split(static_cast<int>(m), B, S, H, dy.data(), yf.data(), yb.data(), dyf.data(), dyb.data(),
-                               cuda::stream());
-    FASTNN_CUDA_CHECK_LAUNCH("bidir_split");
-  }
-  static void add(const Tn& a, Tn& acc) {
-    if (a.size() != acc.size())
-      throw ShapeError("Bidirectional: input gradients " + a.shape().str() + " and " + acc.shape().str());
-    cuda::kernels::add_inplace(a.data(), acc.data(), a.size(), cuda::stream());
-    FASTNN_CUDA_CHECK_LAUNCH("add_inplace");
-  }
-};
-
-}  // namespace detail
 }  // namespace fastnn

@@ -1,30 +1,33 @@
 #pragma once
-/// \file graph.hpp
-/// The training step of Sequential::fit as one CUDA graph (detail::StepGraph<Cuda>, the device
-/// hook of model/step_graph.hpp).
+/// \file step_runner.hpp
+/// The training step of Sequential::fit as one CUDA graph: detail::StepRunner<Cuda>, the device
+/// hook of model/step_runner.hpp.
 ///
-/// The reference model's step is ~0.3 ms of cuDNN RNN work plus ~20 small kernels and cuBLAS
-/// calls whose launch cost dominates the rest. The first full batch of an epoch runs eagerly;
-/// the next one runs its host code once under stream capture (cudaStreamCaptureModeRelaxed on
-/// the context's stream; the second lane of a Bidirectional LSTM joins the capture through the
-/// layer's fork/join events), and every later full batch of the epoch is one cudaGraphLaunch.
+/// A training step of a small recurrent model is a few cuDNN RNN calls plus a few dozen small
+/// kernels and cuBLAS calls, whose launch cost dominates. The first full batch of an epoch runs
+/// eagerly; the next one runs its host code once under stream capture
+/// (cudaStreamCaptureModeRelaxed on the context's stream; the second lane of a Bidirectional
+/// LSTM joins the capture through the layer's fork/join events), and every later full batch of
+/// the epoch is one cudaGraphLaunch.
 ///
 /// What varies between steps is not baked in:
-///  - the batch offset into the shuffled index and the batch number of the deferred finite
-///    check are read by the captured kernels from a device word holding the step's index
-///    (cuda::Context::capture_step() during capture); the graph's last node increments it, and
-///    a one-thread fill sets it only when a replay does not follow the previous one;
-///  - the optimizer's learning rate: only SGD and RMSprop with decay 0 are captured (their
-///    update has no per-step scalar); Adam, decay > 0 and other optimizers run eagerly, as does
-///    the last, smaller batch of an epoch. The optimizer's iteration count is advanced on the
-///    host for every replay.
-/// Device addresses are baked in, so a graph is replayed only while (a) the key (dataset,
-/// index tensor, batch, finite check, optimizer, thread context, cuDNN/TF32/bidirectional
-/// settings) is unchanged and (b) no Allocator<Cuda> allocation or free happened since its
-/// capture (cuda::detail::alloc_generation()); otherwise the step runs eagerly and the graph is
-/// captured again at the next step (cudaGraphExecUpdate, or a fresh instantiation). cuDNN's
-/// workspace and reserve buffers only grow, and the capture follows an eager step of the same
-/// shape that allocated nothing, so they are stable.
+///  - the batch offset into the shuffled index (Ops::gather_rows, for the features and the labels
+///    or targets) and the batch number of the deferred finite check (Ops::step_finite) are read
+///    by the captured kernels from a device word holding the step's index
+///    (cuda::Context::capture_step() during capture); the graph's last node increments it, and a
+///    one-thread fill sets it only when a replay does not follow the previous one;
+///  - the optimizer's learning rate: only a step whose optimizer takes no per-step scalar is
+///    captured (the caller says so with `capturable`: Optimizer::capturable(), i.e. SGD and
+///    RMSprop without decay, and no layer that draws new random numbers every step); anything else
+///    runs eagerly, as does the last, smaller batch of an epoch. The optimizer's iteration count
+///    is advanced on the host for every replay.
+/// Device addresses are baked in, so a graph is replayed only while (a) the key (the StepKey of
+/// the model: dataset tensors, index tensor, batch, finite check; plus the optimizer, the thread's
+/// context and the cuDNN / TF32 / bidirectional settings) is unchanged and (b) no Allocator<Cuda>
+/// allocation or free happened since its capture (cuda::detail::alloc_generation()); otherwise
+/// the step runs eagerly and the graph is captured again at the next step (cudaGraphExecUpdate,
+/// or a fresh instantiation). cuDNN's workspace and reserve buffers only grow, and the capture
+/// follows an eager step of the same shape that allocated nothing, so they are stable.
 ///
 /// If a capture fails (an API that cannot be captured, an error), graphs are turned off for
 /// this model, the step runs eagerly, and with FASTNN_CUDA_VERBOSE set the reason is printed.
@@ -37,11 +40,12 @@
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <utility>
 
 #include "fastnn/backend/cuda/common.hpp"
 #include "fastnn/backend/cuda/kernels.cuh"
-#include "fastnn/backend/cuda/lstm_cudnn.hpp"
-#include "fastnn/model/step_graph.hpp"
+#include "fastnn/backend/cuda/rnn.hpp"
+#include "fastnn/model/step_runner.hpp"
 #include "fastnn/optim/optimizer.hpp"
 
 namespace fastnn {
@@ -88,14 +92,16 @@ inline GraphStats graph_stats() {
 
 namespace detail {
 
+/// Replays Sequential::fit's training step as a CUDA graph where it can (see the file comment).
+/// One per model; movable, not copyable (it owns the graph and the step word).
 template <>
-class StepGraph<Cuda> {
+class StepRunner<Cuda> {
  public:
-  StepGraph() = default;
-  StepGraph(const StepGraph&) = delete;
-  StepGraph& operator=(const StepGraph&) = delete;
-  StepGraph(StepGraph&& o) noexcept { *this = std::move(o); }
-  StepGraph& operator=(StepGraph&& o) noexcept {
+  StepRunner() = default;
+  StepRunner(const StepRunner&) = delete;
+  StepRunner& operator=(const StepRunner&) = delete;
+  StepRunner(StepRunner&& o) noexcept { *this = std::move(o); }
+  StepRunner& operator=(StepRunner&& o) noexcept {
     if (this != &o) {
       release();
       exec_ = o.exec_;
@@ -113,12 +119,14 @@ class StepGraph<Cuda> {
     }
     return *this;
   }
-  ~StepGraph() { release(); }
+  ~StepRunner() { release(); }
 
-  /// See model/step_graph.hpp. `body` runs step s's gather and train_step.
+  /// See model/step_runner.hpp: replays step s (returns true) or returns false, and the caller
+  /// runs the step eagerly. `body` runs step s's gather and train_step; it is called here only
+  /// once, under capture. `capturable`: the step takes no per-step scalar from the host.
   template <class T, class Body>
-  bool step(const StepKey& k, long s, Optimizer<T, Cuda>& opt, Body&& body) {
-    if (broken_ || !cuda::graph_enabled() || k.count != k.batch_size || !capturable(opt)) return false;
+  bool step(const StepKey& k, long s, bool capturable, Optimizer<T, Cuda>& opt, Body&& body) {
+    if (broken_ || !capturable || !cuda::graph_enabled() || k.count != k.batch_size) return false;
     const Key key = make_key(k, &opt);
     const unsigned long long g = cuda::detail::alloc_generation().load();
     if (exec_ && key == key_ && g == gen_) {
@@ -160,13 +168,6 @@ class StepGraph<Cuda> {
     key.algo = static_cast<int>(cuda::rnn_algo());
     key.tf32 = cuda::allow_tf32();
     return key;
-  }
-
-  /// Optimizers whose update takes no per-step scalar: SGD and RMSprop without decay.
-  template <class T>
-  static bool capturable(Optimizer<T, Cuda>& opt) {
-    if (opt.decay() != 0) return false;
-    return dynamic_cast<SGD<T, Cuda>*>(&opt) != nullptr || dynamic_cast<RMSprop<T, Cuda>*>(&opt) != nullptr;
   }
 
   template <class T, class Body>

@@ -1,0 +1,125 @@
+// Concurrent inference on one shared model: Sequential::predict and evaluate are const and may be called from
+// any number of threads at once (each call uses workspaces of its own). Every concurrent call
+// must return exactly the bits of a serial call. scripts/test.sh also runs this suite under
+// ThreadSanitizer (build-tsan, -DFASTNN_TSAN=ON), which reports any data race between the calls.
+
+#include <fastnn/fastnn.hpp>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using namespace fastnn;
+
+constexpr int kThreads = 8;
+constexpr int kCallsPerThread = 20;
+constexpr Index kSamples = 64;
+constexpr Index kBatch = 16;
+
+/// kSamples random sequences of 12 steps of 7 features, uniform in [-1, 1).
+Tensor<float, Cpu> random_inputs(std::uint64_t seed) {
+  Tensor<float, Cpu> x(Shape{kSamples, 12, 7});
+  Rng rng(seed);
+  for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.uniform(-1.0, 1.0));
+  return x;
+}
+
+bool same_bits(const Tensor<float, Cpu>& a, const Tensor<float, Cpu>& b) {
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
+}
+
+/// Predicts serially once through the const reference, then from kThreads threads
+/// kCallsPerThread times each, and checks that every result has the serial result's bits.
+void expect_concurrent_predictions_identical(const Sequential<float>& cm, const Tensor<float, Cpu>& x,
+                                             const Shape& expected_shape) {
+  const auto ref = cm.predict(x, kBatch);
+  ASSERT_EQ(ref.shape(), expected_shape) << ref.shape().str();
+  bool any_nonzero = false;
+  for (Index i = 0; i < ref.size(); ++i) any_nonzero = any_nonzero || ref[i] != 0.0f;
+  EXPECT_TRUE(any_nonzero) << "the serial prediction is all zero";
+
+  // Counted here and checked after the join (no test assertions inside the threads).
+  std::atomic<int> matched{0}, differed{0}, threw{0};
+  std::vector<std::string> errors(kThreads);
+  std::vector<std::thread> threads;
+  threads.reserve(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int c = 0; c < kCallsPerThread; ++c) {
+        try {
+          const auto y = cm.predict(x, kBatch);
+          (same_bits(y, ref) ? matched : differed)++;
+        } catch (const std::exception& e) {
+          threw++;
+          errors[static_cast<std::size_t>(t)] = e.what();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+
+  for (const auto& e : errors) EXPECT_TRUE(e.empty()) << "predict threw: " << e;
+  EXPECT_EQ(threw.load(), 0);
+  EXPECT_EQ(differed.load(), 0) << "concurrent predictions that differ from the serial one";
+  EXPECT_EQ(matched.load(), kThreads * kCallsPerThread);
+}
+
+TEST(Concurrency, PredictBidirectionalLstmDenseFromEightThreads) {
+  Sequential<float> m;
+  m.add<Bidirectional>(LSTMOptions(16));
+  m.add<Dense>(DenseOptions(5).activation(Activation::Softmax));
+  m.set_threads(2);  // Bidirectional runs its two directions on two threads inside each call
+  m.build({12, 7}, 42);
+  const auto& cm = m;
+  expect_concurrent_predictions_identical(cm, random_inputs(7), Shape{kSamples, 5});
+}
+
+TEST(Concurrency, PredictLstmSequencesDenseFromEightThreads) {
+  // Dense on rank-3 input is applied to the last axis: [N, 12, 8] -> [N, 12, 3].
+  Sequential<float> m;
+  m.add<LSTM>(LSTMOptions(8).return_sequences(true));
+  m.add<Dense>(DenseOptions(3));
+  m.set_threads(2);
+  m.build({12, 7}, 42);
+  const auto& cm = m;
+  expect_concurrent_predictions_identical(cm, random_inputs(8), Shape{kSamples, 12, 3});
+}
+
+TEST(Concurrency, EvaluateFromEightThreadsEqualsSerial) {
+  // evaluate is const too: loss and metrics of concurrent calls equal the serial result exactly.
+  Sequential<float> m;
+  m.add<LSTM>(LSTMOptions(8).return_sequences(true));
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.set_threads(2);
+  m.build({12, 7}, 42);
+  m.compile(std::make_unique<SGD<float>>(0.1), SparseCategoricalCrossentropy(), {"accuracy"});
+  Tensor<std::int32_t, Cpu> labels(Shape{kSamples, 12});
+  Rng rng(3);
+  for (Index i = 0; i < labels.size(); ++i) labels[i] = static_cast<std::int32_t>(rng.below(3));
+  const auto data = make_dataset(random_inputs(9), labels, 3);
+  const auto& cm = m;
+  const EvalResult ref = cm.evaluate(data, kBatch);
+  ASSERT_TRUE(std::isfinite(ref.loss));
+  std::atomic<int> matched{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&] {
+      for (int c = 0; c < kCallsPerThread / 4; ++c) {
+        const EvalResult r = cm.evaluate(data, kBatch);
+        if (r.loss == ref.loss && r.accuracy == ref.accuracy) matched++;
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(matched.load(), kThreads * (kCallsPerThread / 4));
+}
+
+}  // namespace
