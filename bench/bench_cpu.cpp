@@ -1,4 +1,4 @@
-// bench_cpu: CPU benchmarks of the reference model (issue #3), Google Benchmark 1.7.
+// bench_cpu: CPU benchmarks of the reference model, Google Benchmark 1.7.
 //
 //   build/bench/bench_cpu                                   # everything (about a minute + 2 epochs)
 //   build/bench/bench_cpu --benchmark_filter='LSTM|Bidir'   # only the recurrent layers

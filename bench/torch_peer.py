@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch peer of fastnn's mnist_bilstm (issue #3): the same model, data and hyper-parameters.
+"""PyTorch peer of fastnn's mnist_bilstm: the same model, data and hyper-parameters.
 
     /usr/bin/python3 bench/torch_peer.py --data data --epochs 1 --train-limit 12800 --threads 2
 

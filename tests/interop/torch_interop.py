@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch interop check for fastnn's safetensors weights (issue 5).
+"""PyTorch interop check for fastnn's safetensors weights.
 
 Reads a fastnn weights file with its own small safetensors reader (no safetensors package),
 loads the weights into torch.nn.LSTM(bidirectional=True, batch_first=True) + torch.nn.Linear,

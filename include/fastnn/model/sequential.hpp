@@ -139,6 +139,7 @@ class Sequential {
   void set_threads(int n) {
     threads_ = n < 1 ? 1 : n;
     for (auto& l : layers_) l->set_threads(threads_);
+    eval_ws_.reset();
   }
   int threads() const { return threads_; }
 
