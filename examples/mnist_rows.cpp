@@ -1,7 +1,7 @@
 // mnist_rows: sequence regression on MNIST. Each image is read as a sequence of its 28 rows
 // (pixels scaled to [0, 1]); at every step t an LSTM sees rows 0..t and predicts row t + 1.
 //
-//   mnist_rows --data data --epochs 5
+//   mnist_rows --data data --epochs 10
 //
 // Input rows 0..26 [27, 28], target rows 1..27 [27, 28]; LSTM(units, return_sequences) ->
 // Dense(28) trained with MeanSquaredError (and the "mae" metric), Adam, validated on the
@@ -17,30 +17,35 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 namespace {
 
 struct Options {
   std::string data = "data";
-  int epochs = 5;
+  int epochs = 10;
   fastnn::Index batch_size = 64;
   fastnn::Index units = 128;
-  double lr = 0.002;
+  double lr = 0.01;
   fastnn::Index train_limit = 0;
   int threads = 0;
   std::uint64_t seed = 42;
   std::string device = "cpu";
   int verbose = 1;
-  // Sigmoid by default: it keeps every predicted pixel in [0, 1] like the targets, and it came
-  // out ahead of a linear output in a short comparison on a training subset (lower validation
-  // MSE and MAE after the same epochs); MSE is not fused with it, the gradient passes through
-  // the sigmoid.
-  std::string output_activation = "sigmoid";
+  // A linear output by default. Compared with a sigmoid output (which keeps the predicted pixels
+  // in [0, 1] like the targets) on a training subset at several learning rates, it reached a
+  // lower or equal validation MSE -- the loss, and the number this example reports -- and
+  // learns faster in the first epoch, because MSE is not fused with a sigmoid and its gradient
+  // is damped by the sigmoid's slope on the many background pixels near 0. The sigmoid gave a
+  // lower mean absolute error; `--output-activation sigmoid` selects it.
+  std::string output_activation = "linear";
   std::string history_csv, export_weights;
 };
 
@@ -129,9 +134,10 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
     return 1;
   }
   const auto& l = h.last();
+  std::printf("val_mae %.6f baseline_mae %.6f\n", l.metric("val_mae"), baseline.baseline_mae);
+  // the last line of the output (tests/example_mnist_rows.sh reads it)
   std::printf("final: val_mse %.6f baseline_mse %.6f (%.1f%% of the baseline)\n", l.val_loss, baseline.baseline_mse,
               100.0 * l.val_loss / baseline.baseline_mse);
-  std::printf("final: val_mae %.6f baseline_mae %.6f\n", l.metric("val_mae"), baseline.baseline_mae);
   return 0;
 }
 
