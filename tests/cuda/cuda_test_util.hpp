@@ -5,7 +5,8 @@
 // machine without one.
 
 #include <gtest/gtest.h>
-#include <stdlib.h>  // mkdtemp
+
+#include "../test_util.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -261,27 +262,7 @@ inline void expect_gpu_trains_like_cpu(fastnn::Sequential<float, Cpu>& cpu, cons
   EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), rtol));
 }
 
-/// A fresh directory under the system's temporary directory (mkdtemp), removed with its
-/// contents.
-class ScratchDir {
- public:
-  ScratchDir() {
-    const std::string tmpl = (std::filesystem::temp_directory_path() / "fastnn_cuda_test_XXXXXX").string();
-    std::vector<char> buf(tmpl.begin(), tmpl.end());
-    buf.push_back('\0');
-    if (!mkdtemp(buf.data())) throw std::runtime_error("mkdtemp failed for " + tmpl);
-    path_ = buf.data();
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path_, ec);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  std::string file(const std::string& name) const { return (std::filesystem::path(path_) / name).string(); }
-
- private:
-  std::string path_;
-};
+/// The CPU tests' temporary directory (test_util.hpp).
+using ScratchDir = TempDir;
 
 }  // namespace fastnn_test
