@@ -25,9 +25,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string weights = argv[1], data_dir = argv[2], out = argv[4];
-  char* end = nullptr;
-  const long long n_arg = std::strtoll(argv[3], &end, 10);
-  if (end == argv[3] || *end != '\0' || n_arg <= 0) {
+  long long n_arg = 0;
+  if (!fastnn::parse_number(argv[3], n_arg) || n_arg <= 0) {
     std::fprintf(stderr, "predict_mnist: N must be a positive integer, got '%s'\n", argv[3]);
     return 2;
   }

@@ -680,3 +680,40 @@ TEST(NonFinite, CheckCanBeTurnedOff) {
 }
 
 }  // namespace
+
+// The compiled loss is part of a checkpoint: restored into an uncompiled model, refused by a
+// model compiled with another loss (before anything is changed), and a regression run resumes
+// with its MeanSquaredError.
+TEST(Checkpoint, RecordsAndChecksTheLoss) {
+  TempDir dir;
+  auto make = [] {
+    Sequential<float> m;
+    m.add<LSTM>(LSTMOptions(4).return_sequences(true));
+    m.add<Dense>(DenseOptions(2));
+    m.build({6, 5}, 3);
+    return m;
+  };
+  Tensor<float, Cpu> x(Shape{32, 6, 5}), t(Shape{32, 6, 2});
+  Rng rng(1);
+  for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.uniform(-1, 1));
+  for (Index i = 0; i < t.size(); ++i) t[i] = static_cast<float>(rng.uniform(-1, 1));
+  const auto data = make_dataset(x, t);
+  Sequential<float> a = make();
+  a.compile(std::make_unique<Adam<float>>(0.01), MeanSquaredError(), {"mae"});
+  a.fit(data, FitOptions().epochs(1).batch_size(8).verbose(0));
+  const std::string path = dir.file("reg.safetensors");
+  io::save_checkpoint(a, path);
+
+  Sequential<float> fresh = make();
+  io::CheckpointInfo info = io::load_checkpoint(fresh, path);
+  EXPECT_EQ(info.loss, Loss(MeanSquaredError()));
+  EXPECT_EQ(fresh.loss(), Loss(MeanSquaredError()));
+  EXPECT_EQ(fresh.evaluate(data).loss, a.evaluate(data).loss);
+
+  Sequential<float> other = make();
+  other.compile(std::make_unique<Adam<float>>(0.01), MeanAbsoluteError());
+  const auto before = other.flat_parameters().clone();
+  expect_error<MismatchError>([&] { io::load_checkpoint(other, path); },
+                              {"loss: MeanSquaredError in the file, MeanAbsoluteError in the model"});
+  for (Index i = 0; i < before.size(); ++i) ASSERT_EQ(before[i], other.flat_parameters()[i]);
+}
