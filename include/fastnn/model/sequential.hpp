@@ -111,7 +111,7 @@ class Sequential {
     seed_ = seed;
     stochastic_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->stochastic(); });
     built_ = true;
-    configure_loss(false);
+    configure_loss(/*strict=*/optimizer_ != nullptr);  // compiled before build: check now
     if (optimizer_) optimizer_->attach(params_, grads_);
   }
 
