@@ -92,13 +92,13 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     return m;
   }();
   try {
-    model->load_weights(path);
+    io::load_weights(*model, path);
   } catch (const Error&) {
   }
 
   // 3. A checkpoint into a compiled model and into a fresh one without optimizer.
   try {
-    model->load_checkpoint(path);
+    io::load_checkpoint(*model, path);
     check(model->epochs_done() >= 0, "epochs_done >= 0");
   } catch (const Error&) {
   }
