@@ -159,19 +159,8 @@ inline fastnn::Dataset<float, Cpu> random_dataset(Index n, std::uint64_t seed) {
   return fastnn::make_dataset(pixels, labels, Shape{6, 5}, 4);
 }
 
-/// A learnable toy problem on [6, 5] samples with 3 classes: the class is which third of the
-/// rows holds the brightest pixel.
-inline fastnn::Dataset<float, Cpu> toy_classes(std::size_t n, std::uint32_t seed) {
-  std::mt19937 g(seed);
-  std::vector<std::uint8_t> px(n * 30), labels(n);
-  for (std::size_t i = 0; i < n; ++i) {
-    for (std::size_t k = 0; k < 30; ++k) px[i * 30 + k] = static_cast<std::uint8_t>(g() % 100);
-    const std::size_t cls = g() % 3;
-    px[i * 30 + (cls * 2 + g() % 2) * 5 + g() % 5] = 255;
-    labels[i] = static_cast<std::uint8_t>(cls);
-  }
-  return fastnn::make_dataset(px, labels, {6, 5}, 3);
-}
+/// The CPU tests' learnable toy problem (test_util.hpp's toy_data).
+inline fastnn::Dataset<float, Cpu> toy_classes(std::size_t n, std::uint32_t seed) { return toy_data(n, seed); }
 
 /// n random sequences x [n, steps, f] with float targets [n, steps, k] that depend on them (a
 /// per-step regression: t = tanh of a fixed mix of the running input).
