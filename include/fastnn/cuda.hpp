@@ -5,9 +5,11 @@
 ///
 ///   backend/cuda/cuda.hpp          Tensor<T, Cuda> memory and transfers, Ops<T, Cuda> (cuBLAS
 ///                                  and fastnn's kernels), the raw cuDNN RNN calls
-///   layers/cuda/lstm.hpp           LSTM on cuDNN (detail::LstmImpl<T, Cuda>)
-///   layers/cuda/bidirectional.hpp  Bidirectional(LSTM) in one call (detail::BidirFused<T, Cuda>)
-///                                  and the merge kernels of the generic wrapper
+///   layers/cuda/rnn.hpp            LSTM, GRU and SimpleRNN on cuDNN, with per-sample lengths,
+///                                  and their streaming step (detail::RnnImpl<T, Cuda>)
+///   layers/cuda/bidirectional.hpp  Bidirectional(LSTM, GRU, SimpleRNN) in one call
+///                                  (detail::BidirFused<T, Cuda>) and the merge kernels of the
+///                                  generic wrapper
 ///   model/cuda/step_runner.hpp     Sequential::fit's training step replayed as one CUDA graph
 ///                                  (detail::StepRunner<Cuda>; FASTNN_CUDA_GRAPH=0 turns it off)
 ///
@@ -24,5 +26,5 @@
 
 #include "fastnn/backend/cuda/cuda.hpp"
 #include "fastnn/layers/cuda/bidirectional.hpp"
-#include "fastnn/layers/cuda/lstm.hpp"
+#include "fastnn/layers/cuda/rnn.hpp"
 #include "fastnn/model/cuda/step_runner.hpp"

@@ -12,8 +12,8 @@
 ///              device), `device_set_zero(t)` and `copy_across(src, dst)` (to and from Cpu),
 ///              found by argument-dependent lookup (see core/tensor.hpp).
 ///  2. backend: `Ops<T, Dev>`, every member listed below (backend/<dev>/ops.hpp).
-///  3. layers:  the per-device parts of the layers that have them: `detail::LstmImpl<T, Dev>`
-///              (layers/lstm.hpp), `detail::BidirMerge<T, Dev>` and `detail::BidirFused<T, Dev>`
+///  3. layers:  the per-device parts of the layers that have them: `detail::RnnImpl<T, Dev>`
+///              (layers/recurrent.hpp), `detail::BidirMerge<T, Dev>` and `detail::BidirFused<T, Dev>`
 ///              (layers/bidirectional.hpp), in layers/<dev>/.
 ///  4. model:   `detail::StepRunner<Dev>` (model/step_runner.hpp): runs a training step eagerly
 ///              or replays a captured one, in model/<dev>/.
@@ -37,6 +37,9 @@
 ///  data
 ///   gather_rows<U>(src, idx, begin, count, dst) dst[j] = src[idx[begin + j]] for j < count,
 ///                                               rows of any element type U (float, double, int32)
+///   embedding_lookup(table, ids, y)             y[i, :] = table[ids[i], :], ids: token ids held
+///                                               as T, checked to be in range by the caller
+///   embedding_grad(dy, ids, dtable)             dtable[ids[i], :] += dy[i, :]
 ///  losses (row loss summed into stats[slot]; the gradient written when dy is not null,
 ///          dy = grad_scale * d(row loss)/dy)
 ///   softmax_xent(z, labels, dz*, s, stats, slot)            lse(z) - z[label]

@@ -5,6 +5,7 @@
 /// std::from_chars / std::to_chars, which never consult the global locale: "0.5" is one half
 /// under de_DE as under C, and a double written here reads back bit-identical.
 
+#include <cctype>
 #include <charconv>
 #include <cmath>
 #include <cstdint>
@@ -76,5 +77,24 @@ inline std::string format_fixed(double v, int digits) {
   if (r.ec != std::errc()) return format_number(v);
   return std::string(buf, r.ptr);
 }
+
+namespace detail {
+
+/// "Bidirectional" -> "bidirectional", "LSTM" -> "lstm", "MyLayer" -> "my_layer" (Keras's names).
+inline std::string snake_case(const std::string& s) {
+  std::string r;
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (std::isupper(c)) {
+      if (i > 0 && !std::isupper(static_cast<unsigned char>(s[i - 1]))) r += '_';
+      r += static_cast<char>(std::tolower(c));
+    } else {
+      r += static_cast<char>(c);
+    }
+  }
+  return r;
+}
+
+}  // namespace detail
 
 }  // namespace fastnn

@@ -51,17 +51,23 @@ class Shape {
     for (int i = 1; i < rank_; ++i) s.push_back(d_[static_cast<std::size_t>(i)]);
     return s;
   }
-  /// A new shape with `n` in front.
   /// The shape without its last extent (rank 0 stays rank 0).
   Shape drop_back() const {
     Shape s = *this;
     if (s.rank_ > 0) --s.rank_;
     return s;
   }
+  /// A new shape with `n` in front.
   Shape prepend(Index n) const {
     Shape s;
     s.push_back(n);
     for (int i = 0; i < rank_; ++i) s.push_back(d_[static_cast<std::size_t>(i)]);
+    return s;
+  }
+  /// A new shape with `n` at the end.
+  Shape append(Index n) const {
+    Shape s = *this;
+    s.push_back(n);
     return s;
   }
   void push_back(Index n) {

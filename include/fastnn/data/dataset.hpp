@@ -7,18 +7,24 @@
 ///   labels   [N] or [N, steps]                       class indices below num_classes (for
 ///                                                    SparseCategoricalCrossentropy), or empty
 ///   targets  [N, output shape...]                    float targets (every other loss), or empty
+///   lengths  [N] int32, on the host                  each sample's real length when x holds
+///                                                    sequences [N, steps, ...] padded at the end
+///                                                    (core/lengths.hpp), or empty: full length
 ///
 /// Sequential::fit shuffles and batches every dataset the same way: one permutation of the N
 /// samples per epoch, and each batch gathers the same rows of x and of the labels or targets.
 /// Raw bytes (such as uint8 images) are converted to T by make_dataset when the dataset is made,
-/// on the host; the devices only ever see T.
+/// on the host; the devices only ever see T. Token ids (int32) become T the same way; an
+/// Embedding layer then looks them up (exact up to 2^24 for float).
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "fastnn/core/error.hpp"
+#include "fastnn/core/lengths.hpp"
 #include "fastnn/core/tensor.hpp"
 
 namespace fastnn {
@@ -43,12 +49,14 @@ struct Dataset {
   Tensor<T, D> x;                       ///< [N, sample shape...]
   Tensor<std::int32_t, D> labels;       ///< [N, ...] class indices, or empty
   Tensor<T, D> targets;                 ///< [N, ...] float targets, or empty
+  Lengths lengths;                      ///< [N] sequence lengths (host), or empty: full length
   int num_classes = 0;                  ///< with labels: every label is below it
 
   Index size() const { return x.rank() ? x.dim(0) : 0; }
   Shape sample_shape() const { return x.shape().drop_front(); }
   bool has_labels() const { return labels.rank() > 0; }
   bool has_targets() const { return targets.rank() > 0; }
+  bool has_lengths() const { return lengths.rank() > 0; }
   /// The per-sample shape of the labels or of the targets.
   Shape target_shape() const { return has_labels() ? labels.shape().drop_front() : targets.shape().drop_front(); }
 
@@ -61,6 +69,7 @@ struct Dataset {
     d.x = x.rows(begin, end);
     if (has_labels()) d.labels = labels.rows(begin, end);
     if (has_targets()) d.targets = targets.rows(begin, end);
+    if (has_lengths()) d.lengths = lengths.rows(begin, end);
     d.num_classes = num_classes;
     return d;
   }
@@ -77,8 +86,19 @@ struct Dataset {
     d.x = to_device<D2>(x);
     if (has_labels()) d.labels = to_device<D2>(labels);
     if (has_targets()) d.targets = to_device<D2>(targets);
+    d.lengths = lengths;
     d.num_classes = num_classes;
     return d;
+  }
+  /// Sets the per-sample lengths of sequence data x [N, steps, ...]; throws ShapeError for a
+  /// count other than N and ArgumentError naming the sample of a length of 0 or above steps.
+  Dataset& with_lengths(const Lengths& l) {
+    if (x.rank() < 2) throw ShapeError("Dataset::with_lengths: the samples " + sample_shape().str() + " are not sequences");
+    if (l.rank() != 1 || l.dim(0) != size())
+      throw ShapeError("Dataset::with_lengths: lengths " + l.shape().str() + " for " + std::to_string(size()) + " samples");
+    check_lengths(l, size(), x.dim(1), "Dataset::with_lengths");
+    lengths = l;
+    return *this;
   }
 };
 
@@ -120,6 +140,26 @@ Dataset<T, Cpu> make_dataset(const Tensor<T, Cpu>& x, const Tensor<T, Cpu>& targ
   detail::check_finite_samples(d.x, "features");
   detail::check_finite_samples(d.targets, "targets");
   return d;
+}
+
+/// A classification dataset of token sequences: `tokens` [N, steps] int32 (0 is padding for an
+/// Embedding with mask_zero) becomes x of T; labels as above. Throws ArgumentError naming the
+/// sample and position of a negative id or one too large for T to hold exactly.
+template <class T = float>
+Dataset<T, Cpu> make_dataset(const Tensor<std::int32_t, Cpu>& tokens, const Tensor<std::int32_t, Cpu>& labels,
+                             int num_classes) {
+  if (tokens.rank() < 2)
+    throw ShapeError("make_dataset: tokens " + tokens.shape().str() + " (expected [N, steps])");
+  const Index per = tokens.size() / (tokens.dim(0) ? tokens.dim(0) : 1);
+  const std::int64_t exact = std::int64_t(1) << std::numeric_limits<T>::digits;
+  Tensor<T, Cpu> x(tokens.shape());
+  for (Index i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] > exact)
+      throw ArgumentError("make_dataset: token " + std::to_string(tokens[i]) + " of sample " + std::to_string(i / per) +
+                          " at position " + std::to_string(i % per) + " is negative or not exact in " + dtype_name<T>());
+    x[i] = static_cast<T>(tokens[i]);
+  }
+  return make_dataset(x, labels, num_classes);
 }
 
 /// A classification dataset from raw bytes, as IDX files hold images: `pixels` has n samples of

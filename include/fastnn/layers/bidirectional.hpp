@@ -3,6 +3,8 @@
 /// Bidirectional wrapper around any RecurrentLayer (Keras semantics). The backward copy is a
 /// clone of the wrapped layer with go_backwards toggled; with return_sequences its output is
 /// reversed back to input order before merging. Merge modes: concat (default), sum, mul, ave.
+/// With per-sample lengths, the backward copy starts at each sample's last real step, its
+/// outputs are reversed within each sample's length, and padded steps merge to zeros.
 /// On the CPU, with set_threads(n >= 2), the two directions run on two cores at once.
 
 #include <memory>
@@ -10,7 +12,9 @@
 #include <type_traits>
 
 #include "fastnn/core/thread.hpp"
+#include "fastnn/layers/gru.hpp"
 #include "fastnn/layers/lstm.hpp"
+#include "fastnn/layers/simple_rnn.hpp"
 
 namespace fastnn {
 
@@ -45,7 +49,9 @@ namespace detail {
 
 /// Merge and split of the two directions' outputs, per device. Outputs are viewed as
 /// [batch, steps, H] (steps = 1 without return_sequences); `yb` is in processing order, i.e.
-/// reversed in time when steps > 1.
+/// reversed in time when steps > 1, within each sample's length: `lengths` (host [batch], or
+/// null for all full) gives them; steps at or after a sample's length are zero in the merged
+/// output and get no gradient.
 template <class T, class D>
 struct BidirMerge {
   static_assert(dependent_false<D>::value,
@@ -55,11 +61,18 @@ struct BidirMerge {
 template <class T>
 struct BidirMerge<T, Cpu> {
   using Tn = Tensor<T, Cpu>;
-  static void merge(MergeMode m, Index B, Index S, Index H, const Tn& yf, const Tn& yb, Tn& y) {
+  static void merge(MergeMode m, Index B, Index S, Index H, const Tn& yf, const Tn& yb, Tn& y,
+                    const std::int32_t* lengths) {
+    const Index width = m == MergeMode::Concat ? 2 * H : H;
     for (Index b = 0; b < B; ++b)
       for (Index t = 0; t < S; ++t) {
+        const Index len = lengths && S > 1 ? lengths[b] : S;
+        if (t >= len) {
+          std::fill(y.data() + (b * S + t) * width, y.data() + (b * S + t + 1) * width, T(0));
+          continue;
+        }
         const T* f = yf.data() + (b * S + t) * H;
-        const T* r = yb.data() + (b * S + (S - 1 - t)) * H;
+        const T* r = yb.data() + (b * S + (len - 1 - t)) * H;
         if (m == MergeMode::Concat) {
           T* o = y.data() + (b * S + t) * 2 * H;
           std::copy(f, f + H, o);
@@ -78,11 +91,17 @@ struct BidirMerge<T, Cpu> {
   }
   /// dyf, dyb from dy (dyb in the backward layer's processing order).
   static void split(MergeMode m, Index B, Index S, Index H, const Tn& dy, const Tn& yf, const Tn& yb,
-                    Tn& dyf, Tn& dyb) {
+                    Tn& dyf, Tn& dyb, const std::int32_t* lengths) {
     for (Index b = 0; b < B; ++b)
       for (Index t = 0; t < S; ++t) {
         T* df = dyf.data() + (b * S + t) * H;
-        const Index tr = S - 1 - t;
+        const Index len = lengths && S > 1 ? lengths[b] : S;
+        if (t >= len) {  // padding: no gradient into either direction
+          std::fill(df, df + H, T(0));
+          std::fill(dyb.data() + (b * S + t) * H, dyb.data() + (b * S + t + 1) * H, T(0));
+          continue;
+        }
+        const Index tr = len - 1 - t;
         T* dr = dyb.data() + (b * S + tr) * H;
         if (m == MergeMode::Concat) {
           const T* g = dy.data() + (b * S + t) * 2 * H;
@@ -145,9 +164,13 @@ class Bidirectional : public Layer<T, D> {
     bwd_.reset(static_cast<RecurrentLayer<T, D>*>(fwd_->clone_unbuilt().release()));
     bwd_->set_go_backwards(true);
   }
-  /// Convenience: Bidirectional(LSTMOptions(128)).
+  /// Convenience: Bidirectional(LSTMOptions(128)), Bidirectional(GRUOptions(64)), ...
   explicit Bidirectional(const LSTMOptions& opt, MergeMode mode = MergeMode::Concat)
       : Bidirectional(std::make_unique<LSTM<T, D>>(opt), mode) {}
+  explicit Bidirectional(const GRUOptions& opt, MergeMode mode = MergeMode::Concat)
+      : Bidirectional(std::make_unique<GRU<T, D>>(opt), mode) {}
+  explicit Bidirectional(const SimpleRNNOptions& opt, MergeMode mode = MergeMode::Concat)
+      : Bidirectional(std::make_unique<SimpleRNN<T, D>>(opt), mode) {}
 
   std::string type_name() const override { return "Bidirectional"; }
   LayerConfig config() const override {
@@ -166,11 +189,17 @@ class Bidirectional : public Layer<T, D> {
 
   void set_name(const std::string& n) override {
     this->name_ = n;
-    std::string inner = fwd_->type_name();
-    for (auto& ch : inner) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    const std::string inner = detail::snake_case(fwd_->type_name());
     fwd_->set_name(n + ".forward_" + inner);
     bwd_->set_name(n + ".backward_" + inner);
   }
+  void set_input_lengths(const Lengths& lengths) override {
+    this->in_lengths_ = lengths;
+    fwd_->set_input_lengths(lengths);
+    bwd_->set_input_lengths(lengths);
+  }
+  Lengths output_lengths() const override { return fwd_->output_lengths(); }
+
   void set_threads(int n) override {
     Base::set_threads(n);
     if (this->threads_ >= 2 && !worker_ && detail::BidirFused<T, D>::host_threads)
@@ -216,7 +245,7 @@ class Bidirectional : public Layer<T, D> {
     y.resize(this->output_shape_.prepend(x.dim(0)));
     const Index H = yf_.shape()[yf_.rank() - 1];
     const Index S = yf_.rank() == 3 ? yf_.dim(1) : 1;
-    Merge::merge(mode_, x.dim(0), S, H, yf_, yb_, y);
+    Merge::merge(mode_, x.dim(0), S, H, yf_, yb_, y, lengths_of(x));
   }
 
   void backward(const Tn& x, const Tn&, const Tn& dy, Tn* dx) override {
@@ -225,13 +254,19 @@ class Bidirectional : public Layer<T, D> {
     const Index S = yf_.rank() == 3 ? yf_.dim(1) : 1;
     dyf_.resize(yf_.shape());
     dyb_.resize(yb_.shape());
-    Merge::split(mode_, x.dim(0), S, H, dy, yf_, yb_, dyf_, dyb_);
+    Merge::split(mode_, x.dim(0), S, H, dy, yf_, yb_, dyf_, dyb_, lengths_of(x));
     Tn* dxb = dx ? &dxb_ : nullptr;
     both([&] { fwd_->backward(x, yf_, dyf_, dx); }, [&] { bwd_->backward(x, yb_, dyb_, dxb); });
     if (dx) Merge::add(dxb_, *dx);
   }
 
  private:
+  /// The batch's lengths for the merge (null: all full; the layers have checked them).
+  const std::int32_t* lengths_of(const Tn& x) const {
+    const Lengths& l = this->in_lengths_;
+    return l.empty() || all_full_length(l, x.dim(1)) ? nullptr : l.data();
+  }
+
   template <class F, class G>
   void both(F&& f, G&& g) {
     if (worker_ && this->threads_ >= 2) {

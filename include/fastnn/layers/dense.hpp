@@ -64,6 +64,7 @@ class Dense : public Layer<T, D> {
     }
   }
 
+  bool per_step() const override { return true; }
   Activation output_activation() const override { return opt_.activation(); }
   /// When set, forward() leaves out the activation (the model fuses it into the loss).
   void set_emit_preactivation(bool on) override { emit_pre_ = on && opt_.activation() != Activation::Linear; }

@@ -59,6 +59,7 @@ class Dropout : public Layer<T, D> {
     return in;
   }
   std::vector<ParamSpec> param_specs() const override { return {}; }
+  bool per_step() const override { return true; }
   void initialize(Rng&) override {}
 
   bool stochastic() const override { return threshold_ > 0; }

@@ -15,6 +15,7 @@
 
 #include "fastnn/core/activation.hpp"
 #include "fastnn/core/error.hpp"
+#include "fastnn/core/lengths.hpp"
 #include "fastnn/core/mode.hpp"
 #include "fastnn/core/options.hpp"
 #include "fastnn/core/parameter.hpp"
@@ -81,6 +82,30 @@ class Layer {
   virtual bool stochastic() const { return false; }
   virtual void set_noise_key(std::uint64_t) {}
 
+  /// Sequence lengths (core/lengths.hpp). The model hands each layer the lengths of the batch
+  /// it is about to forward (empty: every sample has the full length), and asks for the lengths
+  /// of the output afterwards. By default a layer keeps them (it works per step, as Dense does on
+  /// [batch, steps, features]); a recurrent layer consumes them, and Embedding(mask_zero) and
+  /// Masking make them from their input.
+  virtual void set_input_lengths(const Lengths& lengths) { in_lengths_ = lengths; }
+  virtual Lengths output_lengths() const { return in_lengths_; }
+  const Lengths& input_lengths() const noexcept { return in_lengths_; }
+  /// Whether forward() derives lengths from its input values (Embedding with mask_zero,
+  /// Masking): the batch's lengths are then known only when it runs.
+  virtual bool produces_lengths() const { return false; }
+  /// Checks the values of host input `x` [N, input shape...] before any batch of it runs
+  /// (Embedding: every token id below the vocabulary size); throws ArgumentError naming the
+  /// sample (counted from `first_sample`) and the position. Most layers accept any value.
+  virtual void validate_input(const Tensor<T, Cpu>& x, Index first_sample = 0) const {
+    (void)x;
+    (void)first_sample;
+  }
+  /// Whether validate_input() checks anything (the model skips the host copy otherwise).
+  virtual bool validates_input() const { return false; }
+  /// Whether the layer maps each step of a sequence on its own (Dense, Dropout, Embedding,
+  /// Masking), so that a stream (model/stream.hpp) can run it one step at a time.
+  virtual bool per_step() const { return false; }
+
   /// Number of worker threads the layer may use (Bidirectional runs its directions in parallel).
   virtual void set_threads(int n) { threads_ = n < 1 ? 1 : n; }
 
@@ -108,6 +133,7 @@ class Layer {
   std::string name_;
   Shape input_shape_, output_shape_;
   std::vector<Parameter<T, D>> params_;
+  Lengths in_lengths_;
   int threads_ = 1;
 };
 

@@ -16,8 +16,12 @@
 #include "fastnn/layers/bidirectional.hpp"
 #include "fastnn/layers/dense.hpp"
 #include "fastnn/layers/dropout.hpp"
+#include "fastnn/layers/embedding.hpp"
 #include "fastnn/layers/flatten.hpp"
+#include "fastnn/layers/gru.hpp"
 #include "fastnn/layers/lstm.hpp"
+#include "fastnn/layers/masking.hpp"
+#include "fastnn/layers/simple_rnn.hpp"
 
 namespace fastnn {
 
@@ -37,6 +41,10 @@ class LayerRegistry : public detail::Registry<Layer<T, D>> {
     this->add("Dense", Base::template from_options<Dense<T, D>, DenseOptions>());
     this->add("Dropout", Base::template from_options<Dropout<T, D>, DropoutOptions>());
     this->add("LSTM", Base::template from_options<LSTM<T, D>, LSTMOptions>());
+    this->add("GRU", Base::template from_options<GRU<T, D>, GRUOptions>());
+    this->add("SimpleRNN", Base::template from_options<SimpleRNN<T, D>, SimpleRNNOptions>());
+    this->add("Embedding", Base::template from_options<Embedding<T, D>, EmbeddingOptions>());
+    this->add("Masking", Base::template from_options<Masking<T, D>, MaskingOptions>());
     this->add("Flatten", [](const Config& c, const std::string& where) -> std::unique_ptr<Layer<T, D>> {
       if (!c.empty()) throw MismatchError(where + ": unknown option '" + c.begin()->first.substr(0, 64) + "'");
       return std::make_unique<Flatten<T, D>>();

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "fastnn/core/lengths.hpp"
 #include "fastnn/core/tensor.hpp"
 #include "fastnn/layers/layer.hpp"
 
@@ -51,11 +52,18 @@ class Predictor {
 
   /// The output for inputs x [batch, input shape...] (inference mode). The reference stays
   /// valid until the next call.
-  const Tn& forward(const Tn& x) {
+  /// `lengths` (host [batch], optional): each sample's real length when x holds padded
+  /// sequences (core/lengths.hpp).
+  const Tn& forward(const Tn& x, const Lengths& lengths = Lengths()) {
     if (x.rank() < 1 || x.shape().drop_front() != input_shape_)
       throw ShapeError("predict: expected input [N, " + input_shape_.str().substr(1) + ", got " + x.shape().str());
     acts_[0] = x;
-    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Infer);
+    Lengths l = lengths;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      layers_[i]->set_input_lengths(l);
+      layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Infer);
+      l = layers_[i]->output_lengths();
+    }
     return acts_.back();
   }
   const Shape& input_shape() const { return input_shape_; }

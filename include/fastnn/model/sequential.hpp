@@ -44,6 +44,7 @@
 #include "fastnn/model/fit_options.hpp"
 #include "fastnn/model/predictor.hpp"
 #include "fastnn/model/step_runner.hpp"
+#include "fastnn/model/stream.hpp"
 #include "fastnn/model/summary.hpp"
 #include "fastnn/optim/optimizer.hpp"
 #include "fastnn/optim/registry.hpp"
@@ -110,6 +111,7 @@ class Sequential {
     shuffle_rng_.seed(seed * 0x9E3779B97F4A7C15ULL + 1);
     seed_ = seed;
     stochastic_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->stochastic(); });
+    produces_lengths_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->produces_lengths(); });
     built_ = true;
     configure_loss(/*strict=*/optimizer_ != nullptr);  // compiled before build: check now
     if (optimizer_) optimizer_->attach(params_, grads_);
@@ -160,7 +162,9 @@ class Sequential {
     for (auto* c : o.callbacks_) c->on_train_begin();
     std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
     Tensor<std::int32_t, Cpu> perm_host(Shape{n});
-    const bool capturable = optimizer_->capturable() && !stochastic_;
+    // Lengths known only per batch (from the data or from a mask) change the work of every
+    // step: such a step runs eagerly.
+    const bool capturable = optimizer_->capturable() && !stochastic_ && !train.has_lengths() && !produces_lengths_;
     for (int epoch = o.initial_epoch_; epoch < o.epochs_; ++epoch) {
       auto t0 = std::chrono::steady_clock::now();
       std::iota(perm.begin(), perm.end(), 0);
@@ -180,6 +184,7 @@ class Sequential {
         const Index count = std::min(o.batch_size_, n - begin);
         auto step = [&] {
           gather(train, idx, begin, count);
+          batch_lengths_ = train.has_lengths() ? gather_lengths(train.lengths, perm.data() + begin, count) : Lengths();
           train_step(count, o.check_finite_, epoch + 1, s + 1);
         };
         const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), idx.data(),
@@ -230,19 +235,22 @@ class Sequential {
   }
 
   /// The model's output [N, output shape...] for inputs x [N, input shape...], with the last
-  /// layer's activation applied (probabilities for a softmax classifier). Const and thread-safe.
-  Tn predict(const Tn& x, Index batch_size = 128) const {
+  /// layer's activation applied (probabilities for a softmax classifier). `lengths` (host [N],
+  /// optional): each sample's real length when x holds padded sequences. Const and thread-safe.
+  Tn predict(const Tn& x, Index batch_size = 128, const Lengths& lengths = Lengths()) const {
     require_built("predict");
     if (batch_size <= 0) throw ArgumentError("predict: batch_size must be positive");
     Predictor<T, D> p = make_predictor(false);
     if (x.rank() < 1 || x.shape().drop_front() != input_shape_)
       throw ShapeError("predict: expected input [N, " + input_shape_.str().substr(1) + ", got " + x.shape().str());
     const Index n = x.dim(0);
+    if (!lengths.empty()) check_lengths(lengths, n, input_shape_.rank() ? input_shape_[0] : 1, "predict");
+    if (layers_[0]->validates_input()) layers_[0]->validate_input(on_host(x), 0);
     Tn out(output_shape_.prepend(n));
     for (Index begin = 0; begin < n; begin += batch_size) {
       const Index count = std::min(batch_size, n - begin);
       Tn dst = out.rows(begin, begin + count);
-      copy_into(p.forward(x.rows(begin, begin + count)), dst);
+      copy_into(p.forward(x.rows(begin, begin + count), slice_lengths(lengths, begin, count)), dst);
     }
     return out;
   }
@@ -256,6 +264,18 @@ class Sequential {
     for (const auto& l : layers_) ls.push_back(l.get());
     return Predictor<T, D>(ls, input_shape_, params_, threads_, emit_preactivation);
   }
+
+  /// A stream over this model's weights for `batch` sequences fed one step at a time, each
+  /// with its own recurrent state (model/stream.hpp). Const: any number of threads may each
+  /// run their own streams on one model.
+  Stream<T, D> make_stream(Index batch = 1) const {
+    require_built("make_stream");
+    std::vector<const Layer<T, D>*> ls;
+    for (const auto& l : layers_) ls.push_back(l.get());
+    return Stream<T, D>(ls, input_shape_, params_, batch);
+  }
+  /// Advances `stream` by one step (stream.step(x_t)); the model is not changed.
+  const Tn& step(const Tn& x_t, Stream<T, D>& stream) const { return stream.step(x_t); }
 
   /// Keras-style table: layer (type), output shape, parameter count, totals.
   void summary(std::ostream& os) const {
@@ -346,7 +366,8 @@ class Sequential {
     for (Index begin = 0; begin < n; begin += batch_size) {
       const Index count = std::min(batch_size, n - begin);
       gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
-      accumulate(ws.predictor.forward(ws.x), ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats);
+      accumulate(ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count)), ws.labels, ws.targets, nullptr,
+                 T(0), ws.scratch, ws.stats);
     }
     const auto h = to_device<Cpu>(ws.stats);
     const double total = static_cast<double>(n) * static_cast<double>(rows_per_sample_());
@@ -404,6 +425,12 @@ class Sequential {
     if (d.sample_shape() != input_shape_)
       throw ShapeError(std::string(what) + ": samples of shape " + d.sample_shape().str() + ", the model was built for " +
                        input_shape_.str());
+    if (d.has_lengths()) {
+      if (input_shape_.rank() < 1)
+        throw ShapeError(std::string(what) + ": lengths given for samples that are not sequences");
+      check_lengths(d.lengths, d.size(), input_shape_[0], what);
+    }
+    if (layers_[0]->validates_input()) layers_[0]->validate_input(on_host(d.x), 0);
     if (loss_.uses_labels()) {
       if (!d.has_labels())
         throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs class labels, the data has " +
@@ -441,6 +468,13 @@ class Sequential {
     }
   }
 
+  /// lengths[order[j]] for j < count.
+  static Lengths gather_lengths(const Lengths& lengths, const std::int32_t* order, Index count) {
+    Lengths l(Shape{count});
+    for (Index j = 0; j < count; ++j) l[j] = lengths[order[j]];
+    return l;
+  }
+
   void gather(const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count) {
     acts_.resize(layers_.size() + 1);
     acts_[0] = Tn();  // drop acts_[0]'s share of batch_, so that resize() can reuse its storage
@@ -462,7 +496,12 @@ class Sequential {
       const std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
       for (auto& l : layers_) l->set_noise_key(key);
     }
-    for (std::size_t i = 0; i < layers_.size(); ++i) layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Train);
+    Lengths lengths = batch_lengths_;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      layers_[i]->set_input_lengths(lengths);
+      layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Train);
+      lengths = layers_[i]->output_lengths();
+    }
     grads_act_.resize(layers_.size() + 1);
     Tn& dy = grads_act_.back();
     dy.resize(acts_.back().shape());
@@ -499,6 +538,8 @@ class Sequential {
   Rng shuffle_rng_;
   std::uint64_t seed_ = 0;
   bool stochastic_ = false;  ///< a layer draws random numbers in training (Dropout)
+  bool produces_lengths_ = false;  ///< a layer derives lengths from its input (mask_zero, Masking)
+  Lengths batch_lengths_;          ///< the lengths of the training batch (from the data)
   int threads_ = 1;
   int epochs_done_ = 0;
   bool built_ = false, fused_ = false;

@@ -1,31 +1,17 @@
 #pragma once
 /// \file summary.hpp
-/// Text helpers of the model: Keras's layer names and its summary() table.
+/// The model's summary() table (Keras's layer names come from detail::snake_case, core/parse.hpp).
 
 #include <cctype>
 #include <ostream>
 #include <string>
 #include <vector>
 
+#include "fastnn/core/parse.hpp"
 #include "fastnn/core/shape.hpp"
 
 namespace fastnn {
 namespace detail {
-
-/// "Bidirectional" -> "bidirectional", "LSTM" -> "lstm", "MyLayer" -> "my_layer" (Keras's names).
-inline std::string snake_case(const std::string& s) {
-  std::string r;
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (std::isupper(c)) {
-      if (i > 0 && !std::isupper(static_cast<unsigned char>(s[i - 1]))) r += '_';
-      r += static_cast<char>(std::tolower(c));
-    } else {
-      r += static_cast<char>(c);
-    }
-  }
-  return r;
-}
 
 /// One row of the summary table.
 struct SummaryRow {

@@ -91,6 +91,24 @@ struct Ops<T, Cpu> {
     }
   }
 
+  /// y[i, :] = table[ids[i], :] for every element i of ids (token ids held as T, already
+  /// checked to be integers in [0, rows of table)).
+  static void embedding_lookup(const Tn& table, const Tn& ids, Tn& y) {
+    const Index E = table.shape().inner();
+    for (Index i = 0; i < ids.size(); ++i) {
+      const Index r = static_cast<Index>(ids.data()[i]);
+      std::copy(table.data() + r * E, table.data() + (r + 1) * E, y.data() + i * E);
+    }
+  }
+  /// dtable[ids[i], :] += dy[i, :] for every element i of ids.
+  static void embedding_grad(const Tn& dy, const Tn& ids, Tn& dtable) {
+    const Index E = dtable.shape().inner();
+    for (Index i = 0; i < ids.size(); ++i) {
+      const Index r = static_cast<Index>(ids.data()[i]);
+      ArrayMap<T>(dtable.data() + r * E, E) += ConstArrayMap<T>(dy.data() + i * E, E);
+    }
+  }
+
   // ---- losses: y viewed as rows [R, K] over its last axis (see backend/ops.hpp) -------------
 
   /// Softmax cross-entropy with class indices: row loss lse(z) - z[label];

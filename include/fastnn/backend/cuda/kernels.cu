@@ -407,41 +407,130 @@ __global__ void swap01_kernel(const T* src, T* dst, idx_t d0, idx_t d1, idx_t in
   }
 }
 
+/// L_b of sample b, clamped into [0, S] (null lengths: every sample has S steps).
+__device__ inline idx_t length_of(const std::int32_t* lengths, idx_t b, idx_t S) {
+  if (!lengths) return S;
+  const idx_t l = lengths[b];
+  return l < 0 ? 0 : l > S ? S : l;
+}
+
 template <class T>
-__device__ inline T* lstm_param_at(const LstmParamPtrs<T>& p, std::int32_t m) {
-  const idx_t per_dir = p.f4h + p.h4h + p.g4;
+__global__ void to_time_major_kernel(const T* x, T* xt, idx_t B, idx_t S, idx_t inner, const std::int32_t* lengths,
+                                     bool reverse) {
+  FASTNN_GRID_STRIDE(e, S * B * inner) {
+    const idx_t k = e % inner;
+    const idx_t rest = e / inner;
+    const idx_t b = rest % B, t = rest / B;  // xt is [S, B, inner]
+    const idx_t len = length_of(lengths, b, S);
+    if (t >= len) {
+      xt[e] = T(0);
+      continue;
+    }
+    const idx_t st = reverse ? len - 1 - t : t;
+    xt[e] = x[(b * S + st) * inner + k];
+  }
+}
+
+template <class T>
+__global__ void from_time_major_kernel(const T* xt, T* x, idx_t B, idx_t S, idx_t inner, const std::int32_t* lengths,
+                                       bool reverse) {
+  FASTNN_GRID_STRIDE(e, B * S * inner) {
+    const idx_t k = e % inner;
+    const idx_t rest = e / inner;
+    const idx_t t = rest % S, b = rest / S;  // x is [B, S, inner]
+    const idx_t len = length_of(lengths, b, S);
+    if (t >= len) {
+      x[e] = T(0);
+      continue;
+    }
+    const idx_t st = reverse ? len - 1 - t : t;
+    x[e] = xt[(st * B + b) * inner + k];
+  }
+}
+
+template <class T>
+__device__ inline T* rnn_param_at(const RnnParamPtrs<T>& p, std::int32_t m) {
+  const idx_t per_dir = p.wn + p.un + p.bn;
   const idx_t d = m / per_dir;
   idx_t r = m - d * per_dir;
-  if (r < p.f4h) return p.w[d] + r;
-  r -= p.f4h;
-  if (r < p.h4h) return p.u[d] + r;
-  return p.b[d] + (r - p.h4h);
+  if (r < p.wn) return p.w[d] + r;
+  r -= p.wn;
+  if (r < p.un) return p.u[d] + r;
+  return p.b[d] + (r - p.un);
 }
 
 template <class T>
-__global__ void pack_lstm_weights_kernel(LstmParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n) {
+__global__ void pack_rnn_weights_kernel(RnnParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n) {
   FASTNN_GRID_STRIDE(j, n) {
     const std::int32_t m = map[j];
-    ws[j] = m < 0 ? T(0) : *lstm_param_at(src, m);
+    ws[j] = m < 0 ? T(0) : *rnn_param_at(src, m);
   }
 }
 
 template <class T>
-__global__ void unpack_add_lstm_grads_kernel(const T* dws, const std::int32_t* map, LstmParamPtrs<T> dst, idx_t n) {
+__global__ void unpack_add_rnn_grads_kernel(const T* dws, const std::int32_t* map, RnnParamPtrs<T> dst, idx_t n) {
   FASTNN_GRID_STRIDE(j, n) {
     const std::int32_t m = map[j];
-    if (m >= 0) *lstm_param_at(dst, m) += dws[j];
+    if (m >= 0) *rnn_param_at(dst, m) += dws[j];
   }
 }
 
 template <class T>
-__global__ void bidir_merge_kernel(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y) {
+__device__ inline T dev_sigmoid(T x) {
+  return T(1) / (T(1) + dev_exp(-x));
+}
+
+template <class T>
+__global__ void lstm_step_kernel(const T* z, const T* b, T* h, T* c, idx_t B, idx_t H) {
+  FASTNN_GRID_STRIDE(e, B * H) {
+    const idx_t j = e % H, r = e / H;
+    const T* zr = z + r * 4 * H;
+    const T i = dev_sigmoid(zr[j] + b[j]);
+    const T f = dev_sigmoid(zr[H + j] + b[H + j]);
+    const T g = dev_tanh(zr[2 * H + j] + b[2 * H + j]);
+    const T o = dev_sigmoid(zr[3 * H + j] + b[3 * H + j]);
+    const T cn = f * c[e] + i * g;
+    c[e] = cn;
+    h[e] = o * dev_tanh(cn);
+  }
+}
+
+template <class T>
+__global__ void gru_step_kernel(const T* zx, const T* rh, const T* b, T* h, idx_t B, idx_t H) {
+  const idx_t G = 3 * H;
+  FASTNN_GRID_STRIDE(e, B * H) {
+    const idx_t j = e % H, r = e / H;
+    const T* xr = zx + r * G;
+    const T* hr = rh + r * G;
+    const T z = dev_sigmoid(xr[j] + b[j] + hr[j] + b[G + j]);
+    const T rr = dev_sigmoid(xr[H + j] + b[H + j] + hr[H + j] + b[G + H + j]);
+    const T n = dev_tanh(xr[2 * H + j] + b[2 * H + j] + rr * (hr[2 * H + j] + b[G + 2 * H + j]));
+    h[e] = z * h[e] + (T(1) - z) * n;
+  }
+}
+
+template <class T>
+__global__ void simple_rnn_step_kernel(const T* z, const T* b, T* h, idx_t B, idx_t H, bool relu) {
+  FASTNN_GRID_STRIDE(e, B * H) {
+    const T a = z[e] + b[e % H];
+    h[e] = relu ? (a > T(0) ? a : T(0)) : dev_tanh(a);
+  }
+}
+
+template <class T>
+__global__ void bidir_merge_kernel(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y,
+                                   const std::int32_t* lengths) {
   const idx_t width = mode == 0 ? 2 * H : H;
   FASTNN_GRID_STRIDE(e, B * S * width) {
     const idx_t j = e % width;
     const idx_t bt = e / width;
     const idx_t t = bt % S, b = bt / S;
-    const idx_t tr = S - 1 - t;
+    const idx_t len = length_of(lengths, b, S);
+    if (t >= len) {
+      y[e] = T(0);
+      continue;
+    }
+    const idx_t tr = len - 1 - t;
     if (mode == 0) {
       y[e] = j < H ? yf[(b * S + t) * H + j] : yb[(b * S + tr) * H + (j - H)];
       continue;
@@ -458,13 +547,19 @@ __global__ void bidir_merge_kernel(int mode, idx_t B, idx_t S, idx_t H, const T*
 
 template <class T>
 __global__ void bidir_split_kernel(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf,
-                                   T* dyb) {
+                                   T* dyb, const std::int32_t* lengths) {
   FASTNN_GRID_STRIDE(e, B * S * H) {
     const idx_t j = e % H;
     const idx_t bt = e / H;
     const idx_t t = bt % S, b = bt / S;
-    const idx_t tr = S - 1 - t;
+    const idx_t len = length_of(lengths, b, S);
     const idx_t fi = (b * S + t) * H + j;
+    if (t >= len) {  // padding: no gradient into either direction (t -> len-1-t maps [0, len) onto itself)
+      dyf[fi] = T(0);
+      dyb[fi] = T(0);
+      continue;
+    }
+    const idx_t tr = len - 1 - t;
     const idx_t ri = (b * S + tr) * H + j;
     if (mode == 0) {
       const T* g = dy + (b * S + t) * 2 * H;
@@ -478,6 +573,30 @@ __global__ void bidir_split_kernel(int mode, idx_t B, idx_t S, idx_t H, const T*
       case 2: dyf[fi] = g * yb[ri]; dyb[ri] = g * yf[fi]; break;
       default: dyf[fi] = T(0.5) * g; dyb[ri] = T(0.5) * g; break;
     }
+  }
+}
+
+/// Row of table for token id v (held as T), clamped into [0, V): a NaN or negative id gives 0.
+template <class T>
+__device__ inline idx_t embedding_row(T v, idx_t V) {
+  if (!(v >= T(0))) return 0;
+  if (v >= static_cast<T>(V - 1)) return V - 1;
+  return static_cast<idx_t>(v);
+}
+
+template <class T>
+__global__ void embedding_lookup_kernel(const T* table, idx_t V, idx_t E, const T* ids, idx_t n, T* y) {
+  FASTNN_GRID_STRIDE(e, n * E) {
+    const idx_t i = e / E, k = e - i * E;
+    y[e] = table[embedding_row(ids[i], V) * E + k];
+  }
+}
+
+template <class T>
+__global__ void embedding_grad_kernel(const T* dy, const T* ids, idx_t n, T* dtable, idx_t V, idx_t E) {
+  FASTNN_GRID_STRIDE(e, n * E) {
+    const idx_t i = e / E, k = e - i * E;
+    atomicAdd(dtable + embedding_row(ids[i], V) * E + k, dy[e]);
   }
 }
 
@@ -638,30 +757,77 @@ void swap01(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bo
 }
 
 template <class T>
-void pack_lstm_weights(LstmParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n, cudaStream_t s) {
+void to_time_major(const T* x, T* xt, idx_t B, idx_t S, idx_t inner, const std::int32_t* lengths, bool reverse,
+                   cudaStream_t s) {
+  const idx_t n = B * S * inner;
   if (n <= 0) return;
-  pack_lstm_weights_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(src, map, ws, n);
+  to_time_major_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(x, xt, B, S, inner, lengths, reverse);
 }
 
 template <class T>
-void unpack_add_lstm_grads(const T* dws, const std::int32_t* map, LstmParamPtrs<T> dst, idx_t n, cudaStream_t s) {
+void from_time_major(const T* xt, T* x, idx_t B, idx_t S, idx_t inner, const std::int32_t* lengths, bool reverse,
+                     cudaStream_t s) {
+  const idx_t n = B * S * inner;
   if (n <= 0) return;
-  unpack_add_lstm_grads_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(dws, map, dst, n);
+  from_time_major_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(xt, x, B, S, inner, lengths, reverse);
 }
 
 template <class T>
-void bidir_merge(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y, cudaStream_t s) {
+void pack_rnn_weights(RnnParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  pack_rnn_weights_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(src, map, ws, n);
+}
+
+template <class T>
+void unpack_add_rnn_grads(const T* dws, const std::int32_t* map, RnnParamPtrs<T> dst, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  unpack_add_rnn_grads_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(dws, map, dst, n);
+}
+
+template <class T>
+void lstm_step(const T* z, const T* b, T* h, T* c, idx_t B, idx_t H, cudaStream_t s) {
+  if (B * H <= 0) return;
+  lstm_step_kernel<T><<<blocks_for(B * H), kThreads, 0, s>>>(z, b, h, c, B, H);
+}
+
+template <class T>
+void gru_step(const T* zx, const T* rh, const T* b, T* h, idx_t B, idx_t H, cudaStream_t s) {
+  if (B * H <= 0) return;
+  gru_step_kernel<T><<<blocks_for(B * H), kThreads, 0, s>>>(zx, rh, b, h, B, H);
+}
+
+template <class T>
+void simple_rnn_step(const T* z, const T* b, T* h, idx_t B, idx_t H, bool relu, cudaStream_t s) {
+  if (B * H <= 0) return;
+  simple_rnn_step_kernel<T><<<blocks_for(B * H), kThreads, 0, s>>>(z, b, h, B, H, relu);
+}
+
+template <class T>
+void bidir_merge(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y, const std::int32_t* lengths,
+                 cudaStream_t s) {
   const idx_t n = B * S * (mode == 0 ? 2 * H : H);
   if (n <= 0) return;
-  bidir_merge_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(mode, B, S, H, yf, yb, y);
+  bidir_merge_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(mode, B, S, H, yf, yb, y, lengths);
 }
 
 template <class T>
 void bidir_split(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf, T* dyb,
-                 cudaStream_t s) {
+                 const std::int32_t* lengths, cudaStream_t s) {
   const idx_t n = B * S * H;
   if (n <= 0) return;
-  bidir_split_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(mode, B, S, H, dy, yf, yb, dyf, dyb);
+  bidir_split_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(mode, B, S, H, dy, yf, yb, dyf, dyb, lengths);
+}
+
+template <class T>
+void embedding_lookup(const T* table, idx_t V, idx_t E, const T* ids, idx_t n, T* y, cudaStream_t s) {
+  if (n * E <= 0 || V <= 0) return;
+  embedding_lookup_kernel<T><<<blocks_for(n * E), kThreads, 0, s>>>(table, V, E, ids, n, y);
+}
+
+template <class T>
+void embedding_grad(const T* dy, const T* ids, idx_t n, T* dtable, idx_t V, idx_t E, cudaStream_t s) {
+  if (n * E <= 0 || V <= 0) return;
+  embedding_grad_kernel<T><<<blocks_for(n * E), kThreads, 0, s>>>(dy, ids, n, dtable, V, E);
 }
 
 template <class T>
@@ -701,10 +867,19 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void flag_nonfinite<T>(const T*, idx_t, int*, cudaStream_t);                                        \
   template void check_step_finite<T>(const double*, const T*, idx_t, int, int*, const idx_t*, cudaStream_t);  \
   template void swap01<T>(const T*, T*, idx_t, idx_t, idx_t, bool, bool, cudaStream_t);                        \
-  template void pack_lstm_weights<T>(LstmParamPtrs<T>, const std::int32_t*, T*, idx_t, cudaStream_t);          \
-  template void unpack_add_lstm_grads<T>(const T*, const std::int32_t*, LstmParamPtrs<T>, idx_t, cudaStream_t); \
-  template void bidir_merge<T>(int, idx_t, idx_t, idx_t, const T*, const T*, T*, cudaStream_t);                \
-  template void bidir_split<T>(int, idx_t, idx_t, idx_t, const T*, const T*, const T*, T*, T*, cudaStream_t);  \
+  template void to_time_major<T>(const T*, T*, idx_t, idx_t, idx_t, const std::int32_t*, bool, cudaStream_t);   \
+  template void from_time_major<T>(const T*, T*, idx_t, idx_t, idx_t, const std::int32_t*, bool, cudaStream_t); \
+  template void pack_rnn_weights<T>(RnnParamPtrs<T>, const std::int32_t*, T*, idx_t, cudaStream_t);            \
+  template void unpack_add_rnn_grads<T>(const T*, const std::int32_t*, RnnParamPtrs<T>, idx_t, cudaStream_t);   \
+  template void lstm_step<T>(const T*, const T*, T*, T*, idx_t, idx_t, cudaStream_t);                          \
+  template void gru_step<T>(const T*, const T*, const T*, T*, idx_t, idx_t, cudaStream_t);                     \
+  template void simple_rnn_step<T>(const T*, const T*, T*, idx_t, idx_t, bool, cudaStream_t);                  \
+  template void bidir_merge<T>(int, idx_t, idx_t, idx_t, const T*, const T*, T*, const std::int32_t*,          \
+                               cudaStream_t);                                                                   \
+  template void bidir_split<T>(int, idx_t, idx_t, idx_t, const T*, const T*, const T*, T*, T*,                 \
+                               const std::int32_t*, cudaStream_t);                                              \
+  template void embedding_lookup<T>(const T*, idx_t, idx_t, const T*, idx_t, T*, cudaStream_t);                \
+  template void embedding_grad<T>(const T*, const T*, idx_t, T*, idx_t, idx_t, cudaStream_t);                  \
   template void add_inplace<T>(const T*, T*, idx_t, cudaStream_t);                                             \
   template void dropout<T>(const T*, T*, idx_t, std::uint64_t, std::uint32_t, T, cudaStream_t);
 

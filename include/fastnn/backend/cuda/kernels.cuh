@@ -112,36 +112,76 @@ void increment(idx_t* p, cudaStream_t s);
 template <class T>
 void swap01(const T* src, T* dst, idx_t d0, idx_t d1, idx_t inner, bool rev0, bool rev1, cudaStream_t s);
 
-/// Where the LSTM parameters of up to two directions are: kernel [F, 4H], recurrent kernel
-/// [H, 4H] and bias [4H] of direction d at w[d], u[d], b[d].
+/// Batch-major x [B, S, inner] to time-major xt [S, B, inner] for sequences of per-sample
+/// lengths L_b (`lengths`: device [B], or null for all S): xt[t, b] = x[b, reverse ? L_b-1-t : t]
+/// for t < L_b, and 0 for the padded steps t >= L_b (reversal within each sample's length).
 template <class T>
-struct LstmParamPtrs {
+void to_time_major(const T* x, T* xt, idx_t B, idx_t S, idx_t inner, const std::int32_t* lengths, bool reverse,
+                   cudaStream_t s);
+
+/// The inverse of to_time_major: x[b, t] = xt[reverse ? L_b-1-t : t, b] for t < L_b, 0 for
+/// t >= L_b.
+template <class T>
+void from_time_major(const T* xt, T* x, idx_t B, idx_t S, idx_t inner, const std::int32_t* lengths, bool reverse,
+                     cudaStream_t s);
+
+/// Where the parameters of a recurrent layer of up to two directions are: kernel [F, G*H],
+/// recurrent kernel [H, G*H] and bias ([G*H], or [2, G*H] for a GRU with reset_after) of
+/// direction d at w[d], u[d], b[d]; wn, un, bn their element counts.
+template <class T>
+struct RnnParamPtrs {
   T* w[2];
   T* u[2];
   T* b[2];
-  idx_t f4h;  ///< F * 4H
-  idx_t h4h;  ///< H * 4H
-  idx_t g4;   ///< 4H
+  idx_t wn;  ///< F * G*H
+  idx_t un;  ///< H * G*H
+  idx_t bn;  ///< G*H, or 2 * G*H
 };
 
 /// ws[j] = source element map[j] of the parameters (0 where map[j] < 0). Source index m counts
 /// through direction 0's kernel, recurrent kernel and bias, then direction 1's.
 template <class T>
-void pack_lstm_weights(LstmParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n, cudaStream_t s);
+void pack_rnn_weights(RnnParamPtrs<T> src, const std::int32_t* map, T* ws, idx_t n, cudaStream_t s);
 
 /// grad(map[j]) += dws[j] for map[j] >= 0 (the map is one-to-one, so no atomics).
 template <class T>
-void unpack_add_lstm_grads(const T* dws, const std::int32_t* map, LstmParamPtrs<T> dst, idx_t n, cudaStream_t s);
+void unpack_add_rnn_grads(const T* dws, const std::int32_t* map, RnnParamPtrs<T> dst, idx_t n, cudaStream_t s);
+
+/// One LSTM step of B streams (gate order i, f, c, o): z [B, 4H] = x W + h U (without bias),
+/// b [4H]; c and h [B, H] are updated in place: c = f c + i g, h = o tanh(c).
+template <class T>
+void lstm_step(const T* z, const T* b, T* h, T* c, idx_t B, idx_t H, cudaStream_t s);
+
+/// One GRU step (reset_after, gate order z, r, h) of B streams: zx [B, 3H] = x W and
+/// rh [B, 3H] = h U (without biases), b [2, 3H] (input, recurrent); h [B, H] updated in place.
+template <class T>
+void gru_step(const T* zx, const T* rh, const T* b, T* h, idx_t B, idx_t H, cudaStream_t s);
+
+/// One SimpleRNN step of B streams: h = a(z + b), z [B, H] = x W + h U, a = relu or tanh.
+template <class T>
+void simple_rnn_step(const T* z, const T* b, T* h, idx_t B, idx_t H, bool relu, cudaStream_t s);
 
 /// Bidirectional merge (mode: 0 concat, 1 sum, 2 mul, 3 ave) of yf [B, S, H] and yb [B, S, H]
-/// (yb in processing order, i.e. reversed in time) into y [B, S, H or 2H].
+/// (yb in processing order, i.e. reversed in time within each sample's length L_b) into
+/// y [B, S, H or 2H]; `lengths`: device [B], or null for all S; steps t >= L_b are 0.
 template <class T>
-void bidir_merge(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y, cudaStream_t s);
+void bidir_merge(int mode, idx_t B, idx_t S, idx_t H, const T* yf, const T* yb, T* y, const std::int32_t* lengths,
+                 cudaStream_t s);
 
-/// The inverse of bidir_merge for gradients: dyf, dyb (dyb in processing order) from dy.
+/// The inverse of bidir_merge for gradients: dyf, dyb (dyb in processing order) from dy; the
+/// padded steps t >= L_b of both are 0.
 template <class T>
 void bidir_split(int mode, idx_t B, idx_t S, idx_t H, const T* dy, const T* yf, const T* yb, T* dyf, T* dyb,
-                 cudaStream_t s);
+                 const std::int32_t* lengths, cudaStream_t s);
+
+/// y[i, :] = table[ids[i], :] for i < n, table [V, E] (ids: token ids held as T; an id outside
+/// [0, V) is clamped into it, so that no id reads out of bounds).
+template <class T>
+void embedding_lookup(const T* table, idx_t V, idx_t E, const T* ids, idx_t n, T* y, cudaStream_t s);
+
+/// dtable[ids[i], :] += dy[i, :] for i < n (atomic adds; ids clamped as in embedding_lookup).
+template <class T>
+void embedding_grad(const T* dy, const T* ids, idx_t n, T* dtable, idx_t V, idx_t E, cudaStream_t s);
 
 /// out[i] = in[i] * scale where fastnn::hash::bits32(key, i) >= threshold, else 0.
 template <class T>

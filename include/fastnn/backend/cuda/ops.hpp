@@ -95,6 +95,28 @@ struct Ops<T, Cuda> {
     FASTNN_CUDA_CHECK_LAUNCH("gather_rows");
   }
 
+  /// y[i, :] = table[ids[i], :] for every element i of ids (token ids held as T, checked to be
+  /// integers in [0, rows of table) by the caller; the kernel clamps any other value into that
+  /// range, so no id can read out of bounds).
+  static void embedding_lookup(const Tn& table, const Tn& ids, Tn& y) {
+    const Index E = cols(table), V = rows(table);
+    if (y.size() != ids.size() * E)
+      throw ShapeError("embedding_lookup: " + std::to_string(ids.size()) + " ids into a table " + table.shape().str() +
+                       " need " + std::to_string(ids.size() * E) + " outputs, got " + y.shape().str());
+    cuda::kernels::embedding_lookup(table.data(), V, E, ids.data(), ids.size(), y.data(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("embedding_lookup");
+  }
+  /// dtable[ids[i], :] += dy[i, :] for every element i of ids (atomic adds: rows of repeated ids
+  /// are summed in no fixed order; ids clamped as in embedding_lookup).
+  static void embedding_grad(const Tn& dy, const Tn& ids, Tn& dtable) {
+    const Index E = cols(dtable), V = rows(dtable);
+    if (dy.size() != ids.size() * E)
+      throw ShapeError("embedding_grad: " + std::to_string(ids.size()) + " ids into a table " + dtable.shape().str() +
+                       " need " + std::to_string(ids.size() * E) + " output gradients, got " + dy.shape().str());
+    cuda::kernels::embedding_grad(dy.data(), ids.data(), ids.size(), dtable.data(), V, E, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("embedding_grad");
+  }
+
   // ---- losses: y viewed as rows [R, K] over its last axis (see backend/ops.hpp) -------------
   // Each adds one double into stats[slot] on the device (deterministically) and, when the
   // gradient is not null, writes it; nothing waits for the device.

@@ -1,47 +1,63 @@
 #pragma once
 /// \file rnn.hpp
-/// The raw cuDNN 9 RNN calls of the CUDA backend on device pointers: detail::CudnnLstm, one LSTM
-/// layer of one or two directions over time-major data, and the process-wide settings that
-/// choose how it runs (the cuDNN algorithm, and how Bidirectional(LSTM) maps onto cuDNN). Host
-/// code; the helper kernels it launches (weight packing, gradient unpacking) are in kernels.cu.
-/// It knows nothing of layers: layers/cuda/lstm.hpp and layers/cuda/bidirectional.hpp build the
-/// LSTM and Bidirectional layers on it.
+/// The raw cuDNN 9 RNN calls of the CUDA backend on device pointers: detail::CudnnRnn, one
+/// recurrent layer (LSTM, GRU or SimpleRNN) of one or two directions over time-major data, and
+/// the process-wide settings that choose how it runs (the cuDNN algorithm, and how a
+/// Bidirectional layer maps onto cuDNN). Host code; the helper kernels it launches (weight
+/// packing, gradient unpacking) are in kernels.cu. It knows nothing of layers:
+/// layers/cuda/rnn.hpp and layers/cuda/bidirectional.hpp build the recurrent layers and
+/// Bidirectional on it.
 ///
-/// Mapping of fastnn's (Keras's) LSTM onto cuDNN:
-///  - parameters stay where the layer declared them, in the model's flat buffer: kernel W [F, 4H],
-///    recurrent kernel U [H, 4H], one bias b [4H], gate order i, f, c, o. cuDNN keeps its own
-///    "weight space". Where each of its elements lives is asked of cuDNN itself with
+/// Mapping of fastnn's (Keras's) cells onto cuDNN (the layouts and equations are in
+/// backend/rnn.hpp):
+///  - cell modes: LSTM -> CUDNN_LSTM; GRU -> CUDNN_GRU, whose candidate
+///    tanh(x Wh + bWh + r * (h Rh + bRh)) is Keras's reset_after form (the only one cuDNN has);
+///    SimpleRNN -> CUDNN_RNN_TANH or CUDNN_RNN_RELU.
+///  - parameters stay where the layer declared them, in the model's flat buffer: kernel
+///    W [F, G*H], recurrent kernel U [H, G*H] and bias b, G gates. cuDNN keeps its own "weight
+///    space". Where each of its elements lives is asked of cuDNN itself with
 ///    cudnnGetRNNWeightParams (never hard-coded offsets): for pseudo-layer d (direction) and
-///    linear-layer id L, cuDNN reports a matrix {1, H, in} (L = 0..3: input GEMM of gates i, f,
-///    g (= Keras's c), o; L = 4..7: the same gates' recurrent GEMM) and, with
-///    CUDNN_RNN_SINGLE_INP_BIAS, one bias {1, H, 1} per input GEMM. cuDNN's gate order is Keras's,
-///    and matrix element (r, k) of gate g is W[k, g*H + r] (resp. U[k, g*H + r]); bias element r
-///    is b[g*H + r]. From these answers one int32 map (weight-space element -> flat parameter
-///    index) is built once per configuration, checked to be one-to-one and onto, and used by one
-///    gather kernel before each forward pass and one scatter-add kernel after each backward
-///    pass. Should cuDNN report recurrent biases as well, they are held at zero and their
-///    gradients dropped, which is exactly Keras's single bias.
+///    linear-layer id L, cuDNN reports a matrix {1, H, in} and a bias {1, H, 1}. The ids:
+///      LSTM       0..3: input GEMM of gates i, f, g (Keras's c), o; 4..7: their recurrent GEMM
+///      GRU        0..2: input GEMM of r, z, h~; 3..5: their recurrent GEMM (Keras's column
+///                 blocks are z, r, h: the first two swap)
+///      SimpleRNN  0: input GEMM; 1: recurrent GEMM
+///    Matrix element (r, k) of Keras gate g is W[k, g*H + r] (resp. U[k, g*H + r]); bias
+///    element r is b[g*H + r]. The LSTM's and SimpleRNN's one bias is cuDNN's input-GEMM bias
+///    (CUDNN_RNN_SINGLE_INP_BIAS; where cuDNN holds recurrent biases as well, under
+///    CUDNN_RNN_DOUBLE_BIAS, they are held at zero and their gradients dropped, which is still
+///    exactly Keras's one bias). The GRU's bias [2, G*H] is cuDNN's double bias: row 0 the
+///    input-GEMM biases, row 1 the recurrent-GEMM ones (CUDNN_RNN_DOUBLE_BIAS always).
+///    From these answers one int32 map (weight-space element -> flat parameter index) is built
+///    once per configuration, checked to be one-to-one and onto, and used by one gather kernel
+///    before each forward pass and one scatter-add kernel after each backward pass.
 ///  - cudnnRNNBackwardWeights_v8 only ADDS into its gradient buffer: that buffer is zeroed
 ///    before each call, and its contents are then added into the layer's gradients, which keeps
 ///    fastnn's contract (backward accumulates; the caller zeroes once per step).
-///  - data is time-major ([S, B, F], CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED with every sequence
-///    of full length); the callers convert with the swap01 transpose kernel.
+///  - data is time-major ([S, B, F]); the callers convert with the transpose kernels. With every
+///    sequence of full length the layout is CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED. With
+///    per-sample lengths (a `padded` configuration) it is CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_UNPACKED
+///    with CUDNN_RNN_PADDED_IO_ENABLED: the lengths go to cuDNN on the host (seqLengthArray) and
+///    on the device (devSeqLengths), the padding of the outputs is filled with 0, each sample
+///    stops at its own length, and hy is each sample's state after its last real step.
 ///  - two directions (dirs = 2) are one cuDNN RNN with CUDNN_BIDIRECTIONAL: pseudo-layer 0 is the
-///    forward LSTM, 1 the backward one, each mapped onto its own parameter pointers. cuDNN's
+///    forward layer, 1 the backward one, each mapped onto its own parameter pointers. cuDNN's
 ///    backward direction emits its outputs in input order; its final state is hy[1].
 ///  - algorithm: CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H is tried first for float (set_rnn_algo or
-///    FASTNN_CUDNN_RNN_ALGO=standard|small_h|static|dynamic|auto choose), first with
-///    CUDNN_RNN_SINGLE_INP_BIAS, then with CUDNN_RNN_DOUBLE_BIAS (persistent kernels may refuse
-///    the single bias; the second, recurrent bias is then held at zero and its gradient dropped,
-///    which is still exactly Keras's one bias), then CUDNN_RNN_ALGO_STANDARD: each refusal by
-///    cuDNN moves to the next choice.
+///    FASTNN_CUDNN_RNN_ALGO=standard|small_h|static|dynamic|auto choose), for an LSTM or a
+///    SimpleRNN first with CUDNN_RNN_SINGLE_INP_BIAS, then with CUDNN_RNN_DOUBLE_BIAS (persistent
+///    kernels may refuse the single bias), then CUDNN_RNN_ALGO_STANDARD: each refusal by cuDNN
+///    moves to the next choice. A padded configuration uses CUDNN_RNN_ALGO_STANDARD only (the
+///    persistent kernels are not asked for unpacked layouts).
 ///  - math: CUDNN_FMA_MATH for float (no TF32) unless cuda::set_allow_tf32(true).
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -49,14 +65,16 @@
 
 #include "fastnn/backend/cuda/common.hpp"
 #include "fastnn/backend/cuda/kernels.cuh"
+#include "fastnn/backend/rnn.hpp"
 #include "fastnn/core/mode.hpp"
 #include "fastnn/core/tensor.hpp"
 
 namespace fastnn {
 namespace cuda {
 
-/// Which cuDNN RNN algorithm LSTM layers ask for. Auto: PERSIST_STATIC_SMALL_H for float,
-/// STANDARD for double; any refused choice falls back to STANDARD.
+/// Which cuDNN RNN algorithm recurrent layers ask for. Auto: PERSIST_STATIC_SMALL_H for float,
+/// STANDARD for double; any refused choice falls back to STANDARD. Layers running sequences of
+/// different lengths always use STANDARD.
 enum class RnnAlgo { Auto, Standard, PersistStatic, PersistStaticSmallH, PersistDynamic };
 
 namespace detail {
@@ -85,15 +103,15 @@ inline const char* algo_name(cudnnRNNAlgo_t a) {
 }
 }  // namespace detail
 
-/// Sets the algorithm for LSTM layers configured from now on (existing layers keep theirs).
+/// Sets the algorithm for recurrent layers configured from now on (existing layers keep theirs).
 inline void set_rnn_algo(RnnAlgo a) { detail::rnn_algo_setting().store(static_cast<int>(a)); }
 inline RnnAlgo rnn_algo() { return static_cast<RnnAlgo>(detail::rnn_algo_setting().load()); }
-/// How Bidirectional(LSTM) with merge concat runs on the GPU. All three give the same numbers
-/// (to rounding); the tests compare each with the CPU.
+/// How Bidirectional(LSTM, GRU or SimpleRNN) with merge concat runs on the GPU. All three give
+/// the same numbers (to rounding); the tests compare each with the CPU.
 enum class BidirMode {
-  TwoStreams,          ///< two cuDNN LSTMs, the directions concurrently on two streams (default)
+  TwoStreams,          ///< two cuDNN RNNs, the directions concurrently on two streams (default)
   CudnnBidirectional,  ///< one cuDNN RNN with CUDNN_BIDIRECTIONAL (directions one after the other)
-  Generic              ///< the generic Bidirectional wrapper: two LSTM layers in turn, then merge
+  Generic              ///< the generic Bidirectional wrapper: the two layers in turn, then merge
 };
 
 namespace detail {
@@ -111,41 +129,85 @@ inline std::atomic<int>& bidir_mode_setting() {
 }
 }  // namespace detail
 
-/// Sets how Bidirectional(LSTM, concat) runs from the next forward() on (environment variable
+/// Sets how Bidirectional(..., concat) runs from the next forward() on (environment variable
 /// FASTNN_CUDA_BIDIR=two_streams|cudnn|generic sets the initial mode).
 inline void set_bidirectional_mode(BidirMode m) { detail::bidir_mode_setting().store(static_cast<int>(m)); }
 inline BidirMode bidirectional_mode() { return static_cast<BidirMode>(detail::bidir_mode_setting().load()); }
 
+
 namespace detail {
 
-/// One cuDNN LSTM layer (one or two directions) over time-major data, parameters in fastnn's
-/// layout (see the file comment).
+/// What one cuDNN RNN descriptor is built for.
+struct RnnSpec {
+  RnnCell cell = RnnCell::LSTM;
+  bool relu = false;  ///< SimpleRNN: CUDNN_RNN_RELU rather than CUDNN_RNN_TANH
+  Index F = -1, H = -1;
+  int dirs = 1;
+  bool padded = false;  ///< per-sample lengths: padded IO, unpacked layout, the standard algorithm
+
+  Index gates() const { return rnn_gates(cell); }
+  /// The bias of one direction is [2, G*H] (cuDNN's input and recurrent biases) for a GRU.
+  bool two_biases() const { return cell == RnnCell::GRU; }
+  bool operator==(const RnnSpec& o) const {
+    return cell == o.cell && relu == o.relu && F == o.F && H == o.H && dirs == o.dirs && padded == o.padded;
+  }
+  bool operator!=(const RnnSpec& o) const { return !(*this == o); }
+};
+
+/// One cuDNN recurrent layer (one or two directions) over time-major data, parameters in
+/// fastnn's layout (see the file comment).
 template <class T>
-class CudnnLstm {
+class CudnnRnn {
  public:
-  using Ptrs = kernels::LstmParamPtrs<T>;
+  using Ptrs = kernels::RnnParamPtrs<T>;
 
   /// Which lane of the thread's context (stream and cuDNN handle) this layer runs on.
   void set_lane(int lane) { lane_ = lane; }
 
-  /// (Re)configures for F input features, H units and 1 or 2 directions.
-  void configure(Index F, Index H, int dirs) {
-    if (F == F_ && H == H_ && dirs == dirs_) return;
-    F_ = F;
-    H_ = H;
-    dirs_ = dirs;
+  /// (Re)configures; a changed spec rebuilds the descriptor and the weight map at the next call.
+  void configure(const RnnSpec& s) {
+    if (s == spec_) return;
+    spec_ = s;
     built_ = false;
+    trained_ = false;
+    lens_.clear();
     candidates_ = candidates();
     cand_ = 0;
   }
+  const RnnSpec& spec() const { return spec_; }
 
   /// The algorithm in use (after the first call).
   const char* algo_name() const { return detail::algo_name(algo_); }
-  /// Whether cuDNN holds a second (recurrent) bias, kept at zero (after the first call).
+  /// Whether cuDNN holds a second (recurrent) bias (after the first call): the GRU's second
+  /// row, or held at zero for an LSTM or SimpleRNN.
   bool double_bias() const { return bias_ == CUDNN_RNN_DOUBLE_BIAS; }
 
-  /// xt [S, B, F] -> ys [S, B, dirs*H]; hy [dirs, B, H] (optional). Weights from `w`.
+  /// A padded configuration's per-sample lengths for the next forward() (and its backward()):
+  /// `lengths` host [B], each in [1, S] (checked by forward()). Copies them to the device (on
+  /// this layer's lane) and returns the device copy, which stays valid and unchanged until the
+  /// next call, for the caller's transpose kernels. Throws DeviceError while a CUDA graph is
+  /// captured: lengths change from batch to batch and must not be baked into a graph.
+  const std::int32_t* set_lengths(Index B, const std::int32_t* lengths) {
+    if (!spec_.padded) throw ArgumentError("cuDNN " + to_string(spec_.cell) + ": lengths given to a configuration without padding");
+    if (context().capturing())
+      throw DeviceError("cuDNN " + to_string(spec_.cell) +
+                        ": a batch with per-sample lengths cannot be captured in a CUDA graph (its lengths change from "
+                        "batch to batch); run such a model without graph capture");
+    const bool same = static_cast<Index>(lens_.size()) == B && std::equal(lens_.begin(), lens_.end(), lengths);
+    if (!same) {
+      lens_.assign(lengths, lengths + B);
+      ++lens_version_;
+      seq_lengths_.resize(Shape{B});
+      FASTNN_CUDA_CHECK(cudaMemcpyAsync(seq_lengths_.data(), lens_.data(), sizeof(std::int32_t) * lens_.size(),
+                                        cudaMemcpyHostToDevice, strm()));
+    }
+    return seq_lengths_.data();
+  }
+
+  /// xt [S, B, F] -> ys [S, B, dirs*H]; hy [dirs, B, H] (optional). Weights from `w`. A padded
+  /// configuration needs set_lengths() first; its ys is 0 after each sample's length.
   void forward(Mode mode, Index B, Index S, const T* xt, T* ys, T* hy, const Ptrs& w) {
+    if (spec_.padded) check_set_lengths(B, S);
     for (;;) {
       ensure_built();
       pack(w);
@@ -173,10 +235,11 @@ class CudnnLstm {
 
   /// Gradients from dys [S, B, dirs*H] and dhy [dirs, B, H] (nullable): dxt [S, B, F] is written,
   /// parameter gradients are ADDED into `g`. Needs the preceding forward in Mode::Train on the
-  /// same xt, ys (which must be unchanged).
+  /// same xt, ys (which must be unchanged) and, when padded, the same lengths.
   void backward(Index B, Index S, const T* xt, T* ys, const T* dys, const T* dhy, T* dxt, const Ptrs& g) {
     if (!trained_ || B != B_fwd_)
-      throw ArgumentError("LSTM (cuDNN): backward() needs the preceding forward() in Mode::Train on the same batch");
+      throw ArgumentError(to_string(spec_.cell) +
+                          " (cuDNN): backward() needs the preceding forward() in Mode::Train on the same batch");
     for (;;) {
       cudnnStatus_t st = cudnnRNNBackwardData_v8(
           handle(), desc_.get(), seq_lengths_.data(), y_desc_.get(), ys, dys, x_desc_.get(), dxt, h_desc_.get(),
@@ -192,49 +255,75 @@ class CudnnLstm {
       }
       if (st == CUDNN_STATUS_SUCCESS) break;
       if (context().capturing() || !fall_back(st, what)) cuda::detail::throw_cudnn(st, what, __FILE__, __LINE__);
-      // the reserve space of the refused algorithm is useless: redo the forward pass
+      // the reserve space of the refused algorithm is useless: redo the forward pass (a padded
+      // configuration keeps its lengths)
       forward(Mode::Train, B, S, xt, ys, nullptr, last_w_);
     }
-    kernels::unpack_add_lstm_grads(dws_.data(), map_.data(), g, map_.size(), strm());
-    FASTNN_CUDA_CHECK_LAUNCH("unpack_add_lstm_grads");
+    kernels::unpack_add_rnn_grads(dws_.data(), map_.data(), g, map_.size(), strm());
+    FASTNN_CUDA_CHECK_LAUNCH("unpack_add_rnn_grads");
   }
 
  private:
   static constexpr cudnnDataType_t dtype() {
     return std::is_same<T, float>::value ? CUDNN_DATA_FLOAT : CUDNN_DATA_DOUBLE;
   }
+  cudnnRNNMode_t cell_mode() const {
+    switch (spec_.cell) {
+      case RnnCell::LSTM: return CUDNN_LSTM;
+      case RnnCell::GRU: return CUDNN_GRU;
+      case RnnCell::SimpleRNN: return spec_.relu ? CUDNN_RNN_RELU : CUDNN_RNN_TANH;
+    }
+    return CUDNN_LSTM;
+  }
+  std::string what() const { return "cuDNN " + to_string(spec_.cell); }
+
+  void check_set_lengths(Index B, Index S) const {
+    if (static_cast<Index>(lens_.size()) != B)
+      throw ArgumentError(what() + ": forward() on " + std::to_string(B) + " samples after set_lengths() for " +
+                          std::to_string(lens_.size()));
+    for (Index b = 0; b < B; ++b)
+      if (lens_[static_cast<std::size_t>(b)] < 1 || lens_[static_cast<std::size_t>(b)] > S)
+        throw ArgumentError(what() + ": sample " + std::to_string(b) + " has length " +
+                            std::to_string(lens_[static_cast<std::size_t>(b)]) + ", expected 1 to " + std::to_string(S));
+  }
 
   /// (algorithm, bias mode) pairs to try, in order. The persistent kernels may refuse a single
-  /// input bias; with CUDNN_RNN_DOUBLE_BIAS the recurrent bias is held at zero (see build_map).
+  /// input bias; with CUDNN_RNN_DOUBLE_BIAS the recurrent bias of an LSTM or SimpleRNN is held at
+  /// zero (see build_map). A GRU always has both biases; a padded configuration is standard only.
   std::vector<std::pair<cudnnRNNAlgo_t, cudnnRNNBiasMode_t>> candidates() const {
-    const auto std_single = std::make_pair(CUDNN_RNN_ALGO_STANDARD, CUDNN_RNN_SINGLE_INP_BIAS);
+    const bool gru = spec_.cell == RnnCell::GRU;
+    const cudnnRNNBiasMode_t std_bias = gru ? CUDNN_RNN_DOUBLE_BIAS : CUDNN_RNN_SINGLE_INP_BIAS;
+    const auto standard = std::make_pair(CUDNN_RNN_ALGO_STANDARD, std_bias);
+    if (spec_.padded) return {standard};
     auto persistent = [&](cudnnRNNAlgo_t a) {
+      if (gru) return std::vector<std::pair<cudnnRNNAlgo_t, cudnnRNNBiasMode_t>>{{a, CUDNN_RNN_DOUBLE_BIAS}, standard};
       return std::vector<std::pair<cudnnRNNAlgo_t, cudnnRNNBiasMode_t>>{
-          {a, CUDNN_RNN_SINGLE_INP_BIAS}, {a, CUDNN_RNN_DOUBLE_BIAS}, std_single};
+          {a, CUDNN_RNN_SINGLE_INP_BIAS}, {a, CUDNN_RNN_DOUBLE_BIAS}, standard};
     };
     switch (rnn_algo()) {
-      case RnnAlgo::Standard: return {std_single};
+      case RnnAlgo::Standard: return {standard};
       case RnnAlgo::PersistStatic: return persistent(CUDNN_RNN_ALGO_PERSIST_STATIC);
       case RnnAlgo::PersistStaticSmallH: return persistent(CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H);
       case RnnAlgo::PersistDynamic: return persistent(CUDNN_RNN_ALGO_PERSIST_DYNAMIC);
       case RnnAlgo::Auto: break;
     }
     if (std::is_same<T, float>::value) return persistent(CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H);
-    return {std_single};
+    return {standard};
   }
 
   /// Moves to the next candidate after cuDNN refused the current one. False when none is left
   /// (the error is then real). Never called while a CUDA graph is captured
   /// (model/cuda/step_runner.hpp): a call failing there throws, the capture is abandoned and the
   /// step runs eagerly with the same algorithm.
-  bool fall_back(cudnnStatus_t st, const char* what) {
+  bool fall_back(cudnnStatus_t st, const char* call) {
     if (cand_ + 1 >= candidates_.size()) return false;
     if (verbose()) {
       char msg[512] = {0};
       cudnnGetLastErrorString(msg, sizeof msg);
-      std::fprintf(stderr, "fastnn: cuDNN refused RNN algorithm %s with %s in %s (%s%s%s); trying %s with %s\n",
-                   detail::algo_name(algo_), bias_name(bias_), what, cudnnGetErrorString(st), msg[0] ? ": " : "", msg,
-                   detail::algo_name(candidates_[cand_ + 1].first), bias_name(candidates_[cand_ + 1].second));
+      std::fprintf(stderr, "fastnn: cuDNN refused %s algorithm %s with %s in %s (%s%s%s); trying %s with %s\n",
+                   to_string(spec_.cell).c_str(), detail::algo_name(algo_), bias_name(bias_), call,
+                   cudnnGetErrorString(st), msg[0] ? ": " : "", msg, detail::algo_name(candidates_[cand_ + 1].first),
+                   bias_name(candidates_[cand_ + 1].second));
     }
     ++cand_;
     built_ = false;
@@ -245,6 +334,7 @@ class CudnnLstm {
   }
 
   void ensure_built() {
+    if (spec_.F <= 0 || spec_.H <= 0) throw ArgumentError("cuDNN RNN: forward() before configure()");
     if (candidates_.empty()) candidates_ = candidates();
     // The math type is part of the descriptor: follow set_allow_tf32() changes between steps
     // (the training-step graph is keyed on the TF32 setting and re-captured after an eager step).
@@ -254,7 +344,8 @@ class CudnnLstm {
       bias_ = candidates_[cand_].second;
       const cudnnStatus_t st = build();
       if (st == CUDNN_STATUS_SUCCESS) break;
-      if (!fall_back(st, "cudnnSetRNNDescriptor_v8")) cuda::detail::throw_cudnn(st, "building the LSTM descriptor", __FILE__, __LINE__);
+      if (!fall_back(st, "cudnnSetRNNDescriptor_v8"))
+        cuda::detail::throw_cudnn(st, ("building the " + what() + " descriptor").c_str(), __FILE__, __LINE__);
     }
   }
 
@@ -277,9 +368,10 @@ class CudnnLstm {
     const cudnnMathType_t math =
         std::is_same<T, float>::value && !built_tf32_ ? CUDNN_FMA_MATH : CUDNN_DEFAULT_MATH;
     cudnnStatus_t st = cudnnSetRNNDescriptor_v8(
-        desc_.get(), algo_, CUDNN_LSTM, bias_, dirs_ == 2 ? CUDNN_BIDIRECTIONAL : CUDNN_UNIDIRECTIONAL,
-        CUDNN_LINEAR_INPUT, dtype(), dtype(), math, static_cast<int32_t>(F_), static_cast<int32_t>(H_),
-        static_cast<int32_t>(H_), 1, ctx.no_dropout(), CUDNN_RNN_PADDED_IO_DISABLED);
+        desc_.get(), algo_, cell_mode(), bias_, spec_.dirs == 2 ? CUDNN_BIDIRECTIONAL : CUDNN_UNIDIRECTIONAL,
+        CUDNN_LINEAR_INPUT, dtype(), dtype(), math, static_cast<int32_t>(spec_.F), static_cast<int32_t>(spec_.H),
+        static_cast<int32_t>(spec_.H), 1, ctx.no_dropout(),
+        spec_.padded ? CUDNN_RNN_PADDED_IO_ENABLED : CUDNN_RNN_PADDED_IO_DISABLED);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     st = cudnnGetRNNWeightSpaceSize(handle(), desc_.get(), &ws_bytes_);
     if (st != CUDNN_STATUS_SUCCESS) return st;
@@ -292,51 +384,63 @@ class CudnnLstm {
     B_ = S_ = -1;
     built_ = true;
     if (verbose())
-      std::fprintf(stderr, "fastnn: cuDNN LSTM F=%lld H=%lld dirs=%d algorithm %s bias %s, weight space %zu bytes\n",
-                   static_cast<long long>(F_), static_cast<long long>(H_), dirs_, detail::algo_name(algo_),
-                   bias_name(bias_), ws_bytes_);
+      std::fprintf(stderr, "fastnn: cuDNN %s F=%lld H=%lld dirs=%d%s algorithm %s bias %s, weight space %zu bytes\n",
+                   to_string(spec_.cell).c_str(), static_cast<long long>(spec_.F), static_cast<long long>(spec_.H),
+                   spec_.dirs, spec_.padded ? " padded" : "", detail::algo_name(algo_), bias_name(bias_), ws_bytes_);
     return CUDNN_STATUS_SUCCESS;
+  }
+
+  /// The Keras gate (column block) of cuDNN's gate c: the GRU's r and z swap (cuDNN r, z, h~;
+  /// Keras z, r, h); the LSTM's order is the same in both.
+  Index keras_gate(Index c) const {
+    if (spec_.cell == RnnCell::GRU && c < 2) return 1 - c;
+    return c;
   }
 
   /// Asks cuDNN where each gate matrix and bias lives and records, for each weight-space
   /// element, the flat index of the fastnn parameter it holds (-1: none, kept at zero).
   void build_map(Index n) {
-    const Index H = H_, F = F_, G = 4 * H;
-    const Index per_dir = F * G + H * G + G;
+    const Index H = spec_.H, F = spec_.F, NG = spec_.gates(), G = NG * H;
+    const Index nb = spec_.two_biases() ? 2 * G : G;
+    const Index per_dir = F * G + H * G + nb;
+    if (per_dir * spec_.dirs > static_cast<Index>(std::numeric_limits<std::int32_t>::max()))
+      throw ShapeError(what() + ": " + std::to_string(per_dir * spec_.dirs) +
+                       " parameters exceed the int32 range of the weight map");
     std::vector<std::int32_t> map(static_cast<std::size_t>(n), -1);
-    std::vector<unsigned char> seen(static_cast<std::size_t>(per_dir * dirs_), 0);
+    std::vector<unsigned char> seen(static_cast<std::size_t>(per_dir * spec_.dirs), 0);
     TensorDesc mdesc = make_tensor_desc(), bdesc = make_tensor_desc();
     const char* base = reinterpret_cast<const char*>(ws_.data());
     auto offset_of = [&](const void* p) -> Index {
       const std::ptrdiff_t bytes = static_cast<const char*>(p) - base;
       if (bytes < 0 || bytes % static_cast<std::ptrdiff_t>(sizeof(T)) != 0 ||
           bytes / static_cast<std::ptrdiff_t>(sizeof(T)) >= n)
-        throw DeviceError("cuDNN LSTM: cudnnGetRNNWeightParams returned an address outside the weight space");
+        throw DeviceError(what() + ": cudnnGetRNNWeightParams returned an address outside the weight space");
       return static_cast<Index>(bytes / static_cast<std::ptrdiff_t>(sizeof(T)));
     };
     auto record = [&](Index ws_index, Index src) {
       if (ws_index < 0 || ws_index >= n || map[static_cast<std::size_t>(ws_index)] != -1 ||
           seen[static_cast<std::size_t>(src)])
-        throw DeviceError("cuDNN LSTM: the weight layout reported by cudnnGetRNNWeightParams overlaps");
+        throw DeviceError(what() + ": the weight layout reported by cudnnGetRNNWeightParams overlaps");
       map[static_cast<std::size_t>(ws_index)] = static_cast<std::int32_t>(src);
       seen[static_cast<std::size_t>(src)] = 1;
     };
-    for (int d = 0; d < dirs_; ++d) {
+    for (int d = 0; d < spec_.dirs; ++d) {
       const Index dir_base = d * per_dir;
-      for (int lin = 0; lin < 8; ++lin) {
+      for (Index lin = 0; lin < 2 * NG; ++lin) {
         void* maddr = nullptr;
         void* baddr = nullptr;
-        FASTNN_CUDNN_CHECK(cudnnGetRNNWeightParams(handle(), desc_.get(), d, ws_bytes_, ws_.data(), lin,
-                                                   mdesc.get(), &maddr, bdesc.get(), &baddr));
-        const bool recurrent = lin >= 4;
-        const Index gate = lin % 4;  // i, f, g (Keras's c), o: the same order as Keras
+        FASTNN_CUDNN_CHECK(cudnnGetRNNWeightParams(handle(), desc_.get(), d, ws_bytes_, ws_.data(),
+                                                   static_cast<int32_t>(lin), mdesc.get(), &maddr, bdesc.get(),
+                                                   &baddr));
+        const bool recurrent = lin >= NG;
+        const Index gate = keras_gate(lin % NG);
         const Index in = recurrent ? H : F;
         if (maddr) {
-          int dims[3] = {0, 0, 0}, strides[3] = {0, 0, 0}, nb = 0;
+          int dims[3] = {0, 0, 0}, strides[3] = {0, 0, 0}, nbd = 0;
           cudnnDataType_t dt;
-          FASTNN_CUDNN_CHECK(cudnnGetTensorNdDescriptor(mdesc.get(), 3, &dt, &nb, dims, strides));
-          if (nb != 3 || dims[1] != H || dims[2] != in)
-            throw DeviceError("cuDNN LSTM: unexpected shape of weight matrix " + std::to_string(lin) + ": [" +
+          FASTNN_CUDNN_CHECK(cudnnGetTensorNdDescriptor(mdesc.get(), 3, &dt, &nbd, dims, strides));
+          if (nbd != 3 || dims[1] != H || dims[2] != in)
+            throw DeviceError(what() + ": unexpected shape of weight matrix " + std::to_string(lin) + ": [" +
                               std::to_string(dims[0]) + ", " + std::to_string(dims[1]) + ", " +
                               std::to_string(dims[2]) + "], expected [1, " + std::to_string(H) + ", " +
                               std::to_string(in) + "]");
@@ -347,48 +451,62 @@ class CudnnLstm {
               record(o + r * strides[1] + k * strides[2], dir_base + seg + k * G + gate * H + r);
         }
         if (baddr) {
-          int dims[3] = {0, 0, 0}, strides[3] = {0, 0, 0}, nb = 0;
+          int dims[3] = {0, 0, 0}, strides[3] = {0, 0, 0}, nbd = 0;
           cudnnDataType_t dt;
-          FASTNN_CUDNN_CHECK(cudnnGetTensorNdDescriptor(bdesc.get(), 3, &dt, &nb, dims, strides));
-          if (nb != 3 || dims[1] != H)
-            throw DeviceError("cuDNN LSTM: unexpected shape of bias " + std::to_string(lin));
-          if (recurrent) continue;  // a recurrent bias (double-bias layouts) stays 0: Keras has one bias
+          FASTNN_CUDNN_CHECK(cudnnGetTensorNdDescriptor(bdesc.get(), 3, &dt, &nbd, dims, strides));
+          if (nbd != 3 || dims[1] != H) throw DeviceError(what() + ": unexpected shape of bias " + std::to_string(lin));
+          // a recurrent bias of an LSTM or SimpleRNN (double-bias layouts) stays 0: Keras has one
+          if (recurrent && !spec_.two_biases()) continue;
+          const Index row = recurrent ? G : 0;  // the GRU's bias [2, G]: input, then recurrent
           const Index o = offset_of(baddr);
-          for (Index r = 0; r < H; ++r) record(o + r * strides[1], dir_base + F * G + H * G + gate * H + r);
+          for (Index r = 0; r < H; ++r) record(o + r * strides[1], dir_base + F * G + H * G + row + gate * H + r);
         }
       }
     }
     for (unsigned char s : seen)
-      if (!s) throw DeviceError("cuDNN LSTM: the weight space does not hold every parameter of the layer");
+      if (!s) throw DeviceError(what() + ": the weight space does not hold every parameter of the layer");
     Tensor<std::int32_t, Cpu> h(Shape{n});
     std::memcpy(h.data(), map.data(), sizeof(std::int32_t) * map.size());
     map_ = to_device<Cuda>(h);
   }
 
-  /// Data descriptors, sequence lengths and work-space sizes for a batch of B sequences of S.
-  /// Returns the failing status of an algorithm-dependent query.
+  /// Data descriptors, sequence lengths and work-space sizes for a batch of B sequences of S
+  /// (of the lengths of set_lengths() when padded). Returns the failing status of an
+  /// algorithm-dependent query.
   cudnnStatus_t prepare(Index B, Index S) {
-    if (B == B_ && S == S_) return CUDNN_STATUS_SUCCESS;
+    if (B == B_ && S == S_ && (!spec_.padded || lens_version_ == prepared_version_)) return CUDNN_STATUS_SUCCESS;
     const int b = static_cast<int>(B), s = static_cast<int>(S);
-    std::vector<int> lengths(static_cast<std::size_t>(B), s);
-    FASTNN_CUDNN_CHECK(cudnnSetRNNDataDescriptor(x_desc_.get(), dtype(), CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, s, b,
-                                                 static_cast<int>(F_), lengths.data(), nullptr));
-    FASTNN_CUDNN_CHECK(cudnnSetRNNDataDescriptor(y_desc_.get(), dtype(), CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, s, b,
-                                                 static_cast<int>(dirs_ * H_), lengths.data(), nullptr));
-    const int hd[3] = {dirs_, b, static_cast<int>(H_)};
-    const int hs[3] = {b * static_cast<int>(H_), static_cast<int>(H_), 1};
+    std::vector<int> full;
+    const int* lengths = lens_.data();
+    cudnnRNNDataLayout_t layout = CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_UNPACKED;
+    T zero = T(0);
+    void* fill = &zero;
+    if (!spec_.padded) {
+      full.assign(static_cast<std::size_t>(B), s);
+      lengths = full.data();
+      layout = CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED;
+      fill = nullptr;
+    }
+    FASTNN_CUDNN_CHECK(cudnnSetRNNDataDescriptor(x_desc_.get(), dtype(), layout, s, b, static_cast<int>(spec_.F),
+                                                 lengths, fill));
+    FASTNN_CUDNN_CHECK(cudnnSetRNNDataDescriptor(y_desc_.get(), dtype(), layout, s, b,
+                                                 static_cast<int>(spec_.dirs * spec_.H), lengths, fill));
+    const int hd[3] = {spec_.dirs, b, static_cast<int>(spec_.H)};
+    const int hs[3] = {b * static_cast<int>(spec_.H), static_cast<int>(spec_.H), 1};
     FASTNN_CUDNN_CHECK(cudnnSetTensorNdDescriptor(h_desc_.get(), dtype(), 3, hd, hs));
-    seq_lengths_.resize(Shape{B});
-    kernels::fill<std::int32_t>(seq_lengths_.data(), B, s, strm());
-    FASTNN_CUDA_CHECK_LAUNCH("fill");
+    if (!spec_.padded) {
+      seq_lengths_.resize(Shape{B});
+      kernels::fill<std::int32_t>(seq_lengths_.data(), B, s, strm());
+      FASTNN_CUDA_CHECK_LAUNCH("fill");
+    }
     cudnnStatus_t st = CUDNN_STATUS_SUCCESS;
     if (algo_ == CUDNN_RNN_ALGO_PERSIST_DYNAMIC) {  // plans are compiled per batch size
       st = cudnnBuildRNNDynamic(handle(), desc_.get(), b);
       if (st != CUDNN_STATUS_SUCCESS) return st;
     }
     std::size_t reserve_infer = 0;
-    st = cudnnGetRNNTempSpaceSizes(handle(), desc_.get(), CUDNN_FWD_MODE_TRAINING, x_desc_.get(),
-                                                 &work_train_, &reserve_bytes_);
+    st = cudnnGetRNNTempSpaceSizes(handle(), desc_.get(), CUDNN_FWD_MODE_TRAINING, x_desc_.get(), &work_train_,
+                                   &reserve_bytes_);
     if (st != CUDNN_STATUS_SUCCESS) return st;
     st = cudnnGetRNNTempSpaceSizes(handle(), desc_.get(), CUDNN_FWD_MODE_INFERENCE, x_desc_.get(), &work_infer_,
                                    &reserve_infer);
@@ -397,19 +515,20 @@ class CudnnLstm {
     work_.resize(Shape{static_cast<Index>(work ? work : 1)});
     B_ = B;
     S_ = S;
+    prepared_version_ = lens_version_;
     return CUDNN_STATUS_SUCCESS;
   }
 
   void pack(const Ptrs& w) {
-    kernels::pack_lstm_weights(w, map_.data(), ws_.data(), map_.size(), strm());
-    FASTNN_CUDA_CHECK_LAUNCH("pack_lstm_weights");
+    kernels::pack_rnn_weights(w, map_.data(), ws_.data(), map_.size(), strm());
+    FASTNN_CUDA_CHECK_LAUNCH("pack_rnn_weights");
   }
 
   cudaStream_t strm() const { return context().stream(lane_); }
   cudnnHandle_t handle() const { return context().cudnn(lane_); }
 
-  Index F_ = -1, H_ = -1;
-  int dirs_ = 1, lane_ = 0;
+  RnnSpec spec_;
+  int lane_ = 0;
   bool built_ = false, trained_ = false;
   bool built_tf32_ = false;  ///< allow_tf32() when the descriptor was built
   std::vector<std::pair<cudnnRNNAlgo_t, cudnnRNNBiasMode_t>> candidates_;
@@ -423,26 +542,29 @@ class CudnnLstm {
   Tensor<T, Cuda> ws_, dws_;
   Tensor<std::int32_t, Cuda> map_, seq_lengths_;
   Tensor<std::uint8_t, Cuda> work_, reserve_;
+  std::vector<std::int32_t> lens_;  ///< padded: the host lengths of set_lengths()
+  unsigned long long lens_version_ = 0, prepared_version_ = 0;
   Index B_ = -1, S_ = -1, B_fwd_ = -1;
   Ptrs last_w_{};
 };
 
-/// The parameter (or gradient) pointers of one or two directions for CudnnLstm: kernel w [F, 4H],
-/// recurrent kernel u [H, 4H] and bias b [4H] of direction 0, and of direction 1 when given.
+/// The parameter (or gradient) pointers of one or two directions for CudnnRnn: kernel w,
+/// recurrent kernel u and bias b of direction 0, and of direction 1 when given (the same
+/// shapes).
 template <class T>
-kernels::LstmParamPtrs<T> lstm_ptrs(Index F, Index H, const Tensor<T, Cuda>& w0, const Tensor<T, Cuda>& u0,
-                                    const Tensor<T, Cuda>& b0, const Tensor<T, Cuda>* w1 = nullptr,
-                                    const Tensor<T, Cuda>* u1 = nullptr, const Tensor<T, Cuda>* b1 = nullptr) {
-  kernels::LstmParamPtrs<T> p{};
+kernels::RnnParamPtrs<T> rnn_ptrs(const Tensor<T, Cuda>& w0, const Tensor<T, Cuda>& u0, const Tensor<T, Cuda>& b0,
+                                  const Tensor<T, Cuda>* w1 = nullptr, const Tensor<T, Cuda>* u1 = nullptr,
+                                  const Tensor<T, Cuda>* b1 = nullptr) {
+  kernels::RnnParamPtrs<T> p{};
   p.w[0] = const_cast<T*>(w0.data());
   p.u[0] = const_cast<T*>(u0.data());
   p.b[0] = const_cast<T*>(b0.data());
   p.w[1] = w1 ? const_cast<T*>(w1->data()) : nullptr;
   p.u[1] = u1 ? const_cast<T*>(u1->data()) : nullptr;
   p.b[1] = b1 ? const_cast<T*>(b1->data()) : nullptr;
-  p.f4h = F * 4 * H;
-  p.h4h = H * 4 * H;
-  p.g4 = 4 * H;
+  p.wn = w0.size();
+  p.un = u0.size();
+  p.bn = b0.size();
   return p;
 }
 

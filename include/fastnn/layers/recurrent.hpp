@@ -1,0 +1,206 @@
+#pragma once
+/// \file recurrent.hpp
+/// `RecurrentLayer<T, D>`: what LSTM, GRU and SimpleRNN share, written once. A recurrent layer
+/// consumes a sequence [batch, steps, features] and returns the last state [batch, units] or,
+/// with return_sequences, every state [batch, steps, units]; it can run the sequence backwards
+/// (go_backwards, used by Bidirectional), takes per-sample lengths (core/lengths.hpp, semantics
+/// in backend/rnn.hpp), and can advance one step at a time on a state of the caller's
+/// (make_state / step: streaming inference on a const layer).
+///
+/// The per-device work is the hook detail::RnnImpl<T, D>: the CPU one here (kernels in
+/// backend/cpu/), the cuDNN one in layers/cuda/.
+
+#include <memory>
+#include <string>
+
+#include "fastnn/backend/cpu/gru.hpp"
+#include "fastnn/backend/cpu/lstm.hpp"
+#include "fastnn/backend/cpu/simple_rnn.hpp"
+#include "fastnn/backend/ops.hpp"
+#include "fastnn/backend/rnn.hpp"
+#include "fastnn/core/lengths.hpp"
+#include "fastnn/init/initializers.hpp"
+#include "fastnn/layers/layer.hpp"
+
+namespace fastnn {
+
+namespace detail {
+
+/// Per-device recurrent computation (every cell):
+///   forward(d, x, w, u, b, y, mode)   x [B, S, F] -> y [B, H] or [B, S, H] (y already sized)
+///   backward(dy, w, u, dw, du, db, dx*)  ADDS into dw, du, db; writes dx when not null; needs the
+///                                      preceding forward() in Mode::Train
+///   static step(d, x, w, u, b, h, c, work)  one step of d.batch streams: x [B, F]; h (and c for
+///                                      an LSTM) [B, H] read and updated in place; `work` is
+///                                      the caller's scratch; touches nothing else (thread-safe)
+template <class T, class D>
+struct RnnImpl {
+  static_assert(dependent_false<D>::value,
+                "no recurrent implementation for this device: include the device's umbrella header (fastnn/cuda.hpp for Cuda)");
+};
+
+template <class T>
+struct RnnImpl<T, Cpu> {
+  using Tn = Tensor<T, Cpu>;
+  void forward(const RnnDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& y, Mode) {
+    cell_ = d.cell;
+    switch (d.cell) {
+      case RnnCell::LSTM: lstm_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data()); break;
+      case RnnCell::GRU: gru_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data()); break;
+      case RnnCell::SimpleRNN: rnn_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data()); break;
+    }
+  }
+  void backward(const Tn& dy, const Tn& w, const Tn& u, Tn& dw, Tn& du, Tn& db, Tn* dx) {
+    T* dxp = dx ? dx->data() : nullptr;
+    switch (cell_) {
+      case RnnCell::LSTM: lstm_.backward(dy.data(), w.data(), u.data(), dw.data(), du.data(), db.data(), dxp); break;
+      case RnnCell::GRU: gru_.backward(dy.data(), w.data(), u.data(), dw.data(), du.data(), db.data(), dxp); break;
+      case RnnCell::SimpleRNN: rnn_.backward(dy.data(), w.data(), u.data(), dw.data(), du.data(), db.data(), dxp); break;
+    }
+  }
+  static void step(const RnnDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& h, Tn& c, Tn& work) {
+    switch (d.cell) {
+      case RnnCell::LSTM: CpuLstmKernel<T>::step(d, x.data(), w.data(), u.data(), b.data(), h.data(), c.data(), work); break;
+      case RnnCell::GRU: CpuGruKernel<T>::step(d, x.data(), w.data(), u.data(), b.data(), h.data(), work); break;
+      case RnnCell::SimpleRNN: CpuSimpleRnnKernel<T>::step(d, x.data(), w.data(), u.data(), b.data(), h.data(), work); break;
+    }
+  }
+
+ private:
+  RnnCell cell_ = RnnCell::LSTM;
+  CpuLstmKernel<T> lstm_;
+  CpuGruKernel<T> gru_;
+  CpuSimpleRnnKernel<T> rnn_;
+};
+
+}  // namespace detail
+
+/// The state of a batch of streams of one recurrent layer (RecurrentLayer::make_state): the
+/// hidden state h [batch, units], the cell state c of an LSTM, and scratch. Each stream (or
+/// thread) owns its own; reset() returns it to the zero initial state.
+template <class T, class D = Cpu>
+struct RnnState {
+  Tensor<T, D> h, c, work;
+  Index batch = 0;
+  void reset() {
+    h.set_zero();
+    if (c.size()) c.set_zero();
+  }
+};
+
+template <class T, class D = Cpu>
+class RecurrentLayer : public Layer<T, D> {
+  using Tn = Tensor<T, D>;
+
+ public:
+  /// Process the sequence from its last (real) step to its first (Keras's go_backwards). With
+  /// return_sequences the output is in processing order, i.e. reversed.
+  virtual void set_go_backwards(bool on) = 0;
+  virtual bool go_backwards() const = 0;
+  virtual bool return_sequences() const = 0;
+  virtual Index units() const = 0;
+  /// The cell and its flags (sizes and lengths are filled in per call).
+  virtual detail::RnnDims cell_dims() const = 0;
+
+  /// Input [steps, features]; output [units] or [steps, units].
+  Shape build(const Shape& in) override {
+    if (in.rank() != 2 || in[0] <= 0 || in[1] <= 0) this->shape_error("[steps, features] (rank 2)", in);
+    this->input_shape_ = in;
+    this->output_shape_ = return_sequences() ? Shape{in[0], units()} : Shape{units()};
+    return this->output_shape_;
+  }
+  std::vector<ParamSpec> param_specs() const override {
+    const detail::RnnDims c = cell_dims();
+    const Index H = units(), G = c.gates() * H;
+    return {{"kernel", Shape{this->input_shape_[1], G}},
+            {"recurrent_kernel", Shape{H, G}},
+            {"bias", c.two_biases() ? Shape{2, G} : Shape{G}}};
+  }
+  /// Lengths go on with the sequence (return_sequences) or end here.
+  Lengths output_lengths() const override { return return_sequences() ? this->in_lengths_ : Lengths(); }
+
+  void forward(const Tn& x, Tn& y, Mode mode) override {
+    const Shape& in = this->input_shape_;
+    if (x.rank() != 3 || x.dim(1) != in[0] || x.dim(2) != in[1])
+      this->shape_error("[batch, " + std::to_string(in[0]) + ", " + std::to_string(in[1]) + "]", x.shape());
+    dims_ = cell_dims();
+    dims_.batch = x.dim(0);
+    dims_.steps = x.dim(1);
+    dims_.features = x.dim(2);
+    dims_.units = units();
+    dims_.lengths = nullptr;
+    if (!this->in_lengths_.empty()) {
+      check_lengths(this->in_lengths_, dims_.batch, dims_.steps, this->name_ + " (" + this->type_name() + ")");
+      if (!all_full_length(this->in_lengths_, dims_.steps)) dims_.lengths = this->in_lengths_.data();
+    }
+    y.resize(this->output_shape_.prepend(x.dim(0)));
+    impl_.forward(dims_, x, this->params_[0].value, this->params_[1].value, this->params_[2].value, y, mode);
+  }
+
+  void backward(const Tn& x, const Tn&, const Tn& dy, Tn* dx) override {
+    if (dx) dx->resize(x.shape());
+    impl_.backward(dy, this->params_[0].value, this->params_[1].value, this->params_[0].grad, this->params_[1].grad,
+                   this->params_[2].grad, dx);
+  }
+
+  /// A zero state for `batch` streams, for step().
+  RnnState<T, D> make_state(Index batch = 1) const {
+    if (batch <= 0) throw ArgumentError(this->name_ + ": a stream state needs a positive batch, got " + std::to_string(batch));
+    RnnState<T, D> s;
+    s.batch = batch;
+    s.h = Tn::zeros(Shape{batch, units()});
+    if (cell_dims().cell == RnnCell::LSTM) s.c = Tn::zeros(Shape{batch, units()});
+    return s;
+  }
+  /// Advances `state` by one step: x_t [batch, features] -> y_t [batch, units] (the new h).
+  /// Const: any number of threads may step their own states through one layer at once.
+  void step(const Tn& x_t, Tn& y_t, RnnState<T, D>& state) const {
+    if (go_backwards())
+      throw UnsupportedError(this->name_ + ": a layer running backwards (go_backwards, the backward half of a "
+                                           "Bidirectional) needs the whole sequence and cannot be streamed");
+    const Index F = this->input_shape_[1];
+    if (x_t.rank() != 2 || x_t.dim(0) != state.batch || x_t.dim(1) != F)
+      throw ShapeError(this->name_ + " (" + this->type_name() + "): step expects input [" + std::to_string(state.batch) +
+                       ", " + std::to_string(F) + "] (the state's batch, features), got " + x_t.shape().str());
+    detail::RnnDims d = cell_dims();
+    d.batch = state.batch;
+    d.steps = 1;
+    d.features = F;
+    d.units = units();
+    detail::RnnImpl<T, D>::step(d, x_t, this->params_[0].value, this->params_[1].value, this->params_[2].value, state.h,
+                                state.c, state.work);
+    y_t.resize(Shape{state.batch, units()});
+    copy_into(state.h, y_t);
+  }
+
+  /// Device-specific state (the CUDA backend keeps its cuDNN descriptors here).
+  detail::RnnImpl<T, D>& impl() { return impl_; }
+
+ protected:
+  /// Keras's initialisers: glorot_uniform kernel, orthogonal recurrent kernel (per gate block:
+  /// orthogonal over the whole [H, G*H] as Keras does), zero bias; `forget_bias` puts ones into
+  /// the LSTM's forget-gate block.
+  void init_weights(Rng& rng, bool forget_bias) {
+    const detail::RnnDims c = cell_dims();
+    const Index H = units(), F = this->input_shape_[1], G = c.gates() * H;
+    Tensor<T, Cpu> k(Shape{F, G}), r(Shape{H, G});
+    Tensor<T, Cpu> b = Tensor<T, Cpu>::zeros(this->params_[2].value.shape());
+    init::glorot_uniform(k, F, G, rng);
+    init::orthogonal(r, rng);
+    if (forget_bias)
+      for (Index j = H; j < 2 * H; ++j) b[j] = T(1);
+    copy_from_host(k, this->params_[0].value);
+    copy_from_host(r, this->params_[1].value);
+    copy_from_host(b, this->params_[2].value);
+  }
+  /// Throws ArgumentError unless `a` is sigmoid or hard_sigmoid.
+  static void require_gate_activation(const std::string& who, Activation a) {
+    if (a != Activation::Sigmoid && a != Activation::HardSigmoid)
+      throw ArgumentError(who + ": recurrent_activation must be sigmoid or hard_sigmoid, got " + to_string(a));
+  }
+
+  detail::RnnDims dims_;
+  detail::RnnImpl<T, D> impl_;
+};
+
+}  // namespace fastnn
