@@ -122,4 +122,51 @@ TEST(Concurrency, EvaluateFromEightThreadsEqualsSerial) {
   EXPECT_EQ(matched.load(), kThreads * (kCallsPerThread / 4));
 }
 
+TEST(Concurrency, StreamsOnOneConstModelFromEightThreads) {
+  // Each thread runs its own stream (its own recurrent state) through one const model, one step
+  // at a time; every thread's outputs equal those of a serial stream over the same inputs.
+  Sequential<float> m;
+  m.add<GRU>(GRUOptions(8).return_sequences(true));
+  m.add<LSTM>(LSTMOptions(6));
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.build({12, 7}, 42);
+  const auto& cm = m;
+  const auto x = random_inputs(10);  // [64, 12, 7]: thread t streams samples 8t .. 8t+7
+  auto run = [&](int t, std::vector<float>& out) {
+    Stream<float> s = cm.make_stream(8);
+    Tensor<float, Cpu> xt(Shape{8, 7});
+    for (Index step = 0; step < 12; ++step) {
+      for (Index b = 0; b < 8; ++b)
+        for (Index f = 0; f < 7; ++f) xt[b * 7 + f] = x[((t * 8 + b) * 12 + step) * 7 + f];
+      const auto& y = s.step(xt);
+      out.insert(out.end(), y.data(), y.data() + y.size());
+    }
+  };
+  std::vector<std::vector<float>> serial(kThreads), parallel(kThreads);
+  for (int t = 0; t < kThreads; ++t) run(t, serial[static_cast<std::size_t>(t)]);
+  std::vector<std::thread> threads;
+  std::atomic<int> threw{0};
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      try {
+        run(t, parallel[static_cast<std::size_t>(t)]);
+      } catch (...) {
+        threw++;
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(threw.load(), 0);
+  for (int t = 0; t < kThreads; ++t) {
+    ASSERT_EQ(serial[static_cast<std::size_t>(t)].size(), static_cast<std::size_t>(12 * 8 * 3));
+    EXPECT_EQ(serial[static_cast<std::size_t>(t)], parallel[static_cast<std::size_t>(t)]) << "thread " << t;
+  }
+  // and the streams' last outputs equal predict() of the whole sequences
+  const auto full = cm.predict(x);
+  for (int t = 0; t < kThreads; ++t)
+    for (Index b = 0; b < 8; ++b)
+      for (Index k = 0; k < 3; ++k)
+        EXPECT_NEAR(serial[static_cast<std::size_t>(t)][static_cast<std::size_t>((11 * 8 + b) * 3 + k)],
+                    full[(t * 8 + b) * 3 + k], 1e-6);
+}
+
 }  // namespace
