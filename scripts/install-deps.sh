@@ -3,9 +3,11 @@
 # Only missing packages are installed; as root it runs apt-get, otherwise it prints the command.
 #   scripts/install-deps.sh            build + tests + example
 #   scripts/install-deps.sh --all      also the PyTorch peer, plotting and fuzzing tools
+# The w* packages are the word lists in /usr/share/dict of examples/lang_id (and its ctest).
 set -euo pipefail
 pkgs=(build-essential cmake libeigen3-dev zlib1g-dev libgtest-dev libbenchmark-dev libcli11-dev
-      nlohmann-json3-dev python3-numpy python3-torch libopenblas0-pthread clang libclang-rt-dev locales)
+      nlohmann-json3-dev python3-numpy python3-torch libopenblas0-pthread clang libclang-rt-dev locales
+      wamerican wngerman wfrench wspanish witalian wportuguese wdutch wswedish wpolish)
 if [[ "${1:-}" == "--all" ]]; then
   pkgs+=(gnuplot-nox time)
 fi
