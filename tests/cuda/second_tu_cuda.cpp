@@ -5,7 +5,7 @@
 #include "fastnn/cuda.hpp"
 #include "fastnn/fastnn.hpp"
 #include "fastnn/layers/cuda/bidirectional.hpp"
-#include "fastnn/layers/cuda/lstm.hpp"
+#include "fastnn/layers/cuda/rnn.hpp"
 #include "fastnn/model/cuda/step_runner.hpp"
 
 namespace fastnn_test {
@@ -13,9 +13,10 @@ namespace fastnn_test {
 std::size_t second_tu_cuda_instantiations() {
   using namespace fastnn;
   std::size_t n = sizeof(Ops<float, Cuda>) + sizeof(Ops<double, Cuda>);
-  n += sizeof(detail::LstmImpl<float, Cuda>) + sizeof(detail::BidirFused<double, Cuda>);
+  n += sizeof(detail::RnnImpl<float, Cuda>) + sizeof(detail::RnnImpl<double, Cuda>) + sizeof(detail::BidirFused<double, Cuda>);
   n += sizeof(detail::BidirMerge<float, Cuda>) + sizeof(detail::StepRunner<Cuda>);
-  n += sizeof(cuda::detail::CudnnLstm<float>);
+  n += sizeof(cuda::detail::CudnnRnn<float>) + sizeof(cuda::detail::RnnSpec);
+  n += sizeof(GRU<float, Cuda>) + sizeof(SimpleRNN<double, Cuda>) + sizeof(RnnState<float, Cuda>);
   n += sizeof(Sequential<float, Cuda>) + sizeof(Bidirectional<float, Cuda>) + sizeof(Dense<double, Cuda>);
   n += sizeof(Predictor<float, Cuda>) + sizeof(Dataset<float, Cuda>);
   n += sizeof(cuda::Context) + sizeof(cuda::Event);

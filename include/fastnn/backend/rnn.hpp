@@ -56,6 +56,7 @@ struct RnnDims {
   Activation activation = Activation::Tanh;      ///< SimpleRNN: tanh or relu; LSTM, GRU: tanh
   Activation recurrent = Activation::Sigmoid;    ///< LSTM, GRU gates: sigmoid or hard_sigmoid
   const std::int32_t* lengths = nullptr;         ///< host [batch]; null: every sample has `steps`
+  std::string layer;                             ///< the layer's name and type, for messages
 
   Index gates() const { return rnn_gates(cell); }
   /// Whether bias is [2, 3H] (a GRU with reset_after) rather than [G*H].

@@ -129,6 +129,7 @@ class RecurrentLayer : public Layer<T, D> {
     dims_.features = x.dim(2);
     dims_.units = units();
     dims_.lengths = nullptr;
+    dims_.layer = this->name_ + " (" + this->type_name() + ")";
     if (!this->in_lengths_.empty()) {
       check_lengths(this->in_lengths_, dims_.batch, dims_.steps, this->name_ + " (" + this->type_name() + ")");
       if (!all_full_length(this->in_lengths_, dims_.steps)) dims_.lengths = this->in_lengths_.data();
@@ -167,6 +168,7 @@ class RecurrentLayer : public Layer<T, D> {
     d.steps = 1;
     d.features = F;
     d.units = units();
+    d.layer = this->name_ + " (" + this->type_name() + ")";
     detail::RnnImpl<T, D>::step(d, x_t, this->params_[0].value, this->params_[1].value, this->params_[2].value, state.h,
                                 state.c, state.work);
     y_t.resize(Shape{state.batch, units()});

@@ -111,7 +111,8 @@ class Sequential {
     shuffle_rng_.seed(seed * 0x9E3779B97F4A7C15ULL + 1);
     seed_ = seed;
     stochastic_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->stochastic(); });
-    produces_lengths_ = std::any_of(layers_.begin(), layers_.end(), [](const auto& l) { return l->produces_lengths(); });
+    host_checks_ = std::any_of(layers_.begin(), layers_.end(),
+                               [](const auto& l) { return l->produces_lengths() || l->validates_input(); });
     built_ = true;
     configure_loss(/*strict=*/optimizer_ != nullptr);  // compiled before build: check now
     if (optimizer_) optimizer_->attach(params_, grads_);
@@ -163,8 +164,9 @@ class Sequential {
     std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
     Tensor<std::int32_t, Cpu> perm_host(Shape{n});
     // Lengths known only per batch (from the data or from a mask) change the work of every
-    // step: such a step runs eagerly.
-    const bool capturable = optimizer_->capturable() && !stochastic_ && !train.has_lengths() && !produces_lengths_;
+    // step, and a layer that checks its input on the host (Embedding's ids) reads every batch
+    // back: such a step runs eagerly.
+    const bool capturable = optimizer_->capturable() && !stochastic_ && !train.has_lengths() && !host_checks_;
     for (int epoch = o.initial_epoch_; epoch < o.epochs_; ++epoch) {
       auto t0 = std::chrono::steady_clock::now();
       std::iota(perm.begin(), perm.end(), 0);
@@ -538,7 +540,7 @@ class Sequential {
   Rng shuffle_rng_;
   std::uint64_t seed_ = 0;
   bool stochastic_ = false;  ///< a layer draws random numbers in training (Dropout)
-  bool produces_lengths_ = false;  ///< a layer derives lengths from its input (mask_zero, Masking)
+  bool host_checks_ = false;  ///< a layer reads its input on the host (Embedding, Masking)
   Lengths batch_lengths_;          ///< the lengths of the training batch (from the data)
   int threads_ = 1;
   int epochs_done_ = 0;

@@ -308,8 +308,8 @@ class Context {
   cudnnHandle_t cudnn() const noexcept { return cudnn_; }
 
   /// Lanes: lane 0 is the stream and cuDNN handle above; lane 1 is a second stream with its own
-  /// cuDNN handle, used to run independent work concurrently (the two directions of a
-  /// Bidirectional LSTM). Work on lane 1 must be ordered against lane 0 with events.
+  /// cuDNN handle, used to run independent work concurrently (the two directions of a fused
+  /// Bidirectional layer). Work on lane 1 must be ordered against lane 0 with events.
   cudaStream_t stream(int lane) {
     if (lane == 0) return stream_;
     ensure_aux();

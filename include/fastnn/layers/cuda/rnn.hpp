@@ -86,7 +86,7 @@ struct RnnImpl<T, Cuda> {
   /// x [B, S, F] -> y [B, H], or [B, S, H] with return_sequences; w, u, b: the layer's kernel,
   /// recurrent kernel and bias. Throws UnsupportedError for what cuDNN lacks.
   void forward(const RnnDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& y, Mode mode) {
-    cuda::detail::require_cudnn_cell(d, to_string(d.cell));
+    cuda::detail::require_cudnn_cell(d, d.layer.empty() ? to_string(d.cell) : d.layer);
     d_ = d;
     padded_ = d.lengths != nullptr;
     const Index B = d.batch, S = d.steps, F = d.features, H = d.units;
@@ -144,7 +144,7 @@ struct RnnImpl<T, Cuda> {
   /// place on the calling thread's stream; `work` is scratch ([B, G*H], [2B, 3H] for a GRU).
   /// The same math as the CPU's step (backend/cpu/): x W + h U, the bias, then the cell.
   static void step(const RnnDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& h, Tn& c, Tn& work) {
-    cuda::detail::require_cudnn_cell(d, to_string(d.cell));
+    cuda::detail::require_cudnn_cell(d, d.layer.empty() ? to_string(d.cell) : d.layer);
     using O = Ops<T, Cuda>;
     const Index B = d.batch, H = d.units, G = d.gates() * H;
     auto s = cuda::stream();

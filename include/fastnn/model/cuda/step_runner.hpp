@@ -6,9 +6,9 @@
 /// A training step of a small recurrent model is a few cuDNN RNN calls plus a few dozen small
 /// kernels and cuBLAS calls, whose launch cost dominates. The first full batch of an epoch runs
 /// eagerly; the next one runs its host code once under stream capture
-/// (cudaStreamCaptureModeRelaxed on the context's stream; the second lane of a Bidirectional
-/// LSTM joins the capture through the layer's fork/join events), and every later full batch of
-/// the epoch is one cudaGraphLaunch.
+/// (cudaStreamCaptureModeRelaxed on the context's stream; the second lane of a fused
+/// Bidirectional layer joins the capture through the layer's fork/join events), and every later
+/// full batch of the epoch is one cudaGraphLaunch.
 ///
 /// What varies between steps is not baked in:
 ///  - the batch offset into the shuffled index (Ops::gather_rows, for the features and the labels
@@ -20,7 +20,11 @@
 ///    captured (the caller says so with `capturable`: Optimizer::capturable(), i.e. SGD and
 ///    RMSprop without decay, and no layer that draws new random numbers every step); anything else
 ///    runs eagerly, as does the last, smaller batch of an epoch. The optimizer's iteration count
-///    is advanced on the host for every replay.
+///    is advanced on the host for every replay;
+///  - per-sample sequence lengths: cuDNN takes them from the host, per batch, so a model whose
+///    batches carry lengths is not captured either (the caller passes capturable = false); the
+///    recurrent layers and the Bidirectional merge throw if asked for lengths under capture,
+///    which abandons the capture and turns graphs off for the model.
 /// Device addresses are baked in, so a graph is replayed only while (a) the key (the StepKey of
 /// the model: dataset tensors, index tensor, batch, finite check; plus the optimizer, the thread's
 /// context and the cuDNN / TF32 / bidirectional settings) is unchanged and (b) no Allocator<Cuda>
