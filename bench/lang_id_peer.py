@@ -37,7 +37,6 @@ import argparse
 import json
 import os
 import platform
-import struct
 import sys
 import time
 
@@ -74,8 +73,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
+from fastnn_safetensors import read_safetensors  # noqa: E402
 
-DTYPES = {"F64": "<f8", "F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "u1"}
 
 
 def die(msg):
@@ -122,25 +122,6 @@ def read_split(path, maxlen):
     return out
 
 
-def read_safetensors(path):
-    """Returns ({name: ndarray}, metadata) for a safetensors file."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    if len(blob) < 8:
-        raise ValueError(f"{path}: too short")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > len(blob) - 8:
-        raise ValueError(f"{path}: header length {n} beyond the file")
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    data = memoryview(blob)[8 + n:]
-    meta = header.pop("__metadata__", {})
-    tensors = {}
-    for name, e in header.items():
-        begin, end = e["data_offsets"]
-        dt = np.dtype(DTYPES[e["dtype"]])
-        arr = np.frombuffer(data[begin:end], dtype=dt).reshape(e["shape"])
-        tensors[name] = arr.astype(dt.newbyteorder("="))
-    return tensors, meta
 
 
 # ---- model -----------------------------------------------------------------------------------
@@ -172,7 +153,7 @@ class LangId(nn.Module):
             nn.init.zeros_(self.fc.bias)
 
     def load_fastnn(self, path):
-        w, meta = read_safetensors(path)
+        w, meta = read_safetensors(path, np)
         h = self.units
 
         def get(name, shape):

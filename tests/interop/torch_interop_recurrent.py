@@ -39,12 +39,12 @@ mask_zero gives each sample's length as the number of its ids before the first 0
 import argparse
 import json
 import os
-import struct
 import subprocess
 import sys
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python"))
+from fastnn_safetensors import read_safetensors  # noqa: E402
 
 SKIP = 77
-DTYPES = {"F64": "<f8", "F32": "<f4", "I64": "<i8", "I32": "<i4", "U8": "u1"}
 
 # The cases recurrent_export must write (it may write more; every case in its manifest is checked).
 REQUIRED = [
@@ -60,25 +60,6 @@ REQUIRED = [
 ]
 
 
-def read_safetensors(path, np):
-    """Returns ({name: ndarray}, metadata) for a safetensors file."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    if len(blob) < 8:
-        raise ValueError(f"{path}: too short")
-    (n,) = struct.unpack("<Q", blob[:8])
-    if n > len(blob) - 8:
-        raise ValueError(f"{path}: header length {n} beyond the file")
-    header = json.loads(blob[8 : 8 + n].decode("utf-8"))
-    data = memoryview(blob)[8 + n :]
-    meta = header.pop("__metadata__", {})
-    tensors = {}
-    for name, e in header.items():
-        begin, end = e["data_offsets"]
-        dt = np.dtype(DTYPES[e["dtype"]])
-        arr = np.frombuffer(data[begin:end], dtype=dt).reshape(e["shape"])
-        tensors[name] = arr.astype(dt.newbyteorder("="))
-    return tensors, meta
 
 
 class Unsupported(Exception):

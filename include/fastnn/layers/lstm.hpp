@@ -1,10 +1,10 @@
 #pragma once
 /// \file lstm.hpp
 /// Long short-term memory layer, Keras semantics (see backend/cpu/lstm.hpp for the equations).
-/// Parameters: kernel [F, 4H], recurrent_kernel [H, 4H], bias [4H], gate order i, f, c, o.
-/// Everything but the options lives in RecurrentLayer (layers/recurrent.hpp).
+/// Parameters: kernel [F, 4H], recurrent_kernel [H, 4H], bias [4H], gate order i, f, c, o (the
+/// same as PyTorch's i, f, g, o). Everything but the options lives in RecurrentLayer
+/// (layers/recurrent.hpp).
 
-#include <memory>
 #include <string>
 
 #include "fastnn/layers/recurrent.hpp"
@@ -25,38 +25,21 @@ struct LSTMOptions {
 };
 
 template <class T, class D = Cpu>
-class LSTM : public RecurrentLayer<T, D> {
-  using Base = Layer<T, D>;
-
+class LSTM : public detail::RecurrentWithOptions<T, D, LSTMOptions, LSTM, RnnCell::LSTM> {
  public:
-  explicit LSTM(const LSTMOptions& opt) : opt_(opt) {
-    if (opt.units() <= 0) throw ArgumentError("LSTM: units must be positive, got " + std::to_string(opt.units()));
+  explicit LSTM(const LSTMOptions& opt) : LSTM::RecurrentWithOptions(opt) {
     this->require_gate_activation("LSTM", opt.recurrent_activation());
     if (opt.activation() != Activation::Tanh)
       throw UnsupportedError("LSTM: activation must be tanh, got " + to_string(opt.activation()));
   }
-  std::string type_name() const override { return "LSTM"; }
-  LayerConfig config() const override { return options_to_config(opt_); }
-  std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<LSTM>(opt_); }
-  const LSTMOptions& options() const { return opt_; }
-  void set_go_backwards(bool on) override { opt_.go_backwards(on); }
-  bool go_backwards() const override { return opt_.go_backwards(); }
-  bool return_sequences() const override { return opt_.return_sequences(); }
-  Index units() const override { return opt_.units(); }
   detail::RnnDims cell_dims() const override {
-    detail::RnnDims d;
-    d.cell = RnnCell::LSTM;
-    d.return_sequences = opt_.return_sequences();
-    d.go_backwards = opt_.go_backwards();
-    d.recurrent = opt_.recurrent_activation();
+    detail::RnnDims d = this->common_dims();
+    d.recurrent = this->opt_.recurrent_activation();
     return d;
   }
   /// glorot_uniform kernel, orthogonal recurrent kernel, zero bias with forget-gate bias 1
   /// when unit_forget_bias (Keras defaults).
-  void initialize(Rng& rng) override { this->init_weights(rng, opt_.unit_forget_bias()); }
-
- private:
-  LSTMOptions opt_;
+  void initialize(Rng& rng) override { this->init_weights(rng, this->opt_.unit_forget_bias()); }
 };
 
 }  // namespace fastnn

@@ -205,4 +205,39 @@ class RecurrentLayer : public Layer<T, D> {
   detail::RnnImpl<T, D> impl_;
 };
 
+namespace detail {
+
+/// What every recurrent layer with an options struct shares: the options (units,
+/// return_sequences, go_backwards and the layer's own), config(), clone_unbuilt() and the flags.
+/// `Self` is the layer template (LSTM, GRU, SimpleRNN); `cell` its cell.
+template <class T, class D, class Options, template <class, class> class Self, RnnCell cell>
+class RecurrentWithOptions : public RecurrentLayer<T, D> {
+ public:
+  explicit RecurrentWithOptions(const Options& opt) : opt_(opt) {
+    if (opt.units() <= 0)
+      throw ArgumentError(to_string(cell) + ": units must be positive, got " + std::to_string(opt.units()));
+  }
+  std::string type_name() const override { return to_string(cell); }
+  LayerConfig config() const override { return options_to_config(opt_); }
+  std::unique_ptr<Layer<T, D>> clone_unbuilt() const override { return std::make_unique<Self<T, D>>(opt_); }
+  const Options& options() const { return opt_; }
+  void set_go_backwards(bool on) override { opt_.go_backwards(on); }
+  bool go_backwards() const override { return opt_.go_backwards(); }
+  bool return_sequences() const override { return opt_.return_sequences(); }
+  Index units() const override { return opt_.units(); }
+
+ protected:
+  /// The cell and the flags every cell has.
+  RnnDims common_dims() const {
+    RnnDims d;
+    d.cell = cell;
+    d.return_sequences = opt_.return_sequences();
+    d.go_backwards = opt_.go_backwards();
+    return d;
+  }
+  Options opt_;
+};
+
+}  // namespace detail
+
 }  // namespace fastnn
