@@ -551,3 +551,105 @@ TEST(Models, SaveLoadRoundTripOfEveryNewLayer) {
   for (Index i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]);
   EXPECT_EQ(m.layer(1).parameters()[2].value.shape(), (Shape{3 * 5}));  // reset_after=false: one bias
 }
+
+// ---- per-step losses over padded sequences ------------------------------------------------------
+
+namespace {
+
+/// Embedding(mask_zero) -> GRU(return_sequences) -> Dense(softmax) for sequences of `steps`.
+Sequential<float> per_step_model(Index steps) {
+  Sequential<float> m;
+  m.add<Embedding>(EmbeddingOptions(10, 4).mask_zero(true));
+  m.add<GRU>(GRUOptions(6).return_sequences(true));
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.build(Shape{steps}, 21);
+  m.compile(std::make_unique<SGD<float>>(0.5));
+  return m;
+}
+
+}  // namespace
+
+// As Keras's masked losses: the padded steps of a per-step output count in neither the loss, the
+// metrics nor the gradient. A batch padded with 3 extra steps (garbage labels there) evaluates
+// and trains exactly like the same batch without them; and with lengths that differ per sample,
+// the loss is the mean over the real steps of each sample evaluated alone.
+TEST(Models, PerStepLossLeavesOutPaddedSteps) {
+  const Index N = 6, S = 5, P = 3;
+  Rng rng(31);
+  Tensor<std::int32_t, Cpu> tn(Shape{N, S}), ln(Shape{N, S}), tw = Tensor<std::int32_t, Cpu>::zeros(Shape{N, S + P}),
+                                                               lw(Shape{N, S + P});
+  for (Index i = 0; i < N; ++i)
+    for (Index t = 0; t < S + P; ++t) {
+      const bool real = t < S;
+      const auto tok = static_cast<std::int32_t>(1 + rng.below(9));
+      const auto lab = static_cast<std::int32_t>(rng.below(3));
+      if (real) tn[i * S + t] = tok, ln[i * S + t] = lab, tw[i * (S + P) + t] = tok;
+      lw[i * (S + P) + t] = real ? lab : 2;
+    }
+  auto narrow = per_step_model(S), wide = per_step_model(S + P);
+  copy_into(narrow.flat_parameters(), wide.flat_parameters());
+  const auto dn = make_dataset<float>(tn, ln, 3), dw = make_dataset<float>(tw, lw, 3);
+  const EvalResult en = narrow.evaluate(dn), ew = wide.evaluate(dw);
+  EXPECT_NEAR(en.loss, ew.loss, 1e-6);
+  EXPECT_NEAR(en.accuracy, ew.accuracy, 1e-9);
+  const auto o = FitOptions().epochs(2).batch_size(4).shuffle(false).verbose(0);
+  const History hn = narrow.fit(dn, o), hw = wide.fit(dw, o);
+  EXPECT_NEAR(hn.last().loss, hw.last().loss, 1e-5);
+  for (Index i = 0; i < narrow.param_count(); ++i)
+    ASSERT_NEAR(narrow.flat_parameters()[i], wide.flat_parameters()[i], 1e-5) << "parameter " << i;
+
+  // lengths 5, 1, 3, 2, 5, 4: the batch's loss is the real-step-weighted mean of each sample's
+  const std::vector<Index> lens{5, 1, 3, 2, 5, 4};
+  for (Index i = 0; i < N; ++i)
+    for (Index t = lens[static_cast<std::size_t>(i)]; t < S; ++t) tn[i * S + t] = 0;
+  const auto dv = make_dataset<float>(tn, ln, 3);
+  double sum = 0, rows = 0;
+  for (Index i = 0; i < N; ++i) {
+    const Index len = lens[static_cast<std::size_t>(i)];
+    auto alone = per_step_model(len);
+    copy_into(narrow.flat_parameters(), alone.flat_parameters());
+    Tensor<std::int32_t, Cpu> ta(Shape{1, len}), la(Shape{1, len});
+    for (Index t = 0; t < len; ++t) ta[t] = tn[i * S + t], la[t] = ln[i * S + t];
+    sum += alone.evaluate(make_dataset<float>(ta, la, 3)).loss * static_cast<double>(len);
+    rows += static_cast<double>(len);
+  }
+  EXPECT_NEAR(narrow.evaluate(dv, 4).loss, sum / rows, 1e-6);
+}
+
+// The same with float targets and lengths from the dataset: garbage targets of 100 at the padded
+// steps would dominate an unmasked mean squared error.
+TEST(Models, PerStepMseWithDatasetLengths) {
+  const Index N = 8, S = 4, P = 2;
+  Rng rng(32);
+  Tensor<float, Cpu> xn(Shape{N, S, 2}), yn(Shape{N, S, 1}), xw = Tensor<float, Cpu>::zeros(Shape{N, S + P, 2}),
+                                                             yw(Shape{N, S + P, 1});
+  Lengths lw(Shape{N});
+  for (Index i = 0; i < N; ++i) {
+    lw[i] = static_cast<std::int32_t>(S);
+    for (Index t = 0; t < S + P; ++t) {
+      const float a = static_cast<float>(rng.uniform(-1, 1)), b = static_cast<float>(rng.uniform(-1, 1));
+      if (t < S) xn[(i * S + t) * 2] = xw[(i * (S + P) + t) * 2] = a, xn[(i * S + t) * 2 + 1] = xw[(i * (S + P) + t) * 2 + 1] = b;
+      if (t < S) yn[i * S + t] = yw[i * (S + P) + t] = a - b;
+      else yw[i * (S + P) + t] = 100.0f, xw[(i * (S + P) + t) * 2] = 7.0f;  // garbage padding
+    }
+  }
+  auto model = [](Index steps) {
+    Sequential<float> m;
+    m.add<LSTM>(LSTMOptions(5).return_sequences(true));
+    m.add<Dense>(DenseOptions(1));
+    m.build(Shape{steps, 2}, 5);
+    m.compile(std::make_unique<Adam<float>>(0.01), MeanSquaredError(), {"mae"});
+    return m;
+  };
+  auto narrow = model(S), wide = model(S + P);
+  copy_into(narrow.flat_parameters(), wide.flat_parameters());
+  auto dn = make_dataset(xn, yn), dw = make_dataset(xw, yw);
+  dw.with_lengths(lw);
+  EXPECT_NEAR(narrow.evaluate(dn).loss, wide.evaluate(dw).loss, 1e-6);
+  EXPECT_NEAR(narrow.evaluate(dn).metric("mae"), wide.evaluate(dw).metric("mae"), 1e-6);
+  const auto o = FitOptions().epochs(3).batch_size(3).shuffle(false).verbose(0);
+  narrow.fit(dn, o);
+  wide.fit(dw, o);
+  for (Index i = 0; i < narrow.param_count(); ++i)
+    ASSERT_NEAR(narrow.flat_parameters()[i], wide.flat_parameters()[i], 1e-5) << "parameter " << i;
+}

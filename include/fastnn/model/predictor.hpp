@@ -58,19 +58,22 @@ class Predictor {
     if (x.rank() < 1 || x.shape().drop_front() != input_shape_)
       throw ShapeError("predict: expected input [N, " + input_shape_.str().substr(1) + ", got " + x.shape().str());
     acts_[0] = x;
-    Lengths l = lengths;
+    out_lengths_ = lengths;
     for (std::size_t i = 0; i < layers_.size(); ++i) {
-      layers_[i]->set_input_lengths(l);
+      layers_[i]->set_input_lengths(out_lengths_);
       layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Infer);
-      l = layers_[i]->output_lengths();
+      out_lengths_ = layers_[i]->output_lengths();
     }
     return acts_.back();
   }
+  /// The lengths of the last forward()'s output (empty when it has no padded steps axis).
+  const Lengths& output_lengths() const { return out_lengths_; }
   const Shape& input_shape() const { return input_shape_; }
 
  private:
   std::vector<std::unique_ptr<Layer<T, D>>> layers_;
   std::vector<Tn> acts_;
+  Lengths out_lengths_;
   Shape input_shape_;
 };
 

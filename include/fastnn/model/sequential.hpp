@@ -181,6 +181,7 @@ class Sequential {
       stats_.resize(Shape{1 + static_cast<Index>(metrics_.size())});
       stats_.set_zero();
       O::reset_nonfinite();
+      double seen = 0;  // loss rows so far this epoch
       for (long s = 0; s < steps; ++s) {
         const Index begin = static_cast<Index>(s) * o.batch_size_;
         const Index count = std::min(o.batch_size_, n - begin);
@@ -191,11 +192,12 @@ class Sequential {
         };
         const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), idx.data(),
                                   count,          o.batch_size_,       o.check_finite_};
+        step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
         if (!runner_.step(key, s, capturable, *optimizer_, step)) step();
+        seen += step_rows_;
         if ((bar.due() || s + 1 == steps) && bar.wants_updates()) {
           if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
           const auto h = to_device<Cpu>(stats_);
-          const double seen = static_cast<double>(begin + count) * rows_per_sample;
           bar.update(s + 1, h[0] / seen, metric_values(h, seen, ""));
         }
       }
@@ -203,7 +205,7 @@ class Sequential {
       const auto h = to_device<Cpu>(stats_);
       EpochLogs logs;
       logs.epoch = epoch + 1;
-      const double total = static_cast<double>(n) * rows_per_sample;
+      const double total = seen;
       logs.loss = h[0] / total;
       logs.metrics = metric_values(h, total, "");
       logs.accuracy = accuracy_of(logs.metrics, "");
@@ -365,14 +367,16 @@ class Sequential {
     }
     ws.stats.resize(Shape{1 + static_cast<Index>(metrics_.size())});
     ws.stats.set_zero();
+    double total = 0;  // loss rows
     for (Index begin = 0; begin < n; begin += batch_size) {
       const Index count = std::min(batch_size, n - begin);
       gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
-      accumulate(ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count)), ws.labels, ws.targets, nullptr,
-                 T(0), ws.scratch, ws.stats);
+      const Tn& y = ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count));
+      const Lengths& lengths = ws.predictor.output_lengths();
+      accumulate(y, ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats, lengths);
+      total += loss_rows(count, lengths);
     }
     const auto h = to_device<Cpu>(ws.stats);
-    const double total = static_cast<double>(n) * static_cast<double>(rows_per_sample_());
     EvalResult r;
     r.loss = h[0] / total;
     r.metrics = metric_values(h, total, "");
@@ -484,9 +488,47 @@ class Sequential {
     acts_[0] = batch_;
   }
 
-  /// Loss (and its gradient into dy when not null) and metrics of output y into stats.
+  /// Whether the output [batch, steps, ...] has padded steps to leave out of the loss: the
+  /// output's lengths (those the last layer passes on) are not all the full steps.
+  bool masks_steps(const Lengths& lengths) const {
+    return !lengths.empty() && output_shape_.rank() >= 2 && !all_full_length(lengths, output_shape_[0]);
+  }
+  /// Loss rows of a batch of `count` samples: every row, or only the real steps' rows.
+  double loss_rows(Index count, const Lengths& lengths) const {
+    if (!masks_steps(lengths)) return static_cast<double>(count) * static_cast<double>(rows_per_sample_());
+    double steps = 0;
+    for (Index b = 0; b < lengths.size(); ++b) steps += lengths[b];
+    return steps * static_cast<double>(rows_per_sample_() / output_shape_[0]);
+  }
+
+  /// Loss (and its gradient into dy when not null) and metrics of output y into stats. With
+  /// per-step outputs of sequences of different lengths (`lengths`), only each sample's real
+  /// steps count, as with Keras's masked losses: padded steps get no loss, no metric value and a
+  /// zero gradient.
   void accumulate(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy, T grad_scale, Tn& scratch,
-                  Tensor<double, D>& stats) const {
+                  Tensor<double, D>& stats, const Lengths& lengths = Lengths()) const {
+    if (!masks_steps(lengths)) {
+      accumulate_rows(y, labels, targets, dy, grad_scale, scratch, stats);
+      return;
+    }
+    if (dy) O::fill(*dy, T(0));
+    const Index B = y.dim(0), S = output_shape_[0];
+    auto steps_of = [&](const auto& t, Index b, Index len) {  // sample b's first len steps
+      Shape sh = t.shape().drop_front();
+      const Index per_step = t.size() / (B * S);
+      sh[0] = len;
+      return t.view(b * S * per_step, sh);
+    };
+    for (Index b = 0; b < B; ++b) {
+      const Index len = lengths[b];
+      Tn dyb = dy ? steps_of(*dy, b, len) : Tn();
+      accumulate_rows(steps_of(y, b, len), labels.empty() ? labels : steps_of(labels, b, len),
+                      targets.empty() ? targets : steps_of(targets, b, len), dy ? &dyb : nullptr, grad_scale, scratch,
+                      stats);
+    }
+  }
+  void accumulate_rows(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy, T grad_scale,
+                       Tn& scratch, Tensor<double, D>& stats) const {
     detail::accumulate_loss(loss_, y, labels, targets, fused_, dy, grad_scale, stats, 0);
     for (std::size_t i = 0; i < metric_kinds_.size(); ++i)
       detail::accumulate_metric(metric_kinds_[i], y, labels, targets, fused_, fused_activation_, scratch, stats,
@@ -507,8 +549,8 @@ class Sequential {
     grads_act_.resize(layers_.size() + 1);
     Tn& dy = grads_act_.back();
     dy.resize(acts_.back().shape());
-    const Index rows = count * rows_per_sample_();
-    accumulate(acts_.back(), labels_, targets_, &dy, T(1) / static_cast<T>(rows), scratch_, stats_);
+    step_rows_ = loss_rows(count, lengths);
+    accumulate(acts_.back(), labels_, targets_, &dy, T(1) / static_cast<T>(step_rows_), scratch_, stats_, lengths);
     grads_.set_zero();
     for (std::size_t i = layers_.size(); i-- > 0;)
       layers_[i]->backward(acts_[i], acts_[i + 1], grads_act_[i + 1], i == 0 ? nullptr : &grads_act_[i]);
@@ -542,6 +584,7 @@ class Sequential {
   bool stochastic_ = false;  ///< a layer draws random numbers in training (Dropout)
   bool host_checks_ = false;  ///< a layer reads its input on the host (Embedding, Masking)
   Lengths batch_lengths_;          ///< the lengths of the training batch (from the data)
+  double step_rows_ = 0;           ///< loss rows of the last training step
   int threads_ = 1;
   int epochs_done_ = 0;
   bool built_ = false, fused_ = false;
