@@ -7,6 +7,7 @@
 // for what cuDNN lacks. Skipped without a CUDA device.
 
 #include <limits>
+#include <ostream>
 #include <thread>
 
 #include "cuda_test_util.hpp"
@@ -85,6 +86,8 @@ struct RnnCase {
   cuda::RnnAlgo algo;
   std::string name;
 };
+// gtest prints a parameter with PrintTo (its bytes otherwise).
+void PrintTo(const RnnCase& c, std::ostream* os) { *os << c.name; }
 
 class CudaRecurrent : public ::testing::TestWithParam<RnnCase> {};
 
@@ -167,6 +170,7 @@ struct BidirCase {
   cuda::BidirMode mode;
   std::string name;
 };
+void PrintTo(const BidirCase& c, std::ostream* os) { *os << c.name; }
 
 std::string mode_name(cuda::BidirMode m) {
   switch (m) {
