@@ -18,6 +18,33 @@
 
 namespace fastnn {
 
+namespace detail {
+
+/// A replica of `src` (clone_unbuilt, same name) built for per-sample `shape`, which becomes its
+/// output shape, and bound to the elements of `params` from `offset` on; advances `offset` past
+/// them. Inference writes no gradients: the gradient views alias the values. Used by Predictor
+/// and Stream.
+template <class T, class D>
+std::unique_ptr<Layer<T, D>> bound_replica(const Layer<T, D>& src, Shape& shape, const Tensor<T, D>& params,
+                                           Index& offset) {
+  auto l = src.clone_unbuilt();
+  l->set_name(src.name());
+  shape = l->build(shape);
+  const Index n = l->param_count();
+  l->bind_parameters(params.view(offset, Shape{n}), params.view(offset, Shape{n}));
+  offset += n;
+  return l;
+}
+
+/// Throws ShapeError naming `who` unless the replicas' `declared` parameters are the model's `held`.
+inline void require_all_parameters_bound(const std::string& who, Index declared, Index held) {
+  if (declared != held)
+    throw ShapeError(who + ": the layers declare " + std::to_string(declared) + " parameters, the model holds " +
+                     std::to_string(held));
+}
+
+}  // namespace detail
+
 template <class T, class D = Cpu>
 class Predictor {
   using Tn = Tensor<T, D>;
@@ -31,19 +58,10 @@ class Predictor {
     Shape s = input_shape;
     Index off = 0;
     for (const Layer<T, D>* src : layers) {
-      auto l = src->clone_unbuilt();
-      l->set_name(src->name());
-      s = l->build(s);
-      const Index n = l->param_count();
-      // Inference never writes gradients: the gradient views alias the values.
-      l->bind_parameters(params.view(off, Shape{n}), params.view(off, Shape{n}));
-      off += n;
-      l->set_threads(threads);
-      layers_.push_back(std::move(l));
+      layers_.push_back(detail::bound_replica(*src, s, params, off));
+      layers_.back()->set_threads(threads);
     }
-    if (off != params.size())
-      throw ShapeError("Predictor: the layers declare " + std::to_string(off) + " parameters, the model holds " +
-                       std::to_string(params.size()));
+    detail::require_all_parameters_bound("Predictor", off, params.size());
     input_shape_ = input_shape;
     if (!layers_.empty() && layers_.back()->output_activation() != Activation::Linear)
       layers_.back()->set_emit_preactivation(emit_preactivation);

@@ -27,6 +27,7 @@
 #include "fastnn/core/tensor.hpp"
 #include "fastnn/layers/layer.hpp"
 #include "fastnn/layers/recurrent.hpp"
+#include "fastnn/model/predictor.hpp"
 
 namespace fastnn {
 
@@ -47,19 +48,15 @@ class Stream {
     bool timed = true;  // the activations still have the steps axis (of length 1)
     Index off = 0;
     for (const Layer<T, D>* src : layers) {
-      auto l = src->clone_unbuilt();
-      l->set_name(src->name());
-      auto* r = dynamic_cast<RecurrentLayer<T, D>*>(l.get());
-      if (timed && !r && !l->per_step())
+      const auto* rs = dynamic_cast<const RecurrentLayer<T, D>*>(src);
+      if (timed && !rs && !src->per_step())
         throw UnsupportedError("make_stream: layer '" + src->name() + "' (" + src->type_name() +
                                ") needs the whole sequence; a stream runs recurrent layers and per-step layers "
                                "(Dense, Dropout, Embedding, Masking) one step at a time");
-      if (r && r->go_backwards())
+      if (rs && rs->go_backwards())
         throw UnsupportedError("make_stream: layer '" + src->name() + "' runs backwards and needs the whole sequence");
-      s = l->build(s);
-      const Index n = l->param_count();
-      l->bind_parameters(params.view(off, Shape{n}), params.view(off, Shape{n}));
-      off += n;
+      auto l = detail::bound_replica(*src, s, params, off);
+      auto* r = dynamic_cast<RecurrentLayer<T, D>*>(l.get());
       Entry e;
       e.recurrent = r != nullptr && timed;
       if (e.recurrent) {
@@ -70,9 +67,7 @@ class Stream {
       e.layer = std::move(l);
       entries_.push_back(std::move(e));
     }
-    if (off != params.size())
-      throw ShapeError("make_stream: the layers declare " + std::to_string(off) + " parameters, the model holds " +
-                       std::to_string(params.size()));
+    detail::require_all_parameters_bound("make_stream", off, params.size());
     step_shape_ = input_shape.drop_front();
     acts_.resize(entries_.size() + 1);
   }
