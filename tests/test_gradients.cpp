@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 using namespace fastnn;
 using fastnn::testing::build_standalone;
 using fastnn::testing::check_gradients;
@@ -11,11 +13,7 @@ namespace {
 
 constexpr double kTol = 1e-6;
 
-Tensor<double, Cpu> random_tensor(const Shape& s, Rng& rng, double lo = -1, double hi = 1) {
-  Tensor<double, Cpu> t(s);
-  for (Index i = 0; i < t.size(); ++i) t[i] = rng.uniform(lo, hi);
-  return t;
-}
+using fastnn_test::random_tensor;
 
 void expect_gradients_match(Layer<double, Cpu>& layer, const Shape& in, Index batch, std::uint64_t seed) {
   Rng rng(seed);

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <functional>
 
@@ -14,11 +16,7 @@ namespace {
 
 constexpr double kTol = 1e-6;
 
-Tensor<double, Cpu> random_tensor(const Shape& s, Rng& rng, double lo, double hi) {
-  Tensor<double, Cpu> t(s);
-  for (Index i = 0; i < t.size(); ++i) t[i] = rng.uniform(lo, hi);
-  return t;
-}
+using fastnn_test::random_tensor;
 
 /// Rows of random distributions (each row sums to 1).
 Tensor<double, Cpu> random_distributions(const Shape& s, Rng& rng) {

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "test_util.hpp"
+
 #include <functional>
 #include <memory>
 #include <string>
@@ -19,17 +21,8 @@ namespace {
 
 constexpr double kTol = 1e-6;
 
-Tensor<double, Cpu> random_tensor(const Shape& s, Rng& rng, double lo = -1, double hi = 1) {
-  Tensor<double, Cpu> t(s);
-  for (Index i = 0; i < t.size(); ++i) t[i] = rng.uniform(lo, hi);
-  return t;
-}
-
-Lengths make_lengths(std::vector<std::int32_t> v) {
-  Lengths l(Shape{static_cast<Index>(v.size())});
-  for (std::size_t i = 0; i < v.size(); ++i) l[static_cast<Index>(i)] = v[i];
-  return l;
-}
+using fastnn_test::make_lengths;
+using fastnn_test::random_tensor;
 
 /// Two layers chained as one (with lengths flowing between them), for gradient checks of
 /// stacked recurrent layers.

@@ -1,6 +1,6 @@
 #pragma once
-// Helpers shared by the tests that write files: a self-deleting temporary directory, whole-file
-// byte I/O, in-memory gzip, and a small learnable data set.
+// Helpers shared by the tests: a self-deleting temporary directory, whole-file byte I/O,
+// in-memory gzip, a small learnable data set, random tensors and sequence lengths.
 
 #include <gtest/gtest.h>
 #include <stdlib.h>  // mkdtemp
@@ -16,11 +16,29 @@
 #include <system_error>
 #include <vector>
 
+#include "fastnn/core/lengths.hpp"
+#include "fastnn/core/random.hpp"
 #include "fastnn/data/dataset.hpp"
 
 namespace fastnn_test {
 
 using Bytes = std::vector<std::uint8_t>;
+
+/// A host tensor of shape `s` with elements uniform in [lo, hi) from `rng`.
+template <class T = double>
+fastnn::Tensor<T, fastnn::Cpu> random_tensor(const fastnn::Shape& s, fastnn::Rng& rng, double lo = -1.0,
+                                             double hi = 1.0) {
+  fastnn::Tensor<T, fastnn::Cpu> t(s);
+  for (fastnn::Index i = 0; i < t.size(); ++i) t[i] = static_cast<T>(rng.uniform(lo, hi));
+  return t;
+}
+
+/// Host sequence lengths from a list.
+inline fastnn::Lengths make_lengths(const std::vector<std::int32_t>& v) {
+  fastnn::Lengths l(fastnn::Shape{static_cast<fastnn::Index>(v.size())});
+  for (std::size_t i = 0; i < v.size(); ++i) l[static_cast<fastnn::Index>(i)] = v[i];
+  return l;
+}
 
 /// A fresh directory under the system's temp directory (mkdtemp), removed with its contents.
 class TempDir {

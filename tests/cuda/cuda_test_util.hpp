@@ -41,11 +41,14 @@ using fastnn::Tensor;
 /// Relative tolerance of the float parity tests (TF32 disabled).
 constexpr double kRtolFloat = 1e-4;
 
-template <class T>
-Tensor<T, Cpu> random_tensor(const Shape& s, fastnn::Rng& rng, double lo = -1.0, double hi = 1.0) {
-  Tensor<T, Cpu> t(s);
-  for (Index i = 0; i < t.size(); ++i) t[i] = static_cast<T>(rng.uniform(lo, hi));
-  return t;
+/// The name of a Bidirectional fusion mode, for test names.
+inline std::string mode_name(fastnn::cuda::BidirMode m) {
+  switch (m) {
+    case fastnn::cuda::BidirMode::TwoStreams: return "two_streams";
+    case fastnn::cuda::BidirMode::CudnnBidirectional: return "cudnn_bidirectional";
+    case fastnn::cuda::BidirMode::Generic: return "generic";
+  }
+  return "?";
 }
 
 /// Normwise relative comparison: max_i |got_i - ref_i| <= rtol * max_i |ref_i| (and both finite).

@@ -14,14 +14,6 @@ using LayerPtr = std::unique_ptr<Layer<T, D>>;
 
 const cuda::BidirMode kBidirModes[] = {cuda::BidirMode::TwoStreams, cuda::BidirMode::CudnnBidirectional,
                                        cuda::BidirMode::Generic};
-std::string mode_name(cuda::BidirMode m) {
-  switch (m) {
-    case cuda::BidirMode::TwoStreams: return "two_streams";
-    case cuda::BidirMode::CudnnBidirectional: return "cudnn_bidirectional";
-    case cuda::BidirMode::Generic: return "generic";
-  }
-  return "?";
-}
 
 // ---- Dense -----------------------------------------------------------------------------------
 

@@ -34,11 +34,6 @@ RnnPtr<T, D> make_rnn(const std::string& cell, Index units, bool seq, bool back 
       SimpleRNNOptions(units).activation(a).return_sequences(seq).go_backwards(back));
 }
 
-Lengths make_lengths(const std::vector<std::int32_t>& v) {
-  Lengths l(Shape{static_cast<Index>(v.size())});
-  for (std::size_t i = 0; i < v.size(); ++i) l[static_cast<Index>(i)] = v[i];
-  return l;
-}
 
 /// Restores the process-wide cuDNN settings at the end of a test.
 struct RestoreSettings {
@@ -172,14 +167,6 @@ struct BidirCase {
 };
 void PrintTo(const BidirCase& c, std::ostream* os) { *os << c.name; }
 
-std::string mode_name(cuda::BidirMode m) {
-  switch (m) {
-    case cuda::BidirMode::TwoStreams: return "two_streams";
-    case cuda::BidirMode::CudnnBidirectional: return "cudnn_bidirectional";
-    case cuda::BidirMode::Generic: return "generic";
-  }
-  return "?";
-}
 
 class CudaBidirectionalRnn : public ::testing::TestWithParam<BidirCase> {};
 
