@@ -234,32 +234,48 @@ BENCHMARK(BM_SgemmPeak)->ArgNames({"threads", "n"})->Args({1, 2048})->Args({2, 2
 
 /// The GEMMs of the LSTM kernel (backend/cpu/lstm.hpp), batch 128, 28 steps, F 28, H 128:
 /// C[M, N] (+)= op(A) op(B) with op = transpose when the flag is set. Single thread.
+/// impl: 0 Eigen as compiled; 1 cpu_gemm on the path of cpu_isa(); 2 cpu_gemm in bf16;
+/// 3 PackedB (op(B) packed once outside the loop, as the recurrent steps use it), f32.
 void BM_LstmGemmShape(benchmark::State& st) {
   const Index M = st.range(0), K = st.range(1), N = st.range(2);
   const bool ta = st.range(3) != 0, tb = st.range(4) != 0;
+  const int impl = static_cast<int>(st.range(5));
+  if (impl == 2 && cpu_isa() < Isa::Avx512Bf16) {
+    st.SkipWithError("bf16 needs the avx512_bf16 path");
+    return;
+  }
   EMat A = ta ? EMat::Random(K, M) : EMat::Random(M, K);
   EMat B = tb ? EMat::Random(N, K) : EMat::Random(K, N);
   EMat C = EMat::Zero(M, N);
+  PackedB<float> packed;
+  if (impl == 3) packed.pack(B.data(), B.cols(), tb, K, N);
   double secs = 0;
   for (auto _ : st) {
     const auto t0 = Clock::now();
-    if (!ta && !tb) C.noalias() += A * B;
-    else if (ta && !tb) C.noalias() += A.transpose() * B;
-    else if (!ta && tb) C.noalias() += A * B.transpose();
-    else C.noalias() += A.transpose() * B.transpose();
+    if (impl == 0) {
+      if (!ta && !tb) C.noalias() += A * B;
+      else if (ta && !tb) C.noalias() += A.transpose() * B;
+      else if (!ta && tb) C.noalias() += A * B.transpose();
+      else C.noalias() += A.transpose() * B.transpose();
+    } else if (impl == 3) {
+      packed.gemm(M, 1.f, A.data(), A.cols(), ta, 1.f, C.data(), N);
+    } else {
+      cpu_gemm<float>(ta, tb, M, N, K, 1.f, A.data(), A.cols(), B.data(), B.cols(), 1.f, C.data(), N,
+                      impl == 2 ? Precision::BF16 : Precision::F32);
+    }
     secs += std::chrono::duration<double>(Clock::now() - t0).count();
     benchmark::DoNotOptimize(C.data());
   }
   report_flops(st, 2.0 * M * K * N, 1, secs);
 }
 BENCHMARK(BM_LstmGemmShape)
-    ->ArgNames({"M", "K", "N", "tA", "tB"})
-    ->Args({kSteps * kBatch, kFeatures, 4 * kUnits, 0, 0})         // fwd: input projection, all steps
-    ->Args({kBatch, kUnits, 4 * kUnits, 0, 0})                     // fwd: one recurrent step (x28)
-    ->Args({kBatch, 4 * kUnits, kUnits, 0, 1})                     // bwd: dh = dz U^T, one step (x27)
-    ->Args({kFeatures, kSteps * kBatch, 4 * kUnits, 1, 0})         // bwd: dW += X^T dZ
-    ->Args({kUnits, (kSteps - 1) * kBatch, 4 * kUnits, 1, 0})      // bwd: dU += H^T dZ
-    ->Args({kSteps * kBatch, 4 * kUnits, kFeatures, 0, 1})         // bwd: dx = dZ W^T (not in the model)
+    ->ArgNames({"M", "K", "N", "tA", "tB", "impl"})
+    ->ArgsProduct({{kSteps * kBatch}, {kFeatures}, {4 * kUnits}, {0}, {0}, {0, 1, 2}})  // fwd: input projection
+    ->ArgsProduct({{kBatch}, {kUnits}, {4 * kUnits}, {0}, {0}, {0, 1, 2, 3}})           // fwd: one recurrent step (x28)
+    ->ArgsProduct({{kBatch}, {4 * kUnits}, {kUnits}, {0}, {1}, {0, 1, 2, 3}})           // bwd: dh = dz U^T (x27)
+    ->ArgsProduct({{kFeatures}, {kSteps * kBatch}, {4 * kUnits}, {1}, {0}, {0, 1, 2}})  // bwd: dW += X^T dZ
+    ->ArgsProduct({{kUnits}, {(kSteps - 1) * kBatch}, {4 * kUnits}, {1}, {0}, {0, 1, 2}})  // bwd: dU += H^T dZ
+    ->ArgsProduct({{kSteps * kBatch}, {4 * kUnits}, {kFeatures}, {0}, {1}, {0, 1, 2}})  // bwd: dx (not in the model)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
@@ -454,12 +470,25 @@ BENCHMARK(BM_SgdNesterovStep)->UseRealTime()->Unit(benchmark::kMicrosecond);
 // The reference model: one training step, and a whole epoch
 // =============================================================================================
 
+/// Sets bf16 precision when asked; false (and the benchmark skipped) where the CPU lacks it.
+template <class M>
+bool set_bench_precision(benchmark::State& st, M& model, bool bf16) {
+  if (!bf16) return true;
+  if (cpu_isa() < Isa::Avx512Bf16) {
+    st.SkipWithError("bf16 needs the avx512_bf16 path");
+    return false;
+  }
+  model.set_precision(Precision::BF16);
+  return true;
+}
+
 /// One training step of Bidirectional(LSTM(128)) -> Dense(10, softmax), batch 128: a fit() call
 /// over exactly one batch (gather + scale, forward, fused loss, backward, finite check, SGD).
-/// Arg: threads (model.set_threads).
+/// Args: threads (model.set_threads); bf16: 1 for Precision::BF16.
 void BM_TrainStep(benchmark::State& st) {
   const int threads = static_cast<int>(st.range(0));
   auto model = reference_model(threads);
+  if (!set_bench_precision(st, *model, st.range(1) != 0)) return;
   const Dataset<float, Cpu> batch = bench_data().train.head(kBatch);
   const FitOptions fo = FitOptions().epochs(1).batch_size(kBatch).verbose(0);
   model->fit(batch, fo);  // warm-up: workspaces reach their final size
@@ -472,7 +501,7 @@ void BM_TrainStep(benchmark::State& st) {
   report_samples(st, kBatch);
   report_flops(st, kModelTrainFlopsPerSample * kBatch, threads, secs);
 }
-BENCHMARK(BM_TrainStep)->ArgName("threads")->Arg(2)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TrainStep)->ArgNames({"threads", "bf16"})->ArgsProduct({{2, 1}, {0, 1}})->UseRealTime()->Unit(benchmark::kMillisecond);
 
 /// Inference (evaluate) of one batch of 128, for the validation part of an epoch.
 void BM_EvalStep(benchmark::State& st) {
@@ -502,6 +531,7 @@ void BM_Epoch(benchmark::State& st) {
   const Dataset<float, Cpu> train = d.train.head(std::min(g_settings.epoch_train_limit, d.train.size()));
   const Dataset<float, Cpu> val = d.val.head(std::min(g_settings.epoch_val_limit, d.val.size()));
   auto model = reference_model(threads);
+  if (!set_bench_precision(st, *model, st.range(1) != 0)) return;
   const FitOptions fo = FitOptions().epochs(1).batch_size(kBatch).verbose(0);
   double train_s = 0, eval_s = 0, last_val_acc = 0, secs = 0;
   for (auto _ : st) {
@@ -595,6 +625,8 @@ void add_context(const char* argv0) {
   benchmark::AddCustomContext("cpu_model", cpu_model());
   benchmark::AddCustomContext("cpu_cores_online", std::to_string(sysconf(_SC_NPROCESSORS_ONLN)));
   benchmark::AddCustomContext("hardware_concurrency", std::to_string(std::thread::hardware_concurrency()));
+  benchmark::AddCustomContext("fastnn_cpu_isa", std::string(isa_name(cpu_isa())) + " (best on this CPU: " +
+                                                    isa_name(detected_cpu_isa()) + ")");
 #if defined(__clang__)
   benchmark::AddCustomContext("compiler", std::string("clang ") + __clang_version__);
 #elif defined(__GNUC__)
@@ -678,9 +710,8 @@ int main(int argc, char** argv) {
   Eigen::setNbThreads(1);
 
   benchmark::RegisterBenchmark("BM_Epoch", BM_Epoch)
-      ->ArgName("threads")
-      ->Arg(2)
-      ->Arg(1)
+      ->ArgNames({"threads", "bf16"})
+      ->ArgsProduct({{2, 1}, {0, 1}})
       ->Iterations(g_settings.epoch_iterations)
       ->UseRealTime()
       ->Unit(benchmark::kSecond);

@@ -10,6 +10,14 @@
 #                                       # (default bench/results/mnist-30-epochs-cpu.csv) next to the
 #                                       # Keras CPU reference (bench/results/keras-reference.csv)
 #                                       # -> bench/results/mnist-30-epochs.png
+#   bench/plot.sh curves-seeds [-o PNG] [--keras CSV] [MD-or-CSV-glob...]
+#                                       # val_accuracy per epoch of every seed run (f32 solid, bf16
+#                                       # dashed, one colour per seed) next to the Keras reference,
+#                                       # from a bench/accuracy-seeds summary (mnist-seeds-<stamp>.md:
+#                                       # the CSVs it lists, next to it) or history CSVs / quoted globs
+#                                       # (default: the newest bench/results/mnist-seeds-*.md, else
+#                                       # bench/results/mnist-*-epochs-*-seed*.csv)
+#                                       # -> bench/results/mnist-30-epochs-seeds.png
 
 set -euo pipefail
 
@@ -122,13 +130,109 @@ EOF
   echo "plot.sh: wrote $png (from $hist and $keras)"
 }
 
+# The history CSVs the arguments name, one per line: a .md names the mnist-*-epochs-*-seed*.csv files
+# it mentions (looked up next to it); anything else is a CSV path or a glob (quoted globs are
+# expanded here).
+seed_csvs() {
+  local a f md_dir matched
+  for a in "$@"; do
+    if [[ $a == *.md ]]; then
+      [[ -s "$a" ]] || die "$a is missing or empty"
+      md_dir=$(dirname "$a")
+      while read -r f; do
+        if [[ -s "$md_dir/$f" ]]; then echo "$md_dir/$f"
+        else echo "plot.sh: warning: $md_dir/$f (listed in $a) is missing or empty, skipped" >&2; fi
+      done < <(grep -o -E 'mnist-[0-9]+-epochs-[A-Za-z0-9_]+-seed[0-9]+\.csv' "$a" | awk '!seen[$0]++')
+    else
+      matched=0
+      while IFS= read -r f; do
+        [[ -n $f ]] || continue
+        matched=1
+        if [[ -s "$f" ]]; then echo "$f"; else echo "plot.sh: warning: $f is empty, skipped" >&2; fi
+      done < <(compgen -G "$a" || true)
+      (( matched )) || die "no file matches '$a'"
+    fi
+  done
+}
+
+plot_curves_seeds() {
+  local png=$RES/mnist-30-epochs-seeds.png keras=$RES/keras-reference.csv args=()
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -o|--png) [[ -n "${2-}" ]] || die "$1 needs a file name"; png=$2; shift 2 ;;
+      --keras) [[ -n "${2-}" ]] || die "$1 needs a file name"; keras=$2; shift 2 ;;
+      *) args+=("$1"); shift ;;
+    esac
+  done
+  [[ -s "$keras" ]] || die "$keras is missing"
+  if [[ ${#args[@]} -eq 0 ]]; then
+    local md; md=$(ls -1 "$RES"/mnist-seeds-*.md 2>/dev/null | sort | tail -1 || true)
+    if [[ -n "$md" ]]; then args=("$md")
+    elif compgen -G "$RES/mnist-*-epochs-*-seed*.csv" >/dev/null; then args=("$RES/mnist-*-epochs-*-seed*.csv")
+    else die "no bench/results/mnist-seeds-*.md or mnist-*-epochs-*-seed*.csv; run bench/accuracy-seeds first"; fi
+  fi
+  local csvs=() list
+  list=$(seed_csvs "${args[@]}") || exit 1
+  [[ -n "$list" ]] && mapfile -t csvs < <(awk '!seen[$0]++' <<<"$list")
+  [[ ${#csvs[@]} -gt 0 ]] || die "no history CSVs in ${args[*]}; run bench/accuracy-seeds first"
+
+  # one plot clause per CSV: the precision from the name (f32 solid, bf16 dashed, others dotted),
+  # one colour per seed
+  local palette=('#1f77b4' '#2ca02c' '#9467bd' '#d62728' '#8c564b' '#e377c2' '#17becf' '#7f7f7f' '#bcbd22')
+  local -A colour=()
+  local clauses=() f base prec seed dt nseeds=0 precs=""
+  for f in "${csvs[@]}"; do
+    [[ $f != *"'"* ]] || die "$f: a quote in the file name"
+    base=$(basename "$f" .csv)
+    if [[ $base =~ -epochs-([A-Za-z0-9_]+)-seed([0-9]+)$ ]]; then
+      prec=${BASH_REMATCH[1]}; seed=${BASH_REMATCH[2]}
+    else
+      prec=f32; seed=$base
+    fi
+    if [[ -z ${colour[$seed]-} ]]; then
+      colour[$seed]=${palette[$(( nseeds % ${#palette[@]} ))]}; nseeds=$(( nseeds + 1 ))
+    fi
+    case $prec in f32) dt=1 ;; bf16) dt=2 ;; *) dt=3 ;; esac
+    [[ " $precs " == *" $prec "* ]] || precs+="${precs:+, }$prec"
+    clauses+=("'$f' using 1:5 with linespoints lw 1.5 dt $dt pt 7 ps 0.4 lc rgb '${colour[$seed]}' title '$prec seed $seed'")
+  done
+  local kfinal kbest kbe
+  read -r kfinal kbest kbe < <(awk -F, 'NR > 1 { f = $5; if ($5 + 0 > b + 0) { b = $5; be = $1 } } END { printf "%.4f %.4f %d\n", f, b, be }' "$keras")
+  clauses+=("'$keras' using 1:5 with linespoints lw 2.5 pt 5 ps 0.5 lc rgb '#ff7f0e' title 'Keras CPU reference (final $kfinal, best $kbest at epoch $kbe)'")
+  clauses+=("0.99 with lines dt 3 lc rgb '#555555' title 'target 0.990'")
+  local plot_cmd; plot_cmd=$(printf '%s, ' "${clauses[@]}"); plot_cmd=${plot_cmd%, }
+  # accuracy axis: from just below the lowest value of any run (at most 0.97) to 1
+  local ymin ytic
+  ymin=$(awk -F, 'FNR > 1 && $5 != "" && $5 + 0 < m { m = $5 + 0 } END { y = int((m - 0.002) * 100) / 100; printf "%.2f", (y < 0.97 ? y : 0.97) }' m=1 "${csvs[@]}" "$keras")
+  ytic=$(awk -v y="$ymin" 'BEGIN { print (y >= 0.95 ? 0.005 : (y >= 0.8 ? 0.02 : 0.1)) }')
+  local styles="precision $precs"
+  [[ $precs == *f32* && $precs == *bf16* ]] && styles="f32 solid, bf16 dashed"
+  gnuplot <<EOF
+$(terminal 1100 620)
+set output '$png'
+set datafile separator ','
+set title "Bidirectional(LSTM(128)) on MNIST: fastnn val_accuracy per epoch, ${#csvs[@]} runs over $nseeds seed(s) ($styles)\nnext to the Keras CPU reference" font ',12'
+set xlabel 'epoch'
+set ylabel 'validation accuracy'
+set grid
+set key bottom right opaque box
+set yrange [$ymin:1.0]
+set ytics $ytic
+set format y '%.3f'
+set xrange [0.5:*]
+plot $plot_cmd
+EOF
+  echo "plot.sh: wrote $png (from ${#csvs[@]} history CSVs and $keras)"
+}
+
 case "${1:-all}" in
   compare) shift; plot_compare "$@" ;;
   curves) shift; plot_curves "$@" ;;
+  curves-seeds) shift; plot_curves_seeds "$@" ;;
   all)
     if ls "$RES"/cpu-compare-*.csv >/dev/null 2>&1; then plot_compare; else echo "plot.sh: no cpu-compare-*.csv yet, skipping the comparison plot"; fi
     if [[ -s "$RES/mnist-30-epochs-cpu.csv" ]]; then plot_curves; else echo "plot.sh: no mnist-30-epochs-cpu.csv yet, skipping the curves"; fi
     ;;
   -h|--help) sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
-  *) die "unknown plot '$1' (compare, curves or nothing for both)" ;;
+  *) die "unknown plot '$1' (compare, curves, curves-seeds, or nothing for compare and curves)" ;;
 esac

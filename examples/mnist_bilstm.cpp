@@ -38,6 +38,7 @@ struct Options {
   bool check_finite = true;
   bool tf32 = false;  // GPU only: TF32 tensor-core math in cuBLAS and cuDNN
   double dropout = 0;  // a Dropout layer between the LSTM and the classifier when > 0
+  std::string precision = "f32";  // f32, or bf16 (mixed precision, CPU with AVX512-BF16)
   std::string save, resume, export_weights;  // checkpoints and weights files
 };
 
@@ -59,6 +60,7 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
   if (o.dropout > 0) model.template add<Dropout>(DropoutOptions(o.dropout));
   model.template add<Dense>(DenseOptions(10).activation(Activation::Softmax));
   model.set_threads(o.threads);
+  model.set_precision(parse_precision(o.precision));
   model.build({28, 28}, o.seed);
   model.compile(make_optimizer<D>(o), SparseCategoricalCrossentropy(), {"accuracy"});
   model.summary(std::cout);
@@ -140,6 +142,12 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"sigmoid", "hard_sigmoid"}))->capture_default_str();
   app.add_option("--dropout", o.dropout, "rate of a Dropout layer before the classifier (0 = none, the reference)")
       ->check(CLI::Range(0.0, 0.95))
+      ->capture_default_str();
+  app.add_option("--precision", o.precision,
+                 "f32, or bf16: Keras's mixed_bfloat16 (bfloat16 matrix products, float weights, state, loss and "
+                 "optimizer); CPU only, needs AVX512-BF16 (the CPU kernel path is printed below the summary; "
+                 "FASTNN_ISA=baseline|avx2|avx512|avx512_bf16|amx_bf16 forces one)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
   app.add_flag("--tf32", o.tf32,
                "GPU only: allow TF32 tensor-core math in cuBLAS and cuDNN (faster, ~1e-3 relative error; "

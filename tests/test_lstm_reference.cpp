@@ -132,16 +132,31 @@ struct Case {
   bool hard, seq, back;
 };
 
-class FastVsReference : public ::testing::TestWithParam<Case> {};
+/// Forces a CPU kernel path for one test; skips the test where the CPU lacks it.
+struct IsaScope {
+  explicit IsaScope(Isa i) { set_cpu_isa(i); }
+  ~IsaScope() { reset_cpu_isa(); }
+};
 
-TEST_P(FastVsReference, ForwardAndAllGradientsWithin1e5) {
-  const Case c = GetParam();
+/// Each case on every kernel path (backend/cpu/isa.hpp), in float (1e-5) and, on the paths with
+/// bfloat16 products, in bf16 mixed precision (bf16 rounding of every product input: 3e-2).
+class FastVsReference : public ::testing::TestWithParam<std::tuple<Case, Isa, Precision>> {};
+
+TEST_P(FastVsReference, ForwardAndAllGradientsWithinTolerance) {
+  const Case c = std::get<0>(GetParam());
+  const Isa isa = std::get<1>(GetParam());
+  const Precision prec = std::get<2>(GetParam());
+  if (isa > detected_cpu_isa()) GTEST_SKIP() << "this CPU has no " << isa_name(isa) << " path";
+  if (prec == Precision::BF16 && isa < Isa::Avx512Bf16) GTEST_SKIP() << "no bf16 products on " << isa_name(isa);
+  IsaScope scope(isa);
+  const double tol = prec == Precision::BF16 ? 3e-2 : 1e-5;
   Rng rng(c.B * 1000 + c.H);
   LSTM<float> l(LSTMOptions(c.H)
                     .recurrent_activation(c.hard ? Activation::HardSigmoid : Activation::Sigmoid)
                     .return_sequences(c.seq)
                     .go_backwards(c.back));
   auto storage = fastnn::testing::build_standalone(l, Shape{c.S, c.F}, rng);
+  l.set_precision(prec);
   for (Index i = 0; i < storage.first.size(); ++i) storage.first[i] += static_cast<float>(rng.uniform(-0.1, 0.1));
   Tensor<float, Cpu> x(Shape{c.B, c.S, c.F});
   for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.uniform(0, 1));
@@ -162,17 +177,40 @@ TEST_P(FastVsReference, ForwardAndAllGradientsWithin1e5) {
   std::vector<double> dW, dU, db, dxr;
   ref.backward(xd, tapes, dyd, dW, dU, db, dxr);
 
-  EXPECT_LT(max_rel(y.data(), yr), 1e-5) << "forward";
-  EXPECT_LT(max_rel(dx.data(), dxr), 1e-5) << "input gradient";
-  EXPECT_LT(max_rel(p[0].grad.data(), dW), 1e-5) << "kernel gradient";
-  EXPECT_LT(max_rel(p[1].grad.data(), dU), 1e-5) << "recurrent kernel gradient";
-  EXPECT_LT(max_rel(p[2].grad.data(), db), 1e-5) << "bias gradient";
+  EXPECT_LT(max_rel(y.data(), yr), tol) << "forward";
+  EXPECT_LT(max_rel(dx.data(), dxr), tol) << "input gradient";
+  EXPECT_LT(max_rel(p[0].grad.data(), dW), tol) << "kernel gradient";
+  EXPECT_LT(max_rel(p[1].grad.data(), dU), tol) << "recurrent kernel gradient";
+  EXPECT_LT(max_rel(p[2].grad.data(), db), tol) << "bias gradient";
+  if (prec == Precision::BF16) {  // and bf16 is really in use: the float result differs
+    l.set_precision(Precision::F32);
+    Tensor<float, Cpu> y32;
+    l.forward(x, y32, Mode::Train);
+    double d = 0;
+    for (Index i = 0; i < y.size(); ++i) d = std::max(d, static_cast<double>(std::fabs(y[i] - y32[i])));
+    if (c.F * c.H > 1) {
+      EXPECT_GT(d, 0.0) << "bf16 forward equals the float one bit for bit";
+    }
+  }
+}
+
+std::string case_name(const ::testing::TestParamInfo<std::tuple<Case, Isa, Precision>>& info) {
+  const Case& c = std::get<0>(info.param);
+  return "B" + std::to_string(c.B) + "S" + std::to_string(c.S) + "F" + std::to_string(c.F) + "H" + std::to_string(c.H) +
+         (c.hard ? "_hard" : "") + (c.seq ? "_seq" : "") + (c.back ? "_back" : "") + "_" +
+         isa_name(std::get<1>(info.param)) + "_" + to_string(std::get<2>(info.param));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, FastVsReference,
-                         ::testing::Values(Case{1, 1, 1, 1, false, false, false}, Case{3, 5, 4, 7, false, true, false},
-                                           Case{8, 28, 28, 16, false, false, false},
-                                           Case{5, 6, 3, 9, true, false, true}, Case{16, 28, 28, 128, false, false, false},
-                                           Case{4, 7, 10, 33, true, true, false}));
+                         ::testing::Combine(::testing::Values(Case{1, 1, 1, 1, false, false, false},
+                                                              Case{3, 5, 4, 7, false, true, false},
+                                                              Case{8, 28, 28, 16, false, false, false},
+                                                              Case{5, 6, 3, 9, true, false, true},
+                                                              Case{16, 28, 28, 128, false, false, false},
+                                                              Case{4, 7, 10, 33, true, true, false}),
+                                            ::testing::Values(Isa::Baseline, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16,
+                                                              Isa::AmxBf16),
+                                            ::testing::Values(Precision::F32, Precision::BF16)),
+                         case_name);
 
 }  // namespace

@@ -59,7 +59,7 @@ RANKS = [
     ("cuda.hpp", 6),
 ]
 
-HEADER_SUFFIXES = (".hpp", ".cuh")
+HEADER_SUFFIXES = (".hpp", ".cuh", ".inl")
 
 # `#include "..."` or `#include <...>` at the start of a line (after comments are stripped).
 INCLUDE_RE = re.compile(r'^\s*#\s*include\s*([<"])([^>"]+)[>"]', re.MULTILINE)

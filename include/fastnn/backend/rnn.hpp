@@ -25,6 +25,7 @@
 #include <string>
 
 #include "fastnn/core/activation.hpp"
+#include "fastnn/core/precision.hpp"
 #include "fastnn/core/shape.hpp"
 
 namespace fastnn {
@@ -57,6 +58,7 @@ struct RnnDims {
   Activation recurrent = Activation::Sigmoid;    ///< LSTM, GRU gates: sigmoid or hard_sigmoid
   const std::int32_t* lengths = nullptr;         ///< host [batch]; null: every sample has `steps`
   std::string layer;                             ///< the layer's name and type, for messages
+  Precision precision = Precision::F32;          ///< of the matrix products (CPU: bf16 or f32)
 
   Index gates() const { return rnn_gates(cell); }
   /// Whether bias is [2, 3H] (a GRU with reset_after) rather than [G*H].

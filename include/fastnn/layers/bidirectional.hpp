@@ -200,6 +200,12 @@ class Bidirectional : public Layer<T, D> {
   }
   Lengths output_lengths() const override { return fwd_->output_lengths(); }
 
+  void set_precision(Precision p) override {
+    Base::set_precision(p);
+    fwd_->set_precision(p);
+    bwd_->set_precision(p);
+  }
+
   void set_threads(int n) override {
     Base::set_threads(n);
     if (this->threads_ >= 2 && !worker_ && detail::BidirFused<T, D>::host_threads)

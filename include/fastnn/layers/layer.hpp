@@ -19,6 +19,7 @@
 #include "fastnn/core/mode.hpp"
 #include "fastnn/core/options.hpp"
 #include "fastnn/core/parameter.hpp"
+#include "fastnn/core/precision.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/core/tensor.hpp"
 
@@ -109,6 +110,11 @@ class Layer {
   /// Number of worker threads the layer may use (Bidirectional runs its directions in parallel).
   virtual void set_threads(int n) { threads_ = n < 1 ? 1 : n; }
 
+  /// Precision of the layer's matrix products (core/precision.hpp); the model checks that its
+  /// device supports it (Sequential::set_precision).
+  virtual void set_precision(Precision p) { precision_ = p; }
+  Precision precision() const noexcept { return precision_; }
+
   const std::string& name() const noexcept { return name_; }
   virtual void set_name(const std::string& n) { name_ = n; }
   const Shape& input_shape() const noexcept { return input_shape_; }
@@ -135,6 +141,7 @@ class Layer {
   std::vector<Parameter<T, D>> params_;
   Lengths in_lengths_;
   int threads_ = 1;
+  Precision precision_ = Precision::F32;
 };
 
 }  // namespace fastnn

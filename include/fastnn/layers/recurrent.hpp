@@ -130,6 +130,7 @@ class RecurrentLayer : public Layer<T, D> {
     dims_.units = units();
     dims_.lengths = nullptr;
     dims_.layer = this->name_ + " (" + this->type_name() + ")";
+    dims_.precision = this->precision_;
     if (!this->in_lengths_.empty()) {
       check_lengths(this->in_lengths_, dims_.batch, dims_.steps, this->name_ + " (" + this->type_name() + ")");
       if (!all_full_length(this->in_lengths_, dims_.steps)) dims_.lengths = this->in_lengths_.data();
@@ -169,6 +170,7 @@ class RecurrentLayer : public Layer<T, D> {
     d.features = F;
     d.units = units();
     d.layer = this->name_ + " (" + this->type_name() + ")";
+    d.precision = this->precision_;
     detail::RnnImpl<T, D>::step(d, x_t, this->params_[0].value, this->params_[1].value, this->params_[2].value, state.h,
                                 state.c, state.work);
     y_t.resize(Shape{state.batch, units()});

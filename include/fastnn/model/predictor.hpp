@@ -29,6 +29,7 @@ std::unique_ptr<Layer<T, D>> bound_replica(const Layer<T, D>& src, Shape& shape,
                                            Index& offset) {
   auto l = src.clone_unbuilt();
   l->set_name(src.name());
+  l->set_precision(src.precision());
   shape = l->build(shape);
   const Index n = l->param_count();
   l->bind_parameters(params.view(offset, Shape{n}), params.view(offset, Shape{n}));

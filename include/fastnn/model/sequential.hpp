@@ -33,6 +33,7 @@
 #include <string>
 #include <vector>
 
+#include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/random.hpp"
@@ -105,6 +106,7 @@ class Sequential {
       l->bind_parameters(params_.view(off, Shape{n}), grads_.view(off, Shape{n}));
       off += n;
       l->set_threads(threads_);
+      l->set_precision(precision_);
     }
     Rng rng(seed);
     for (auto& l : layers_) l->initialize(rng);
@@ -145,6 +147,23 @@ class Sequential {
     eval_ws_.reset();
   }
   int threads() const { return threads_; }
+
+  /// Precision of every layer's matrix products (core/precision.hpp): Precision::BF16 is Keras's
+  /// "mixed_bfloat16" (bfloat16 products, float weights, state, loss and optimizer). Throws
+  /// UnsupportedError where it cannot run: on CUDA, for double, or on a CPU path without
+  /// AVX512-BF16 (backend/cpu/isa.hpp says which path runs).
+  void set_precision(Precision p) {
+    if (p == Precision::BF16) {
+      if constexpr (!std::is_same<D, Cpu>::value)
+        throw UnsupportedError("Sequential::set_precision: bf16 precision runs on the CPU only");
+      else
+        check_cpu_precision<T>(p, cpu_isa(), "Sequential::set_precision");
+    }
+    precision_ = p;
+    for (auto& l : layers_) l->set_precision(p);
+    eval_ws_.reset();
+  }
+  Precision precision() const { return precision_; }
 
   /// Trains. `train` and `val` hold samples of the built input shape with labels or targets as
   /// the loss needs them. Returns the logs of the epochs run in this call. Throws
@@ -287,6 +306,9 @@ class Sequential {
     std::vector<detail::SummaryRow> rows;
     for (const auto& l : layers_) rows.push_back({l->name(), l->type_name(), l->output_shape(), l->param_count()});
     detail::print_summary(os, rows);
+    if constexpr (std::is_same<D, Cpu>::value)
+      os << "CPU kernels: " << isa_name(cpu_isa()) << " (best on this CPU: " << isa_name(detected_cpu_isa())
+         << "), precision " << to_string(precision_) << "\n";
   }
 
   // ---- access ----------------------------------------------------------------------------
@@ -586,6 +608,7 @@ class Sequential {
   Lengths batch_lengths_;          ///< the lengths of the training batch (from the data)
   double step_rows_ = 0;           ///< loss rows of the last training step
   int threads_ = 1;
+  Precision precision_ = Precision::F32;
   int epochs_done_ = 0;
   bool built_ = false, fused_ = false;
   Activation fused_activation_ = Activation::Linear;

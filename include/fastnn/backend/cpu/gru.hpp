@@ -13,6 +13,7 @@
 
 #include <cstdint>
 
+#include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/cpu/rnn_base.hpp"
 #include "fastnn/core/activation.hpp"
 #include "fastnn/core/tensor.hpp"
@@ -32,19 +33,18 @@ class CpuGruKernel {
     zx_.resize(Shape{N, G});
     hs_.resize(Shape{B + N, H});
     plan_.pack(x, F, d.go_backwards, xt_.data());
-    MatMap<T> Zx(zx_.data(), N, G);
-    Zx.noalias() = xt_.matrix() * CMatMap<T>(w, F, G);
-    Zx.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, G);
+    const Precision P = d.precision;
+    for (Index r = 0; r < N; ++r) std::copy(b, b + G, zx_.data() + r * G);
+    cpu_gemm(false, false, N, G, F, T(1), xt_.data(), F, w, G, T(1), zx_.data(), G, P);
     std::fill(hs_.data(), hs_.data() + B * H, T(0));
     if (d.reset_after) {
       rh_.resize(Shape{N, G});
-      Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> brec(b + G, G);
+      upack_.pack(u, G, false, H, G, P);
       for (Index t = 0; t < S; ++t) {
         const Index n = plan_.active(t);
-        MatMap<T> Rt(rh_.data() + plan_.off(t) * G, n, G);
-        if (t > 0) Rt.noalias() = CMatMap<T>(hs_.data() + (B + plan_.off(t - 1)) * H, n, H) * CMatMap<T>(u, H, G);
-        else Rt.setZero();
-        Rt.rowwise() += brec;
+        T* rt = rh_.data() + plan_.off(t) * G;
+        for (Index r = 0; r < n; ++r) std::copy(b + G, b + 2 * G, rt + r * G);
+        if (t > 0) upack_.gemm(n, T(1), hs_.data() + (B + plan_.off(t - 1)) * H, H, false, T(1), rt, G);
         if (d.recurrent == Activation::HardSigmoid) step_after<true>(t);
         else step_after<false>(t);
       }
@@ -65,8 +65,11 @@ class CpuGruKernel {
     dzx_.resize(Shape{N, G});
     dh_.resize(Shape{B, H});
     dh_.set_zero();
-    CMatMap<T> U(u, H, G);
-    if (d.reset_after) drh_.resize(Shape{N, G});
+    const Precision P = d.precision;
+    if (d.reset_after) {
+      drh_.resize(Shape{N, G});
+      utpack_.pack(u, G, true, G, H, P);  // op = U^T [3H, H]
+    }
     else drh_.resize(Shape{B, H});
     for (Index t = S - 1; t >= 0; --t) {
       plan_.add_output_grad(dy, H, d.return_sequences, t, dh_.data());
@@ -76,26 +79,22 @@ class CpuGruKernel {
         if (hard) back_after<true>(t);
         else back_after<false>(t);
         // dh_{t-1} = dh * z (done in back_after) + dRh U^T
-        if (t > 0)
-          MatMap<T>(dh_.data(), n, H).noalias() +=
-              CMatMap<T>(drh_.data() + plan_.off(t) * G, n, G) * U.transpose();
+        if (t > 0) utpack_.gemm(n, T(1), drh_.data() + plan_.off(t) * G, G, false, T(1), dh_.data(), H);
       } else {
         if (hard) back_before<true>(t, u);
         else back_before<false>(t, u);
       }
     }
     CMatMap<T> dZx(dzx_.data(), N, G);
-    MatMap<T> dW(dw, F, G);
-    dW.noalias() += xt_.matrix().transpose() * dZx;
+    cpu_gemm(true, false, F, G, N, T(1), xt_.data(), F, dzx_.data(), G, T(1), dw, G, P);
     Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db, G) += dZx.colwise().sum();
     const Index R = N - plan_.off(1);
     if (d.reset_after) {
       CMatMap<T> dRh(drh_.data(), N, G);
       Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db + G, G) += dRh.colwise().sum();
-      if (S > 1 && R > 0) {
-        CMatMap<T> Hprev(plan_.previous_states(hs_.data(), H, hp_), R, H);
-        MatMap<T>(du, H, G).noalias() += Hprev.transpose() * CMatMap<T>(drh_.data() + plan_.off(1) * G, R, G);
-      }
+      if (S > 1 && R > 0)
+        cpu_gemm(true, false, H, G, R, T(1), plan_.previous_states(hs_.data(), H, hp_), H,
+                 drh_.data() + plan_.off(1) * G, G, T(1), du, G, P);
     } else if (S > 1 && R > 0) {
       CMatMap<T> Hprev(plan_.previous_states(hs_.data(), H, hp_), R, H);
       const T* dz1 = dzx_.data() + plan_.off(1) * G;
@@ -107,7 +106,7 @@ class CpuGruKernel {
     }
     if (dx) {
       dxt_.resize(Shape{N, F});
-      dxt_.matrix().noalias() = dZx * CMatMap<T>(w, F, G).transpose();
+      cpu_gemm(false, true, N, F, G, T(1), dzx_.data(), G, w, G, T(0), dxt_.data(), F, P);
       plan_.unpack(dxt_.data(), F, d.go_backwards, dx);
     }
   }
@@ -117,14 +116,13 @@ class CpuGruKernel {
   static void step(const RnnDims& d, const T* x, const T* w, const T* u, const T* b, T* h, Tensor<T, Cpu>& z) {
     const Index B = d.batch, F = d.features, H = d.units, G = 3 * H;
     z.resize(Shape{2 * B, G});
-    MatMap<T> Zx(z.data(), B, G), Rh(z.data() + B * G, B, G);
-    Zx.noalias() = CMatMap<T>(x, B, F) * CMatMap<T>(w, F, G);
-    Zx.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, G);
+    for (Index r = 0; r < B; ++r) std::copy(b, b + G, z.data() + r * G);
+    cpu_gemm(false, false, B, G, F, T(1), x, F, w, G, T(1), z.data(), G, d.precision);
     CMatMap<T> Hp(h, B, H);
     const bool hard = d.recurrent == Activation::HardSigmoid;
     if (d.reset_after) {
-      Rh.noalias() = Hp * CMatMap<T>(u, H, G);
-      Rh.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b + G, G);
+      for (Index r = 0; r < B; ++r) std::copy(b + G, b + 2 * G, z.data() + (B + r) * G);
+      cpu_gemm(false, false, B, G, H, T(1), h, H, u, G, T(1), z.data() + B * G, G, d.precision);
       for (Index j = 0; j < B; ++j)
         if (hard) cell_after<true>(z.data() + j * G, z.data() + (B + j) * G, h + j * H, h + j * H, H);
         else cell_after<false>(z.data() + j * G, z.data() + (B + j) * G, h + j * H, h + j * H, H);
@@ -262,6 +260,7 @@ class CpuGruKernel {
 
   RnnDims d_;
   PackedPlan plan_;
+  PackedB<T> upack_, utpack_;
   Tensor<T, Cpu> xt_, zx_, rh_, hs_, dzx_, drh_, dh_, dxt_, hp_;
 };
 

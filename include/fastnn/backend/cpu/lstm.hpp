@@ -12,10 +12,13 @@
 /// gradient are single GEMMs over all time steps after the loop. Work buffers are kept between
 /// calls and only grow, so the step loop never allocates. Data is time-major and packed inside
 /// the kernel (rnn_base.hpp): with sequences of different lengths, each step only computes the
-/// samples still running.
+/// samples still running. The products go through cpu_gemm (gemm.hpp), U packed once per call
+/// for all steps; on the AVX2 / AVX-512 paths the gate passes are the vector kernels of
+/// x86_kernels.inl (which also sum db while they write dZ), else Eigen.
 
 #include <cstdint>
 
+#include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/cpu/rnn_base.hpp"
 #include "fastnn/core/activation.hpp"
 #include "fastnn/core/tensor.hpp"
@@ -38,17 +41,17 @@ class CpuLstmKernel {
     cs_.resize(Shape{B + N, H});
     tc_.resize(Shape{N, H});
     plan_.pack(x, F, d.go_backwards, xt_.data());
-    MatMap<T> Z(gates_.data(), N, G4);
-    CMatMap<T> W(w, F, G4), U(u, H, G4);
-    Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>> bias(b, G4);
-    Z.noalias() = xt_.matrix() * W;  // input projection of every step at once
-    Z.rowwise() += bias;
+    isa_ = cpu_isa();
+    const Precision P = d.precision;
+    for (Index r = 0; r < N; ++r) std::copy(b, b + G4, gates_.data() + r * G4);
+    cpu_gemm(false, false, N, G4, F, T(1), xt_.data(), F, w, G4, T(1), gates_.data(), G4, P);  // every step at once
+    upack_.pack(u, G4, false, H, G4, P);
     std::fill(hs_.data(), hs_.data() + B * H, T(0));
     std::fill(cs_.data(), cs_.data() + B * H, T(0));
     for (Index t = 0; t < S; ++t) {
       const Index n = plan_.active(t);
-      MatMap<T> Zt(gates_.data() + plan_.off(t) * G4, n, G4);
-      if (t > 0) Zt.noalias() += CMatMap<T>(hs_.data() + (B + plan_.off(t - 1)) * H, n, H) * U;
+      if (t > 0) upack_.gemm(n, T(1), hs_.data() + (B + plan_.off(t - 1)) * H, H, false, T(1),
+                             gates_.data() + plan_.off(t) * G4, G4);
       if (d.recurrent == Activation::HardSigmoid) step_forward<true>(t);
       else step_forward<false>(t);
     }
@@ -64,31 +67,26 @@ class CpuLstmKernel {
     dc_.resize(Shape{B, H});
     dh_.set_zero();
     dc_.set_zero();
-    CMatMap<T> W(w, F, G4), U(u, H, G4);
+    const Precision P = d.precision;
+    const bool vec = vector_gates();
+    utpack_.pack(u, G4, true, G4, H, P);  // op = U^T [4H, H]
     for (Index t = S - 1; t >= 0; --t) {
       plan_.add_output_grad(dy, H, d.return_sequences, t, dh_.data());  // dh += dL/dh_t from the output
-      if (d.recurrent == Activation::HardSigmoid) step_backward<true>(t);
-      else step_backward<false>(t);
-      if (t > 0) {
-        const Index n = plan_.active(t);
-        MatMap<T> dH(dh_.data(), n, H);
-        dH.noalias() = CMatMap<T>(dgates_.data() + plan_.off(t) * G4, n, G4) * U.transpose();
-      }
+      if (d.recurrent == Activation::HardSigmoid) step_backward<true>(t, db);
+      else step_backward<false>(t, db);
+      if (t > 0)
+        utpack_.gemm(plan_.active(t), T(1), dgates_.data() + plan_.off(t) * G4, G4, false, T(0), dh_.data(), H);
     }
-    CMatMap<T> dZ(dgates_.data(), N, G4);
-    MatMap<T> dW(dw, F, G4), dU(du, H, G4);
-    dW.noalias() += xt_.matrix().transpose() * dZ;
+    cpu_gemm(true, false, F, G4, N, T(1), xt_.data(), F, dgates_.data(), G4, T(1), dw, G4, P);
     // h_{t-1} for the rows of steps >= 1 (h_{-1} = 0 contributes nothing)
     const Index R = N - plan_.off(1);
-    if (S > 1 && R > 0) {
-      CMatMap<T> Hprev(plan_.previous_states(hs_.data(), H, hp_), R, H);
-      CMatMap<T> dZ1(dgates_.data() + plan_.off(1) * G4, R, G4);
-      dU.noalias() += Hprev.transpose() * dZ1;
-    }
-    Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db, G4) += dZ.colwise().sum();
+    if (S > 1 && R > 0)
+      cpu_gemm(true, false, H, G4, R, T(1), plan_.previous_states(hs_.data(), H, hp_), H,
+               dgates_.data() + plan_.off(1) * G4, G4, T(1), du, G4, P);
+    if (!vec) Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db, G4) += CMatMap<T>(dgates_.data(), N, G4).colwise().sum();
     if (dx) {
       dxt_.resize(Shape{N, F});
-      dxt_.matrix().noalias() = dZ * W.transpose();
+      cpu_gemm(false, true, N, F, G4, T(1), dgates_.data(), G4, w, G4, T(0), dxt_.data(), F, P);
       plan_.unpack(dxt_.data(), F, d.go_backwards, dx);
     }
   }
@@ -99,10 +97,9 @@ class CpuLstmKernel {
                    Tensor<T, Cpu>& z) {
     const Index B = d.batch, F = d.features, H = d.units, G4 = 4 * H;
     z.resize(Shape{B, G4});
-    MatMap<T> Z(z.data(), B, G4);
-    Z.noalias() = CMatMap<T>(x, B, F) * CMatMap<T>(w, F, G4);
-    Z.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, G4);
-    Z.noalias() += CMatMap<T>(h, B, H) * CMatMap<T>(u, H, G4);
+    for (Index r = 0; r < B; ++r) std::copy(b, b + G4, z.data() + r * G4);
+    cpu_gemm(false, false, B, G4, F, T(1), x, F, w, G4, T(1), z.data(), G4, d.precision);
+    cpu_gemm(false, false, B, G4, H, T(1), h, H, u, G4, T(1), z.data(), G4, d.precision);
     for (Index bb = 0; bb < B; ++bb) {
       T* zr = z.data() + bb * G4;
       ArrMap<T> i(zr, H), f(zr + H, H), g(zr + 2 * H, H), o(zr + 3 * H, H);
@@ -123,6 +120,16 @@ class CpuLstmKernel {
   void step_forward(Index t) {
     const Index B = d_.batch, H = d_.units, G4 = 4 * H;
     const Index o0 = plan_.off(t), p0 = t == 0 ? 0 : B + plan_.off(t - 1);
+#if FASTNN_X86_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      if (vector_gates()) {
+        auto* f = isa_ == Isa::Avx2 ? &x86_avx2::lstm_forward_rows<Hard> : &x86_avx512::lstm_forward_rows<Hard>;
+        f(plan_.active(t), H, gates_.data() + o0 * G4, cs_.data() + p0 * H, cs_.data() + (B + o0) * H,
+          tc_.data() + o0 * H, hs_.data() + (B + o0) * H);
+        return;
+      }
+    }
+#endif
     for (Index j = 0; j < plan_.active(t); ++j) {
       T* z = gates_.data() + (o0 + j) * G4;
       ArrMap<T> i(z, H), f(z + H, H), g(z + 2 * H, H), o(z + 3 * H, H);
@@ -140,10 +147,25 @@ class CpuLstmKernel {
     }
   }
 
+  /// Whether the gate passes run as the x86 vector kernels (float on the AVX2 / AVX-512 paths).
+  bool vector_gates() const { return std::is_same<T, float>::value && isa_ != Isa::Baseline; }
+
+  /// Also adds the step's dZ rows into db on the vector path.
   template <bool Hard>
-  void step_backward(Index t) {
+  void step_backward(Index t, T* db) {
     const Index B = d_.batch, H = d_.units, G4 = 4 * H;
     const Index o0 = plan_.off(t), p0 = t == 0 ? 0 : B + plan_.off(t - 1);
+#if FASTNN_X86_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      if (vector_gates()) {
+        auto* f = isa_ == Isa::Avx2 ? &x86_avx2::lstm_backward_rows<Hard> : &x86_avx512::lstm_backward_rows<Hard>;
+        f(plan_.active(t), H, gates_.data() + o0 * G4, cs_.data() + p0 * H, tc_.data() + o0 * H, dh_.data(),
+          dc_.data(), dgates_.data() + o0 * G4, db);
+        return;
+      }
+    }
+#endif
+    (void)db;
     for (Index j = 0; j < plan_.active(t); ++j) {
       const T* z = gates_.data() + (o0 + j) * G4;
       CArrMap<T> i(z, H), f(z + H, H), g(z + 2 * H, H), o(z + 3 * H, H);
@@ -163,6 +185,8 @@ class CpuLstmKernel {
 
   RnnDims d_;
   PackedPlan plan_;
+  Isa isa_ = Isa::Baseline;
+  PackedB<T> upack_, utpack_;
   Tensor<T, Cpu> xt_, gates_, hs_, cs_, tc_, dgates_, dh_, dc_, dxt_, hp_;
 };
 

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "fastnn/backend/cpu/gemm.hpp"
+#include "fastnn/backend/cpu/x86_kernels.hpp"
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/tensor.hpp"
@@ -18,16 +20,16 @@ template <class T>
 struct Ops<T, Cpu> {
   using Tn = Tensor<T, Cpu>;
 
-  static void gemm(bool ta, bool tb, T alpha, const Tn& A, const Tn& B, T beta, Tn& C) {
-    auto a = A.matrix();
-    auto b = B.matrix();
-    auto c = C.matrix();
-    if (beta == T(0)) c.setZero();
-    else if (beta != T(1)) c *= beta;
-    if (!ta && !tb) c.noalias() += alpha * a * b;
-    else if (ta && !tb) c.noalias() += alpha * a.transpose() * b;
-    else if (!ta && tb) c.noalias() += alpha * a * b.transpose();
-    else c.noalias() += alpha * a.transpose() * b.transpose();
+  /// On the path of cpu_isa() (backend/cpu/gemm.hpp); `p` BF16: bfloat16 products.
+  static void gemm(bool ta, bool tb, T alpha, const Tn& A, const Tn& B, T beta, Tn& C,
+                   Precision p = Precision::F32) {
+    const Index ar = A.matrix().rows(), ac = A.matrix().cols(), br = B.matrix().rows(), bc = B.matrix().cols();
+    const Index M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
+    if ((tb ? bc : br) != K || C.matrix().rows() != M || C.matrix().cols() != N)
+      throw ShapeError("gemm: op(A) " + std::to_string(M) + "x" + std::to_string(K) + ", op(B) " +
+                       std::to_string(tb ? bc : br) + "x" + std::to_string(N) + ", C " +
+                       std::to_string(C.matrix().rows()) + "x" + std::to_string(C.matrix().cols()));
+    cpu_gemm(ta, tb, M, N, K, alpha, A.data(), ac, B.data(), bc, beta, C.data(), N, p);
   }
 
   static void add_row_vector(Tn& Y, const Tn& b) {
@@ -243,6 +245,15 @@ struct Ops<T, Cpu> {
 
   /// Keras SGD: v = momentum v - lr g; p += momentum v - lr g (Nesterov) or p += v.
   static void sgd_update(Tn& p, const Tn& g, Tn& v, T lr, T momentum, bool nesterov) {
+#if FASTNN_X86_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      const Isa isa = cpu_isa();
+      if (isa != Isa::Baseline) {
+        auto* f = isa == Isa::Avx2 ? &detail::x86_avx2::sgd_update : &detail::x86_avx512::sgd_update;
+        return f(p.size(), p.data(), g.data(), momentum == T(0) ? nullptr : v.data(), lr, momentum, nesterov);
+      }
+    }
+#endif
     auto pa = p.array();
     auto ga = g.array();
     auto va = v.array();
@@ -257,6 +268,15 @@ struct Ops<T, Cpu> {
   /// Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr_t m / (sqrt(v) + eps), with
   /// lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) computed by the caller.
   static void adam_update(Tn& p, const Tn& g, Tn& m, Tn& v, T lr_t, T b1, T b2, T eps) {
+#if FASTNN_X86_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      const Isa isa = cpu_isa();
+      if (isa != Isa::Baseline) {
+        auto* f = isa == Isa::Avx2 ? &detail::x86_avx2::adam_update : &detail::x86_avx512::adam_update;
+        return f(p.size(), p.data(), g.data(), m.data(), v.data(), lr_t, b1, b2, eps);
+      }
+    }
+#endif
     auto ga = g.array();
     m.array() = b1 * m.array() + (T(1) - b1) * ga;
     v.array() = b2 * v.array() + (T(1) - b2) * ga.square();
@@ -264,6 +284,15 @@ struct Ops<T, Cpu> {
   }
   /// RMSprop: a = rho a + (1 - rho) g^2; p -= lr g / (sqrt(a) + eps).
   static void rmsprop_update(Tn& p, const Tn& g, Tn& a, T lr, T rho, T eps) {
+#if FASTNN_X86_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      const Isa isa = cpu_isa();
+      if (isa != Isa::Baseline) {
+        auto* f = isa == Isa::Avx2 ? &detail::x86_avx2::rmsprop_update : &detail::x86_avx512::rmsprop_update;
+        return f(p.size(), p.data(), g.data(), a.data(), lr, rho, eps);
+      }
+    }
+#endif
     auto ga = g.array();
     a.array() = rho * a.array() + (T(1) - rho) * ga.square();
     p.array() -= lr * ga / (a.array().sqrt() + eps);

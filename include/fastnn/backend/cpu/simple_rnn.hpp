@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/cpu/rnn_base.hpp"
 #include "fastnn/core/activation.hpp"
 #include "fastnn/core/tensor.hpp"
@@ -24,16 +25,17 @@ class CpuSimpleRnnKernel {
     xt_.resize(Shape{N, F});
     hs_.resize(Shape{B + N, H});
     plan_.pack(x, F, d.go_backwards, xt_.data());
-    MatMap<T> A(hs_.data() + B * H, N, H);  // pre-activations, then h, in place
-    A.noalias() = xt_.matrix() * CMatMap<T>(w, F, H);
-    A.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, H);
+    const Precision P = d.precision;
+    T* a = hs_.data() + B * H;  // pre-activations, then h, in place
+    for (Index r = 0; r < N; ++r) std::copy(b, b + H, a + r * H);
+    cpu_gemm(false, false, N, H, F, T(1), xt_.data(), F, w, H, T(1), a, H, P);
     std::fill(hs_.data(), hs_.data() + B * H, T(0));
-    CMatMap<T> U(u, H, H);
+    upack_.pack(u, H, false, H, H, P);
     for (Index t = 0; t < S; ++t) {
       const Index n = plan_.active(t);
-      MatMap<T> At(hs_.data() + (B + plan_.off(t)) * H, n, H);
-      if (t > 0) At.noalias() += CMatMap<T>(hs_.data() + (B + plan_.off(t - 1)) * H, n, H) * U;
-      activate(At.data(), n * H, d.activation);
+      T* at = hs_.data() + (B + plan_.off(t)) * H;
+      if (t > 0) upack_.gemm(n, T(1), hs_.data() + (B + plan_.off(t - 1)) * H, H, false, T(1), at, H);
+      activate(at, n * H, d.activation);
     }
     plan_.outputs(hs_.data(), H, d.return_sequences, y);
   }
@@ -44,7 +46,8 @@ class CpuSimpleRnnKernel {
     da_.resize(Shape{N, H});
     dh_.resize(Shape{B, H});
     dh_.set_zero();
-    CMatMap<T> U(u, H, H);
+    const Precision P = d.precision;
+    utpack_.pack(u, H, true, H, H, P);
     for (Index t = S - 1; t >= 0; --t) {
       plan_.add_output_grad(dy, H, d.return_sequences, t, dh_.data());
       const Index n = plan_.active(t), o0 = plan_.off(t);
@@ -53,19 +56,18 @@ class CpuSimpleRnnKernel {
       CArrMap<T> dh(dh_.data(), n * H);
       if (d.activation == Activation::Relu) da = dh * (h > T(0)).template cast<T>();
       else da = dh * (T(1) - h * h);
-      if (t > 0)
-        MatMap<T>(dh_.data(), n, H).noalias() = CMatMap<T>(da_.data() + o0 * H, n, H) * U.transpose();
+      if (t > 0) utpack_.gemm(n, T(1), da_.data() + o0 * H, H, false, T(0), dh_.data(), H);
     }
     CMatMap<T> dA(da_.data(), N, H);
-    MatMap<T>(dw, F, H).noalias() += xt_.matrix().transpose() * dA;
+    cpu_gemm(true, false, F, H, N, T(1), xt_.data(), F, da_.data(), H, T(1), dw, H, P);
     Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db, H) += dA.colwise().sum();
     const Index R = N - plan_.off(1);
     if (S > 1 && R > 0)
-      MatMap<T>(du, H, H).noalias() += CMatMap<T>(plan_.previous_states(hs_.data(), H, hp_), R, H).transpose() *
-                                       CMatMap<T>(da_.data() + plan_.off(1) * H, R, H);
+      cpu_gemm(true, false, H, H, R, T(1), plan_.previous_states(hs_.data(), H, hp_), H,
+               da_.data() + plan_.off(1) * H, H, T(1), du, H, P);
     if (dx) {
       dxt_.resize(Shape{N, F});
-      dxt_.matrix().noalias() = dA * CMatMap<T>(w, F, H).transpose();
+      cpu_gemm(false, true, N, F, H, T(1), da_.data(), H, w, H, T(0), dxt_.data(), F, P);
       plan_.unpack(dxt_.data(), F, d.go_backwards, dx);
     }
   }
@@ -74,10 +76,9 @@ class CpuSimpleRnnKernel {
   static void step(const RnnDims& d, const T* x, const T* w, const T* u, const T* b, T* h, Tensor<T, Cpu>& z) {
     const Index B = d.batch, F = d.features, H = d.units;
     z.resize(Shape{B, H});
-    MatMap<T> A(z.data(), B, H);
-    A.noalias() = CMatMap<T>(x, B, F) * CMatMap<T>(w, F, H);
-    A.rowwise() += Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, H);
-    A.noalias() += CMatMap<T>(h, B, H) * CMatMap<T>(u, H, H);
+    for (Index r = 0; r < B; ++r) std::copy(b, b + H, z.data() + r * H);
+    cpu_gemm(false, false, B, H, F, T(1), x, F, w, H, T(1), z.data(), H, d.precision);
+    cpu_gemm(false, false, B, H, H, T(1), h, H, u, H, T(1), z.data(), H, d.precision);
     activate(z.data(), B * H, d.activation);
     std::copy(z.data(), z.data() + B * H, h);
   }
@@ -91,6 +92,7 @@ class CpuSimpleRnnKernel {
 
   RnnDims d_;
   PackedPlan plan_;
+  PackedB<T> upack_, utpack_;
   Tensor<T, Cpu> xt_, hs_, da_, dh_, dxt_, hp_;
 };
 

@@ -26,7 +26,10 @@ struct Ops<T, Cuda> {
   using Tn = Tensor<T, Cuda>;
 
   /// C = alpha op(A) op(B) + beta C, each tensor viewed as [dim(0), rest].
-  static void gemm(bool ta, bool tb, T alpha, const Tn& A, const Tn& B, T beta, Tn& C) {
+  /// `p` must be F32: bfloat16 products are CPU-only (cuBLAS runs float, or TF32 when enabled).
+  static void gemm(bool ta, bool tb, T alpha, const Tn& A, const Tn& B, T beta, Tn& C,
+                   Precision p = Precision::F32) {
+    if (p != Precision::F32) throw UnsupportedError("gemm: bf16 precision runs on the CPU only");
     const Index ar = rows(A), ac = cols(A), br = rows(B), bc = cols(B);
     const Index m = ta ? ac : ar, k = ta ? ar : ac;
     const Index kb = tb ? bc : br, n = tb ? br : bc;

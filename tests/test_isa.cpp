@@ -1,0 +1,296 @@
+// The CPU kernel paths (backend/cpu/isa.hpp) and bf16 mixed precision: every path this CPU has
+// computes what the reference (double loops, or the baseline Eigen path) computes; bf16 products
+// equal float products of bf16-rounded inputs; a path is deterministic; unsupported requests
+// fail with a clear error.
+
+#include <fastnn/fastnn.hpp>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace {
+
+using namespace fastnn;
+using fastnn_test::random_tensor;
+
+struct IsaScope {
+  explicit IsaScope(Isa i) { set_cpu_isa(i); }
+  ~IsaScope() { reset_cpu_isa(); }
+};
+
+const std::vector<Isa> kAll = {Isa::Baseline, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::AmxBf16};
+
+std::vector<Isa> supported() {
+  std::vector<Isa> v;
+  for (Isa i : kAll)
+    if (i <= detected_cpu_isa()) v.push_back(i);
+  return v;
+}
+
+float round_bf16(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  float r;
+  std::memcpy(&r, &u, 4);
+  return r;
+}
+
+/// C = alpha op(A) op(B) + beta C in double, inputs optionally rounded to bf16 first.
+std::vector<double> ref_gemm(bool ta, bool tb, Index M, Index N, Index K, float alpha, const std::vector<float>& A,
+                             const std::vector<float>& B, float beta, const std::vector<float>& C, bool bf16) {
+  std::vector<double> out(static_cast<std::size_t>(M * N));
+  const Index lda = ta ? M : K, ldb = tb ? K : N;
+  for (Index i = 0; i < M; ++i)
+    for (Index j = 0; j < N; ++j) {
+      double s = 0;
+      for (Index k = 0; k < K; ++k) {
+        float a = ta ? A[k * lda + i] : A[i * lda + k], b = tb ? B[j * ldb + k] : B[k * ldb + j];
+        if (bf16) a = round_bf16(a), b = round_bf16(b);
+        s += static_cast<double>(a) * b;
+      }
+      out[i * N + j] = alpha * s + static_cast<double>(beta) * C[i * N + j];
+    }
+  return out;
+}
+
+double max_rel_err(const std::vector<float>& got, const std::vector<double>& want) {
+  double e = 0;
+  for (std::size_t i = 0; i < want.size(); ++i) e = std::max(e, std::fabs(got[i] - want[i]) / (1.0 + std::fabs(want[i])));
+  return e;
+}
+
+TEST(Isa, NamesParseAndRefuseUnknownOrUnsupported) {
+  for (Isa i : kAll) EXPECT_EQ(parse_isa(isa_name(i)), i);
+  EXPECT_THROW(parse_isa("sse9"), ArgumentError);
+  EXPECT_EQ(parse_precision("bf16"), Precision::BF16);
+  EXPECT_EQ(parse_precision("mixed_bfloat16"), Precision::BF16);
+  EXPECT_EQ(parse_precision("float32"), Precision::F32);
+  try {
+    parse_precision("fp8");
+    FAIL() << "no error";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("fp8"), std::string::npos) << e.what();
+  }
+  if (detected_cpu_isa() < Isa::AmxBf16) {
+    EXPECT_THROW(set_cpu_isa(Isa::AmxBf16), UnsupportedError);
+  }
+  EXPECT_EQ(cpu_isa(), detected_cpu_isa()) << "FASTNN_ISA must not be set for this test";
+}
+
+class GemmPaths : public ::testing::TestWithParam<std::tuple<Isa, Precision, bool, bool>> {};
+
+TEST_P(GemmPaths, MatchTheReferenceForOddShapes) {
+  const auto [isa, prec, ta, tb] = GetParam();
+  if (isa > detected_cpu_isa()) GTEST_SKIP() << "this CPU has no " << isa_name(isa) << " path";
+  if (prec == Precision::BF16 && isa < Isa::Avx512Bf16) GTEST_SKIP() << "no bf16 products on " << isa_name(isa);
+  IsaScope scope(isa);
+  Rng rng(7);
+  const bool bf16 = prec == Precision::BF16;
+  for (Index M : {1, 13, 37, 128})
+    for (Index N : {1, 10, 45, 64})
+      for (Index K : {1, 7, 28, 300, 601}) {
+        std::vector<float> A(static_cast<std::size_t>(M * K)), B(static_cast<std::size_t>(K * N)),
+            C(static_cast<std::size_t>(M * N));
+        for (auto& v : A) v = static_cast<float>(rng.uniform(-1, 1));
+        for (auto& v : B) v = static_cast<float>(rng.uniform(-1, 1));
+        for (auto& v : C) v = static_cast<float>(rng.uniform(-1, 1));
+        const auto want = ref_gemm(ta, tb, M, N, K, 1.5f, A, B, 0.5f, C, bf16);
+        std::vector<float> got = C;
+        cpu_gemm<float>(ta, tb, M, N, K, 1.5f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.5f, got.data(), N, prec);
+        // float products: only the summation order differs; bf16: products of rounded inputs
+        // are exact in float, so again only the summation order
+        ASSERT_LT(max_rel_err(got, want), 2e-5) << "M " << M << " N " << N << " K " << K;
+        PackedB<float> pb;
+        pb.pack(B.data(), tb ? K : N, tb, K, N, prec);
+        std::vector<float> got2 = C;
+        pb.gemm(M, 1.5f, A.data(), ta ? M : K, ta, 0.5f, got2.data(), N);
+        ASSERT_LT(max_rel_err(got2, want), 2e-5) << "packed: M " << M << " N " << N << " K " << K;
+        // beta 0 ignores C, even NaN in it
+        std::vector<float> got3(C.size(), std::nanf(""));
+        cpu_gemm<float>(ta, tb, M, N, K, 1.f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.f, got3.data(), N, prec);
+        for (float v : got3) ASSERT_TRUE(std::isfinite(v));
+      }
+}
+
+INSTANTIATE_TEST_SUITE_P(All, GemmPaths,
+                         ::testing::Combine(::testing::ValuesIn(kAll), ::testing::Values(Precision::F32, Precision::BF16),
+                                            ::testing::Bool(), ::testing::Bool()),
+                         [](const auto& info) {
+                           return std::string(isa_name(std::get<0>(info.param))) + "_" +
+                                  to_string(std::get<1>(info.param)) + (std::get<2>(info.param) ? "_tA" : "") +
+                                  (std::get<3>(info.param) ? "_tB" : "");
+                         });
+
+TEST(Isa, Bf16RoundsToNearestEvenAndKeepsNaN) {
+  if (detected_cpu_isa() < Isa::Avx512Bf16) GTEST_SKIP() << "no bf16 path on this CPU";
+  // 1 x 1 x 1 products expose the rounding of each input: (1 + 2^-8) rounds to 1 (ties to even),
+  // (1 + 3 * 2^-8) to 1 + 2^-6... checked against the scalar rule for many values.
+  Rng rng(3);
+  for (Isa isa : {Isa::Avx512Bf16, Isa::AmxBf16}) {
+    if (isa > detected_cpu_isa()) continue;
+    IsaScope scope(isa);
+    for (int i = 0; i < 2000; ++i) {
+      float a = static_cast<float>(rng.uniform(-4, 4)), one = 1.f, c = 0.f;
+      if (i % 7 == 0) a = 1.f + static_cast<float>(i % 5) * 0.00390625f;  // exact ties and neighbours
+      cpu_gemm<float>(false, false, 1, 1, 1, 1.f, &a, 1, &one, 1, 0.f, &c, 1, Precision::BF16);
+      ASSERT_EQ(c, round_bf16(a)) << isa_name(isa) << " a " << a;
+    }
+    float nan = std::nanf(""), one = 1.f, c = 0.f;
+    cpu_gemm<float>(false, false, 1, 1, 1, 1.f, &nan, 1, &one, 1, 0.f, &c, 1, Precision::BF16);
+    EXPECT_TRUE(std::isnan(c)) << isa_name(isa);
+  }
+}
+
+/// A small model of every recurrent cell and Dense, trained two steps; returns the weights.
+std::vector<float> train_two_steps(const std::string& cell, Precision p, int threads) {
+  Sequential<float> m;
+  if (cell == "lstm") m.add<Bidirectional>(LSTMOptions(12).return_sequences(true));
+  if (cell == "gru") m.add<GRU>(GRUOptions(12).return_sequences(true));
+  if (cell == "rnn") m.add<SimpleRNN>(SimpleRNNOptions(12).return_sequences(true));
+  m.add<LSTM>(LSTMOptions(9));
+  m.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+  m.set_threads(threads);
+  m.set_precision(p);
+  m.build({6, 5}, 11);
+  m.compile(std::make_unique<Adam<float>>(0.01), SparseCategoricalCrossentropy(), {"accuracy"});
+  Rng rng(5);
+  Tensor<float, Cpu> x = random_tensor<float>(Shape{20, 6, 5}, rng);
+  Tensor<std::int32_t, Cpu> y(Shape{20});
+  for (Index i = 0; i < 20; ++i) y[i] = static_cast<std::int32_t>(i % 4);
+  const Dataset<float, Cpu> d = make_dataset(x, y, 4);
+  m.fit(d, FitOptions().epochs(2).batch_size(8).verbose(0));
+  const auto& w = m.flat_parameters();
+  return std::vector<float>(w.data(), w.data() + w.size());
+}
+
+TEST(Isa, EveryPathTrainsLikeTheBaselineAndIsDeterministic) {
+  for (const std::string cell : {"lstm", "gru", "rnn"}) {
+    std::vector<float> base;
+    {
+      IsaScope scope(Isa::Baseline);
+      base = train_two_steps(cell, Precision::F32, 2);
+    }
+    for (Isa isa : supported()) {
+      IsaScope scope(isa);
+      const auto a = train_two_steps(cell, Precision::F32, 2);
+      const auto b = train_two_steps(cell, Precision::F32, 2);
+      ASSERT_EQ(a.size(), base.size());
+      EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0)
+          << cell << " on " << isa_name(isa) << ": two runs differ";
+      double d = 0;
+      for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, static_cast<double>(std::fabs(a[i] - base[i])));
+      EXPECT_LT(d, 1e-4) << cell << " on " << isa_name(isa) << " vs baseline";
+    }
+  }
+}
+
+TEST(Isa, AllFloatPathsAboveAvx512AreTheSameKernels) {
+  if (detected_cpu_isa() < Isa::Avx512Bf16) GTEST_SKIP() << "needs avx512 and a bf16 path";
+  std::vector<float> a, b;
+  {
+    IsaScope s(Isa::Avx512);
+    a = train_two_steps("lstm", Precision::F32, 1);
+  }
+  {
+    IsaScope s(detected_cpu_isa());
+    b = train_two_steps("lstm", Precision::F32, 1);
+  }
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
+}
+
+TEST(Precision, Bf16TrainsCloseToFloatAndDeterministically) {
+  if (detected_cpu_isa() < Isa::Avx512Bf16) GTEST_SKIP() << "no bf16 path on this CPU";
+  for (const std::string cell : {"lstm", "gru", "rnn"}) {
+    const auto f = train_two_steps(cell, Precision::F32, 2);
+    const auto h1 = train_two_steps(cell, Precision::BF16, 2);
+    const auto h2 = train_two_steps(cell, Precision::BF16, 2);
+    EXPECT_EQ(std::memcmp(h1.data(), h2.data(), h1.size() * sizeof(float)), 0) << cell;
+    double d = 0, dmax = 0;
+    for (std::size_t i = 0; i < f.size(); ++i) {
+      d = std::max(d, static_cast<double>(std::fabs(f[i] - h1[i])));
+      dmax = std::max(dmax, static_cast<double>(std::fabs(f[i])));
+    }
+    EXPECT_GT(d, 0.0) << cell << ": bf16 gave the float result bit for bit";
+    EXPECT_LT(d, 2e-2 * dmax) << cell;
+  }
+}
+
+TEST(Precision, RefusedWhereItCannotRun) {
+  Sequential<float> m;
+  m.add<Dense>(DenseOptions(3));
+  if (detected_cpu_isa() >= Isa::Avx512) {
+    IsaScope scope(Isa::Avx512);
+    try {
+      m.set_precision(Precision::BF16);
+      FAIL() << "no error";
+    } catch (const UnsupportedError& e) {
+      EXPECT_NE(std::string(e.what()).find("avx512"), std::string::npos) << e.what();
+    }
+  }
+  Sequential<double> md;
+  EXPECT_THROW(md.set_precision(Precision::BF16), UnsupportedError);
+  if (detected_cpu_isa() < Isa::Avx512Bf16) {
+    EXPECT_THROW(m.set_precision(Precision::BF16), UnsupportedError);
+  }
+}
+
+TEST(Precision, Bf16KeepsFloatWeightsAndCheckpoints) {
+  if (detected_cpu_isa() < Isa::Avx512Bf16) GTEST_SKIP() << "no bf16 path on this CPU";
+  Sequential<float> m;
+  m.add<LSTM>(LSTMOptions(8));
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.set_precision(Precision::BF16);
+  m.build({4, 3}, 1);
+  m.compile(std::make_unique<SGD<float>>(0.1), SparseCategoricalCrossentropy(), {"accuracy"});
+  Rng rng(2);
+  Tensor<float, Cpu> x = random_tensor<float>(Shape{16, 4, 3}, rng);
+  Tensor<std::int32_t, Cpu> y(Shape{16});
+  for (Index i = 0; i < 16; ++i) y[i] = static_cast<std::int32_t>(i % 3);
+  m.fit(make_dataset(x, y, 3), FitOptions().epochs(3).batch_size(4).verbose(0));
+  // the master weights take updates smaller than bf16's resolution: some weight is not a bf16 value
+  bool some_not_bf16 = false;
+  const auto& w = m.flat_parameters();
+  for (Index i = 0; i < w.size(); ++i) some_not_bf16 |= round_bf16(w[i]) != w[i];
+  EXPECT_TRUE(some_not_bf16);
+  fastnn_test::TempDir dir;
+  const std::string path = dir.path() + "/m.safetensors";
+  io::save_weights(m, path);
+  Sequential<float> m2;
+  m2.add<LSTM>(LSTMOptions(8));
+  m2.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m2.build({4, 3}, 9);
+  io::load_weights(m2, path);
+  EXPECT_EQ(std::memcmp(m2.flat_parameters().data(), w.data(), w.size() * sizeof(float)), 0)
+      << "the checkpoint holds the float weights";
+}
+
+TEST(Isa, OptimizerKernelsMatchEigen) {
+  for (Isa isa : supported()) {
+    if (isa == Isa::Baseline) continue;
+    for (int which = 0; which < 3; ++which) {
+      auto run = [&](Isa path) {
+        IsaScope scope(path);
+        Rng rng(4);
+        Tensor<float, Cpu> p = random_tensor<float>(Shape{1037}, rng), g = random_tensor<float>(Shape{1037}, rng);
+        std::unique_ptr<Optimizer<float>> o;
+        if (which == 0) o = std::make_unique<SGD<float>>(0.1, 0.9, true);
+        if (which == 1) o = std::make_unique<Adam<float>>(0.01);
+        if (which == 2) o = std::make_unique<RMSprop<float>>(0.01);
+        o->attach(p, g);
+        for (int s = 0; s < 3; ++s) o->step();
+        return std::vector<float>(p.data(), p.data() + p.size());
+      };
+      const auto a = run(Isa::Baseline), b = run(isa);
+      for (std::size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], b[i], 1e-5) << isa_name(isa) << " optimizer " << which;
+    }
+  }
+}
+
+}  // namespace
