@@ -6,15 +6,15 @@
 ///   i = r(z_i)   f = r(z_f)   g = tanh(z_c)   o = r(z_o)      r = sigmoid or hard_sigmoid
 ///   c_t = f * c_{t-1} + i * g                   h_t = o * tanh(c_t)
 ///
-/// Speed: the input projection of ALL time steps is one GEMM before the loop; each
-/// step is one [B, H] x [H, 4H] GEMM plus one fused pass over the gates; backward mirrors it with
-/// one [B, 4H] x [4H, H] GEMM per step, and the weight gradients dW, dU, db and the input
-/// gradient are single GEMMs over all time steps after the loop. Work buffers are kept between
-/// calls and only grow, so the step loop never allocates. Data is time-major and packed inside
-/// the kernel (rnn_base.hpp): with sequences of different lengths, each step only computes the
-/// samples still running. The products go through cpu_gemm (gemm.hpp), U packed once per call
-/// for all steps; on the AVX2 / AVX-512 paths the gate passes are the vector kernels of
-/// x86_kernels.inl (which also sum db while they write dZ), else Eigen.
+/// Speed: each step is one product [x_t, h_{t-1}] [W; U] ([n, F + H] x [F + H, 4H], [W; U]
+/// packed once per call) and one fused pass over the gates that also adds the bias; backward
+/// mirrors it with one dZ_t U^T product per step, and the weight gradients d[W; U] and db and the
+/// input gradient are single products over all steps after the loop. Work buffers are kept
+/// between calls and only grow, so the step loop never allocates. Data is time-major and packed
+/// inside the kernel (rnn_base.hpp): with sequences of different lengths, each step only computes
+/// the samples still running. The products go through cpu_gemm (gemm.hpp); on the AVX2 / AVX-512
+/// paths the gate passes are the vector kernels of x86_kernels.inl (which also sum db while they
+/// write dZ), else Eigen.
 
 #include <cstdint>
 
@@ -35,25 +35,31 @@ class CpuLstmKernel {
     d_ = d;
     plan_.make(d.batch, d.steps, d.lengths);
     const Index B = d.batch, S = d.steps, F = d.features, H = d.units, G4 = 4 * H, N = plan_.total();
-    xt_.resize(Shape{N, F});
+    const Index FH = F + H;
+    xh_.resize(Shape{N, FH});
     gates_.resize(Shape{N, G4});
     hs_.resize(Shape{B + N, H});
     cs_.resize(Shape{B + N, H});
     tc_.resize(Shape{N, H});
-    plan_.pack(x, F, d.go_backwards, xt_.data());
+    plan_.pack(x, F, d.go_backwards, xh_.data(), FH);
     isa_ = cpu_isa();
     const Precision P = d.precision;
-    for (Index r = 0; r < N; ++r) std::copy(b, b + G4, gates_.data() + r * G4);
-    cpu_gemm(false, false, N, G4, F, T(1), xt_.data(), F, w, G4, T(1), gates_.data(), G4, P);  // every step at once
-    upack_.pack(u, G4, false, H, G4, P);
+    wu_.resize(Shape{FH, G4});  // [W; U]: z_t = [x_t, h_{t-1}] [W; U] is one product per step
+    std::copy(w, w + F * G4, wu_.data());
+    std::copy(u, u + H * G4, wu_.data() + F * G4);
+    wupack_.pack(wu_.data(), G4, false, FH, G4, P);
     std::fill(hs_.data(), hs_.data() + B * H, T(0));
     std::fill(cs_.data(), cs_.data() + B * H, T(0));
     for (Index t = 0; t < S; ++t) {
-      const Index n = plan_.active(t);
-      if (t > 0) upack_.gemm(n, T(1), hs_.data() + (B + plan_.off(t - 1)) * H, H, false, T(1),
-                             gates_.data() + plan_.off(t) * G4, G4);
-      if (d.recurrent == Activation::HardSigmoid) step_forward<true>(t);
-      else step_forward<false>(t);
+      const Index n = plan_.active(t), o0 = plan_.off(t);
+      for (Index j = 0; j < n; ++j) {  // h_{t-1} beside x_t (zero at t = 0)
+        T* dst = xh_.data() + (o0 + j) * FH + F;
+        if (t == 0) std::fill(dst, dst + H, T(0));
+        else std::copy_n(hs_.data() + (B + plan_.off(t - 1) + j) * H, H, dst);
+      }
+      wupack_.gemm(n, T(1), xh_.data() + o0 * FH, FH, false, T(0), gates_.data() + o0 * G4, G4);
+      if (d.recurrent == Activation::HardSigmoid) step_forward<true>(t, b);
+      else step_forward<false>(t, b);
     }
     plan_.outputs(hs_.data(), H, d.return_sequences, y);
   }
@@ -77,12 +83,15 @@ class CpuLstmKernel {
       if (t > 0)
         utpack_.gemm(plan_.active(t), T(1), dgates_.data() + plan_.off(t) * G4, G4, false, T(0), dh_.data(), H);
     }
-    cpu_gemm(true, false, F, G4, N, T(1), xt_.data(), F, dgates_.data(), G4, T(1), dw, G4, P);
-    // h_{t-1} for the rows of steps >= 1 (h_{-1} = 0 contributes nothing)
-    const Index R = N - plan_.off(1);
-    if (S > 1 && R > 0)
-      cpu_gemm(true, false, H, G4, R, T(1), plan_.previous_states(hs_.data(), H, hp_), H,
-               dgates_.data() + plan_.off(1) * G4, G4, T(1), du, G4, P);
+    // d[W; U] += [X, H_prev]^T dZ: one product when the two gradients are adjacent (as a model's
+    // flat parameters are), else one for each
+    const Index FH = F + H;
+    if (du == dw + F * G4) {
+      cpu_gemm(true, false, FH, G4, N, T(1), xh_.data(), FH, dgates_.data(), G4, T(1), dw, G4, P);
+    } else {
+      cpu_gemm(true, false, F, G4, N, T(1), xh_.data(), FH, dgates_.data(), G4, T(1), dw, G4, P);
+      cpu_gemm(true, false, H, G4, N, T(1), xh_.data() + F, FH, dgates_.data(), G4, T(1), du, G4, P);
+    }
     if (!vec) Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(db, G4) += CMatMap<T>(dgates_.data(), N, G4).colwise().sum();
     if (dx) {
       dxt_.resize(Shape{N, F});
@@ -116,20 +125,23 @@ class CpuLstmKernel {
   }
 
  private:
+  /// Adds the bias b to the step's pre-activations and runs the cell.
   template <bool Hard>
-  void step_forward(Index t) {
+  void step_forward(Index t, const T* b) {
     const Index B = d_.batch, H = d_.units, G4 = 4 * H;
     const Index o0 = plan_.off(t), p0 = t == 0 ? 0 : B + plan_.off(t - 1);
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
       if (vector_gates()) {
         auto* f = isa_ == Isa::Avx2 ? &x86_avx2::lstm_forward_rows<Hard> : &x86_avx512::lstm_forward_rows<Hard>;
-        f(plan_.active(t), H, gates_.data() + o0 * G4, cs_.data() + p0 * H, cs_.data() + (B + o0) * H,
+        f(plan_.active(t), H, gates_.data() + o0 * G4, b, cs_.data() + p0 * H, cs_.data() + (B + o0) * H,
           tc_.data() + o0 * H, hs_.data() + (B + o0) * H);
         return;
       }
     }
 #endif
+    MatMap<T>(gates_.data() + o0 * G4, plan_.active(t), G4).rowwise() +=
+        Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, G4);
     for (Index j = 0; j < plan_.active(t); ++j) {
       T* z = gates_.data() + (o0 + j) * G4;
       ArrMap<T> i(z, H), f(z + H, H), g(z + 2 * H, H), o(z + 3 * H, H);
@@ -186,8 +198,8 @@ class CpuLstmKernel {
   RnnDims d_;
   PackedPlan plan_;
   Isa isa_ = Isa::Baseline;
-  PackedB<T> upack_, utpack_;
-  Tensor<T, Cpu> xt_, gates_, hs_, cs_, tc_, dgates_, dh_, dc_, dxt_, hp_;
+  PackedB<T> wupack_, utpack_;
+  Tensor<T, Cpu> xh_, wu_, gates_, hs_, cs_, tc_, dgates_, dh_, dc_, dxt_;
 };
 
 }  // namespace detail

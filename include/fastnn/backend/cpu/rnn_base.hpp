@@ -84,13 +84,15 @@ class PackedPlan {
   /// The input step of packed sample j read at processing step t.
   Index source_step(Index j, Index t, bool backwards) const { return backwards ? len_[j] - 1 - t : t; }
 
-  /// xp [total, F] from x [B, S, F] (batch-major), reversed per sample when `backwards`.
+  /// xp [total, F] (rows `ld` apart, default F) from x [B, S, F] (batch-major), reversed per
+  /// sample when `backwards`.
   template <class T>
-  void pack(const T* x, Index F, bool backwards, T* xp) const {
+  void pack(const T* x, Index F, bool backwards, T* xp, Index ld = 0) const {
+    if (ld <= 0) ld = F;
     for (Index t = 0; t < S_; ++t)
       for (Index j = 0; j < active_[t]; ++j) {
         const T* s = x + (order_[j] * S_ + source_step(j, t, backwards)) * F;
-        std::copy(s, s + F, xp + (off_[t] + j) * F);
+        std::copy(s, s + F, xp + (off_[t] + j) * ld);
       }
   }
   /// The inverse of pack: dx [B, S, F] from dxp [total, F]; padded steps get zeros.

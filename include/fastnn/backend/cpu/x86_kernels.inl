@@ -135,10 +135,11 @@ FASTNN_VFN V vgate_grad(V y) {
 
 // ---- the LSTM cell -------------------------------------------------------------------------
 
-/// Forward of n rows (gate order i, f, c, o): z [n, 4H] pre-activations, replaced by the
-/// activations; c = f cprev + i g, tc = tanh(c), h = o tc. Rows of cprev, c, tc, h are H apart.
+/// Forward of n rows (gate order i, f, c, o): z [n, 4H] pre-activations without the bias
+/// [4H], replaced by the activations; c = f cprev + i g, tc = tanh(c), h = o tc. Rows of cprev, c, tc, h are H apart.
 template <bool Hard>
-FASTNN_KFN void lstm_forward_rows(Index n, Index H, float* z, const float* cprev, float* c, float* tc, float* h) {
+FASTNN_KFN void lstm_forward_rows(Index n, Index H, float* z, const float* bias, const float* cprev, float* c,
+                                  float* tc, float* h) {
   const Index G4 = 4 * H;
   for (Index r = 0; r < n; ++r) {
     float* zr = z + r * G4;
@@ -146,8 +147,10 @@ FASTNN_KFN void lstm_forward_rows(Index n, Index H, float* z, const float* cprev
     float *cr = c + r * H, *tr = tc + r * H, *hr = h + r * H;
     Index k = 0;
     for (; k + VL <= H; k += VL) {
-      const V i = vgate<Hard>(vload(zr + k)), f = vgate<Hard>(vload(zr + H + k));
-      const V g = vtanh(vload(zr + 2 * H + k)), o = vgate<Hard>(vload(zr + 3 * H + k));
+      const V i = vgate<Hard>(vadd(vload(zr + k), vload(bias + k)));
+      const V f = vgate<Hard>(vadd(vload(zr + H + k), vload(bias + H + k)));
+      const V g = vtanh(vadd(vload(zr + 2 * H + k), vload(bias + 2 * H + k)));
+      const V o = vgate<Hard>(vadd(vload(zr + 3 * H + k), vload(bias + 3 * H + k)));
       vstore(zr + k, i), vstore(zr + H + k, f), vstore(zr + 2 * H + k, g), vstore(zr + 3 * H + k, o);
       const V cv = vfma(f, vload(cp + k), vmul(i, g));
       const V t = vtanh(cv);
@@ -157,7 +160,7 @@ FASTNN_KFN void lstm_forward_rows(Index n, Index H, float* z, const float* cprev
       alignas(64) float in[5][VL] = {}, out[7][VL] = {};
       const Index m = H - k;
       for (Index q = 0; q < m; ++q) {
-        for (int gi = 0; gi < 4; ++gi) in[gi][q] = zr[gi * H + k + q];
+        for (int gi = 0; gi < 4; ++gi) in[gi][q] = zr[gi * H + k + q] + bias[gi * H + k + q];
         in[4][q] = cp[k + q];
       }
       const V i = vgate<Hard>(vload(in[0])), f = vgate<Hard>(vload(in[1]));
