@@ -36,14 +36,7 @@ FASTNN_VFN V vround(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_
 FASTNN_VFN V vrcp_approx(V a) { return _mm512_rcp14_ps(a); }
 FASTNN_VFN V vdiv(V a, V b) { return _mm512_div_ps(a, b); }
 FASTNN_VFN V vsqrt(V a) { return _mm512_sqrt_ps(a); }
-FASTNN_VFN V vpow2i(V n) {  // 2^n for integral n in [-126, 127]
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-}
-FASTNN_VFN V vabs(V a) { return _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), _mm512_set1_epi32(0x7fffffff))); }
-FASTNN_VFN V vcopysign(V mag, V sgn) {
-  const __m512i s = _mm512_and_si512(_mm512_castps_si512(sgn), _mm512_set1_epi32(int(0x80000000u)));
-  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(mag), s));
-}
+FASTNN_VFN V vscale2(V p, V n) { return _mm512_scalef_ps(p, n); }  // p 2^n, n integral
 /// 1 where 0 < y < 1, else 0 (the hard sigmoid's slope mask, times 0.2 by the caller).
 FASTNN_VFN V vinside01(V y) {
   const __mmask16 m = _mm512_cmp_ps_mask(y, vzero(), _CMP_GT_OQ) & _mm512_cmp_ps_mask(y, vset(1.f), _CMP_LT_OQ);
@@ -68,12 +61,9 @@ FASTNN_VFN V vround(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT |
 FASTNN_VFN V vrcp_approx(V a) { return _mm256_rcp_ps(a); }
 FASTNN_VFN V vdiv(V a, V b) { return _mm256_div_ps(a, b); }
 FASTNN_VFN V vsqrt(V a) { return _mm256_sqrt_ps(a); }
-FASTNN_VFN V vpow2i(V n) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-}
-FASTNN_VFN V vabs(V a) { return _mm256_and_ps(a, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))); }
-FASTNN_VFN V vcopysign(V mag, V sgn) {
-  return _mm256_or_ps(mag, _mm256_and_ps(sgn, _mm256_castsi256_ps(_mm256_set1_epi32(int(0x80000000u)))));
+FASTNN_VFN V vscale2(V p, V n) {  // p 2^n for integral n in [-126, 127]
+  return _mm256_mul_ps(
+      p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
 }
 FASTNN_VFN V vinside01(V y) {
   const V m = _mm256_and_ps(_mm256_cmp_ps(y, vzero(), _CMP_GT_OQ), _mm256_cmp_ps(y, vset(1.f), _CMP_LT_OQ));
@@ -110,16 +100,13 @@ FASTNN_VFN V vexp(V x) {
   p = vfma(p, r, vset(0.5f));
   p = vfma(p, r, vset(1.f));
   p = vfma(p, r, vset(1.f));
-  return vmul(p, vpow2i(n));
+  return vscale2(p, n);
 }
 
 FASTNN_VFN V vsigmoid(V x) { return vrcp(vadd(vset(1.f), vexp(vsub(vzero(), x)))); }
 
-/// tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|): no overflow, absolute error ~1e-7.
-FASTNN_VFN V vtanh(V x) {
-  const V e = vexp(vmul(vset(-2.f), vabs(x)));
-  return vcopysign(vmul(vsub(vset(1.f), e), vrcp(vadd(vset(1.f), e))), x);
-}
+/// tanh(x) = 2 sigmoid(2x) - 1 (absolute error about 1e-7; vexp's clamp keeps it finite).
+FASTNN_VFN V vtanh(V x) { return vfma(vset(2.f), vsigmoid(vadd(x, x)), vset(-1.f)); }
 
 template <bool Hard>
 FASTNN_VFN V vgate(V x) {

@@ -16,6 +16,7 @@
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/tensor.hpp"
 #include "fastnn/core/activation.hpp"
+#include "fastnn/core/precision.hpp"
 
 namespace fastnn {
 

@@ -43,6 +43,8 @@ namespace detail {
 /// Throws UnsupportedError when cuDNN has no equivalent of the cell `d` describes (see the file
 /// comment). `layer` names the layer in the message (its type is added when the name lacks it).
 inline void require_cudnn_cell(const fastnn::detail::RnnDims& d, const std::string& layer) {
+  if (d.precision != Precision::F32)
+    throw UnsupportedError(layer + ": bf16 precision runs on the CPU only (cuDNN runs float here)");
   const std::string type = to_string(d.cell);
   const std::string who = layer == type ? layer : layer + " (" + type + ")";
   if (d.cell != RnnCell::SimpleRNN && d.recurrent == Activation::HardSigmoid)
