@@ -105,13 +105,14 @@ TEST_P(GemmPaths, MatchTheReferenceForOddShapes) {
         std::vector<float> got = C;
         cpu_gemm<float>(ta, tb, M, N, K, 1.5f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.5f, got.data(), N, prec);
         // float products: only the summation order differs; bf16: products of rounded inputs
-        // are exact in float, so again only the summation order
-        ASSERT_LT(max_rel_err(got, want), 2e-5) << "M " << M << " N " << N << " K " << K;
+        // are exact in float, so again only the summation order (float rounding of K terms)
+        const double tol = 1e-7 * static_cast<double>(K) + 1e-6;
+        ASSERT_LT(max_rel_err(got, want), tol) << "M " << M << " N " << N << " K " << K;
         PackedB<float> pb;
         pb.pack(B.data(), tb ? K : N, tb, K, N, prec);
         std::vector<float> got2 = C;
         pb.gemm(M, 1.5f, A.data(), ta ? M : K, ta, 0.5f, got2.data(), N);
-        ASSERT_LT(max_rel_err(got2, want), 2e-5) << "packed: M " << M << " N " << N << " K " << K;
+        ASSERT_LT(max_rel_err(got2, want), tol) << "packed: M " << M << " N " << N << " K " << K;
         // beta 0 ignores C, even NaN in it
         std::vector<float> got3(C.size(), std::nanf(""));
         cpu_gemm<float>(ta, tb, M, N, K, 1.f, A.data(), ta ? M : K, B.data(), tb ? K : N, 0.f, got3.data(), N, prec);
