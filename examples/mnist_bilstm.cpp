@@ -169,6 +169,7 @@ int main(int argc, char** argv) {
   if (o.threads == 0) o.threads = std::max(1, std::min(2, static_cast<int>(std::thread::hardware_concurrency())));
 
   try {
+    fastnn::cpu_isa();  // a bad FASTNN_ISA fails here, before any work
     std::string device = o.device;
     if (device == "cuda" || device == "auto") {
 #if defined(FASTNN_WITH_CUDA)

@@ -46,4 +46,13 @@ run_case fewer t10k-labels-idx1-ubyte labels
 setup range; rm "$tmp/range/train-labels-idx1-ubyte"
 { head -c 100 "$data/train-labels-idx1-ubyte"; printf '\x0c'; tail -c +102 "$data/train-labels-idx1-ubyte"; } >"$tmp/range/train-labels-idx1-ubyte"
 run_case range train-labels-idx1-ubyte label
+# a CPU path that does not exist, through the environment: an error naming the variable and the
+# paths, before any work
+out=$(FASTNN_ISA=sse9 "$bin" --data "$data" --epochs 1 --train-limit 128 --verbose 0 2>&1)
+rc=$?
+if ((rc == 0 || rc > 128)) || ! grep -q "FASTNN_ISA='sse9'.*avx512" <<<"$out"; then
+  echo "FAIL FASTNN_ISA=sse9 (exit $rc):"; echo "$out"; fail=1
+else
+  echo "ok   FASTNN_ISA=sse9 (exit $rc): $out"
+fi
 exit $fail

@@ -303,11 +303,13 @@ class Sequential {
   /// Keras-style table: layer (type), output shape, parameter count, totals.
   void summary(std::ostream& os) const {
     require_built("summary");
+    [[maybe_unused]] Isa isa = Isa::Baseline;
+    if constexpr (std::is_same<D, Cpu>::value) isa = cpu_isa();  // may throw (a bad FASTNN_ISA): before any output
     std::vector<detail::SummaryRow> rows;
     for (const auto& l : layers_) rows.push_back({l->name(), l->type_name(), l->output_shape(), l->param_count()});
     detail::print_summary(os, rows);
     if constexpr (std::is_same<D, Cpu>::value)
-      os << "CPU kernels: " << isa_name(cpu_isa()) << " (best on this CPU: " << isa_name(detected_cpu_isa())
+      os << "CPU kernels: " << isa_name(isa) << " (best on this CPU: " << isa_name(detected_cpu_isa())
          << "), precision " << to_string(precision_) << "\n";
   }
 
