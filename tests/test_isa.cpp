@@ -272,6 +272,28 @@ TEST(Precision, Bf16KeepsFloatWeightsAndCheckpoints) {
       << "the checkpoint holds the float weights";
 }
 
+TEST(Isa, NaNPropagatesThroughTheCellOnEveryPath) {
+  // the vector exp clamps its argument; a NaN must still come out as NaN (the training loop's
+  // non-finite check relies on it), for sigmoid and hard_sigmoid gates alike
+  for (Isa isa : supported())
+    for (Activation gate : {Activation::Sigmoid, Activation::HardSigmoid}) {
+      IsaScope scope(isa);
+      Rng rng(8);
+      LSTM<float> l(LSTMOptions(20).recurrent_activation(gate));
+      auto storage = fastnn::testing::build_standalone(l, Shape{3, 4}, rng);
+      Tensor<float, Cpu> x = random_tensor<float>(Shape{2, 3, 4}, rng), y;
+      x[5] = std::nanf("");  // sample 0
+      l.forward(x, y, Mode::Infer);
+      bool nan0 = false, finite1 = true;
+      for (Index j = 0; j < 20; ++j) {
+        nan0 |= std::isnan(y[j]);
+        finite1 &= std::isfinite(y[20 + j]);
+      }
+      EXPECT_TRUE(nan0) << isa_name(isa) << " " << to_string(gate);
+      EXPECT_TRUE(finite1) << isa_name(isa) << " " << to_string(gate);
+    }
+}
+
 TEST(Isa, OptimizerKernelsMatchEigen) {
   for (Isa isa : supported()) {
     if (isa == Isa::Baseline) continue;

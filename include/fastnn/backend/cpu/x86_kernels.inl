@@ -88,7 +88,7 @@ FASTNN_VFN V vrcp(V a) {
 /// e^x, x clamped to [-87, 88] (results stay normal floats): x = n ln2 + r, |r| <= ln2 / 2,
 /// e^r by its Taylor polynomial of degree 7 (error below 1 ulp on that interval), times 2^n.
 FASTNN_VFN V vexp(V x) {
-  x = vmin(vmax(x, vset(-87.f)), vset(88.f));
+  x = vmin(vset(88.f), vmax(vset(-87.f), x));  // max/min return their second operand for NaN: NaN stays NaN
   const V n = vround(vmul(x, vset(1.44269504088896341f)));
   V r = vfnma(n, vset(0.693359375f), x);          // ln2 split in a short high part ...
   r = vfnma(n, vset(-2.12194440e-4f), r);         // ... and the rest
@@ -110,7 +110,7 @@ FASTNN_VFN V vtanh(V x) { return vfma(vset(2.f), vsigmoid(vadd(x, x)), vset(-1.f
 
 template <bool Hard>
 FASTNN_VFN V vgate(V x) {
-  if constexpr (Hard) return vmin(vmax(vfma(x, vset(0.2f), vset(0.5f)), vzero()), vset(1.f));
+  if constexpr (Hard) return vmin(vset(1.f), vmax(vzero(), vfma(x, vset(0.2f), vset(0.5f))));  // NaN stays NaN
   else return vsigmoid(x);
 }
 /// The gate's derivative from its output y.
