@@ -388,50 +388,41 @@ FASTNN_KFN void pack_b_all(const float* B, Index ldb, bool tb, Index K, Index N,
   for (Index pc = 0; pc < K; pc += KC) pack_b(B, ldb, tb, N, pc, K - pc < KC ? K - pc : KC, bp + pc * np);
 }
 
-/// C = alpha op(A) Bp + beta C with op(B) already packed by pack_b_all. `work` holds
-/// MC * KC floats.
-FASTNN_KFN void gemm_packed_f32(Index M, Index N, Index K, float alpha, const float* A, Index lda, bool ta,
-                                const float* bp, float beta, float* C, Index ldc, float* work) {
-  const Index np = ((N + NR - 1) / NR) * NR;
-  for (Index pc = 0; pc < K; pc += KC) {
-    const Index kc = K - pc < KC ? K - pc : KC;
-    const float b = pc == 0 ? beta : 1.f;
-    const float* bblock = bp + pc * np;
-    for (Index ic = 0; ic < M; ic += MC) {
-      const Index mc = M - ic < MC ? M - ic : MC;
-      pack_a(A, lda, ta, ic, mc, pc, kc, work);
-      for (Index q = 0; q < N; q += NR) {
-        const Index n = N - q < NR ? N - q : NR;
-        for (Index p = 0; p < mc; p += MR) {
-          const Index m = mc - p < MR ? mc - p : MR;
-          micro_f32(kc, work + p * kc, bblock + q * kc, C + (ic + p) * ldc + q, ldc, m, n, alpha, b);
-        }
+/// One depth block [pc, pc + kc) of C = alpha op(A) op(B) + b C, op(B)'s block packed in `bblock`:
+/// packs op(A) block by block into `work` (MC * KC floats) and runs the micro-kernel over C.
+FASTNN_KFN void gemm_block_f32(Index M, Index N, Index pc, Index kc, float alpha, const float* A, Index lda, bool ta,
+                               const float* bblock, float b, float* C, Index ldc, float* work) {
+  for (Index ic = 0; ic < M; ic += MC) {
+    const Index mc = M - ic < MC ? M - ic : MC;
+    pack_a(A, lda, ta, ic, mc, pc, kc, work);
+    for (Index q = 0; q < N; q += NR) {
+      const Index n = N - q < NR ? N - q : NR;
+      for (Index p = 0; p < mc; p += MR) {
+        const Index m = mc - p < MR ? mc - p : MR;
+        micro_f32(kc, work + p * kc, bblock + q * kc, C + (ic + p) * ldc + q, ldc, m, n, alpha, b);
       }
     }
   }
 }
 
+/// C = alpha op(A) Bp + beta C with op(B) already packed by pack_b_all. `work` holds
+/// MC * KC floats.
+FASTNN_KFN void gemm_packed_f32(Index M, Index N, Index K, float alpha, const float* A, Index lda, bool ta,
+                                const float* bp, float beta, float* C, Index ldc, float* work) {
+  const Index np = ((N + NR - 1) / NR) * NR;
+  for (Index pc = 0; pc < K; pc += KC)
+    gemm_block_f32(M, N, pc, K - pc < KC ? K - pc : KC, alpha, A, lda, ta, bp + pc * np, pc == 0 ? beta : 1.f, C,
+                   ldc, work);
+}
+
 /// C = alpha op(A) op(B) + beta C; `work` holds MC * KC + KC * round_up(N, NR) floats.
 FASTNN_KFN void gemm_f32(Index M, Index N, Index K, float alpha, const float* A, Index lda, bool ta, const float* B,
                          Index ldb, bool tb, float beta, float* C, Index ldc, float* work) {
-  const Index np = ((N + NR - 1) / NR) * NR;
   float* bp = work + MC * KC;
   for (Index pc = 0; pc < K; pc += KC) {
     const Index kc = K - pc < KC ? K - pc : KC;
     pack_b(B, ldb, tb, N, pc, kc, bp);
-    const float b = pc == 0 ? beta : 1.f;
-    for (Index ic = 0; ic < M; ic += MC) {
-      const Index mc = M - ic < MC ? M - ic : MC;
-      pack_a(A, lda, ta, ic, mc, pc, kc, work);
-      for (Index q = 0; q < N; q += NR) {
-        const Index n = N - q < NR ? N - q : NR;
-        for (Index p = 0; p < mc; p += MR) {
-          const Index m = mc - p < MR ? mc - p : MR;
-          micro_f32(kc, work + p * kc, bp + q * kc, C + (ic + p) * ldc + q, ldc, m, n, alpha, b);
-        }
-      }
-    }
-    (void)np;
+    gemm_block_f32(M, N, pc, kc, alpha, A, lda, ta, bp, pc == 0 ? beta : 1.f, C, ldc, work);
   }
 }
 
@@ -587,26 +578,32 @@ FASTNN_KFN void pack_b_all_bf16(const float* B, Index ldb, bool tb, Index K, Ind
   }
 }
 
+/// One depth block [pc, pc + kc) in bf16, op(B)'s block packed in `bblock`; `work` holds
+/// MC * KC2 words.
+FASTNN_KFN void gemm_block_bf16(Index M, Index N, Index pc, Index kc, float alpha, const float* A, Index lda, bool ta,
+                                const std::uint32_t* bblock, float b, float* C, Index ldc, std::uint32_t* work) {
+  const Index kc2 = (kc + 1) / 2;
+  for (Index ic = 0; ic < M; ic += MC) {
+    const Index mc = M - ic < MC ? M - ic : MC;
+    pack_a_bf16(A, lda, ta, ic, mc, pc, kc, work);
+    for (Index q = 0; q < N; q += NR) {
+      const Index n = N - q < NR ? N - q : NR;
+      for (Index p = 0; p < mc; p += MR) {
+        const Index m = mc - p < MR ? mc - p : MR;
+        micro_bf16(kc2, work + p * kc2, bblock + q * kc2, C + (ic + p) * ldc + q, ldc, m, n, alpha, b);
+      }
+    }
+  }
+}
+
 /// C = alpha op(A) Bp + beta C, Bp from pack_b_all_bf16; `work` holds MC * KC2 words.
 FASTNN_KFN void gemm_packed_bf16(Index M, Index N, Index K, float alpha, const float* A, Index lda, bool ta,
                                  const std::uint32_t* bp, float beta, float* C, Index ldc, std::uint32_t* work) {
   const Index np = ((N + NR - 1) / NR) * NR;
   for (Index pc = 0; pc < K; pc += 2 * KC2) {
     const Index kc = K - pc < 2 * KC2 ? K - pc : 2 * KC2;
-    const Index kc2 = (kc + 1) / 2;
-    const float b = pc == 0 ? beta : 1.f;
-    for (Index ic = 0; ic < M; ic += MC) {
-      const Index mc = M - ic < MC ? M - ic : MC;
-      pack_a_bf16(A, lda, ta, ic, mc, pc, kc, work);
-      for (Index q = 0; q < N; q += NR) {
-        const Index n = N - q < NR ? N - q : NR;
-        for (Index p = 0; p < mc; p += MR) {
-          const Index m = mc - p < MR ? mc - p : MR;
-          micro_bf16(kc2, work + p * kc2, bp + q * kc2, C + (ic + p) * ldc + q, ldc, m, n, alpha, b);
-        }
-      }
-    }
-    bp += np * kc2;
+    gemm_block_bf16(M, N, pc, kc, alpha, A, lda, ta, bp, pc == 0 ? beta : 1.f, C, ldc, work);
+    bp += np * ((kc + 1) / 2);
   }
 }
 
@@ -616,20 +613,8 @@ FASTNN_KFN void gemm_bf16(Index M, Index N, Index K, float alpha, const float* A
   std::uint32_t* bp = work + MC * KC2;
   for (Index pc = 0; pc < K; pc += 2 * KC2) {
     const Index kc = K - pc < 2 * KC2 ? K - pc : 2 * KC2;
-    const Index kc2 = (kc + 1) / 2;
     pack_b_bf16(B, ldb, tb, N, pc, kc, bp);
-    const float b = pc == 0 ? beta : 1.f;
-    for (Index ic = 0; ic < M; ic += MC) {
-      const Index mc = M - ic < MC ? M - ic : MC;
-      pack_a_bf16(A, lda, ta, ic, mc, pc, kc, work);
-      for (Index q = 0; q < N; q += NR) {
-        const Index n = N - q < NR ? N - q : NR;
-        for (Index p = 0; p < mc; p += MR) {
-          const Index m = mc - p < MR ? mc - p : MR;
-          micro_bf16(kc2, work + p * kc2, bp + q * kc2, C + (ic + p) * ldc + q, ldc, m, n, alpha, b);
-        }
-      }
-    }
+    gemm_block_bf16(M, N, pc, kc, alpha, A, lda, ta, bp, pc == 0 ? beta : 1.f, C, ldc, work);
   }
 }
 #endif  // FASTNN_X86_BF16
