@@ -73,6 +73,13 @@ class DeviceError : public Error {
   explicit DeviceError(const std::string& what) : Error(what) {}
 };
 
+/// A data-parallel run failed on one or more ranks. Every rank throws it with the same message,
+/// which names the failing ranks and their own errors.
+class DistributedError : public Error {
+ public:
+  explicit DistributedError(const std::string& what) : Error(what) {}
+};
+
 /// The requested feature is not available on this device or in this build.
 class UnsupportedError : public Error {
  public:

@@ -3,10 +3,12 @@
 /// Options of Sequential::fit and the result of Sequential::evaluate.
 
 #include <cmath>
+#include <cstddef>
 #include <string>
 #include <vector>
 
 #include "fastnn/core/shape.hpp"
+#include "fastnn/distributed/communicator.hpp"
 #include "fastnn/model/callbacks.hpp"
 
 namespace fastnn {
@@ -20,6 +22,11 @@ struct FitOptions {
   FitOptions& verbose(int v) { verbose_ = v; return *this; }
   FitOptions& check_finite(bool on) { check_finite_ = on; return *this; }
   FitOptions& callback(Callback* c) { callbacks_.push_back(c); return *this; }
+  /// Trains data-parallel over `comm`'s ranks (model/data_parallel.hpp): batch_size is the
+  /// global batch, split across the ranks. A communicator of one rank trains as without it.
+  FitOptions& distributed(Communicator& comm) { communicator_ = &comm; return *this; }
+  /// Gradient bytes per allreduce message (whole layers, last layer first; default 1 MiB).
+  FitOptions& bucket_bytes(std::size_t n) { bucket_bytes_ = n; return *this; }
   int epochs_ = 1;          ///< the epoch to stop after (total, as in Keras)
   int initial_epoch_ = 0;   ///< epochs already done (resume)
   Index batch_size_ = 32;
@@ -27,6 +34,8 @@ struct FitOptions {
   int verbose_ = 1;         ///< 0 silent, 1 progress bar, 2 one line per epoch
   bool check_finite_ = true;///< stop with NonFiniteError on a NaN/Inf loss or gradient
   std::vector<Callback*> callbacks_;
+  Communicator* communicator_ = nullptr;
+  std::size_t bucket_bytes_ = std::size_t(1) << 20;
 };
 
 /// Mean loss and metrics over a dataset. `accuracy` repeats the metric named "accuracy" (or

@@ -42,6 +42,7 @@
 #include "fastnn/losses/loss.hpp"
 #include "fastnn/metrics/metric.hpp"
 #include "fastnn/model/callbacks.hpp"
+#include "fastnn/model/data_parallel.hpp"
 #include "fastnn/model/fit_options.hpp"
 #include "fastnn/model/predictor.hpp"
 #include "fastnn/model/step_runner.hpp"
@@ -167,25 +168,42 @@ class Sequential {
 
   /// Trains. `train` and `val` hold samples of the built input shape with labels or targets as
   /// the loss needs them. Returns the logs of the epochs run in this call. Throws
-  /// NonFiniteError (see FitOptions::check_finite).
+  /// NonFiniteError (see FitOptions::check_finite). With FitOptions::distributed(comm), every
+  /// rank of comm calls fit with the same model and data and they train as one
+  /// (model/data_parallel.hpp); every rank returns the same History.
   History fit(const Dataset<T, D>& train, const FitOptions& o, const Dataset<T, D>* val = nullptr) {
     require_ready("fit");
-    check_dataset(train, "training data");
-    if (val) check_dataset(*val, "validation data");
-    if (o.batch_size_ <= 0) throw ArgumentError("fit: batch_size must be positive");
+    std::unique_ptr<detail::DataParallel<T, D>> dp;
+    if (o.communicator_ && o.communicator_->size() > 1)
+      dp = std::make_unique<detail::DataParallel<T, D>>(*o.communicator_, o.bucket_bytes_);
+    auto checks = [&] {
+      check_dataset(train, "training data");
+      if (val) check_dataset(*val, "validation data");
+      if (o.batch_size_ <= 0) throw ArgumentError("fit: batch_size must be positive");
+      if (train.size() == 0) throw ArgumentError("fit: the training data is empty");
+    };
+    if (dp) {
+      dp->guarded("checking the data", checks);
+      start_data_parallel(*dp, train, val, o);
+    } else {
+      checks();
+    }
+    const bool writer = !dp || dp->rank() == 0;  // logs and runs the callbacks
     const Index n = train.size();
-    if (n == 0) throw ArgumentError("fit: the training data is empty");
     const long steps = static_cast<long>((n + o.batch_size_ - 1) / o.batch_size_);
     const double rows_per_sample = static_cast<double>(rows_per_sample_());
     History history;
-    detail::ProgressBar bar(o.verbose_);
-    for (auto* c : o.callbacks_) c->on_train_begin();
+    detail::ProgressBar bar(writer ? o.verbose_ : 0);
+    run_callbacks(dp.get(), "on_train_begin", [&] {
+      for (auto* c : o.callbacks_) c->on_train_begin();
+    });
     std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
     Tensor<std::int32_t, Cpu> perm_host(Shape{n});
     // Lengths known only per batch (from the data or from a mask) change the work of every
     // step, and a layer that checks its input on the host (Embedding's ids) reads every batch
-    // back: such a step runs eagerly.
-    const bool capturable = optimizer_->capturable() && !stochastic_ && !train.has_lengths() && !host_checks_;
+    // back: such a step runs eagerly. So does a data-parallel step (it talks to other ranks).
+    const bool capturable =
+        !dp && optimizer_->capturable() && !stochastic_ && !train.has_lengths() && !host_checks_;
     for (int epoch = o.initial_epoch_; epoch < o.epochs_; ++epoch) {
       auto t0 = std::chrono::steady_clock::now();
       std::iota(perm.begin(), perm.end(), 0);
@@ -200,28 +218,39 @@ class Sequential {
       stats_.resize(Shape{1 + static_cast<Index>(metrics_.size())});
       stats_.set_zero();
       O::reset_nonfinite();
-      double seen = 0;  // loss rows so far this epoch
+      double seen = 0;  // loss rows so far this epoch (this rank's, when data-parallel)
       for (long s = 0; s < steps; ++s) {
         const Index begin = static_cast<Index>(s) * o.batch_size_;
         const Index count = std::min(o.batch_size_, n - begin);
-        auto step = [&] {
-          gather(train, idx, begin, count);
-          batch_lengths_ = train.has_lengths() ? gather_lengths(train.lengths, perm.data() + begin, count) : Lengths();
-          train_step(count, o.check_finite_, epoch + 1, s + 1);
-        };
-        const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), idx.data(),
-                                  count,          o.batch_size_,       o.check_finite_};
-        step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
-        if (!runner_.step(key, s, capturable, *optimizer_, step)) step();
+        if (dp) {
+          data_parallel_step(*dp, train, idx, perm, begin, count, o.check_finite_, epoch + 1, s + 1);
+        } else {
+          auto step = [&] {
+            gather(train, idx, begin, count);
+            batch_lengths_ = train.has_lengths() ? gather_lengths(train.lengths, perm.data() + begin, count) : Lengths();
+            train_step(count, o.check_finite_, epoch + 1, s + 1);
+          };
+          const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), idx.data(),
+                                    count,          o.batch_size_,       o.check_finite_};
+          step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
+          if (!runner_.step(key, s, capturable, *optimizer_, step)) step();
+        }
         seen += step_rows_;
         if ((bar.due() || s + 1 == steps) && bar.wants_updates()) {
           if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
           const auto h = to_device<Cpu>(stats_);
-          bar.update(s + 1, h[0] / seen, metric_values(h, seen, ""));
+          bar.update(s + 1, h[0] / seen, metric_values(h, seen, ""));  // rank 0's own rows
         }
       }
       if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
-      const auto h = to_device<Cpu>(stats_);
+      auto h = to_device<Cpu>(stats_);
+      if (dp) {  // the sums of every rank
+        std::vector<double> sums(h.data(), h.data() + h.size());
+        sums.push_back(seen);
+        dp->comm().allreduce_host(sums.data(), sums.size());
+        std::copy(sums.begin(), sums.end() - 1, h.data());
+        seen = sums.back();
+      }
       EpochLogs logs;
       logs.epoch = epoch + 1;
       const double total = seen;
@@ -234,7 +263,15 @@ class Sequential {
         // fit keeps one evaluation workspace across epochs: evaluating allocates nothing after
         // the first epoch (a captured training step stays valid)
         if (!eval_ws_) eval_ws_ = std::make_unique<EvalWorkspace>(make_predictor(fused_));
-        EvalResult r = evaluate_with(*eval_ws_, *val, o.batch_size_);
+        EvalResult r;
+        if (dp) {
+          const auto part = dp->shard(val->size());
+          dp->guarded("validation at epoch " + std::to_string(epoch + 1), [&] {
+            r = evaluate_with(*eval_ws_, *val, o.batch_size_, part.first, part.second, &dp->comm());
+          });
+        } else {
+          r = evaluate_with(*eval_ws_, *val, o.batch_size_);
+        }
         logs.val_loss = r.loss;
         for (const auto& m : r.metrics) logs.val_metrics.push_back({"val_" + m.first, m.second});
         logs.val_accuracy = r.accuracy;
@@ -243,9 +280,13 @@ class Sequential {
       epochs_done_ = epoch + 1;
       bar.end_epoch(logs);
       history.epochs.push_back(logs);
-      for (auto* c : o.callbacks_) c->on_epoch_end(logs);
+      run_callbacks(dp.get(), "a callback at the end of epoch " + std::to_string(epoch + 1), [&] {
+        for (auto* c : o.callbacks_) c->on_epoch_end(logs);
+      });
     }
-    for (auto* c : o.callbacks_) c->on_train_end();
+    run_callbacks(dp.get(), "on_train_end", [&] {
+      for (auto* c : o.callbacks_) c->on_train_end();
+    });
     return history;
   }
 
@@ -378,11 +419,15 @@ class Sequential {
     Tensor<double, D> stats;
   };
 
-  EvalResult evaluate_with(EvalWorkspace& ws, const Dataset<T, D>& data, Index batch_size) const {
+  /// Rows [first, last) of `data` (all of it by default); with `comm`, each rank passes its
+  /// share and the sums of every rank are reduced.
+  EvalResult evaluate_with(EvalWorkspace& ws, const Dataset<T, D>& data, Index batch_size, Index first = 0,
+                           Index last = -1, Communicator* comm = nullptr) const {
     check_dataset(data, "evaluation data");
     if (batch_size <= 0) throw ArgumentError("evaluate: batch_size must be positive");
     const Index n = data.size();
     if (n == 0) throw ArgumentError("evaluate: the data is empty");
+    if (last < 0) last = n;
     if (ws.index.size() != n) {
       Tensor<std::int32_t, Cpu> ih(Shape{n});
       std::iota(ih.data(), ih.data() + n, 0);
@@ -392,15 +437,22 @@ class Sequential {
     ws.stats.resize(Shape{1 + static_cast<Index>(metrics_.size())});
     ws.stats.set_zero();
     double total = 0;  // loss rows
-    for (Index begin = 0; begin < n; begin += batch_size) {
-      const Index count = std::min(batch_size, n - begin);
+    for (Index begin = first; begin < last; begin += batch_size) {
+      const Index count = std::min(batch_size, last - begin);
       gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
       const Tn& y = ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count));
       const Lengths& lengths = ws.predictor.output_lengths();
       accumulate(y, ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats, lengths);
       total += loss_rows(count, lengths);
     }
-    const auto h = to_device<Cpu>(ws.stats);
+    auto h = to_device<Cpu>(ws.stats);
+    if (comm) {
+      std::vector<double> sums(h.data(), h.data() + h.size());
+      sums.push_back(total);
+      comm->allreduce_host(sums.data(), sums.size());
+      std::copy(sums.begin(), sums.end() - 1, h.data());
+      total = sums.back();
+    }
     EvalResult r;
     r.loss = h[0] / total;
     r.metrics = metric_values(h, total, "");
@@ -560,8 +612,22 @@ class Sequential {
   }
 
   void train_step(Index count, bool check, int epoch, long batch) {
+    const Lengths lengths = forward_train(0);
+    step_rows_ = loss_rows(count, lengths);
+    loss_and_backward(T(1) / static_cast<T>(step_rows_), lengths, nullptr);
+    // A device that defers the check records the batch and reports it at its next
+    // throw_if_nonfinite; the CPU answers at once, and the culprit is named here.
+    if (check && !O::step_finite(stats_, 0, grads_, batch)) throw_nonfinite(!std::isfinite(to_device<Cpu>(stats_)[0]), epoch, batch);
+    optimizer_->step();
+  }
+
+  /// The forward pass of a training step over acts_[0]; returns the output's lengths.
+  /// `rank`: mixed into Dropout's key, so that the ranks of a data-parallel run draw
+  /// different masks.
+  Lengths forward_train(int rank) {
     if (stochastic_) {  // Dropout: a key per step from the seed and the step count (both checkpointed)
-      const std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
+      std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
+      if (rank > 0) key = hash::combine(key, static_cast<std::uint64_t>(rank));
       for (auto& l : layers_) l->set_noise_key(key);
     }
     Lengths lengths = batch_lengths_;
@@ -570,25 +636,132 @@ class Sequential {
       layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Train);
       lengths = layers_[i]->output_lengths();
     }
+    return lengths;
+  }
+
+  /// The loss of the forward pass (gradient scaled by `scale`), then backward into grads_.
+  /// With `dp`, each bucket of gradients is handed over as soon as its layers are done.
+  void loss_and_backward(T scale, const Lengths& lengths, detail::DataParallel<T, D>* dp) {
     grads_act_.resize(layers_.size() + 1);
     Tn& dy = grads_act_.back();
     dy.resize(acts_.back().shape());
-    step_rows_ = loss_rows(count, lengths);
-    accumulate(acts_.back(), labels_, targets_, &dy, T(1) / static_cast<T>(step_rows_), scratch_, stats_, lengths);
+    accumulate(acts_.back(), labels_, targets_, &dy, scale, scratch_, stats_, lengths);
     grads_.set_zero();
-    for (std::size_t i = layers_.size(); i-- > 0;)
+    for (std::size_t i = layers_.size(); i-- > 0;) {
       layers_[i]->backward(acts_[i], acts_[i + 1], grads_act_[i + 1], i == 0 ? nullptr : &grads_act_[i]);
-    // A device that defers the check records the batch and reports it at its next
-    // throw_if_nonfinite; the CPU answers at once, and the culprit is named here.
-    if (check && !O::step_finite(stats_, 0, grads_, batch)) {
-      if (!std::isfinite(to_device<Cpu>(stats_)[0]))
-        throw NonFiniteError("non-finite loss at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch));
-      for (const auto& p : named_parameters())
-        if (!O::all_finite(p.grad))
-          throw NonFiniteError("non-finite gradient in '" + p.name + "' at epoch " + std::to_string(epoch) + ", batch " +
-                               std::to_string(batch));
-      throw NonFiniteError("non-finite gradient at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch));
+      if (dp) dp->layer_done(grads_, i);
     }
+  }
+
+  [[noreturn]] void throw_nonfinite(bool loss, int epoch, long batch) const {
+    const std::string where = " at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch);
+    if (loss) throw NonFiniteError("non-finite loss" + where);
+    for (const auto& p : named_parameters())
+      if (!O::all_finite(p.grad)) throw NonFiniteError("non-finite gradient in '" + p.name + "'" + where);
+    throw NonFiniteError("non-finite gradient" + where);
+  }
+
+  /// Runs `fn` (callbacks) on the writing rank; data-parallel, every rank learns whether it threw.
+  template <class F>
+  void run_callbacks(detail::DataParallel<T, D>* dp, const std::string& what, F&& fn) {
+    if (!dp) return fn();
+    dp->guarded(what, [&] {
+      if (dp->rank() == 0) fn();
+    });
+  }
+
+  /// What every rank must agree on: the model, and the run.
+  std::string describe_model() const {
+    std::string d;
+    for (const auto& l : layers_) {
+      d += (d.empty() ? "" : " -> ") + l->type_name() + "(";
+      bool first = true;
+      for (const auto& kv : l->config()) {
+        d += (first ? "" : ", ") + kv.first + "=" + kv.second;
+        first = false;
+      }
+      d += ")";
+    }
+    d += "; " + std::to_string(params_.size()) + " parameters of " + (sizeof(T) == 4 ? "float" : "double") + " on " +
+         D::name() + ", precision " + to_string(precision_) + "; loss " + loss_.type_name() + "; optimizer " +
+         optimizer_->type_name() + "(";
+    bool first = true;
+    for (const auto& kv : optimizer_->config()) {
+      d += (first ? "" : ", ") + kv.first + "=" + kv.second;
+      first = false;
+    }
+    return d + ")";
+  }
+
+  /// The start of a data-parallel fit: every rank checks that the others run the same model on
+  /// the same data sizes, then takes rank 0's weights, optimizer state and shuffle RNG.
+  void start_data_parallel(detail::DataParallel<T, D>& dp, const Dataset<T, D>& train, const Dataset<T, D>* val,
+                           const FitOptions& o) {
+    const std::string run = "batch_size " + std::to_string(o.batch_size_) + ", epochs " + std::to_string(o.epochs_) +
+                            ", initial_epoch " + std::to_string(o.initial_epoch_) + ", shuffle " +
+                            (o.shuffle_ ? "on" : "off") + ", check_finite " + (o.check_finite_ ? "on" : "off") + ", " +
+                            std::to_string(train.size()) + " training samples, " +
+                            (val ? std::to_string(val->size()) : std::string("no")) + " validation samples";
+    dp.check_same(describe_model(), run);
+    dp.broadcast(params_);
+    for (auto& slot : optimizer_->state()) dp.broadcast(slot.second);
+    double meta[2] = {dp.rank() == 0 ? static_cast<double>(optimizer_->iterations()) : 0.0,
+                      dp.rank() == 0 ? static_cast<double>(epochs_done_) : 0.0};
+    dp.comm().allreduce_host(meta, 2);  // rank 0's values (the others add zero)
+    optimizer_->set_iterations(static_cast<std::int64_t>(meta[0]));
+    epochs_done_ = static_cast<int>(meta[1]);
+    shuffle_rng_.set_state(dp.comm().broadcast_string(shuffle_rng_.state(), 0));
+    std::vector<std::pair<Index, Index>> ranges;
+    Index off = 0;
+    for (const auto& l : layers_) {
+      ranges.push_back({off, l->param_count()});
+      off += l->param_count();
+    }
+    dp.plan(ranges, off);
+  }
+
+  /// One data-parallel training step: this rank's share of the global batch [begin, begin +
+  /// count) of the shuffled order, forward, the global row count, backward with the gradient
+  /// buckets summed over the ranks as they become ready, and the same optimizer step on
+  /// every rank.
+  void data_parallel_step(detail::DataParallel<T, D>& dp, const Dataset<T, D>& train, const Tensor<std::int32_t, D>& idx,
+                          const std::vector<std::int32_t>& perm, Index begin, Index count, bool check, int epoch,
+                          long batch) {
+    const auto part = dp.shard(count);
+    const Index local = part.second - part.first;
+    const std::string where = "epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch);
+    std::string error;
+    Lengths lengths;
+    double ctrl[2] = {0, 0};  // this rank's loss rows; whether it failed
+    try {
+      if (local > 0) {
+        gather(train, idx, begin + part.first, local);
+        batch_lengths_ = train.has_lengths() ? gather_lengths(train.lengths, perm.data() + begin + part.first, local)
+                                             : Lengths();
+        lengths = forward_train(dp.rank());
+        ctrl[0] = loss_rows(local, lengths);
+      }
+    } catch (const std::exception& e) {
+      error = e.what();
+      ctrl[1] = 1;
+    }
+    dp.comm().allreduce_host(ctrl, 2);
+    if (ctrl[1] > 0) dp.fail("the forward pass at " + where, error);
+    step_rows_ = local > 0 ? loss_rows(local, lengths) : 0.0;
+    double flags[2] = {0, 0};  // failed; non-finite loss
+    try {
+      if (local > 0) loss_and_backward(T(1) / static_cast<T>(ctrl[0]), lengths, &dp);
+      else grads_.set_zero();
+      if (check && local > 0 && !std::isfinite(to_device<Cpu>(stats_)[0])) flags[1] = 1;
+    } catch (const std::exception& e) {
+      error = e.what();
+      flags[0] = 1;
+    }
+    dp.layer_done(grads_, 0, /*all=*/true);  // every bucket not yet started (a failed rank too)
+    dp.finish(grads_);
+    dp.comm().allreduce_host(flags, 2);
+    if (flags[0] > 0) dp.fail("the backward pass at " + where, error);
+    if (check && (flags[1] > 0 || !O::all_finite(grads_))) throw_nonfinite(flags[1] > 0, epoch, batch);
     optimizer_->step();
   }
 
