@@ -6,9 +6,20 @@
 // Defaults are the reference setup: Bidirectional(LSTM(128)) -> Dense(10, softmax), SGD
 // lr 0.5, momentum 0.9, Nesterov, batch 128, 30 epochs, sigmoid recurrent activation (the
 // reference's cuDNN run; `--recurrent-activation hard_sigmoid` is the Keras CPU run).
+//
+// Data-parallel over MPI (when built with fastnn::mpi): the same flags, the same output (from
+// rank 0), --batch-size is the global batch split across the ranks:
+//
+//   mpirun -np 2 mnist_bilstm --distributed --data data --epochs 30
 
 #include <fastnn/data/mnist.hpp>
 #include <fastnn/fastnn.hpp>
+#if defined(FASTNN_WITH_MPI)
+#include <fastnn/distributed/mpi.hpp>
+#endif
+#if defined(FASTNN_WITH_NCCL)
+#include <fastnn/distributed/cuda/nccl.hpp>
+#endif
 
 #include <CLI/CLI.hpp>
 
@@ -40,7 +51,29 @@ struct Options {
   double dropout = 0;  // a Dropout layer between the LSTM and the classifier when > 0
   std::string precision = "f32";  // f32, or bf16 (mixed precision, CPU with AVX512-BF16)
   std::string save, resume, export_weights;  // checkpoints and weights files
+  bool distributed = false;  // data-parallel over MPI (mpirun -np N)
+  std::string comm = "mpi";  // mpi (host memory; a GPU model is staged through the host) or nccl
 };
+
+/// The communicator of a --distributed run (null otherwise).
+fastnn::Communicator* communicator(const Options& o) {
+  if (!o.distributed) return nullptr;
+#if defined(FASTNN_WITH_MPI)
+  if (o.comm == "nccl") {
+#if defined(FASTNN_WITH_NCCL)
+    if (o.device != "cuda") throw fastnn::ArgumentError("--comm nccl: needs --device cuda");
+    static fastnn::NcclCommunicator nccl(fastnn::mpi_world());  // picks this rank's GPU
+    return &nccl;
+#else
+    throw fastnn::UnsupportedError("--comm nccl: this build has no NCCL (configure with -DFASTNN_CUDA=ON and NCCL)");
+#endif
+  }
+  return &fastnn::mpi_world();
+#else
+  throw fastnn::UnsupportedError("--distributed: this build has no MPI (install libopenmpi-dev and reconfigure)");
+#endif
+}
+bool is_writer(const Options& o) { return !o.distributed || communicator(o)->rank() == 0; }
 
 template <class D>
 std::unique_ptr<fastnn::Optimizer<float, D>> make_optimizer(const Options& o) {
@@ -63,10 +96,15 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
   model.set_precision(parse_precision(o.precision));
   model.build({28, 28}, o.seed);
   model.compile(make_optimizer<D>(o), SparseCategoricalCrossentropy(), {"accuracy"});
-  model.summary(std::cout);
+  fastnn::Communicator* comm = communicator(o);
+  const bool writer = is_writer(o);
+  if (writer) model.summary(std::cout);
+  if (comm && writer)
+    std::printf("Data-parallel on %d ranks (%s): global batch %lld, %lld per rank\n", comm->size(), comm->backend().c_str(),
+                static_cast<long long>(o.batch_size), static_cast<long long>(o.batch_size / comm->size()));
   if (!o.resume.empty()) {  // weights, optimizer state, epochs done, shuffle RNG
     const io::CheckpointInfo ck = io::load_checkpoint(model, o.resume);
-    std::printf("Resumed from %s: %d epoch%s done, %lld optimizer steps\n", o.resume.c_str(), ck.epochs_done,
+    if (writer) std::printf("Resumed from %s: %d epoch%s done, %lld optimizer steps\n", o.resume.c_str(), ck.epochs_done,
                 ck.epochs_done == 1 ? "" : "s", static_cast<long long>(ck.iterations));
   }
 
@@ -78,13 +116,15 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
     train = train_host.template to<D>();  // resident on the device for the whole run
     test = test_host.template to<D>();
   }
-  std::printf("Train on %lld samples, validate on %lld samples (device %s, %d thread%s, seed %llu)\n",
+  if (writer)
+    std::printf("Train on %lld samples, validate on %lld samples (device %s, %d thread%s, seed %llu)\n",
               static_cast<long long>(train.size()), static_cast<long long>(test.size()), D::name(), o.threads,
               o.threads == 1 ? "" : "s", static_cast<unsigned long long>(o.seed));
   std::fflush(stdout);
 
   FitOptions fit;
   fit.epochs(o.epochs).batch_size(o.batch_size).verbose(o.verbose).check_finite(o.check_finite);
+  if (comm) fit.distributed(*comm);  // rank 0 logs and runs the callbacks (CSV, checkpoints)
   fit.initial_epoch(model.epochs_done());  // > 0 after --resume: --epochs is the total
   std::unique_ptr<CsvLogger> csv;
   if (!o.history_csv.empty()) {
@@ -98,14 +138,14 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
   }
   if (!o.resume.empty() && o.epochs <= model.epochs_done()) {  // e.g. --epochs 0: only validate
     const EvalResult r = model.evaluate(test, o.batch_size);
-    std::printf("validate %s (epoch %d): val_loss %.6f val_acc %.4f\n", o.resume.c_str(), model.epochs_done(), r.loss,
+    if (writer) std::printf("validate %s (epoch %d): val_loss %.6f val_acc %.4f\n", o.resume.c_str(), model.epochs_done(), r.loss,
                 r.accuracy);
-    if (!o.export_weights.empty()) io::save_weights(model, o.export_weights);
+    if (!o.export_weights.empty() && writer) io::save_weights(model, o.export_weights);
     return 0;
   }
   History h = model.fit(train, fit, &test);
-  if (!o.export_weights.empty()) io::save_weights(model, o.export_weights);
-  if (!h.epochs.empty()) {
+  if (!o.export_weights.empty() && writer) io::save_weights(model, o.export_weights);
+  if (!h.epochs.empty() && writer) {
     const auto& l = h.last();
     std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,
                 l.val_accuracy);
@@ -157,6 +197,12 @@ int main(int argc, char** argv) {
   app.add_option("--resume", o.resume,
                  "continue the run checkpointed in PATH (same flags); --epochs is the total, 0 only validates");
   app.add_option("--export-weights", o.export_weights, "write the weights to PATH (safetensors) at the end");
+  app.add_flag("--distributed", o.distributed,
+               "data-parallel training over MPI: start with mpirun -np N; --batch-size is the global batch, rank 0 "
+               "prints and writes files, --threads defaults to cores / ranks on the node");
+  app.add_option("--comm", o.comm, "with --distributed: mpi, or nccl (GPU buffers; --device cuda)")
+      ->check(CLI::IsMember({"mpi", "nccl"}))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -166,7 +212,12 @@ int main(int argc, char** argv) {
     app.exit(e);
     return e.get_exit_code() == 0 ? 2 : e.get_exit_code();
   }
-  if (o.threads == 0) o.threads = std::max(1, std::min(2, static_cast<int>(std::thread::hardware_concurrency())));
+  int ranks_here = 1;  // processes of this job on this machine (share its cores)
+  if (o.distributed)
+    for (const char* v : {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"})
+      if (const char* e = std::getenv(v)) ranks_here = std::max(1, std::atoi(e));
+  if (o.threads == 0)
+    o.threads = std::max(1, std::min(2, static_cast<int>(std::thread::hardware_concurrency()) / ranks_here));
 
   try {
     fastnn::cpu_isa();  // a bad FASTNN_ISA fails here, before any work
@@ -190,6 +241,7 @@ int main(int argc, char** argv) {
       std::printf("--device auto: this build has no CUDA backend, using the CPU\n");
 #endif
     }
+    communicator(o);  // joins the job (MPI, and NCCL on this rank's GPU) before any other work
     fastnn::data::Mnist mnist = fastnn::data::load_mnist(o.data);
     auto train = fastnn::make_dataset(mnist.train.images, mnist.train.labels, {28, 28}, 10);
     auto test = fastnn::make_dataset(mnist.test.images, mnist.test.labels, {28, 28}, 10);

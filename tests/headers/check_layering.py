@@ -41,6 +41,9 @@ RANKS = [
     ("backend/cuda/", 1),
     ("init/", 1),
     ("data/", 1),
+    # 1: communicators for data-parallel training (MPI, NCCL).
+    ("distributed/", 1),
+    ("distributed/cuda/", 1),
     # 2: layers, including their CUDA specialisations.
     ("layers/", 2),
     ("layers/cuda/", 2),

@@ -25,7 +25,7 @@
 namespace fastnn {
 
 /// Element types a communicator moves.
-enum class DType { F32, F64 };
+enum class DType { F32, F64, U8 };
 
 template <class T>
 struct dtype_of;
@@ -38,12 +38,14 @@ struct dtype_of<double> {
   static constexpr DType value = DType::F64;
 };
 
-inline std::size_t dtype_size(DType t) { return t == DType::F32 ? sizeof(float) : sizeof(double); }
+inline std::size_t dtype_size(DType t) { return t == DType::F32 ? sizeof(float) : (t == DType::F64 ? sizeof(double) : 1); }
 
 /// A group of processes that train one model together.
 class Communicator {
  public:
   virtual ~Communicator() = default;
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
 
   /// This process's index, 0 .. size()-1. Rank 0 logs and writes files.
   virtual int rank() const = 0;
@@ -89,7 +91,7 @@ class Communicator {
 
   /// Seconds any wait may take before the job is aborted (default 300, or FASTNN_DIST_TIMEOUT).
   double timeout() const { return timeout_; }
-  void set_timeout(double seconds) {
+  virtual void set_timeout(double seconds) {
     if (!(seconds > 0)) throw ArgumentError("Communicator::set_timeout: seconds must be positive");
     timeout_ = seconds;
   }

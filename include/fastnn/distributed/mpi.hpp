@@ -139,7 +139,7 @@ class MpiCommunicator : public Communicator {
   }
 
  private:
-  static MPI_Datatype mpi_type(DType t) { return t == DType::F32 ? MPI_FLOAT : MPI_DOUBLE; }
+  static MPI_Datatype mpi_type(DType t) { return t == DType::F32 ? MPI_FLOAT : (t == DType::F64 ? MPI_DOUBLE : MPI_BYTE); }
   static int chunk(std::size_t left) { return left > static_cast<std::size_t>(INT_MAX) ? INT_MAX : static_cast<int>(left); }
 
   void check(int rc, const char* call) const {

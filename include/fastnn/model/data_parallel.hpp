@@ -34,6 +34,7 @@
 #include <utility>
 #include <vector>
 
+#include "fastnn/backend/cpu/ops.hpp"
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/error.hpp"
 #include "fastnn/core/tensor.hpp"

@@ -1,7 +1,8 @@
 #pragma once
 /// \file nccl.hpp
 /// NcclCommunicator: fastnn's Communicator on NVIDIA NCCL, for data-parallel training of a
-/// model on the GPU (Sequential<T, Cuda>) with one GPU per rank. Link fastnn::nccl.
+/// model on the GPU (Sequential<T, Cuda>) with one GPU per rank. Link fastnn::nccl (built with
+/// FASTNN_CUDA and FASTNN_MPI when NCCL is found).
 ///
 ///   fastnn::NcclCommunicator nccl(fastnn::mpi_world());  // first: it selects this rank's GPU
 ///   fastnn::Sequential<float, fastnn::Cuda> model = cpu_model.to<fastnn::Cuda>();
@@ -51,9 +52,11 @@ namespace fastnn {
 class NcclCommunicator : public Communicator {
  public:
   /// A communicator over the ranks of `bootstrap`, one GPU each: `device`, or -1 for the rank's
-  /// index on its node modulo the number of GPUs. Collective over `bootstrap`. Every rank throws
-  /// DeviceError when a rank has no usable GPU (naming the ranks and their reasons), and
-  /// DistributedError when NCCL fails to start.
+  /// index on its node modulo the number of GPUs. Collective over `bootstrap`. When the set-up
+  /// fails on any rank, every rank throws the same exception naming the failing ranks and their
+  /// reasons: DeviceError (no usable GPU, no such device), ArgumentError (a bad `device` or
+  /// local rank), DistributedError (NCCL). A failure of NCCL's initialisation itself is a
+  /// DistributedError on the rank it happens on.
   explicit NcclCommunicator(MpiCommunicator& bootstrap, int device = -1) : bootstrap_(bootstrap) {
     set_timeout(bootstrap.timeout());
     try {
@@ -75,27 +78,9 @@ class NcclCommunicator : public Communicator {
       } catch (const std::exception& e) {
         failed_with('E', e.what());
       }
-      const std::vector<std::string> all = bootstrap_.allgather(error);
-      std::string failed;
-      char first_kind = 0;
-      for (std::size_t r = 0; r < all.size(); ++r) {
-        if (all[r].empty()) continue;
-        if (!first_kind) first_kind = all[r][0];
-        failed += (failed.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + ": " + all[r].substr(1);
-      }
-      if (first_kind) {
-        const std::string msg = "NcclCommunicator: " + failed;
-        if (first_kind == 'D') throw DeviceError(msg);
-        if (first_kind == 'A') throw ArgumentError(msg);
-        throw DistributedError(msg);
-      }
+      throw_if_any_failed(error);
 
-      // Rank 0's id to every rank, as doubles: the bytes travel unchanged.
-      static_assert(sizeof(ncclUniqueId) % sizeof(double) == 0, "ncclUniqueId is not a whole number of doubles");
-      double words[sizeof(ncclUniqueId) / sizeof(double)];
-      std::memcpy(words, &id, sizeof id);
-      bootstrap_.broadcast(words, sizeof words / sizeof words[0], DType::F64, 0);
-      std::memcpy(&id, words, sizeof id);
+      bootstrap_.broadcast(&id, sizeof id, DType::U8, 0);  // rank 0's id to every rank
 
       ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
       config.blocking = 0;
@@ -112,8 +97,6 @@ class NcclCommunicator : public Communicator {
   /// Flushes and destroys the NCCL communicator (aborts it when that does not finish within
   /// timeout()), then the stream and events. Never throws.
   ~NcclCommunicator() override { release(); }
-
-  using Communicator::broadcast;
 
   int rank() const override { return bootstrap_.rank(); }
   int size() const override { return bootstrap_.size(); }
@@ -144,6 +127,11 @@ class NcclCommunicator : public Communicator {
   void wait_all() override { wait_for("gradient allreduce"); }
 
   void allreduce_host(double* data, std::size_t count) override { bootstrap_.allreduce_host(data, count); }
+  /// Also the timeout of the host operations, which run on the bootstrap communicator.
+  void set_timeout(double seconds) override {
+    Communicator::set_timeout(seconds);
+    bootstrap_.set_timeout(seconds);
+  }
   std::vector<std::string> allgather(const std::string& s) override { return bootstrap_.allgather(s); }
   void barrier() override { bootstrap_.barrier(); }
 
@@ -153,10 +141,40 @@ class NcclCommunicator : public Communicator {
       comm_ = nullptr;
     }
     bootstrap_.abort(message);
+    std::_Exit(1);  // the bootstrap's abort does not return; in case an MPI library's does
   }
 
  private:
-  static ncclDataType_t nccl_type(DType t) { return t == DType::F32 ? ncclFloat32 : ncclFloat64; }
+  static ncclDataType_t nccl_type(DType t) {
+    return t == DType::F32 ? ncclFloat32 : (t == DType::F64 ? ncclFloat64 : ncclUint8);
+  }
+  static const std::string& prefix() {
+    static const std::string p = "NcclCommunicator: ";
+    return p;
+  }
+
+  /// Gathers every rank's set-up error (its kind, 'D'evice, 'A'rgument or 'E'lse, then its
+  /// message; "" for none). If any rank failed, throws on every rank an exception of the first
+  /// failing rank's kind naming each failing rank and its message.
+  void throw_if_any_failed(const std::string& mine) {
+    const std::vector<std::string> all = bootstrap_.allgather(mine);
+    std::string failed, msg;
+    char kind = 0;
+    bool alike = true;  // every rank failed the same way
+    for (std::size_t r = 0; r < all.size(); ++r) {
+      alike = alike && all[r] == all[0];
+      if (all[r].empty()) continue;
+      if (!kind) kind = all[r][0];
+      msg = all[r].substr(1);
+      if (msg.compare(0, prefix().size(), prefix()) == 0) msg.erase(0, prefix().size());
+      failed += (failed.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + ": " + msg;
+    }
+    if (!kind) return;
+    if (alike && all.size() > 1) failed = "every rank: " + msg;
+    if (kind == 'D') throw DeviceError(prefix() + failed);
+    if (kind == 'A') throw ArgumentError(prefix() + failed);
+    throw DistributedError(prefix() + failed);
+  }
 
   /// Chooses and selects the device, checks that this thread's fastnn stream lives on it, and
   /// creates the communication stream and events.
@@ -250,7 +268,10 @@ class NcclCommunicator : public Communicator {
     poll(what, [&] {
       const cudaError_t e = cudaEventQuery(done_event_);
       if (e == cudaSuccess) return true;
-      if (e != cudaErrorNotReady) FASTNN_CUDA_CHECK(e);
+      if (e != cudaErrorNotReady) {
+        (void)cudaGetLastError();
+        cuda::detail::throw_cuda(e, "cudaEventQuery(done_event_)", __FILE__, __LINE__);
+      }
       ncclResult_t state = ncclSuccess;
       const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
       if (r != ncclSuccess) state = r;
@@ -289,8 +310,9 @@ class NcclCommunicator : public Communicator {
   void release() noexcept {
     if (comm_) {
       bool clean = false;
-      if (ready_ && ncclCommFinalize(comm_) == ncclSuccess) {
-        // Finalize flushes the started operations; bounded, as every wait.
+      const ncclResult_t r = ready_ ? ncclCommFinalize(comm_) : ncclInternalError;
+      if (r == ncclSuccess || r == ncclInProgress) {
+        // Finalize flushes the started operations in the background; bounded, as every wait.
         ncclResult_t state = ncclInProgress;
         const auto start = std::chrono::steady_clock::now();
         while (ncclCommGetAsyncError(comm_, &state) == ncclSuccess && state == ncclInProgress &&
