@@ -1,8 +1,11 @@
-// NcclCommunicator on two GPUs, run as `mpirun -np 2 test_nccl_cuda`: the sum and broadcast of
-// device buffers, and a data-parallel fit of a Sequential<float, Cuda> over two ranks that ends
-// with the weights of the same fit in one process. Every test skips itself, with the reason, in
-// a job that is not 2 ranks or on a machine with fewer than 2 CUDA devices (NCCL takes one GPU per
-// rank). The ranks agree on skipping, so that no rank enters a collective alone.
+// Data-parallel training of a Sequential<float, Cuda>, run as `mpirun -np 2 test_nccl_cuda`:
+//   * NcclCommunicator on two GPUs: the sum and broadcast of device buffers, and a fit over two
+//     ranks that ends with the weights of the same fit in one process (skips below 2 GPUs: NCCL
+//     takes one GPU per rank);
+//   * MpiCommunicator with the gradients staged through the host: the same fit, both ranks on
+//     one GPU (skips without a GPU).
+// Every test skips itself, with the reason, in a job that is not 2 ranks or on a machine without
+// the GPUs it needs. The ranks agree on skipping, so that no rank enters a collective alone.
 //
 // main() initialises MPI (fastnn::mpi_world()) and exits non-zero on every rank when a test
 // failed on any rank.
@@ -32,7 +35,7 @@ using fastnn::Tensor;
 
 /// Why the tests cannot run in this job ("" when they can), the same on every rank: each
 /// rank's reason is gathered, and the first is every rank's.
-std::string two_gpu_skip_reason() {
+std::string gpu_skip_reason(int gpus) {
   fastnn::MpiCommunicator& world = fastnn::mpi_world();
   std::string why;
   if (world.size() != 2) {
@@ -45,7 +48,7 @@ std::string two_gpu_skip_reason() {
       (void)cudaGetLastError();
       n = 0;
     }
-    if (n < 2) why = "needs 2 CUDA devices (NCCL takes one GPU per rank), this machine has " + std::to_string(n);
+    if (n < gpus) why = "needs " + std::to_string(gpus) + " CUDA device(s), this machine has " + std::to_string(n);
   }
   const std::vector<std::string> all = world.allgather(why);
   for (std::size_t r = 0; r < all.size(); ++r)
@@ -56,7 +59,14 @@ std::string two_gpu_skip_reason() {
 /// Skips the current test, with the reason, unless this is a 2-rank job with 2 GPUs.
 #define FASTNN_REQUIRE_TWO_GPUS()                              \
   do {                                                         \
-    const std::string fastnn_why_ = two_gpu_skip_reason();     \
+    const std::string fastnn_why_ = gpu_skip_reason(2);        \
+    if (!fastnn_why_.empty()) GTEST_SKIP() << fastnn_why_;     \
+  } while (0)
+
+/// Skips the current test, with the reason, unless this is a 2-rank job with a GPU.
+#define FASTNN_REQUIRE_A_GPU()                                 \
+  do {                                                         \
+    const std::string fastnn_why_ = gpu_skip_reason(1);        \
     if (!fastnn_why_.empty()) GTEST_SKIP() << fastnn_why_;     \
   } while (0)
 
@@ -156,6 +166,29 @@ TEST(NcclDataParallel, TwoRanksMatchOneRank) {
     ASSERT_EQ(h1.epochs.size(), 1u);
     EXPECT_NEAR(h2.epochs[0].loss, h1.epochs[0].loss, 1e-5 * std::abs(h1.epochs[0].loss)) << "epoch loss";
   }
+}
+
+// Host staging: the MPI communicator moves host buffers, so each bucket of the GPU gradients is
+// copied to the host, summed over the ranks and copied back. Both ranks share one GPU here.
+TEST(MpiHostStaging, TwoRanksOnOneGpuMatchOneRank) {
+  FASTNN_REQUIRE_A_GPU();
+  fastnn::MpiCommunicator& world = fastnn::mpi_world();
+  EXPECT_FALSE(world.device_buffers());
+  const fastnn::Dataset<float, Cuda> train = random_samples(300, 11).to<Cuda>();
+  const auto opts = fastnn::FitOptions().epochs(1).batch_size(15).verbose(0);  // 20 steps, shards of 7 and 8
+  auto model = small_model();
+  model.fit(train, fastnn::FitOptions(opts).distributed(world).bucket_bytes(1));
+  const Tensor<float, Cpu> got = fastnn::to_device<Cpu>(model.flat_parameters());
+  const std::size_t count = static_cast<std::size_t>(got.size());
+  std::vector<float> root(got.data(), got.data() + count);
+  world.broadcast(root.data(), count, fastnn::DType::F32, 0);
+  EXPECT_EQ(max_abs_diff(got.data(), root.data(), count), 0.0) << "rank " << world.rank();
+  auto ref = small_model();
+  ref.fit(train, opts);
+  const Tensor<float, Cpu> want = fastnn::to_device<Cpu>(ref.flat_parameters());
+  const double d = max_abs_diff(got.data(), want.data(), count);
+  EXPECT_LE(d, 1e-5) << "two ranks (MPI, host staging) vs one process";
+  if (world.rank() == 0) std::printf("[rank 0] MPI host staging, 2 ranks on one GPU vs 1: max abs difference %.3g\n", d);
 }
 
 int main(int argc, char** argv) {
