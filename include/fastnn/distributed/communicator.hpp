@@ -14,10 +14,12 @@
 /// timeout(): a rank that stops answering makes the others end the job (abort) with a message
 /// naming the operation, rather than hang.
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fastnn/core/error.hpp"
@@ -98,6 +100,25 @@ class Communicator {
 
  protected:
   Communicator() : timeout_(timeout_from_env()) {}
+
+  /// Calls `done` until it returns true; after timeout() seconds ends the job (abort) with a
+  /// message naming `what`. Spins briefly, then yields, then sleeps between calls: a rank
+  /// waiting for a slower one gives its core away.
+  template <class Done>
+  void wait_until(const std::string& what, Done&& done) {
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    for (long spins = 0;; ++spins) {
+      if (done()) return;
+      if (spins < 2000) continue;
+      const double waited = std::chrono::duration<double>(Clock::now() - start).count();
+      if (waited > timeout())
+        abort(what + " did not complete within " + std::to_string(static_cast<long>(timeout())) +
+              " s (FASTNN_DIST_TIMEOUT): another rank stopped answering");
+      if (waited > 0.01) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      else std::this_thread::yield();
+    }
+  }
 
  private:
   static double timeout_from_env() {

@@ -23,13 +23,11 @@
 #endif
 #include <mpi.h>
 
-#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "fastnn/distributed/communicator.hpp"
@@ -152,24 +150,13 @@ class MpiCommunicator : public Communicator {
 
   /// Polls the pending requests until all complete; aborts the job after timeout().
   void wait_all_for(const char* what) {
-    using Clock = std::chrono::steady_clock;
-    const auto start = Clock::now();
-    for (long spins = 0; !pending_.empty(); ++spins) {
+    wait_until(what, [&] {
+      if (pending_.empty()) return true;
       int done = 0;
       check(MPI_Testall(static_cast<int>(pending_.size()), pending_.data(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
-      if (done) {
-        pending_.clear();
-        return;
-      }
-      if (spins < 2000) continue;
-      const double waited = std::chrono::duration<double>(Clock::now() - start).count();
-      if (waited > timeout())
-        abort(std::string(what) + " did not complete within " + std::to_string(static_cast<long>(timeout())) +
-              " s (FASTNN_DIST_TIMEOUT): another rank stopped answering");
-      // Waiting long (another rank is still computing): give the core away.
-      if (waited > 0.01) std::this_thread::sleep_for(std::chrono::microseconds(50));
-      else std::this_thread::yield();
-    }
+      if (done) pending_.clear();
+      return done != 0;
+    });
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;

@@ -36,6 +36,7 @@
 #include <exception>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "fastnn/backend/cuda/common.hpp"
@@ -286,23 +287,10 @@ class NcclCommunicator : public Communicator {
     pending_ = false;
   }
 
-  /// Calls `done` until it returns true; after timeout() seconds aborts the job with a message
-  /// naming `what`.
+  /// Communicator::wait_until, for the calls below.
   template <class Done>
   void poll(const char* what, Done&& done) {
-    using Clock = std::chrono::steady_clock;
-    const auto start = Clock::now();
-    for (long spins = 0;; ++spins) {
-      if (done()) return;
-      if (spins < 2000) continue;
-      const double waited = std::chrono::duration<double>(Clock::now() - start).count();
-      if (waited > timeout())
-        abort(std::string(what) + " did not complete within " + std::to_string(static_cast<long>(timeout())) +
-              " s (FASTNN_DIST_TIMEOUT): another rank stopped answering");
-      // Waiting long (another rank is still computing): give the core away.
-      if (waited > 0.01) std::this_thread::sleep_for(std::chrono::microseconds(50));
-      else std::this_thread::yield();
-    }
+    wait_until(what, std::forward<Done>(done));
   }
 
   /// Releases the NCCL communicator, the stream and the events; ignores errors (the runtime
