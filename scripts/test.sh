@@ -2,7 +2,8 @@
 # One command from a fresh clone: installs dependencies, fetches MNIST (tests that need it skip
 # without it), builds everything and runs the test suite with ctest. Where nvcc exists the
 # CUDA backend is built too (its tests skip without a GPU).
-#   scripts/test.sh           main build + ctest, then the sanitizer build + ctest, then the
+#   scripts/test.sh           main build + ctest, then the sanitizer build (the suites that parse
+#                             input, the kernels, the examples) + ctest, then the
 #                             ThreadSanitizer build of the Concurrency tests, then the fuzzers (60 s each)
 #   scripts/test.sh --quick   main build + ctest only
 set -euo pipefail
@@ -28,7 +29,7 @@ if [[ $cuda == ON ]]; then
 fi
 ((quick)) && exit 0
 
-echo "== sanitizer build (ASan + UBSan), whole test suite"
+echo "== sanitizer build (ASan + UBSan): the suites that parse input, the kernels, the examples on bad input"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTNN_SANITIZE=ON -DFASTNN_NATIVE=OFF \
   -DFASTNN_BUILD_BENCHMARKS=OFF -DFASTNN_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build-asan -j"$jobs"
