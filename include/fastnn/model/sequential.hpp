@@ -244,13 +244,7 @@ class Sequential {
       }
       if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
       auto h = to_device<Cpu>(stats_);
-      if (dp) {  // the sums of every rank
-        std::vector<double> sums(h.data(), h.data() + h.size());
-        sums.push_back(seen);
-        dp->comm().allreduce_host(sums.data(), sums.size());
-        std::copy(sums.begin(), sums.end() - 1, h.data());
-        seen = sums.back();
-      }
+      if (dp) reduce_sums(dp->comm(), h, seen);  // the sums of every rank
       EpochLogs logs;
       logs.epoch = epoch + 1;
       const double total = seen;
@@ -419,6 +413,15 @@ class Sequential {
     Tensor<double, D> stats;
   };
 
+  /// Sums [loss, metrics...] and the row count `rows` over the ranks of `comm`, in place.
+  static void reduce_sums(Communicator& comm, Tensor<double, Cpu>& sums, double& rows) {
+    std::vector<double> v(sums.data(), sums.data() + sums.size());
+    v.push_back(rows);
+    comm.allreduce_host(v.data(), v.size());
+    std::copy(v.begin(), v.end() - 1, sums.data());
+    rows = v.back();
+  }
+
   /// Rows [first, last) of `data` (all of it by default); with `comm`, each rank passes its
   /// share and the sums of every rank are reduced.
   EvalResult evaluate_with(EvalWorkspace& ws, const Dataset<T, D>& data, Index batch_size, Index first = 0,
@@ -446,13 +449,7 @@ class Sequential {
       total += loss_rows(count, lengths);
     }
     auto h = to_device<Cpu>(ws.stats);
-    if (comm) {
-      std::vector<double> sums(h.data(), h.data() + h.size());
-      sums.push_back(total);
-      comm->allreduce_host(sums.data(), sums.size());
-      std::copy(sums.begin(), sums.end() - 1, h.data());
-      total = sums.back();
-    }
+    if (comm) reduce_sums(*comm, h, total);
     EvalResult r;
     r.loss = h[0] / total;
     r.metrics = metric_values(h, total, "");
@@ -745,9 +742,9 @@ class Sequential {
       error = e.what();
       ctrl[1] = 1;
     }
+    step_rows_ = ctrl[0];  // this rank's rows, before the sum over the ranks
     dp.comm().allreduce_host(ctrl, 2);
     if (ctrl[1] > 0) dp.fail("the forward pass at " + where, error);
-    step_rows_ = local > 0 ? loss_rows(local, lengths) : 0.0;
     double flags[2] = {0, 0};  // failed; non-finite loss
     try {
       if (local > 0) loss_and_backward(T(1) / static_cast<T>(ctrl[0]), lengths, &dp);
