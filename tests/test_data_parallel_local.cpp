@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "test_util.hpp"
+
 using namespace fastnn;
 
 namespace {
@@ -37,31 +39,12 @@ class TwinCommunicator : public Communicator {
 
 // Passes its input on and records its backward pass.
 template <class T, class D>
-class Recorder : public Layer<T, D> {
-  using Tn = Tensor<T, D>;
-
+class Recorder : public fastnn_test::PassThrough<Recorder<T, D>, T, D> {
  public:
   std::string type_name() const override { return "Recorder"; }
-  LayerConfig config() const override { return {}; }
-  std::unique_ptr<Layer<T, D>> clone_unbuilt() const override { return std::make_unique<Recorder>(); }
-  Shape build(const Shape& in) override {
-    this->input_shape_ = in;
-    this->output_shape_ = in;
-    return in;
-  }
-  std::vector<ParamSpec> param_specs() const override { return {}; }
-  void initialize(Rng&) override {}
-  void forward(const Tn& x, Tn& y, Mode) override {
-    y.resize(x.shape());
-    copy_into(x, y);
-  }
-  void backward(const Tn&, const Tn&, const Tn& dy, Tn* dx) override {
-    events.push_back("backward " + this->name());
-    if (dx) {
-      dx->resize(dy.shape());
-      copy_into(dy, *dx);
-    }
-  }
+
+ protected:
+  void on_backward() override { events.push_back("backward " + this->name()); }
 };
 
 Sequential<float> model() {

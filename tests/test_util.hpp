@@ -1,6 +1,7 @@
 #pragma once
 // Helpers shared by the tests: a self-deleting temporary directory, whole-file byte I/O,
-// in-memory gzip, a small learnable data set, random tensors and sequence lengths.
+// in-memory gzip, a small learnable data set, random tensors and sequence lengths, and a
+// parameter-free pass-through layer with hooks for tests to instrument a model.
 
 #include <gtest/gtest.h>
 #include <stdlib.h>  // mkdtemp
@@ -19,6 +20,7 @@
 #include "fastnn/core/lengths.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/data/dataset.hpp"
+#include "fastnn/layers/layer.hpp"
 
 namespace fastnn_test {
 
@@ -110,5 +112,42 @@ fastnn::Dataset<T, fastnn::Cpu> toy_data(std::size_t n, std::uint32_t seed) {
   }
   return fastnn::make_dataset<T>(px, labels, {6, 5}, 3);
 }
+
+/// A layer without parameters that passes its input on unchanged. `Derived` (copyable, CRTP)
+/// names itself in type_name() and may override on_forward(mode) / on_backward() to observe or
+/// interrupt training.
+template <class Derived, class T, class D>
+class PassThrough : public fastnn::Layer<T, D> {
+  using Tn = fastnn::Tensor<T, D>;
+
+ public:
+  fastnn::LayerConfig config() const override { return {}; }
+  std::unique_ptr<fastnn::Layer<T, D>> clone_unbuilt() const override {
+    return std::make_unique<Derived>(static_cast<const Derived&>(*this));
+  }
+  fastnn::Shape build(const fastnn::Shape& in) override {
+    this->input_shape_ = in;
+    this->output_shape_ = in;
+    return in;
+  }
+  std::vector<fastnn::ParamSpec> param_specs() const override { return {}; }
+  void initialize(fastnn::Rng&) override {}
+  void forward(const Tn& x, Tn& y, fastnn::Mode mode) override {
+    on_forward(mode);
+    y.resize(x.shape());
+    copy_into(x, y);
+  }
+  void backward(const Tn&, const Tn&, const Tn& dy, Tn* dx) override {
+    on_backward();
+    if (dx) {
+      dx->resize(dy.shape());
+      copy_into(dy, *dx);
+    }
+  }
+
+ protected:
+  virtual void on_forward(fastnn::Mode) {}
+  virtual void on_backward() {}
+};
 
 }  // namespace fastnn_test

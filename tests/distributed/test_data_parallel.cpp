@@ -17,6 +17,8 @@
 #include <fstream>
 #include <string>
 
+#include "../test_util.hpp"
+
 using namespace fastnn;
 
 namespace {
@@ -102,32 +104,15 @@ void two_ranks_match_one(double tol, bool lengths) {
 
 // A layer that passes its input on, and throws in training on one rank at one step.
 template <class T, class D>
-class ThrowOnRank : public Layer<T, D> {
-  using Tn = Tensor<T, D>;
-
+class ThrowOnRank : public fastnn_test::PassThrough<ThrowOnRank<T, D>, T, D> {
  public:
   ThrowOnRank(int rank, int at_step) : rank_(rank), at_(at_step) {}
   std::string type_name() const override { return "ThrowOnRank"; }
-  LayerConfig config() const override { return {}; }
-  std::unique_ptr<Layer<T, D>> clone_unbuilt() const override { return std::make_unique<ThrowOnRank>(rank_, at_); }
-  Shape build(const Shape& in) override {
-    this->input_shape_ = in;
-    this->output_shape_ = in;
-    return in;
-  }
-  std::vector<ParamSpec> param_specs() const override { return {}; }
-  void initialize(Rng&) override {}
-  void forward(const Tn& x, Tn& y, Mode mode) override {
+
+ protected:
+  void on_forward(Mode mode) override {
     if (mode == Mode::Train && world().rank() == rank_ && ++steps_ == at_)
       throw ArgumentError("injected failure in the forward pass");
-    y.resize(x.shape());
-    copy_into(x, y);
-  }
-  void backward(const Tn&, const Tn&, const Tn& dy, Tn* dx) override {
-    if (dx) {
-      dx->resize(dy.shape());
-      copy_into(dy, *dx);
-    }
   }
 
  private:
