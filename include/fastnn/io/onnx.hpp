@@ -1,0 +1,394 @@
+#pragma once
+/// \file onnx.hpp
+/// io::export_onnx(model, path): a trained CPU model as an ONNX file (opset 17, IR version 8) for
+/// ONNX Runtime and other ONNX clients.
+///
+///   io::export_onnx(model, "model.onnx");
+///
+/// The graph takes `input` [N, input shape...] (float; N is a dynamic dimension "batch") and,
+/// for a model whose recurrent layers take per-sample lengths, `sequence_lens` [N] (int32); it
+/// returns `output` [N, output shape...] with the last layer's activation applied (predict()'s
+/// values). Layers:
+///   * Dense: MatMul + Add and the activation (Relu, Tanh, Sigmoid, HardSigmoid, Softmax on the
+///     last axis);
+///   * LSTM, GRU, SimpleRNN: ONNX LSTM / GRU / RNN on time-major input (Transpose around them),
+///     Keras gate order mapped to ONNX's (LSTM i,f,c,o -> i,o,f,c; GRU z,r,h is ONNX's z,r,h with
+///     linear_before_reset for reset_after), go_backwards as direction "reverse";
+///   * Bidirectional: direction "bidirectional", merge modes concat, sum, mul and ave through
+///     ONNX ops;
+///   * Embedding: Gather (ids cast to int64), Dropout: nothing (inference), Flatten: Reshape.
+/// A layer or option ONNX cannot express is an UnsupportedError naming the layer, thrown before
+/// anything is written; the file is written atomically (io/atomic_file.hpp), so a failed export
+/// leaves no file behind.
+///
+/// The protobuf wire format of the few messages needed (ModelProto, GraphProto, NodeProto,
+/// AttributeProto, TensorProto, ValueInfoProto) is written here, field numbers as in onnx.proto.
+
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "fastnn/config.hpp"
+#include "fastnn/core/error.hpp"
+#include "fastnn/io/atomic_file.hpp"
+#include "fastnn/model/sequential.hpp"
+
+namespace fastnn {
+namespace io {
+namespace onnx_detail {
+
+/// A protobuf message being written: fields appended in order.
+class Message {
+ public:
+  const std::string& bytes() const { return buf_; }
+  void varint_field(int field, std::uint64_t v) {
+    key(field, 0);
+    varint(v);
+  }
+  void int_field(int field, std::int64_t v) { varint_field(field, static_cast<std::uint64_t>(v)); }
+  void bytes_field(int field, const std::string& s) {
+    key(field, 2);
+    varint(s.size());
+    buf_ += s;
+  }
+  void message_field(int field, const Message& m) { bytes_field(field, m.buf_); }
+  void float_field(int field, float v) {
+    key(field, 5);
+    char b[4];
+    std::memcpy(b, &v, 4);  // little-endian hosts (x86, ARM)
+    buf_.append(b, 4);
+  }
+  void packed_ints(int field, const std::vector<std::int64_t>& v) {
+    Message p;
+    for (std::int64_t x : v) p.varint(static_cast<std::uint64_t>(x));
+    bytes_field(field, p.buf_);
+  }
+
+ private:
+  void key(int field, int wire) { varint(static_cast<std::uint64_t>(field) << 3 | static_cast<std::uint64_t>(wire)); }
+  void varint(std::uint64_t v) {
+    while (v >= 0x80) {
+      buf_ += static_cast<char>((v & 0x7F) | 0x80);
+      v >>= 7;
+    }
+    buf_ += static_cast<char>(v);
+  }
+  std::string buf_;
+};
+
+// onnx.proto enums
+enum : int { kFloat = 1, kInt32 = 6, kInt64 = 7 };
+enum : int { kAttrFloat = 1, kAttrInt = 2, kAttrString = 3, kAttrFloats = 6, kAttrInts = 7, kAttrStrings = 8 };
+
+/// One node attribute.
+struct Attr {
+  Message m;
+  static Attr i(const std::string& name, std::int64_t v) {
+    Attr a = named(name, kAttrInt);
+    a.m.int_field(3, v);
+    return a;
+  }
+  static Attr f(const std::string& name, float v) {
+    Attr a = named(name, kAttrFloat);
+    a.m.float_field(2, v);
+    return a;
+  }
+  static Attr s(const std::string& name, const std::string& v) {
+    Attr a = named(name, kAttrString);
+    a.m.bytes_field(4, v);
+    return a;
+  }
+  static Attr ints(const std::string& name, const std::vector<std::int64_t>& v) {
+    Attr a = named(name, kAttrInts);
+    for (auto x : v) a.m.int_field(8, x);
+    return a;
+  }
+  static Attr floats(const std::string& name, const std::vector<float>& v) {
+    Attr a = named(name, kAttrFloats);
+    for (float x : v) a.m.float_field(7, x);
+    return a;
+  }
+  static Attr strings(const std::string& name, const std::vector<std::string>& v) {
+    Attr a = named(name, kAttrStrings);
+    for (const auto& x : v) a.m.bytes_field(9, x);
+    return a;
+  }
+
+ private:
+  static Attr named(const std::string& name, int type) {
+    Attr a;
+    a.m.bytes_field(1, name);
+    a.m.int_field(20, type);
+    return a;
+  }
+};
+
+/// The graph being built: nodes, initializers, inputs and outputs.
+class Graph {
+ public:
+  /// A new value name, unique in the graph.
+  std::string fresh(const std::string& hint) { return hint + "_" + std::to_string(counter_++); }
+
+  /// Adds a node; returns its first output.
+  std::string node(const std::string& op, const std::vector<std::string>& in, std::vector<std::string> out,
+                   const std::vector<Attr>& attrs = {}) {
+    if (out.empty()) out.push_back(fresh(op));
+    Message n;
+    for (const auto& x : in) n.bytes_field(1, x);
+    for (const auto& y : out) n.bytes_field(2, y);
+    n.bytes_field(3, fresh(op + "_node"));
+    n.bytes_field(4, op);
+    for (const auto& a : attrs) n.message_field(5, a.m);
+    graph_.message_field(1, n);
+    return out[0];
+  }
+  /// A float initializer of shape `dims`.
+  std::string floats(const std::string& name, const std::vector<std::int64_t>& dims, const std::vector<float>& v) {
+    Message t;
+    t.packed_ints(1, dims);
+    t.int_field(2, kFloat);
+    t.bytes_field(8, name);
+    t.bytes_field(9, std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
+    inits_.push_back(t);
+    return name;
+  }
+  /// An int64 initializer (shapes, axes).
+  std::string int64s(const std::string& hint, const std::vector<std::int64_t>& v) {
+    const std::string name = fresh(hint);
+    Message t;
+    t.packed_ints(1, {static_cast<std::int64_t>(v.size())});
+    t.int_field(2, kInt64);
+    t.bytes_field(8, name);
+    t.bytes_field(9, std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(std::int64_t)));
+    inits_.push_back(t);
+    return name;
+  }
+  /// A graph input or output: `dims` with -1 for the dynamic batch dimension.
+  void io(bool input, const std::string& name, int elem_type, const std::vector<std::int64_t>& dims) {
+    Message shape;
+    for (auto d : dims) {
+      Message dim;
+      if (d < 0) dim.bytes_field(2, "batch");
+      else dim.int_field(1, d);
+      shape.message_field(1, dim);
+    }
+    Message tensor;
+    tensor.int_field(1, elem_type);
+    tensor.message_field(2, shape);
+    Message type;
+    type.message_field(1, tensor);
+    Message vi;
+    vi.bytes_field(1, name);
+    vi.message_field(2, type);
+    (input ? inputs_ : outputs_).push_back(vi);
+  }
+  /// The ModelProto.
+  std::string model(const std::string& name) const {
+    Message g = graph_;
+    g.bytes_field(2, name);
+    for (const auto& t : inits_) g.message_field(5, t);
+    for (const auto& i : inputs_) g.message_field(11, i);
+    for (const auto& o : outputs_) g.message_field(12, o);
+    Message opset;
+    opset.bytes_field(1, "");
+    opset.int_field(2, 17);
+    Message m;
+    m.int_field(1, 8);  // IR version 8 (ONNX 1.10+), opset 17 below
+    m.bytes_field(2, "fastnn");
+    m.bytes_field(3, std::to_string(FASTNN_VERSION_MAJOR) + "." + std::to_string(FASTNN_VERSION_MINOR) + "." +
+                         std::to_string(FASTNN_VERSION_PATCH));
+    m.message_field(7, g);
+    m.message_field(8, opset);
+    return m.bytes();
+  }
+
+ private:
+  Message graph_;  // nodes (field 1) as they come
+  std::vector<Message> inits_, inputs_, outputs_;
+  int counter_ = 0;
+};
+
+inline std::string onnx_activation(const std::string& keras, const std::string& layer) {
+  if (keras == "tanh") return "Tanh";
+  if (keras == "sigmoid") return "Sigmoid";
+  if (keras == "relu") return "Relu";
+  throw UnsupportedError("export_onnx: layer '" + layer + "': activation '" + keras +
+                         "' has no ONNX equivalent inside a recurrent operator");
+}
+
+/// Applies a Keras activation to `x`.
+inline std::string activate(Graph& g, const std::string& x, const std::string& a) {
+  if (a == "linear") return x;
+  if (a == "relu") return g.node("Relu", {x}, {});
+  if (a == "tanh") return g.node("Tanh", {x}, {});
+  if (a == "sigmoid") return g.node("Sigmoid", {x}, {});
+  if (a == "hard_sigmoid") return g.node("HardSigmoid", {x}, {}, {Attr::f("alpha", 0.2f), Attr::f("beta", 0.5f)});
+  if (a == "softmax") return g.node("Softmax", {x}, {}, {Attr::i("axis", -1)});
+  throw UnsupportedError("export_onnx: activation '" + a + "'");
+}
+
+inline std::string cfg(const Config& c, const std::string& key, const std::string& prefix = "") {
+  auto it = c.find(prefix + key);
+  if (it == c.end()) throw UnsupportedError("export_onnx: no option '" + prefix + key + "' in the layer's config");
+  return it->second;
+}
+
+/// The ONNX weights of one direction of a recurrent layer from Keras's kernel [F, G H],
+/// recurrent_kernel [H, G H] and bias ([G H], or [2, G H] for GRU's reset_after): W [G H, F],
+/// R [G H, H], B [2 G H], gates reordered by `order` (ONNX gate k = Keras gate order[k]).
+template <class T>
+void direction_weights(const std::vector<Parameter<T, Cpu>>& p, std::size_t first, Index F, Index H,
+                       const std::vector<int>& order, std::vector<float>& W, std::vector<float>& R,
+                       std::vector<float>& B) {
+  const Index G = static_cast<Index>(order.size());
+  const Tensor<T, Cpu>& k = p[first].value;
+  const Tensor<T, Cpu>& rk = p[first + 1].value;
+  const Tensor<T, Cpu>& b = p[first + 2].value;
+  const bool two = b.size() == 2 * G * H;
+  for (Index gi = 0; gi < G; ++gi) {
+    const Index src = order[static_cast<std::size_t>(gi)];
+    for (Index j = 0; j < H; ++j) {
+      for (Index f = 0; f < F; ++f) W.push_back(static_cast<float>(k[f * G * H + src * H + j]));
+      for (Index h = 0; h < H; ++h) R.push_back(static_cast<float>(rk[h * G * H + src * H + j]));
+    }
+  }
+  std::vector<float> wb, rb;
+  for (Index gi = 0; gi < G; ++gi) {
+    const Index src = order[static_cast<std::size_t>(gi)];
+    for (Index j = 0; j < H; ++j) {
+      wb.push_back(static_cast<float>(b[src * H + j]));
+      rb.push_back(two ? static_cast<float>(b[G * H + src * H + j]) : 0.0f);
+    }
+  }
+  B.insert(B.end(), wb.begin(), wb.end());
+  B.insert(B.end(), rb.begin(), rb.end());
+}
+
+/// A recurrent layer (or Bidirectional over one) on x [N, S, F] -> its output.
+template <class T>
+std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape& in, const std::string& lens,
+                      bool bidirectional) {
+  const Config c = l.config();
+  const std::string pre = bidirectional ? "layer." : "";
+  const std::string cell = bidirectional ? cfg(c, "layer") : l.type_name();
+  const Index S = in[0], F = in[1], H = std::stoll(cfg(c, "units", pre));
+  const bool seq = cfg(c, "return_sequences", pre) == "true";
+  const bool backwards = cfg(c, "go_backwards", pre) == "true";
+  std::string op;
+  std::vector<int> order;
+  std::vector<Attr> attrs{Attr::i("hidden_size", H)};
+  const std::string act = onnx_activation(cfg(c, "activation", pre), l.name());
+  if (cell == "LSTM") {
+    op = "LSTM";
+    order = {0, 3, 1, 2};  // ONNX i, o, f, c from Keras i, f, c, o
+    const std::string ra = onnx_activation(cfg(c, "recurrent_activation", pre), l.name());
+    attrs.push_back(Attr::strings("activations", bidirectional ? std::vector<std::string>{ra, act, act, ra, act, act}
+                                                                : std::vector<std::string>{ra, act, act}));
+  } else if (cell == "GRU") {
+    op = "GRU";
+    order = {0, 1, 2};  // z, r, h in both
+    const std::string ra = onnx_activation(cfg(c, "recurrent_activation", pre), l.name());
+    attrs.push_back(Attr::strings("activations", bidirectional ? std::vector<std::string>{ra, act, ra, act}
+                                                                : std::vector<std::string>{ra, act}));
+    if (cfg(c, "reset_after", pre) == "true") attrs.push_back(Attr::i("linear_before_reset", 1));
+  } else if (cell == "SimpleRNN") {
+    op = "RNN";
+    order = {0};
+    attrs.push_back(Attr::strings("activations", bidirectional ? std::vector<std::string>{act, act}
+                                                                : std::vector<std::string>{act}));
+  } else {
+    throw UnsupportedError("export_onnx: layer '" + l.name() + "': recurrent cell '" + cell + "'");
+  }
+  if (bidirectional) {
+    if (backwards) throw UnsupportedError("export_onnx: layer '" + l.name() + "': Bidirectional over go_backwards");
+    attrs.push_back(Attr::s("direction", "bidirectional"));
+  } else if (backwards) {
+    attrs.push_back(Attr::s("direction", "reverse"));
+  }
+  const Index dirs = bidirectional ? 2 : 1;
+  const Index G = static_cast<Index>(order.size());
+  std::vector<float> W, R, B;
+  const auto& p = l.parameters();
+  for (Index d = 0; d < dirs; ++d) direction_weights(p, static_cast<std::size_t>(3 * d), F, H, order, W, R, B);
+  const std::string base = l.name();
+  const std::string w = g.floats(base + ".W", {dirs, G * H, F}, W);
+  const std::string r = g.floats(base + ".R", {dirs, G * H, H}, R);
+  const std::string b = g.floats(base + ".B", {dirs, 2 * G * H}, B);
+  const std::string xt = g.node("Transpose", {x}, {}, {Attr::ints("perm", {1, 0, 2})});  // [S, N, F]
+  const std::string y = g.fresh(op + "_Y"), yh = g.fresh(op + "_Y_h");
+  g.node(op, {xt, w, r, b, lens}, {y, yh}, attrs);
+  (void)S;
+  if (!seq) {  // Y_h [dirs, N, H] -> [N, dirs * H] (concat); other merges below
+    if (!bidirectional) return g.node("Squeeze", {yh, g.int64s("axes", {0})}, {});
+    const std::string merge = cfg(c, "merge_mode");
+    if (merge == "concat") {
+      const std::string t = g.node("Transpose", {yh}, {}, {Attr::ints("perm", {1, 0, 2})});
+      return g.node("Reshape", {t, g.int64s("shape", {0, -1})}, {});
+    }
+    const std::string h0 = g.node("Gather", {yh, g.int64s("i", {0})}, {}, {Attr::i("axis", 0)});
+    const std::string h1 = g.node("Gather", {yh, g.int64s("i", {1})}, {}, {Attr::i("axis", 0)});
+    std::string m;
+    if (merge == "sum") m = g.node("Add", {h0, h1}, {});
+    else if (merge == "mul") m = g.node("Mul", {h0, h1}, {});
+    else if (merge == "ave") m = g.node("Mul", {g.node("Add", {h0, h1}, {}), g.floats(g.fresh("half"), {}, {0.5f})}, {});
+    else throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + merge + "'");
+    return g.node("Squeeze", {m, g.int64s("axes", {0})}, {});
+  }
+  throw UnsupportedError("export_onnx: layer '" + l.name() + "': return_sequences is not exported yet");
+}
+
+}  // namespace onnx_detail
+
+/// Writes `model` (built, on the CPU) to `path` as ONNX (see the file comment). Throws
+/// UnsupportedError naming the layer it cannot express, before writing anything.
+template <class T>
+void export_onnx(const Sequential<T, Cpu>& model, const std::string& path) {
+  using namespace onnx_detail;
+  if (!model.built()) throw ArgumentError("export_onnx: call build() first");
+  Graph g;
+  std::vector<std::int64_t> in_dims{-1};
+  for (Index d = 0; d < model.input_shape().rank(); ++d) in_dims.push_back(model.input_shape()[d]);
+  g.io(true, "input", kFloat, in_dims);
+  std::string x = "input", lens;
+  Shape s = model.input_shape();
+  for (std::size_t i = 0; i < model.num_layers(); ++i) {
+    const Layer<T, Cpu>& l = model.layer(i);
+    const std::string type = l.type_name();
+    const Config c = l.config();
+    if (type == "Dense") {
+      const auto& p = l.parameters();
+      const Tensor<T, Cpu>& k = p[0].value;
+      std::vector<float> kv(k.data(), k.data() + k.size());
+      x = g.node("MatMul", {x, g.floats(l.name() + ".kernel", {k.dim(0), k.dim(1)}, kv)}, {});
+      if (p.size() > 1) {
+        const Tensor<T, Cpu>& b = p[1].value;
+        x = g.node("Add", {x, g.floats(l.name() + ".bias", {b.dim(0)}, std::vector<float>(b.data(), b.data() + b.size()))}, {});
+      }
+      x = activate(g, x, cfg(c, "activation"));
+    } else if (type == "LSTM" || type == "GRU" || type == "SimpleRNN") {
+      x = recurrent(g, l, x, s, lens, false);
+    } else if (type == "Bidirectional") {
+      x = recurrent(g, l, x, s, lens, true);
+    } else if (type == "Dropout") {
+      // identity at inference
+    } else if (type == "Flatten") {
+      x = g.node("Reshape", {x, g.int64s("shape", {0, -1})}, {});
+    } else {
+      throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + type + ") has no ONNX export");
+    }
+    s = l.output_shape();
+  }
+  std::vector<std::int64_t> out_dims{-1};
+  for (Index d = 0; d < model.output_shape().rank(); ++d) out_dims.push_back(model.output_shape()[d]);
+  g.node("Identity", {x}, {"output"});
+  g.io(false, "output", kFloat, out_dims);
+  const std::string bytes = g.model("fastnn");
+  AtomicFile f(path);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
+}
+
+}  // namespace io
+}  // namespace fastnn
