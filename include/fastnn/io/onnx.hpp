@@ -336,15 +336,31 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
     else throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + merge + "'");
     return g.node("Squeeze", {m, g.int64s("axes", {0})}, {});
   }
-  throw UnsupportedError("export_onnx: layer '" + l.name() + "': return_sequences is not exported yet");
+  // return_sequences: Y [S, dirs, N, H] -> [N, S, dirs * H] (concat) or merged -> [N, S, H]
+  if (!bidirectional) {
+    if (backwards)
+      throw UnsupportedError("export_onnx: layer '" + l.name() + "': go_backwards with return_sequences outside "
+                             "Bidirectional (its output is in processing order) has no export yet");
+    const std::string sq = g.node("Squeeze", {y, g.int64s("axes", {1})}, {});
+    return g.node("Transpose", {sq}, {}, {Attr::ints("perm", {1, 0, 2})});
+  }
+  const std::string t = g.node("Transpose", {y}, {}, {Attr::ints("perm", {2, 0, 1, 3})});  // [N, S, 2, H]
+  const std::string merge = cfg(c, "merge_mode");
+  if (merge == "concat") return g.node("Reshape", {t, g.int64s("shape", {0, 0, -1})}, {});
+  if (merge == "sum") return g.node("ReduceSum", {t, g.int64s("axes", {2})}, {}, {Attr::i("keepdims", 0)});
+  if (merge == "mul") return g.node("ReduceProd", {t}, {}, {Attr::ints("axes", {2}), Attr::i("keepdims", 0)});
+  if (merge == "ave") return g.node("ReduceMean", {t}, {}, {Attr::ints("axes", {2}), Attr::i("keepdims", 0)});
+  throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + merge + "'");
 }
 
 }  // namespace onnx_detail
 
 /// Writes `model` (built, on the CPU) to `path` as ONNX (see the file comment). Throws
 /// UnsupportedError naming the layer it cannot express, before writing anything.
+/// With `sequence_lens`, the graph has a second input `sequence_lens` [N] (int32): each
+/// sample's real length, as the `lengths` argument of predict().
 template <class T>
-void export_onnx(const Sequential<T, Cpu>& model, const std::string& path) {
+void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool sequence_lens = false) {
   using namespace onnx_detail;
   if (!model.built()) throw ArgumentError("export_onnx: call build() first");
   Graph g;
@@ -352,6 +368,10 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path) {
   for (Index d = 0; d < model.input_shape().rank(); ++d) in_dims.push_back(model.input_shape()[d]);
   g.io(true, "input", kFloat, in_dims);
   std::string x = "input", lens;
+  if (sequence_lens) {
+    g.io(true, "sequence_lens", kInt32, {-1});
+    lens = "sequence_lens";
+  }
   Shape s = model.input_shape();
   for (std::size_t i = 0; i < model.num_layers(); ++i) {
     const Layer<T, Cpu>& l = model.layer(i);
@@ -371,6 +391,18 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path) {
       x = recurrent(g, l, x, s, lens, false);
     } else if (type == "Bidirectional") {
       x = recurrent(g, l, x, s, lens, true);
+    } else if (type == "Embedding") {
+      const Tensor<T, Cpu>& e = l.parameters()[0].value;
+      const std::string ids = g.node("Cast", {x}, {}, {Attr::i("to", kInt64)});
+      x = g.node("Gather", {g.floats(l.name() + ".embeddings", {e.dim(0), e.dim(1)},
+                                     std::vector<float>(e.data(), e.data() + e.size())),
+                            ids},
+                 {}, {Attr::i("axis", 0)});
+      if (cfg(c, "mask_zero") == "true") {  // lengths: the ids before the first 0 (padding is trailing)
+        const std::string real = g.node("Not", {g.node("Equal", {ids, g.int64s("zero", {0})}, {})}, {});
+        lens = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})}, {},
+                      {Attr::i("keepdims", 0)});
+      }
     } else if (type == "Dropout") {
       // identity at inference
     } else if (type == "Flatten") {
