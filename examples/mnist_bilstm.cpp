@@ -29,6 +29,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 
 namespace {
 
@@ -51,6 +52,7 @@ struct Options {
   double dropout = 0;  // a Dropout layer between the LSTM and the classifier when > 0
   std::string precision = "f32";  // f32, or bf16 (mixed precision, CPU with AVX512-BF16)
   std::string save, resume, export_weights;  // checkpoints and weights files
+  std::string export_onnx;                    // the trained model as ONNX
   bool distributed = false;  // data-parallel over MPI (mpirun -np N)
   std::string comm = "mpi";  // mpi (host memory; a GPU model is staged through the host) or nccl
 };
@@ -73,6 +75,22 @@ fastnn::Communicator* communicator(const Options& o) {
   throw fastnn::UnsupportedError("--distributed: this build has no MPI (install libopenmpi-dev and reconfigure)");
 #endif
 }
+/// Writes `model` as ONNX (io::export_onnx, for a CPU model); a GPU model's weights go through a
+/// CPU copy of the model (io::load_model of its weights file, written next to `path` and removed).
+template <class D>
+void write_onnx(const fastnn::Sequential<float, D>& model, const std::string& path) {
+  if constexpr (std::is_same_v<D, fastnn::Cpu>) {
+    fastnn::io::export_onnx(model, path);
+  } else {
+    const std::string tmp = path + ".weights.tmp";
+    fastnn::io::save_weights(model, tmp);
+    const fastnn::Sequential<float> cpu = fastnn::io::load_model<float>(tmp);
+    std::remove(tmp.c_str());
+    fastnn::io::export_onnx(cpu, path);
+  }
+  std::printf("exported ONNX model to %s\n", path.c_str());
+}
+
 bool is_writer(const Options& o) { return !o.distributed || communicator(o)->rank() == 0; }
 
 template <class D>
@@ -141,10 +159,12 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
     if (writer) std::printf("validate %s (epoch %d): val_loss %.6f val_acc %.4f\n", o.resume.c_str(), model.epochs_done(), r.loss,
                 r.accuracy);
     if (!o.export_weights.empty() && writer) io::save_weights(model, o.export_weights);
+    if (!o.export_onnx.empty() && writer) write_onnx(model, o.export_onnx);
     return 0;
   }
   History h = model.fit(train, fit, &test);
   if (!o.export_weights.empty() && writer) io::save_weights(model, o.export_weights);
+  if (!o.export_onnx.empty() && writer) write_onnx(model, o.export_onnx);
   if (!h.epochs.empty() && writer) {
     const auto& l = h.last();
     std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,
@@ -197,6 +217,8 @@ int main(int argc, char** argv) {
   app.add_option("--resume", o.resume,
                  "continue the run checkpointed in PATH (same flags); --epochs is the total, 0 only validates");
   app.add_option("--export-weights", o.export_weights, "write the weights to PATH (safetensors) at the end");
+  app.add_option("--export-onnx", o.export_onnx,
+                 "write the model to PATH as ONNX (opset 17, for ONNX Runtime) at the end; with --dropout, Dropout is the identity");
   app.add_flag("--distributed", o.distributed,
                "data-parallel training over MPI: start with mpirun -np N; --batch-size is the global batch, rank 0 "
                "prints and writes files, --threads defaults to cores / ranks on the node");

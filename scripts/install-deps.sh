@@ -5,10 +5,12 @@
 #   scripts/install-deps.sh --all      also the PyTorch peer, plotting and fuzzing tools
 # The w* packages are the word lists in /usr/share/dict of examples/lang_id (and its ctest).
 # libopenmpi-dev and openmpi-bin are Open MPI, for data-parallel training (fastnn::mpi, its mpirun tests).
+# nodejs, npm and python3-onnx check the ONNX export: ONNX Runtime from npm (scripts/fetch-onnxruntime.sh)
+# runs the exported models, onnx.checker validates them.
 # libdnnl-dev is oneDNN, for the peer benchmark bench/onednn_peer (bench/compare --onednn).
 set -euo pipefail
 pkgs=(build-essential cmake libeigen3-dev zlib1g-dev libgtest-dev libbenchmark-dev libcli11-dev
-      nlohmann-json3-dev python3-numpy python3-torch libdnnl-dev libopenmpi-dev openmpi-bin libopenblas0-pthread clang libclang-rt-dev locales
+      nlohmann-json3-dev python3-numpy python3-torch libdnnl-dev libopenmpi-dev openmpi-bin nodejs npm python3-onnx libopenblas0-pthread clang libclang-rt-dev locales
       wamerican wngerman wfrench wspanish witalian wportuguese wdutch wswedish wpolish)
 if [[ "${1:-}" == "--all" ]]; then
   pkgs+=(gnuplot-nox time)

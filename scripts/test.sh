@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command from a fresh clone: installs dependencies, fetches MNIST (tests that need it skip
+# One command from a fresh clone: installs dependencies and ONNX Runtime (npm), fetches MNIST (tests that need it skip
 # without it), builds everything and runs the test suite with ctest. Where nvcc exists the
 # CUDA backend is built too (its tests skip without a GPU).
 #   scripts/test.sh           main build + ctest, then the sanitizer build (the suites that parse
@@ -12,6 +12,7 @@ quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
 jobs=$(nproc)
 scripts/install-deps.sh
+scripts/fetch-onnxruntime.sh
 scripts/fetch-mnist.sh data || echo "test.sh: MNIST unavailable; the tests that need it will skip"
 
 cuda=OFF

@@ -51,6 +51,7 @@
 #include "fastnn/model/summary.hpp"
 #include "fastnn/io/weights.hpp"
 #include "fastnn/io/checkpoint.hpp"
+#include "fastnn/io/onnx.hpp"
 #include "fastnn/testing/gradcheck.hpp"
 
 #if defined(FASTNN_WITH_CUDA)

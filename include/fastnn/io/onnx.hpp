@@ -16,7 +16,9 @@
 ///     linear_before_reset for reset_after), go_backwards as direction "reverse";
 ///   * Bidirectional: direction "bidirectional", merge modes concat, sum, mul and ave through
 ///     ONNX ops;
-///   * Embedding: Gather (ids cast to int64), Dropout: nothing (inference), Flatten: Reshape.
+///   * Embedding: Gather (ids cast to int64), with mask_zero the lengths computed in the graph;
+///   * Masking: the padded steps zeroed and the lengths computed in the graph;
+///   * Dropout: nothing (inference); Flatten: Reshape.
 /// A layer or option ONNX cannot express is an UnsupportedError naming the layer, thrown before
 /// anything is written; the file is written atomically (io/atomic_file.hpp), so a failed export
 /// leaves no file behind.
@@ -26,6 +28,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -214,6 +217,7 @@ inline std::string onnx_activation(const std::string& keras, const std::string& 
   if (keras == "tanh") return "Tanh";
   if (keras == "sigmoid") return "Sigmoid";
   if (keras == "relu") return "Relu";
+  if (keras == "hard_sigmoid") return "HardSigmoid";  // ONNX's default alpha 0.2, beta 0.5 are Keras's
   throw UnsupportedError("export_onnx: layer '" + layer + "': activation '" + keras +
                          "' has no ONNX equivalent inside a recurrent operator");
 }
@@ -338,10 +342,19 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   }
   // return_sequences: Y [S, dirs, N, H] -> [N, S, dirs * H] (concat) or merged -> [N, S, H]
   if (!bidirectional) {
-    if (backwards)
-      throw UnsupportedError("export_onnx: layer '" + l.name() + "': go_backwards with return_sequences outside "
-                             "Bidirectional (its output is in processing order) has no export yet");
-    const std::string sq = g.node("Squeeze", {y, g.int64s("axes", {1})}, {});
+    std::string sq = g.node("Squeeze", {y, g.int64s("axes", {1})}, {});  // [S, N, H]
+    if (backwards) {
+      // ONNX's "reverse" direction writes step t's output at t; Keras's go_backwards returns the
+      // outputs in processing order, last real step first, padding still at the end.
+      if (lens.empty()) {
+        sq = g.node("Slice", {sq, g.int64s("starts", {-1}), g.int64s("ends", {std::numeric_limits<std::int64_t>::min()}), g.int64s("axes", {0}),
+                              g.int64s("steps", {-1})},
+                    {});
+      } else {
+        sq = g.node("ReverseSequence", {sq, g.node("Cast", {lens}, {}, {Attr::i("to", kInt64)})}, {},
+                    {Attr::i("batch_axis", 1), Attr::i("time_axis", 0)});
+      }
+    }
     return g.node("Transpose", {sq}, {}, {Attr::ints("perm", {1, 0, 2})});
   }
   const std::string t = g.node("Transpose", {y}, {}, {Attr::ints("perm", {2, 0, 1, 3})});  // [N, S, 2, H]
@@ -403,6 +416,16 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
         lens = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})}, {},
                       {Attr::i("keepdims", 0)});
       }
+    } else if (type == "Masking") {
+      // A step is padding when all its features equal mask_value; its output is zeroed and the
+      // lengths (padding is trailing) count the real steps.
+      const float v = static_cast<float>(std::stod(cfg(c, "mask_value")));
+      const std::string differs = g.node("Not", {g.node("Equal", {x, g.floats(g.fresh("mask_value"), {}, {v})}, {})}, {});
+      const std::string real = g.node("ReduceMax", {g.node("Cast", {differs}, {}, {Attr::i("to", kFloat)})}, {},
+                                      {Attr::ints("axes", {2}), Attr::i("keepdims", 1)});  // [N, S, 1]
+      x = g.node("Mul", {x, real}, {});
+      lens = g.node("Cast", {g.node("ReduceSum", {real, g.int64s("axes", {1, 2})}, {}, {Attr::i("keepdims", 0)})}, {},
+                    {Attr::i("to", kInt32)});
     } else if (type == "Dropout") {
       // identity at inference
     } else if (type == "Flatten") {

@@ -1,0 +1,305 @@
+// io::export_onnx: typed errors that leave no file (gtest), and the models that ONNX Runtime and
+// onnx.checker check (OnnxModels.Write, which runs when FASTNN_ONNX_DIR names a directory: the
+// ctest fixture onnx_models). For each model the directory gets NAME.onnx, NAME.x.f32 (the
+// inputs), NAME.lens.i32 (per-sample lengths, for a model with a sequence_lens input) and
+// NAME.y.f32 (fastnn's predict), all little-endian, and manifest.json lists them with shapes.
+// tests/onnx/ort_check.js runs each model in ONNX Runtime and compares with NAME.y.f32;
+// tests/onnx/onnx_checker.py runs onnx.checker on each file.
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <unistd.h>
+
+#include <nlohmann/json.hpp>
+
+#include "fastnn/data/mnist.hpp"
+#include "fastnn/fastnn.hpp"
+#include "fastnn/io/onnx.hpp"
+#include "../test_util.hpp"
+
+namespace fs = std::filesystem;
+using namespace fastnn;
+
+namespace {
+
+template <class V>
+void write_raw(const fs::path& p, const V* data, Index n) {
+  std::ofstream f(p, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(n * static_cast<Index>(sizeof(V))));
+  if (!f) throw std::runtime_error("cannot write " + p.string());
+}
+
+std::vector<Index> dims_of(const Shape& s) {
+  std::vector<Index> d;
+  for (Index i = 0; i < s.rank(); ++i) d.push_back(s[i]);
+  return d;
+}
+
+/// Every parameter uniform in [-r, r]: biases and recurrent weights away from their initial values.
+void randomize(Sequential<float>& m, Rng& rng, double r) {
+  for (Index i = 0; i < m.flat_parameters().size(); ++i) m.flat_parameters()[i] = static_cast<float>(rng.uniform(-r, r));
+}
+
+/// Exports `m`, runs predict on x (and lengths), and records the case.
+void write_case(const fs::path& dir, nlohmann::json& manifest, const std::string& name, const Sequential<float>& m,
+                const Tensor<float, Cpu>& x, const Lengths& lengths = Lengths()) {
+  io::export_onnx(m, (dir / (name + ".onnx")).string(), !lengths.empty());
+  const Tensor<float, Cpu> y = m.predict(x, 128, lengths);
+  write_raw(dir / (name + ".x.f32"), x.data(), x.size());
+  if (!lengths.empty()) write_raw(dir / (name + ".lens.i32"), lengths.data(), lengths.size());
+  write_raw(dir / (name + ".y.f32"), y.data(), y.size());
+  std::string layers;
+  for (std::size_t i = 0; i < m.num_layers(); ++i) layers += (i ? " " : "") + m.layer(i).type_name();
+  manifest.push_back({{"name", name},
+                      {"layers", layers},
+                      {"x_shape", dims_of(x.shape())},
+                      {"y_shape", dims_of(y.shape())},
+                      {"lengths", !lengths.empty()}});
+  std::printf("%-16s %-48s x %s -> y %s%s\n", name.c_str(), layers.c_str(), x.shape().str().c_str(),
+              y.shape().str().c_str(), lengths.empty() ? "" : " (sequence_lens)");
+}
+
+Tensor<float, Cpu> uniform_input(const Shape& s, Rng& rng, double lo = -1, double hi = 1) {
+  Tensor<float, Cpu> x(s);
+  for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.uniform(lo, hi));
+  return x;
+}
+
+Lengths random_lengths(Index n, Index steps, Rng& rng) {
+  Lengths l(Shape{n});
+  for (Index i = 0; i < n; ++i) l[i] = static_cast<std::int32_t>(1 + rng.below(static_cast<std::uint64_t>(steps)));
+  return l;
+}
+
+/// The reference model's inputs: the first n MNIST test images scaled to [0, 1] when data/ has
+/// them, otherwise uniform [0, 1) pixels.
+Tensor<float, Cpu> mnist_inputs(Index n, Rng& rng) {
+  const char* src = std::getenv("FASTNN_SOURCE_DIR");
+  const std::string dir = std::string(src ? src : ".") + "/data";
+  try {
+    const data::MnistSplit t = data::load_mnist_split(data::detail::find_mnist_file(dir, "t10k-images-idx3-ubyte"),
+                                                      data::detail::find_mnist_file(dir, "t10k-labels-idx1-ubyte"));
+    Tensor<float, Cpu> x(Shape{n, 28, 28});
+    for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(t.images[static_cast<std::size_t>(i)]) / 255.0f;
+    std::printf("mnist: the first %lld MNIST test images\n", static_cast<long long>(n));
+    return x;
+  } catch (const Error& e) {
+    std::printf("mnist: no MNIST in %s (%s); uniform random images\n", dir.c_str(), e.what());
+    return uniform_input(Shape{n, 28, 28}, rng, 0, 1);
+  }
+}
+
+}  // namespace
+
+TEST(OnnxModels, Write) {
+  const char* d = std::getenv("FASTNN_ONNX_DIR");
+  if (!d || !*d) GTEST_SKIP() << "FASTNN_ONNX_DIR not set (the ctest onnx_models sets it)";
+  const fs::path dir(d);
+  fs::create_directories(dir);
+  nlohmann::json manifest = nlohmann::json::array();
+  Rng rng(2024);
+  const Index n = 200;
+
+  {  // the reference model (examples/mnist_bilstm): 1,000 inputs
+    Sequential<float> m;
+    m.add<Bidirectional>(LSTMOptions(128));
+    m.add<Dense>(DenseOptions(10).activation(Activation::Softmax));
+    m.build({28, 28}, 7);
+    for (Index i = 0; i < m.flat_parameters().size(); ++i)
+      m.flat_parameters()[i] += static_cast<float>(rng.uniform(-0.05, 0.05));
+    write_case(dir, manifest, "mnist_bilstm", m, mnist_inputs(1000, rng));
+  }
+  {  // variable-length GRU (reset_after, cuDNN-style): 1,000 inputs with a sequence_lens input
+    Sequential<float> m;
+    m.add<GRU>(GRUOptions(24));
+    m.add<Dense>(DenseOptions(5).activation(Activation::Softmax));
+    m.build({20, 8}, 3);
+    randomize(m, rng, 0.4);
+    write_case(dir, manifest, "gru_varlen", m, uniform_input(Shape{1000, 20, 8}, rng), random_lengths(1000, 20, rng));
+  }
+  {  // GRU reset_after=false, hard_sigmoid gates, per-step output into Dense (relu)
+    Sequential<float> m;
+    m.add<GRU>(GRUOptions(10).reset_after(false).recurrent_activation(Activation::HardSigmoid).return_sequences(true));
+    m.add<Dense>(DenseOptions(3).activation(Activation::Relu));
+    m.build({9, 6}, 3);
+    randomize(m, rng, 0.5);
+    write_case(dir, manifest, "gru_v1_seq", m, uniform_input(Shape{n, 9, 6}, rng));
+  }
+  {  // LSTM go_backwards (last output), hard_sigmoid recurrent activation, Dense linear
+    Sequential<float> m;
+    m.add<LSTM>(LSTMOptions(9).go_backwards(true).recurrent_activation(Activation::HardSigmoid));
+    m.add<Dense>(DenseOptions(4));
+    m.build({11, 5}, 3);
+    randomize(m, rng, 0.5);
+    write_case(dir, manifest, "lstm_backwards", m, uniform_input(Shape{n, 11, 5}, rng));
+  }
+  {  // go_backwards with return_sequences (processing order), fixed and variable lengths
+    Sequential<float> m;
+    m.add<LSTM>(LSTMOptions(7).go_backwards(true).return_sequences(true));
+    m.add<GRU>(GRUOptions(6).go_backwards(true).return_sequences(true));
+    m.add<Dense>(DenseOptions(2).activation(Activation::Tanh));
+    m.build({10, 4}, 3);
+    randomize(m, rng, 0.5);
+    write_case(dir, manifest, "backwards_seq", m, uniform_input(Shape{n, 10, 4}, rng));
+    write_case(dir, manifest, "backwards_seq_len", m, uniform_input(Shape{n, 10, 4}, rng), random_lengths(n, 10, rng));
+  }
+  {  // SimpleRNN (relu), Dense sigmoid
+    Sequential<float> m;
+    m.add<SimpleRNN>(SimpleRNNOptions(12).activation(Activation::Relu));
+    m.add<Dense>(DenseOptions(3).activation(Activation::Sigmoid));
+    m.build({8, 5}, 3);
+    randomize(m, rng, 0.4);
+    write_case(dir, manifest, "simple_rnn", m, uniform_input(Shape{n, 8, 5}, rng));
+  }
+  {  // Bidirectional, every merge mode; per-step and last output; stacked
+    Sequential<float> m;
+    m.add<Bidirectional>(GRUOptions(6).return_sequences(true), MergeMode::Sum);
+    m.add<Bidirectional>(LSTMOptions(5).return_sequences(true), MergeMode::Mul);
+    m.add<Bidirectional>(SimpleRNNOptions(4).return_sequences(true), MergeMode::Ave);
+    m.add<Bidirectional>(LSTMOptions(5).return_sequences(true), MergeMode::Concat);
+    m.add<Bidirectional>(GRUOptions(4), MergeMode::Ave);
+    m.add<Dense>(DenseOptions(3).activation(Activation::HardSigmoid));
+    m.build({7, 5}, 3);
+    randomize(m, rng, 0.5);
+    write_case(dir, manifest, "bidirectional_seq", m, uniform_input(Shape{n, 7, 5}, rng));
+    write_case(dir, manifest, "bidirectional_seq_len", m, uniform_input(Shape{n, 7, 5}, rng), random_lengths(n, 7, rng));
+  }
+  for (MergeMode mm : {MergeMode::Concat, MergeMode::Sum, MergeMode::Mul, MergeMode::Ave}) {  // last output
+    Sequential<float> m;
+    m.add<Bidirectional>(LSTMOptions(6), mm);
+    m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+    m.build({6, 4}, 3);
+    randomize(m, rng, 0.5);
+    write_case(dir, manifest, "bidirectional_" + to_string(mm), m, uniform_input(Shape{n, 6, 4}, rng));
+  }
+  {  // Embedding with mask_zero: ids padded with trailing zeros, lengths computed in the graph
+    Sequential<float> m;
+    m.add<Embedding>(EmbeddingOptions(30, 8).mask_zero(true));
+    m.add<Bidirectional>(GRUOptions(6));
+    m.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+    m.build({12}, 3);
+    randomize(m, rng, 0.5);
+    Tensor<float, Cpu> x(Shape{n, 12});
+    for (Index i = 0; i < n; ++i) {
+      const Index len = 1 + static_cast<Index>(rng.below(12));
+      for (Index t = 0; t < 12; ++t) x[i * 12 + t] = t < len ? static_cast<float>(1 + rng.below(29)) : 0.0f;
+    }
+    write_case(dir, manifest, "embedding_mask", m, x);
+  }
+  {  // Masking: trailing padded steps (all features = -1) zeroed, lengths computed in the graph
+    Sequential<float> m;
+    m.add<Masking>(MaskingOptions().mask_value(-1.0));
+    m.add<LSTM>(LSTMOptions(8).return_sequences(true));
+    m.add<Dense>(DenseOptions(2));
+    m.build({9, 3}, 3);
+    randomize(m, rng, 0.5);
+    Tensor<float, Cpu> x = uniform_input(Shape{n, 9, 3}, rng, 0, 1);
+    for (Index i = 0; i < n; ++i) {
+      const Index len = 1 + static_cast<Index>(rng.below(9));
+      for (Index t = len; t < 9; ++t)
+        for (Index f = 0; f < 3; ++f) x[(i * 9 + t) * 3 + f] = -1.0f;
+    }
+    write_case(dir, manifest, "masking", m, x);
+  }
+  {  // Dense stack: Flatten, Dropout (identity), every Dense activation, a Dense without bias
+    Sequential<float> m;
+    m.add<Flatten>();
+    m.add<Dense>(DenseOptions(16).activation(Activation::Relu));
+    m.add<Dropout>(DropoutOptions(0.3));
+    m.add<Dense>(DenseOptions(12).activation(Activation::Tanh).use_bias(false));
+    m.add<Dense>(DenseOptions(10).activation(Activation::Sigmoid));
+    m.add<Dense>(DenseOptions(9).activation(Activation::HardSigmoid));
+    m.add<Dense>(DenseOptions(8));
+    m.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+    m.build({4, 5}, 3);
+    randomize(m, rng, 0.6);
+    write_case(dir, manifest, "dense_stack", m, uniform_input(Shape{n, 4, 5}, rng, -2, 2));
+  }
+  std::ofstream(dir / "manifest.json") << manifest.dump(1) << "\n";
+  std::printf("%zu models in %s\n", manifest.size(), dir.string().c_str());
+}
+
+namespace {
+
+struct Opaque : fastnn_test::PassThrough<Opaque, float, Cpu> {
+  std::string type_name() const override { return "Opaque"; }
+};
+
+fs::path temp_dir(const std::string& tag) {
+  const fs::path d = fs::temp_directory_path() / ("fastnn_onnx_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+}  // namespace
+
+TEST(OnnxExport, UnsupportedLayerIsTypedErrorNamingItAndLeavesNoFile) {
+  const fs::path d = temp_dir("unsupported");
+  Sequential<float> m;
+  m.add<LSTM>(LSTMOptions(4));
+  m.add(std::make_unique<Opaque>());
+  m.add<Dense>(DenseOptions(2));
+  m.build({3, 2}, 1);
+  m.layer(1).set_name("my_opaque");
+  const fs::path p = d / "m.onnx";
+  try {
+    io::export_onnx(m, p.string());
+    FAIL() << "expected UnsupportedError";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("my_opaque"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("Opaque"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::is_empty(d)) << "a failed export left a file in " << d;
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, FailedExportKeepsAnExistingFile) {
+  const fs::path d = temp_dir("existing");
+  const fs::path p = d / "m.onnx";
+  std::ofstream(p) << "previous";
+  Sequential<float> m;
+  m.add<Bidirectional>(GRUOptions(3).return_sequences(true));
+  m.add(std::make_unique<Opaque>());
+  m.build({3, 2}, 1);
+  EXPECT_THROW(io::export_onnx(m, p.string()), UnsupportedError);
+  std::ifstream f(p);
+  std::string content;
+  std::getline(f, content);
+  EXPECT_EQ(content, "previous");
+  EXPECT_EQ(std::distance(fs::directory_iterator(d), fs::directory_iterator()), 1) << "a temporary file was left";
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, UnbuiltModelAndUnwritablePathAreTypedErrors) {
+  Sequential<float> m;
+  m.add<Dense>(DenseOptions(2));
+  EXPECT_THROW(io::export_onnx(m, "/tmp/never.onnx"), ArgumentError);
+  m.build({3}, 1);
+  EXPECT_THROW(io::export_onnx(m, "/nonexistent-dir/m.onnx"), Error);
+}
+
+TEST(OnnxExport, FileStartsWithTheModelFields) {
+  const fs::path d = temp_dir("fields");
+  Sequential<float> m;
+  m.add<Dense>(DenseOptions(2).activation(Activation::Softmax));
+  m.build({3}, 1);
+  io::export_onnx(m, (d / "m.onnx").string());
+  std::ifstream f(d / "m.onnx", std::ios::binary);
+  std::string b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  ASSERT_GE(b.size(), 2u);
+  EXPECT_EQ(static_cast<unsigned char>(b[0]), 0x08u);  // field 1 (ir_version), varint
+  EXPECT_EQ(static_cast<unsigned char>(b[1]), 8u);     // IR version 8
+  EXPECT_NE(b.find("fastnn"), std::string::npos);
+  EXPECT_NE(b.find("Softmax"), std::string::npos);
+  fs::remove_all(d);
+}
