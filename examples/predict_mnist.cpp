@@ -1,4 +1,5 @@
-// predict_mnist: class probabilities of a saved fastnn model for the first N MNIST test images.
+// predict_mnist: class probabilities of a saved fastnn model for the first N MNIST test images,
+// and how long inference takes.
 //
 //   predict_mnist WEIGHTS DATA_DIR N OUT
 //
@@ -9,10 +10,17 @@
 //   images         U8  [N, 28, 28]
 //   labels         U8  [N]
 // tests/interop/torch_interop.py compares these probabilities with PyTorch's.
+//
+// Then, on one thread, it prints the time of the batch prediction (Sequential::predict) and the
+// latency of one sample at a time through a reused Predictor (Sequential::make_predictor: its
+// workspaces are allocated once and reused by every call), and sample 0's predicted class
+// beside its label.
 
 #include <fastnn/data/mnist.hpp>
 #include <fastnn/fastnn.hpp>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -43,7 +51,10 @@ int main(int argc, char** argv) {
     Tensor<float, Cpu> x(model.input_shape().prepend(n));
     const float scale = static_cast<float>(1.0 / 255.0);  // as make_dataset converts the images in training
     for (Index i = 0; i < n * pixels; ++i) x[i] = scale * static_cast<float>(test.images[static_cast<std::size_t>(i)]);
+    using Clock = std::chrono::steady_clock;
+    const auto t0 = Clock::now();
     Tensor<float, Cpu> p = model.predict(x);
+    const double batch_s = std::chrono::duration<double>(Clock::now() - t0).count();
     io::SafetensorsWriter w;
     w.add<float>("probabilities", {static_cast<std::uint64_t>(n), static_cast<std::uint64_t>(p.dim(1))}, p.data());
     w.add<std::uint8_t>("images", {static_cast<std::uint64_t>(n), test.rows, test.cols}, test.images.data());
@@ -51,6 +62,28 @@ int main(int argc, char** argv) {
     w.set_metadata("weights", weights);
     w.write(out);
     std::printf("predict_mnist: %lld predictions written to %s\n", static_cast<long long>(n), out.c_str());
+    std::printf("predict_mnist: batch prediction of %lld images: %.1f ms, %.0f samples/s\n", static_cast<long long>(n),
+                batch_s * 1e3, static_cast<double>(n) / batch_s);
+
+    // One sample per call, as a server answering single requests would run the model.
+    Predictor<float, Cpu> predictor = model.make_predictor();
+    const std::size_t warmup = 10, calls = 1000;
+    std::vector<double> us;
+    for (std::size_t i = 0; i < warmup + calls; ++i) {  // images 0, 1, ..., N-1, 0, ...
+      const Index k = static_cast<Index>(i) % n;
+      const auto s0 = Clock::now();
+      predictor.forward(x.rows(k, k + 1));
+      if (i >= warmup) us.push_back(std::chrono::duration<double, std::micro>(Clock::now() - s0).count());
+    }
+    std::nth_element(us.begin(), us.begin() + calls / 2, us.end());
+    std::printf("predict_mnist: one image per call (reused Predictor): p50 %.1f us over %zu calls\n", us[calls / 2],
+                calls);
+
+    const Tensor<float, Cpu>& p0 = predictor.forward(x.rows(0, 1));
+    const Index classes = p0.size();
+    const Index best = std::max_element(p0.data(), p0.data() + classes) - p0.data();
+    std::printf("predict_mnist: image 0: predicted class %lld (probability %.4f), label %d\n",
+                static_cast<long long>(best), static_cast<double>(p0[best]), static_cast<int>(test.labels[0]));
   } catch (const fastnn::Error& e) {
     std::fprintf(stderr, "predict_mnist: error: %s\n", e.what());
     return 1;

@@ -94,7 +94,7 @@ TEST_P(GemmPaths, MatchTheReferenceForOddShapes) {
   Rng rng(7);
   const bool bf16 = prec == Precision::BF16;
   for (Index M : {1, 13, 37, 128})
-    for (Index N : {1, 10, 45, 64})
+    for (Index N : {1, 10, 45, 64, 170})
       for (Index K : {1, 7, 28, 300, 601}) {
         std::vector<float> A(static_cast<std::size_t>(M * K)), B(static_cast<std::size_t>(K * N)),
             C(static_cast<std::size_t>(M * N));
@@ -128,6 +128,52 @@ INSTANTIATE_TEST_SUITE_P(All, GemmPaths,
                                   to_string(std::get<1>(info.param)) + (std::get<2>(info.param) ? "_tA" : "") +
                                   (std::get<3>(info.param) ? "_tB" : "");
                          });
+
+// A product with one row (batch-1 inference) takes kernels of its own: B read in place by
+// cpu_gemm, packed panels four at a time by PackedB. Each must give exactly the row the
+// many-row kernels give, so that a sample's prediction does not depend on its batch.
+TEST(Isa, OneRowProductsEqualTheirRowInABatch) {
+  for (Isa isa : supported()) {
+    if (isa < Isa::Avx2) continue;  // the baseline is Eigen's, whose matrix-vector order differs
+    IsaScope scope(isa);
+    Rng rng(11);
+    for (Index N : {32, 170, 512})
+      for (Index K : {5, 156, 300}) {
+        const Index M = 13, r = 5;
+        std::vector<float> A(static_cast<std::size_t>(M * K)), B(static_cast<std::size_t>(K * N)),
+            C(static_cast<std::size_t>(M * N));
+        for (auto& v : A) v = static_cast<float>(rng.uniform(-1, 1));
+        for (auto& v : B) v = static_cast<float>(rng.uniform(-1, 1));
+        for (auto& v : C) v = static_cast<float>(rng.uniform(-1, 1));
+        std::vector<float> many = C, one(C.begin() + r * N, C.begin() + (r + 1) * N), packed_many = C, packed_one = one;
+        cpu_gemm<float>(false, false, M, N, K, 1.5f, A.data(), K, B.data(), N, 0.5f, many.data(), N);
+        cpu_gemm<float>(false, false, 1, N, K, 1.5f, A.data() + r * K, K, B.data(), N, 0.5f, one.data(), N);
+        PackedB<float> pb;
+        pb.pack(B.data(), N, false, K, N);
+        pb.gemm(M, 1.5f, A.data(), K, false, 0.5f, packed_many.data(), N);
+        pb.gemm(1, 1.5f, A.data() + r * K, K, false, 0.5f, packed_one.data(), N);
+        for (Index j = 0; j < N; ++j) {
+          ASSERT_EQ(one[j], many[r * N + j]) << isa_name(isa) << " N " << N << " K " << K << " column " << j;
+          ASSERT_EQ(packed_one[j], packed_many[r * N + j]) << isa_name(isa) << " N " << N << " K " << K << " column " << j;
+          ASSERT_EQ(one[j], packed_one[j]) << isa_name(isa) << " N " << N << " K " << K << " column " << j;
+        }
+      }
+    // and so a model's prediction for one sample is its row of the batch's, bit for bit
+    Sequential<float> m;
+    m.add<Bidirectional>(LSTMOptions(20));
+    m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+    m.build({6, 4}, 3);
+    Tensor<float, Cpu> x(Shape{7, 6, 4});
+    for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.uniform(-1, 1));
+    const Tensor<float, Cpu> all = m.predict(x);
+    for (Index i = 0; i < 7; ++i) {
+      Tensor<float, Cpu> xi(Shape{1, 6, 4});
+      std::copy(x.data() + i * 24, x.data() + (i + 1) * 24, xi.data());
+      const Tensor<float, Cpu> yi = m.predict(xi);
+      for (Index j = 0; j < 3; ++j) ASSERT_EQ(yi[j], all[i * 3 + j]) << isa_name(isa) << " sample " << i;
+    }
+  }
+}
 
 TEST(Isa, Bf16RoundsToNearestEvenAndKeepsNaN) {
   if (detected_cpu_isa() < Isa::Avx512Bf16) GTEST_SKIP() << "no bf16 path on this CPU";

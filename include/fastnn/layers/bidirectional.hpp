@@ -276,7 +276,7 @@ class Bidirectional : public Layer<T, D> {
   template <class F, class G>
   void both(F&& f, G&& g) {
     if (worker_ && this->threads_ >= 2) {
-      worker_->run(std::forward<G>(g));
+      worker_->run([&g] { g(); });  // one reference: std::function holds it without allocating
       try {
         f();
       } catch (...) {

@@ -129,7 +129,7 @@ class RecurrentLayer : public Layer<T, D> {
     dims_.features = x.dim(2);
     dims_.units = units();
     dims_.lengths = nullptr;
-    dims_.layer = this->name_ + " (" + this->type_name() + ")";
+    dims_.layer.assign(this->name_).append(" (").append(this->type_name()).append(")");  // in place: no allocation per call
     dims_.precision = this->precision_;
     if (!this->in_lengths_.empty()) {
       check_lengths(this->in_lengths_, dims_.batch, dims_.steps, this->name_ + " (" + this->type_name() + ")");

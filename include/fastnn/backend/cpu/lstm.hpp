@@ -44,10 +44,19 @@ class CpuLstmKernel {
     plan_.pack(x, F, d.go_backwards, xh_.data(), FH);
     isa_ = cpu_isa();
     const Precision P = d.precision;
-    wu_.resize(Shape{FH, G4});  // [W; U]: z_t = [x_t, h_{t-1}] [W; U] is one product per step
-    std::copy(w, w + F * G4, wu_.data());
-    std::copy(u, u + H * G4, wu_.data() + F * G4);
-    wupack_.pack(wu_.data(), G4, false, FH, G4, P);
+    // [W; U]: z_t = [x_t, h_{t-1}] [W; U] is one product per step. The model's flat parameter
+    // buffer holds U right after W, which then needs no copy.
+    const T* wu = w;
+    if (u != w + F * G4) {
+      wu_.resize(Shape{FH, G4});
+      std::copy(w, w + F * G4, wu_.data());
+      std::copy(u, u + H * G4, wu_.data() + F * G4);
+      wu = wu_.data();
+    }
+    // One sample: every product has one row, which reads [W; U] in place (cpu_gemm); packing it
+    // would cost as much as a step.
+    const bool one_row = B == 1 && P == Precision::F32;
+    if (!one_row) wupack_.pack(wu, G4, false, FH, G4, P);
     std::fill(hs_.data(), hs_.data() + B * H, T(0));
     std::fill(cs_.data(), cs_.data() + B * H, T(0));
     for (Index t = 0; t < S; ++t) {
@@ -57,7 +66,10 @@ class CpuLstmKernel {
         if (t == 0) std::fill(dst, dst + H, T(0));
         else std::copy_n(hs_.data() + (B + plan_.off(t - 1) + j) * H, H, dst);
       }
-      wupack_.gemm(n, T(1), xh_.data() + o0 * FH, FH, false, T(0), gates_.data() + o0 * G4, G4);
+      const T* xh = xh_.data() + o0 * FH;
+      T* z = gates_.data() + o0 * G4;
+      if (one_row) cpu_gemm(false, false, n, G4, FH, T(1), xh, FH, wu, G4, T(0), z, G4);
+      else wupack_.gemm(n, T(1), xh, FH, false, T(0), z, G4);
       if (d.recurrent == Activation::HardSigmoid) step_forward<true>(t, b);
       else step_forward<false>(t, b);
     }

@@ -335,28 +335,54 @@ FASTNN_KFN void pack_b(const float* B, Index ldb, bool tb, Index N, Index k0, In
   }
 }
 
-/// Writes an MR x NR tile of accumulators into C (m x n valid): C = alpha acc + beta C.
-FASTNN_VFN void store_tile(V (&acc)[MR][2], float* C, Index ldc, Index m, Index n, float alpha, float beta) {
-  const V va = vset(alpha), vb = vset(beta);
+/// Writes one row of NR accumulators (a0, a1) into c (n valid): c = alpha acc + beta c.
+FASTNN_VFN void store_row(V a0, V a1, float* c, Index n, float alpha, float beta) {
   if (n == NR) {
-    for (Index r = 0; r < m; ++r) {
-      float* c = C + r * ldc;
-      if (beta == 0.f) {
-        vstore(c, vmul(va, acc[r][0]));
-        vstore(c + VL, vmul(va, acc[r][1]));
-      } else {
-        vstore(c, vfma(va, acc[r][0], vmul(vb, vload(c))));
-        vstore(c + VL, vfma(va, acc[r][1], vmul(vb, vload(c + VL))));
-      }
+    const V va = vset(alpha);
+    if (beta == 0.f) {
+      vstore(c, vmul(va, a0));
+      vstore(c + VL, vmul(va, a1));
+    } else {
+      const V vb = vset(beta);
+      vstore(c, vfma(va, a0, vmul(vb, vload(c))));
+      vstore(c + VL, vfma(va, a1, vmul(vb, vload(c + VL))));
     }
     return;
   }
   alignas(64) float tile[NR];
-  for (Index r = 0; r < m; ++r) {
-    vstore(tile, acc[r][0]);
-    vstore(tile + VL, acc[r][1]);
-    float* c = C + r * ldc;
-    for (Index j = 0; j < n; ++j) c[j] = beta == 0.f ? alpha * tile[j] : alpha * tile[j] + beta * c[j];
+  vstore(tile, a0);
+  vstore(tile + VL, a1);
+  for (Index j = 0; j < n; ++j) c[j] = beta == 0.f ? alpha * tile[j] : alpha * tile[j] + beta * c[j];
+}
+
+/// Writes an MR x NR tile of accumulators into C (m x n valid): C = alpha acc + beta C.
+FASTNN_VFN void store_tile(V (&acc)[MR][2], float* C, Index ldc, Index m, Index n, float alpha, float beta) {
+  for (Index r = 0; r < m; ++r) store_row(acc[r][0], acc[r][1], C + r * ldc, n, alpha, beta);
+}
+
+/// One row `a` (kc contiguous floats) of op(A) (a GEMM with M = 1, as in batch-1 inference) times
+/// P consecutive packed panels of op(B) (n <= P NR columns valid): 2 P independent accumulators,
+/// where micro_f32 would spend its work on MR - 1 rows of zeros. Each output sums over k in
+/// micro_f32's order, so the results are the same.
+template <int P>
+FASTNN_KFN void micro_row_f32(Index kc, const float* a, const float* bp, float* C, Index n, float alpha,
+                              float beta) {
+  V acc[P][2];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = vzero();
+  for (Index k = 0; k < kc; ++k) {
+    const V av = vset(a[k]);
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      const float* b = bp + p * NR * kc + k * NR;
+      acc[p][0] = vfma(av, vload(b), acc[p][0]);
+      acc[p][1] = vfma(av, vload(b + VL), acc[p][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) {
+    const Index left = n - p * NR;
+    store_row(acc[p][0], acc[p][1], C + p * NR, left < NR ? left : NR, alpha, beta);
   }
 }
 
@@ -394,6 +420,22 @@ FASTNN_KFN void gemm_block_f32(Index M, Index N, Index pc, Index kc, float alpha
                                const float* bblock, float b, float* C, Index ldc, float* work) {
   for (Index ic = 0; ic < M; ic += MC) {
     const Index mc = M - ic < MC ? M - ic : MC;
+    if (mc == 1) {  // one row, used in place unless strided: four panels of B at a time
+      const float* a = A + ic * lda + pc;
+      if (ta) {
+        for (Index k = 0; k < kc; ++k) work[k] = A[(pc + k) * lda + ic];
+        a = work;
+      }
+      for (Index q = 0; q < N; q += 4 * NR) {
+        const Index n = N - q;
+        float* c = C + ic * ldc + q;
+        if (n > 3 * NR) micro_row_f32<4>(kc, a, bblock + q * kc, c, n, alpha, b);
+        else if (n > 2 * NR) micro_row_f32<3>(kc, a, bblock + q * kc, c, n, alpha, b);
+        else if (n > NR) micro_row_f32<2>(kc, a, bblock + q * kc, c, n, alpha, b);
+        else micro_row_f32<1>(kc, a, bblock + q * kc, c, n, alpha, b);
+      }
+      continue;
+    }
     pack_a(A, lda, ta, ic, mc, pc, kc, work);
     for (Index q = 0; q < N; q += NR) {
       const Index n = N - q < NR ? N - q : NR;
@@ -415,9 +457,58 @@ FASTNN_KFN void gemm_packed_f32(Index M, Index N, Index K, float alpha, const fl
                    ldc, work);
 }
 
+/// P full panels (NR columns each) of one row times B's rows [kc, ldb] read in place: as
+/// micro_row_f32, without packing.
+template <int P>
+FASTNN_KFN void row_panels_f32(Index kc, const float* a, const float* b, Index ldb, float* C, float alpha,
+                               float beta) {
+  V acc[P][2];
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = vzero();
+  for (Index k = 0; k < kc; ++k) {
+    const V av = vset(a[k]);
+    const float* r = b + k * ldb;
+#pragma GCC unroll 4
+    for (int p = 0; p < P; ++p) {
+      acc[p][0] = vfma(av, vload(r + p * NR), acc[p][0]);
+      acc[p][1] = vfma(av, vload(r + p * NR + VL), acc[p][1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int p = 0; p < P; ++p) store_row(acc[p][0], acc[p][1], C + p * NR, NR, alpha, beta);
+}
+
+/// C[N] = alpha a B + beta C for one row `a` [K] and B [K, N] row-major (ldb), B unpacked: with
+/// one row nothing is reused, so packing B would cost as much as the product. Full panels run four
+/// at a time in place; the last N % NR columns are copied into one zero-padded panel in `work`
+/// (KC * NR floats). Every output sums over k in order, in depth blocks of KC, and is stored as the
+/// packed kernels store it, so the results are theirs.
+FASTNN_KFN void gemm_row_f32(Index N, Index K, float alpha, const float* a, const float* B, Index ldb, float beta,
+                             float* C, float* work) {
+  const Index full = N / NR * NR;
+  for (Index pc = 0; pc < K; pc += KC) {
+    const Index kc = K - pc < KC ? K - pc : KC;
+    const float bb = pc == 0 ? beta : 1.f;
+    const float* ap = a + pc;
+    const float* bp = B + pc * ldb;
+    Index q = 0;
+    for (; q + 4 * NR <= full; q += 4 * NR) row_panels_f32<4>(kc, ap, bp + q, ldb, C + q, alpha, bb);
+    const Index rest = (full - q) / NR;
+    if (rest == 3) row_panels_f32<3>(kc, ap, bp + q, ldb, C + q, alpha, bb);
+    else if (rest == 2) row_panels_f32<2>(kc, ap, bp + q, ldb, C + q, alpha, bb);
+    else if (rest == 1) row_panels_f32<1>(kc, ap, bp + q, ldb, C + q, alpha, bb);
+    if (full < N) {
+      for (Index k = 0; k < kc; ++k)
+        for (Index j = 0; j < NR; ++j) work[k * NR + j] = full + j < N ? bp[k * ldb + full + j] : 0.f;
+      micro_row_f32<1>(kc, ap, work, C + full, N - full, alpha, bb);
+    }
+  }
+}
+
 /// C = alpha op(A) op(B) + beta C; `work` holds MC * KC + KC * round_up(N, NR) floats.
 FASTNN_KFN void gemm_f32(Index M, Index N, Index K, float alpha, const float* A, Index lda, bool ta, const float* B,
                          Index ldb, bool tb, float beta, float* C, Index ldc, float* work) {
+  if (M == 1 && !tb && (!ta || lda == 1)) return gemm_row_f32(N, K, alpha, A, B, ldb, beta, C, work);
   float* bp = work + MC * KC;
   for (Index pc = 0; pc < K; pc += KC) {
     const Index kc = K - pc < KC ? K - pc : KC;
