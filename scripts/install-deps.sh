@@ -5,13 +5,18 @@
 #   scripts/install-deps.sh --all      also the PyTorch peer, plotting and fuzzing tools
 # The w* packages are the word lists in /usr/share/dict of examples/lang_id (and its ctest).
 # libopenmpi-dev and openmpi-bin are Open MPI, for data-parallel training (fastnn::mpi, its mpirun tests).
-# nodejs, npm and python3-onnx check the ONNX export: ONNX Runtime from npm (scripts/fetch-onnxruntime.sh)
-# runs the exported models, onnx.checker validates them.
+# python3-onnx, and Node.js with npm, check the ONNX export: ONNX Runtime from npm
+# (scripts/fetch-onnxruntime.sh) runs the exported models, onnx.checker validates them. Debian's
+# nodejs and npm are installed only where no `node` and `npm` exist (a NodeSource nodejs, which
+# bundles npm, conflicts with Debian's npm package).
 # libdnnl-dev is oneDNN, for the peer benchmark bench/onednn_peer (bench/compare --onednn).
 set -euo pipefail
 pkgs=(build-essential cmake libeigen3-dev zlib1g-dev libgtest-dev libbenchmark-dev libcli11-dev
-      nlohmann-json3-dev python3-numpy python3-torch libdnnl-dev libopenmpi-dev openmpi-bin nodejs npm python3-onnx libopenblas0-pthread clang libclang-rt-dev locales
+      nlohmann-json3-dev python3-numpy python3-torch libdnnl-dev libopenmpi-dev openmpi-bin python3-onnx libopenblas0-pthread clang libclang-rt-dev locales
       wamerican wngerman wfrench wspanish witalian wportuguese wdutch wswedish wpolish)
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  pkgs+=(nodejs npm)
+fi
 if [[ "${1:-}" == "--all" ]]; then
   pkgs+=(gnuplot-nox time)
 fi
