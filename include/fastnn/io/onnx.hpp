@@ -277,7 +277,7 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   const Config c = l.config();
   const std::string pre = bidirectional ? "layer." : "";
   const std::string cell = bidirectional ? cfg(c, "layer") : l.type_name();
-  const Index S = in[0], F = in[1], H = std::stoll(cfg(c, "units", pre));
+  const Index F = in[1], H = std::stoll(cfg(c, "units", pre));
   const bool seq = cfg(c, "return_sequences", pre) == "true";
   const bool backwards = cfg(c, "go_backwards", pre) == "true";
   std::string op;
@@ -323,7 +323,6 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   const std::string xt = g.node("Transpose", {x}, {}, {Attr::ints("perm", {1, 0, 2})});  // [S, N, F]
   const std::string y = g.fresh(op + "_Y"), yh = g.fresh(op + "_Y_h");
   g.node(op, {xt, w, r, b, lens}, {y, yh}, attrs);
-  (void)S;
   if (!seq) {  // Y_h [dirs, N, H] -> [N, dirs * H] (concat); other merges below
     if (!bidirectional) return g.node("Squeeze", {yh, g.int64s("axes", {0})}, {});
     const std::string merge = cfg(c, "merge_mode");
@@ -336,7 +335,8 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
     std::string m;
     if (merge == "sum") m = g.node("Add", {h0, h1}, {});
     else if (merge == "mul") m = g.node("Mul", {h0, h1}, {});
-    else if (merge == "ave") m = g.node("Mul", {g.node("Add", {h0, h1}, {}), g.floats(g.fresh("half"), {}, {0.5f})}, {});
+    else if (merge == "ave")
+      m = g.node("Mul", {g.node("Add", {h0, h1}, {}), g.floats(g.fresh("half"), {}, {0.5f})}, {});
     else throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + merge + "'");
     return g.node("Squeeze", {m, g.int64s("axes", {0})}, {});
   }
@@ -347,8 +347,10 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
       // ONNX's "reverse" direction writes step t's output at t; Keras's go_backwards returns the
       // outputs in processing order, last real step first, padding still at the end.
       if (lens.empty()) {
-        sq = g.node("Slice", {sq, g.int64s("starts", {-1}), g.int64s("ends", {std::numeric_limits<std::int64_t>::min()}), g.int64s("axes", {0}),
-                              g.int64s("steps", {-1})},
+        const std::int64_t before_first = std::numeric_limits<std::int64_t>::min();
+        sq = g.node("Slice",
+                    {sq, g.int64s("starts", {-1}), g.int64s("ends", {before_first}), g.int64s("axes", {0}),
+                     g.int64s("steps", {-1})},
                     {});
       } else {
         sq = g.node("ReverseSequence", {sq, g.node("Cast", {lens}, {}, {Attr::i("to", kInt64)})}, {},
@@ -397,7 +399,8 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
       x = g.node("MatMul", {x, g.floats(l.name() + ".kernel", {k.dim(0), k.dim(1)}, kv)}, {});
       if (p.size() > 1) {
         const Tensor<T, Cpu>& b = p[1].value;
-        x = g.node("Add", {x, g.floats(l.name() + ".bias", {b.dim(0)}, std::vector<float>(b.data(), b.data() + b.size()))}, {});
+        const std::vector<float> bv(b.data(), b.data() + b.size());
+        x = g.node("Add", {x, g.floats(l.name() + ".bias", {b.dim(0)}, bv)}, {});
       }
       x = activate(g, x, cfg(c, "activation"));
     } else if (type == "LSTM" || type == "GRU" || type == "SimpleRNN") {
@@ -420,7 +423,8 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
       // A step is padding when all its features equal mask_value; its output is zeroed and the
       // lengths (padding is trailing) count the real steps.
       const float v = static_cast<float>(std::stod(cfg(c, "mask_value")));
-      const std::string differs = g.node("Not", {g.node("Equal", {x, g.floats(g.fresh("mask_value"), {}, {v})}, {})}, {});
+      const std::string mask_value = g.floats(g.fresh("mask_value"), {}, {v});
+      const std::string differs = g.node("Not", {g.node("Equal", {x, mask_value}, {})}, {});
       const std::string real = g.node("ReduceMax", {g.node("Cast", {differs}, {}, {Attr::i("to", kFloat)})}, {},
                                       {Attr::ints("axes", {2}), Attr::i("keepdims", 1)});  // [N, S, 1]
       x = g.node("Mul", {x, real}, {});

@@ -12,6 +12,7 @@
 
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "fastnn/backend/cpu/gru.hpp"
 #include "fastnn/backend/cpu/lstm.hpp"
@@ -129,10 +130,11 @@ class RecurrentLayer : public Layer<T, D> {
     dims_.features = x.dim(2);
     dims_.units = units();
     dims_.lengths = nullptr;
-    dims_.layer.assign(this->name_).append(" (").append(this->type_name()).append(")");  // in place: no allocation per call
+    // Built in place: no allocation per call once the string has grown to fit.
+    dims_.layer.assign(this->name_).append(" (").append(this->type_name()).append(")");
     dims_.precision = this->precision_;
     if (!this->in_lengths_.empty()) {
-      check_lengths(this->in_lengths_, dims_.batch, dims_.steps, this->name_ + " (" + this->type_name() + ")");
+      check_lengths(this->in_lengths_, dims_.batch, dims_.steps, dims_.layer);
       if (!all_full_length(this->in_lengths_, dims_.steps)) dims_.lengths = this->in_lengths_.data();
     }
     y.resize(this->output_shape_.prepend(x.dim(0)));
@@ -169,7 +171,8 @@ class RecurrentLayer : public Layer<T, D> {
     d.steps = 1;
     d.features = F;
     d.units = units();
-    d.layer = this->name_ + " (" + this->type_name() + ")";
+    // Only the cuDNN path names the layer in its errors; on the CPU a step allocates nothing here.
+    if constexpr (!std::is_same<D, Cpu>::value) d.layer = this->name_ + " (" + this->type_name() + ")";
     d.precision = this->precision_;
     detail::RnnImpl<T, D>::step(d, x_t, this->params_[0].value, this->params_[1].value, this->params_[2].value, state.h,
                                 state.c, state.work);

@@ -85,28 +85,35 @@ FASTNN_VFN V vrcp(V a) {
   return vmul(r, vfnma(a, r, vset(2.f)));
 }
 
-/// e^x, x clamped to [-87, 88] (results stay normal floats): x = n ln2 + r, |r| <= ln2 / 2,
-/// e^r by its Taylor polynomial of degree 7 (error below 1 ulp on that interval), times 2^n.
-FASTNN_VFN V vexp(V x) {
-  x = vmin(vset(88.f), vmax(vset(-87.f), x));  // max/min return their second operand for NaN: NaN stays NaN
-  const V n = vround(vmul(x, vset(1.44269504088896341f)));
-  V r = vfnma(n, vset(0.693359375f), x);          // ln2 split in a short high part ...
-  r = vfnma(n, vset(-2.12194440e-4f), r);         // ... and the rest
-  V p = vset(1.f / 5040.f);
-  p = vfma(p, r, vset(1.f / 720.f));
-  p = vfma(p, r, vset(1.f / 120.f));
-  p = vfma(p, r, vset(1.f / 24.f));
-  p = vfma(p, r, vset(1.f / 6.f));
-  p = vfma(p, r, vset(0.5f));
-  p = vfma(p, r, vset(1.f));
+/// 2^t. t is clamped to [-126, 126], so 2^t and 1 + 2^t stay normal floats (NaN stays NaN: max
+/// and min return their second operand for NaN); t = n + r with n = round(t) and |r| <= 1/2; 2^r
+/// by a degree-6 polynomial fitted for least maximum relative error on [-1/2, 1/2] (1.3 ulp when
+/// evaluated in float); times 2^n.
+FASTNN_VFN V vexp2(V t) {
+  t = vmin(vset(126.f), vmax(vset(-126.f), t));
+  const V n = vround(t);
+  const V r = vsub(t, n);  // exact
+  V p = vset(1.53458124e-4f);
+  p = vfma(p, r, vset(1.33999309e-3f));
+  p = vfma(p, r, vset(9.61848907e-3f));
+  p = vfma(p, r, vset(5.55032864e-2f));
+  p = vfma(p, r, vset(2.40226462e-1f));
+  p = vfma(p, r, vset(6.93147182e-1f));
   p = vfma(p, r, vset(1.f));
   return vscale2(p, n);
 }
 
-FASTNN_VFN V vsigmoid(V x) { return vrcp(vadd(vset(1.f), vexp(vsub(vzero(), x)))); }
+constexpr float kLog2e = 1.44269504088896341f;
 
-/// tanh(x) = 2 sigmoid(2x) - 1 (absolute error about 1e-7; vexp's clamp keeps it finite).
-FASTNN_VFN V vtanh(V x) { return vfma(vset(2.f), vsigmoid(vadd(x, x)), vset(-1.f)); }
+/// sigmoid(x) = 1 / (1 + 2^(-x log2 e)). Rounding the product x log2 e changes 2^t by a relative
+/// |t| 2^-23 at most, which moves sigmoid by less than 1e-8: its slope sigmoid (1 - sigmoid)
+/// shrinks faster than |t| grows.
+FASTNN_VFN V vsigmoid(V x) { return vrcp(vadd(vset(1.f), vexp2(vmul(x, vset(-kLog2e))))); }
+
+/// tanh(x) = 2 sigmoid(2x) - 1 (absolute error about 1e-7).
+FASTNN_VFN V vtanh(V x) {
+  return vfma(vset(2.f), vrcp(vadd(vset(1.f), vexp2(vmul(x, vset(-2.f * kLog2e))))), vset(-1.f));
+}
 
 template <bool Hard>
 FASTNN_VFN V vgate(V x) {
@@ -360,29 +367,44 @@ FASTNN_VFN void store_tile(V (&acc)[MR][2], float* C, Index ldc, Index m, Index 
   for (Index r = 0; r < m; ++r) store_row(acc[r][0], acc[r][1], C + r * ldc, n, alpha, beta);
 }
 
-/// One row `a` (kc contiguous floats) of op(A) (a GEMM with M = 1, as in batch-1 inference) times
-/// P consecutive packed panels of op(B) (n <= P NR columns valid): 2 P independent accumulators,
-/// where micro_f32 would spend its work on MR - 1 rows of zeros. Each output sums over k in
-/// micro_f32's order, so the results are the same.
+/// One row `a` (kc contiguous floats) of op(A) times P consecutive panels of NR columns of op(B)
+/// (n <= P NR columns valid), for a GEMM with M = 1 as in batch-1 inference: 2 P independent
+/// accumulators, where micro_f32 would spend its work on MR - 1 rows of zeros. Panel p's row k
+/// starts at b + p * panel + k * kstep: packed panels (panel = NR kc, kstep = NR) or B's rows read
+/// in place (panel = NR, kstep = ldb). Each output sums over k in micro_f32's order and is stored
+/// as micro_f32 stores it, so the results are the same.
 template <int P>
-FASTNN_KFN void micro_row_f32(Index kc, const float* a, const float* bp, float* C, Index n, float alpha,
-                              float beta) {
+FASTNN_KFN void micro_row_f32(Index kc, const float* a, const float* b, Index panel, Index kstep, float* C, Index n,
+                              float alpha, float beta) {
   V acc[P][2];
 #pragma GCC unroll 4
   for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = vzero();
   for (Index k = 0; k < kc; ++k) {
     const V av = vset(a[k]);
+    const float* bk = b + k * kstep;
 #pragma GCC unroll 4
     for (int p = 0; p < P; ++p) {
-      const float* b = bp + p * NR * kc + k * NR;
-      acc[p][0] = vfma(av, vload(b), acc[p][0]);
-      acc[p][1] = vfma(av, vload(b + VL), acc[p][1]);
+      acc[p][0] = vfma(av, vload(bk + p * panel), acc[p][0]);
+      acc[p][1] = vfma(av, vload(bk + p * panel + VL), acc[p][1]);
     }
   }
 #pragma GCC unroll 4
   for (int p = 0; p < P; ++p) {
     const Index left = n - p * NR;
     store_row(acc[p][0], acc[p][1], C + p * NR, left < NR ? left : NR, alpha, beta);
+  }
+}
+
+/// micro_row_f32 over the panels that cover n columns, four at a time.
+FASTNN_KFN void row_f32(Index kc, const float* a, const float* b, Index panel, Index kstep, float* C, Index n,
+                        float alpha, float beta) {
+  for (Index q = 0; q < n; q += 4 * NR) {
+    const Index left = n - q;
+    const float* bq = b + q / NR * panel;
+    if (left > 3 * NR) micro_row_f32<4>(kc, a, bq, panel, kstep, C + q, left, alpha, beta);
+    else if (left > 2 * NR) micro_row_f32<3>(kc, a, bq, panel, kstep, C + q, left, alpha, beta);
+    else if (left > NR) micro_row_f32<2>(kc, a, bq, panel, kstep, C + q, left, alpha, beta);
+    else micro_row_f32<1>(kc, a, bq, panel, kstep, C + q, left, alpha, beta);
   }
 }
 
@@ -426,14 +448,7 @@ FASTNN_KFN void gemm_block_f32(Index M, Index N, Index pc, Index kc, float alpha
         for (Index k = 0; k < kc; ++k) work[k] = A[(pc + k) * lda + ic];
         a = work;
       }
-      for (Index q = 0; q < N; q += 4 * NR) {
-        const Index n = N - q;
-        float* c = C + ic * ldc + q;
-        if (n > 3 * NR) micro_row_f32<4>(kc, a, bblock + q * kc, c, n, alpha, b);
-        else if (n > 2 * NR) micro_row_f32<3>(kc, a, bblock + q * kc, c, n, alpha, b);
-        else if (n > NR) micro_row_f32<2>(kc, a, bblock + q * kc, c, n, alpha, b);
-        else micro_row_f32<1>(kc, a, bblock + q * kc, c, n, alpha, b);
-      }
+      row_f32(kc, a, bblock, NR * kc, NR, C + ic * ldc, N, alpha, b);
       continue;
     }
     pack_a(A, lda, ta, ic, mc, pc, kc, work);
@@ -457,30 +472,9 @@ FASTNN_KFN void gemm_packed_f32(Index M, Index N, Index K, float alpha, const fl
                    ldc, work);
 }
 
-/// P full panels (NR columns each) of one row times B's rows [kc, ldb] read in place: as
-/// micro_row_f32, without packing.
-template <int P>
-FASTNN_KFN void row_panels_f32(Index kc, const float* a, const float* b, Index ldb, float* C, float alpha,
-                               float beta) {
-  V acc[P][2];
-#pragma GCC unroll 4
-  for (int p = 0; p < P; ++p) acc[p][0] = acc[p][1] = vzero();
-  for (Index k = 0; k < kc; ++k) {
-    const V av = vset(a[k]);
-    const float* r = b + k * ldb;
-#pragma GCC unroll 4
-    for (int p = 0; p < P; ++p) {
-      acc[p][0] = vfma(av, vload(r + p * NR), acc[p][0]);
-      acc[p][1] = vfma(av, vload(r + p * NR + VL), acc[p][1]);
-    }
-  }
-#pragma GCC unroll 4
-  for (int p = 0; p < P; ++p) store_row(acc[p][0], acc[p][1], C + p * NR, NR, alpha, beta);
-}
-
 /// C[N] = alpha a B + beta C for one row `a` [K] and B [K, N] row-major (ldb), B unpacked: with
-/// one row nothing is reused, so packing B would cost as much as the product. Full panels run four
-/// at a time in place; the last N % NR columns are copied into one zero-padded panel in `work`
+/// one row nothing is reused, so packing B would cost as much as the product. Full panels are read
+/// in place; the last N % NR columns are copied into one zero-padded panel in `work`
 /// (KC * NR floats). Every output sums over k in order, in depth blocks of KC, and is stored as the
 /// packed kernels store it, so the results are theirs.
 FASTNN_KFN void gemm_row_f32(Index N, Index K, float alpha, const float* a, const float* B, Index ldb, float beta,
@@ -491,16 +485,11 @@ FASTNN_KFN void gemm_row_f32(Index N, Index K, float alpha, const float* a, cons
     const float bb = pc == 0 ? beta : 1.f;
     const float* ap = a + pc;
     const float* bp = B + pc * ldb;
-    Index q = 0;
-    for (; q + 4 * NR <= full; q += 4 * NR) row_panels_f32<4>(kc, ap, bp + q, ldb, C + q, alpha, bb);
-    const Index rest = (full - q) / NR;
-    if (rest == 3) row_panels_f32<3>(kc, ap, bp + q, ldb, C + q, alpha, bb);
-    else if (rest == 2) row_panels_f32<2>(kc, ap, bp + q, ldb, C + q, alpha, bb);
-    else if (rest == 1) row_panels_f32<1>(kc, ap, bp + q, ldb, C + q, alpha, bb);
+    row_f32(kc, ap, bp, NR, ldb, C, full, alpha, bb);
     if (full < N) {
       for (Index k = 0; k < kc; ++k)
         for (Index j = 0; j < NR; ++j) work[k * NR + j] = full + j < N ? bp[k * ldb + full + j] : 0.f;
-      micro_row_f32<1>(kc, ap, work, C + full, N - full, alpha, bb);
+      micro_row_f32<1>(kc, ap, work, NR * kc, NR, C + full, N - full, alpha, bb);
     }
   }
 }
