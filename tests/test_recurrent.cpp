@@ -313,6 +313,34 @@ Tensor<float, Cpu> float_ids(Index n, Index steps, std::uint64_t seed) {
 
 }  // namespace
 
+// Inference keeps only the current step's gates; its outputs must be training's, bit for bit,
+// with and without lengths, forwards and backwards, per step and last output.
+TEST(LstmInference, EqualsTrainingForwardAndRefusesBackward) {
+  for (bool backwards : {false, true})
+    for (bool seq : {false, true})
+      for (bool masked : {false, true}) {
+        Rng rng(31);
+        LSTM<float> l(LSTMOptions(20).go_backwards(backwards).return_sequences(seq));
+        auto storage = build_standalone(l, Shape{5, 3}, rng);
+        for (Index i = 0; i < storage.first.size(); ++i) storage.first[i] += static_cast<float>(rng.uniform(-0.3, 0.3));
+        Tensor<float, Cpu> x = random_tensor<float>(Shape{4, 5, 3}, rng), y_train, y_infer, dy;
+        l.set_input_lengths(masked ? kLengths : Lengths());
+        l.forward(x, y_train, Mode::Train);
+        l.forward(x, y_infer, Mode::Infer);
+        ASSERT_EQ(y_train.shape(), y_infer.shape());
+        for (Index i = 0; i < y_train.size(); ++i)
+          ASSERT_EQ(y_train[i], y_infer[i]) << "output " << i << " backwards " << backwards << " seq " << seq
+                                            << " masked " << masked;
+        dy = Tensor<float, Cpu>::zeros(y_infer.shape());
+        try {
+          l.backward(x, y_infer, dy, nullptr);
+          ADD_FAILURE() << "backward after an inference forward did not throw";
+        } catch (const ArgumentError& e) {
+          EXPECT_NE(std::string(e.what()).find("Mode::Train"), std::string::npos) << e.what();
+        }
+      }
+}
+
 TEST(Streaming, StepByStepEqualsFullSequenceAtEveryStep) {
   const Sequential<float> m = stream_model(false);
   const Index B = 3, S = 12;

@@ -43,10 +43,12 @@ struct RnnImpl {
 template <class T>
 struct RnnImpl<T, Cpu> {
   using Tn = Tensor<T, Cpu>;
-  void forward(const RnnDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& y, Mode) {
+  void forward(const RnnDims& d, const Tn& x, const Tn& w, const Tn& u, const Tn& b, Tn& y, Mode mode) {
     cell_ = d.cell;
     switch (d.cell) {
-      case RnnCell::LSTM: lstm_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data()); break;
+      case RnnCell::LSTM:
+        lstm_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data(), mode == Mode::Train);
+        break;
       case RnnCell::GRU: gru_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data()); break;
       case RnnCell::SimpleRNN: rnn_.forward(d, x.data(), w.data(), u.data(), b.data(), y.data()); break;
     }

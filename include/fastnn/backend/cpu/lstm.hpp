@@ -14,13 +14,15 @@
 /// inside the kernel (rnn_base.hpp): with sequences of different lengths, each step only computes
 /// the samples still running. The products go through cpu_gemm (gemm.hpp); on the AVX2 / AVX-512
 /// paths the gate passes are the vector kernels of x86_kernels.inl (which also sum db while they
-/// write dZ), else Eigen.
+/// write dZ), else Eigen. Inference (train = false) keeps only the current step's gates and
+/// tanh(c) (backward is what needs them all), so they stay in cache from one step to the next.
 
 #include <cstdint>
 
 #include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/cpu/rnn_base.hpp"
 #include "fastnn/core/activation.hpp"
+#include "fastnn/core/error.hpp"
 #include "fastnn/core/tensor.hpp"
 
 namespace fastnn {
@@ -31,16 +33,18 @@ class CpuLstmKernel {
  public:
   /// x: [B, S, F] batch-major; w: kernel [F, 4H]; u: recurrent kernel [H, 4H]; b: [4H].
   /// y: [B, H], or [B, S, H] with return_sequences (in processing order when go_backwards).
-  void forward(const RnnDims& d, const T* x, const T* w, const T* u, const T* b, T* y) {
+  /// train: keep what backward needs.
+  void forward(const RnnDims& d, const T* x, const T* w, const T* u, const T* b, T* y, bool train = true) {
     d_ = d;
+    train_ = train;
     plan_.make(d.batch, d.steps, d.lengths);
     const Index B = d.batch, S = d.steps, F = d.features, H = d.units, G4 = 4 * H, N = plan_.total();
     const Index FH = F + H;
     xh_.resize(Shape{N, FH});
-    gates_.resize(Shape{N, G4});
+    gates_.resize(Shape{train ? N : B, G4});
     hs_.resize(Shape{B + N, H});
     cs_.resize(Shape{B + N, H});
-    tc_.resize(Shape{N, H});
+    tc_.resize(Shape{train ? N : B, H});
     plan_.pack(x, F, d.go_backwards, xh_.data(), FH);
     isa_ = cpu_isa();
     const Precision P = d.precision;
@@ -67,7 +71,7 @@ class CpuLstmKernel {
         else std::copy_n(hs_.data() + (B + plan_.off(t - 1) + j) * H, H, dst);
       }
       const T* xh = xh_.data() + o0 * FH;
-      T* z = gates_.data() + o0 * G4;
+      T* z = gates_.data() + step_row(t) * G4;
       if (one_row) cpu_gemm(false, false, n, G4, FH, T(1), xh, FH, wu, G4, T(0), z, G4);
       else wupack_.gemm(n, T(1), xh, FH, false, T(0), z, G4);
       if (d.recurrent == Activation::HardSigmoid) step_forward<true>(t, b);
@@ -78,6 +82,8 @@ class CpuLstmKernel {
 
   /// Accumulates dw, du, db and writes dx (if not null) from dy (shaped like y).
   void backward(const T* dy, const T* w, const T* u, T* dw, T* du, T* db, T* dx) {
+    if (!train_)
+      throw ArgumentError((d_.layer.empty() ? "LSTM" : d_.layer) + ": backward needs a forward pass in Mode::Train before it");
     const RnnDims& d = d_;
     const Index B = d.batch, S = d.steps, F = d.features, H = d.units, G4 = 4 * H, N = plan_.total();
     dgates_.resize(Shape{N, G4});
@@ -141,21 +147,21 @@ class CpuLstmKernel {
   template <bool Hard>
   void step_forward(Index t, const T* b) {
     const Index B = d_.batch, H = d_.units, G4 = 4 * H;
-    const Index o0 = plan_.off(t), p0 = t == 0 ? 0 : B + plan_.off(t - 1);
+    const Index o0 = plan_.off(t), p0 = t == 0 ? 0 : B + plan_.off(t - 1), r0 = step_row(t);
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
       if (vector_gates()) {
         auto* f = isa_ == Isa::Avx2 ? &x86_avx2::lstm_forward_rows<Hard> : &x86_avx512::lstm_forward_rows<Hard>;
-        f(plan_.active(t), H, gates_.data() + o0 * G4, b, cs_.data() + p0 * H, cs_.data() + (B + o0) * H,
-          tc_.data() + o0 * H, hs_.data() + (B + o0) * H);
+        f(plan_.active(t), H, gates_.data() + r0 * G4, b, cs_.data() + p0 * H, cs_.data() + (B + o0) * H,
+          tc_.data() + r0 * H, hs_.data() + (B + o0) * H);
         return;
       }
     }
 #endif
-    MatMap<T>(gates_.data() + o0 * G4, plan_.active(t), G4).rowwise() +=
+    MatMap<T>(gates_.data() + r0 * G4, plan_.active(t), G4).rowwise() +=
         Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>(b, G4);
     for (Index j = 0; j < plan_.active(t); ++j) {
-      T* z = gates_.data() + (o0 + j) * G4;
+      T* z = gates_.data() + (r0 + j) * G4;
       ArrMap<T> i(z, H), f(z + H, H), g(z + 2 * H, H), o(z + 3 * H, H);
       gate_act<T, Hard>(i);
       gate_act<T, Hard>(f);
@@ -163,13 +169,16 @@ class CpuLstmKernel {
       gate_act<T, Hard>(o);
       CArrMap<T> cprev(cs_.data() + (p0 + j) * H, H);
       ArrMap<T> c(cs_.data() + (B + o0 + j) * H, H);
-      ArrMap<T> tc(tc_.data() + (o0 + j) * H, H);
+      ArrMap<T> tc(tc_.data() + (r0 + j) * H, H);
       ArrMap<T> h(hs_.data() + (B + o0 + j) * H, H);
       c = f * cprev + i * g;
       tc = c.tanh();
       h = o * tc;
     }
   }
+
+  /// The first row of step t's gates and tanh(c): all steps are kept for training, one for inference.
+  Index step_row(Index t) const { return train_ ? plan_.off(t) : 0; }
 
   /// Whether the gate passes run as the x86 vector kernels (float on the AVX2 / AVX-512 paths).
   bool vector_gates() const { return std::is_same<T, float>::value && isa_ != Isa::Baseline; }
@@ -210,6 +219,7 @@ class CpuLstmKernel {
   RnnDims d_;
   PackedPlan plan_;
   Isa isa_ = Isa::Baseline;
+  bool train_ = true;
   PackedB<T> wupack_, utpack_;
   Tensor<T, Cpu> xh_, wu_, gates_, hs_, cs_, tc_, dgates_, dh_, dc_, dxt_;
 };
