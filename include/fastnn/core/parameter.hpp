@@ -27,6 +27,13 @@ struct Parameter {
   Tensor<T, D> grad;
 };
 
+/// Where one parameter lies in the owner's flat buffers, and whether the optimizer updates it.
+struct ParamRange {
+  std::string name;  ///< fully qualified, as Parameter::name
+  Index offset = 0, size = 0;
+  bool trainable = true;
+};
+
 /// Total element count of a list of specs.
 inline Index numel(const std::vector<ParamSpec>& specs) {
   Index n = 0;

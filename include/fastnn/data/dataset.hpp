@@ -51,12 +51,14 @@ struct Dataset {
   Tensor<T, D> targets;                 ///< [N, ...] float targets, or empty
   Lengths lengths;                      ///< [N] sequence lengths (host), or empty: full length
   int num_classes = 0;                  ///< with labels: every label is below it
+  Tensor<double, Cpu> sample_weights;   ///< [N] per-sample loss weights (host), or empty: all 1
 
   Index size() const { return x.rank() ? x.dim(0) : 0; }
   Shape sample_shape() const { return x.shape().drop_front(); }
   bool has_labels() const { return labels.rank() > 0; }
   bool has_targets() const { return targets.rank() > 0; }
   bool has_lengths() const { return lengths.rank() > 0; }
+  bool has_sample_weights() const { return sample_weights.rank() > 0; }
   /// The per-sample shape of the labels or of the targets.
   Shape target_shape() const { return has_labels() ? labels.shape().drop_front() : targets.shape().drop_front(); }
 
@@ -70,6 +72,7 @@ struct Dataset {
     if (has_labels()) d.labels = labels.rows(begin, end);
     if (has_targets()) d.targets = targets.rows(begin, end);
     if (has_lengths()) d.lengths = lengths.rows(begin, end);
+    if (has_sample_weights()) d.sample_weights = sample_weights.rows(begin, end);
     d.num_classes = num_classes;
     return d;
   }
@@ -87,11 +90,26 @@ struct Dataset {
     if (has_labels()) d.labels = to_device<D2>(labels);
     if (has_targets()) d.targets = to_device<D2>(targets);
     d.lengths = lengths;
+    d.sample_weights = sample_weights;
     d.num_classes = num_classes;
     return d;
   }
   /// Sets the per-sample lengths of sequence data x [N, steps, ...]; throws ShapeError for a
   /// count other than N and ArgumentError naming the sample of a length of 0 or above steps.
+  /// Keras's sample_weight: each sample's loss is multiplied by its weight in training (see
+  /// FitOptions::class_weight for the reduction). ArgumentError naming the counts, or the sample whose weight
+  /// is negative or not finite.
+  Dataset& with_sample_weights(const Tensor<double, Cpu>& w) {
+    if (w.rank() != 1 || w.dim(0) != size())
+      throw ArgumentError("Dataset::with_sample_weights: " + std::to_string(w.rank() == 1 ? w.dim(0) : w.size()) +
+                          " sample weights " + w.shape().str() + " for " + std::to_string(size()) + " samples");
+    for (Index i = 0; i < w.size(); ++i)
+      if (!(w[i] >= 0) || !std::isfinite(w[i]))
+        throw ArgumentError("Dataset::with_sample_weights: the weight of sample " + std::to_string(i) + " is " +
+                            std::to_string(w[i]) + " (must be finite and >= 0)");
+    sample_weights = w;
+    return *this;
+  }
   Dataset& with_lengths(const Lengths& l) {
     if (x.rank() < 2) throw ShapeError("Dataset::with_lengths: the samples " + sample_shape().str() + " are not sequences");
     if (l.rank() != 1 || l.dim(0) != size())

@@ -62,6 +62,12 @@ class Layer {
   }
   /// Draws initial values (the layer's own initialisers) from `rng`.
   virtual void initialize(Rng& rng) = 0;
+  /// Sum of the layer's regularisation penalties: the weight regularisers' (kernel, recurrent, bias) on the current
+  /// weights plus the activity regulariser's on the output of the last forward() (Keras: its sum over the batch
+  /// divided by the batch size). With `accumulate_grad`, adds the weight penalties' gradients to the parameter
+  /// gradients. 0 for a layer without regularisers.
+  virtual double regularization_loss(bool accumulate_grad) { (void)accumulate_grad; return 0; }
+  virtual bool has_regularizers() const { return false; }
 
   /// x: [batch, input_shape...] -> y: [batch, output_shape...] (y is resized as needed).
   virtual void forward(const Tensor_& x, Tensor_& y, Mode mode) = 0;
@@ -115,6 +121,12 @@ class Layer {
   virtual void set_precision(Precision p) { precision_ = p; }
   Precision precision() const noexcept { return precision_; }
 
+  /// Keras's `layer.trainable`: a layer set to false keeps its weights, which the optimizer does not update
+  /// and holds no state for (call compile() again after changing it on a compiled model); summary() counts its
+  /// parameters as non-trainable, and checkpoints record the flag.
+  virtual void set_trainable(bool on) { trainable_ = on; }
+  bool trainable() const noexcept { return trainable_; }
+
   const std::string& name() const noexcept { return name_; }
   virtual void set_name(const std::string& n) { name_ = n; }
   const Shape& input_shape() const noexcept { return input_shape_; }
@@ -141,6 +153,7 @@ class Layer {
   std::vector<Parameter<T, D>> params_;
   Lengths in_lengths_;
   int threads_ = 1;
+  bool trainable_ = true;
   Precision precision_ = Precision::F32;
 };
 

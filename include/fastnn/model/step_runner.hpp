@@ -1,6 +1,6 @@
 #pragma once
 /// \file step_runner.hpp
-/// The step runner: the device hook through which Sequential::fit runs each training step
+/// The step runner: the device hook through which the trainer (model/trainer.hpp) runs each training step
 /// (gather, forward, loss, backward, optimizer update). A device either runs the step eagerly
 /// or replays a captured one; every device specialises detail::StepRunner, and one that does
 /// not is a compile error. The CPU runs every step eagerly (below); the CUDA backend replays a

@@ -18,6 +18,7 @@ struct SummaryRow {
   std::string name, type;
   Shape output_shape;
   Index params = 0;
+  bool trainable = true;
 };
 
 /// Keras-style table: layer (type), output shape, parameter count, totals.
@@ -34,7 +35,7 @@ inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows)
   const std::string rule(65, '_'), dbl(65, '=');
   os << "Model: \"sequential\"\n" << rule << "\n";
   os << pad("Layer (type)", 29) << pad("Output Shape", 26) << "Param #\n" << dbl << "\n";
-  Index total = 0;
+  Index total = 0, trainable = 0;
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
     std::string shape = "(None";
@@ -43,10 +44,11 @@ inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows)
     os << pad(r.name + " (" + r.type + ")", 29) << pad(shape, 26) << r.params << "\n";
     os << (i + 1 < rows.size() ? rule : dbl) << "\n";
     total += r.params;
+    if (r.trainable) trainable += r.params;
   }
   os << "Total params: " << grouped(total) << "\n";
-  os << "Trainable params: " << grouped(total) << "\n";
-  os << "Non-trainable params: 0\n" << rule << "\n";
+  os << "Trainable params: " << grouped(trainable) << "\n";
+  os << "Non-trainable params: " << grouped(total - trainable) << "\n" << rule << "\n";
 }
 
 }  // namespace detail

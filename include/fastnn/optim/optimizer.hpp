@@ -13,6 +13,7 @@
 
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/error.hpp"
+#include "fastnn/core/parameter.hpp"
 #include "fastnn/core/tensor.hpp"
 #include "fastnn/core/options.hpp"
 #include "fastnn/backend/cpu/ops.hpp"
@@ -33,7 +34,8 @@ class Optimizer {
   virtual bool capturable() const { return false; }
 
   /// Binds the flat parameter and gradient buffers and allocates zeroed state.
-  void attach(const Tn& params, const Tn& grads) {
+  void attach(const Tn& params, const Tn& grads, std::vector<ParamRange> layout = {}) {
+    (void)layout;
     params_ = params;
     grads_ = grads;
     for (auto& s : slots_) {
@@ -52,6 +54,7 @@ class Optimizer {
     return static_cast<T>(lr_ / (1.0 + decay_ * static_cast<double>(iterations_)));
   }
   double learning_rate() const { return lr_; }
+  void set_learning_rate(double lr) { lr_ = lr; }
   double decay() const { return decay_; }
   std::int64_t iterations() const { return iterations_; }
   void set_iterations(std::int64_t n) { iterations_ = n; }

@@ -1,0 +1,951 @@
+#pragma once
+/// \file trainer.hpp
+/// The trainer: one training step body and one epoch loop for every model.
+///
+/// A model (Sequential, or any other arrangement of layers) implements `Network`: it owns its layers and its
+/// flat parameter and gradient buffers, runs a training forward pass over a batch, and runs backward from the
+/// output's gradient. The `Trainer` owns everything else about training: the optimizer, the loss and metrics,
+/// the step runner (eager, or a captured CUDA graph), evaluation, the epoch loop, callbacks and the
+/// data-parallel hooks. Every training step, whichever way it runs, is `step_body`:
+///
+///   gather the batch -> forward -> loss rows [summed over the ranks] -> loss and backward [each layer's
+///   gradients handed to the allreduce as backward produces them] -> regularisers -> finite check -> optimizer
+///   step (gradient clipping, weight decay and the update, on the summed gradients)
+///
+/// so that N ranks equal one process, and a captured step replays exactly what an eager one runs.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "fastnn/backend/ops.hpp"
+#include "fastnn/core/hash.hpp"
+#include "fastnn/core/parameter.hpp"
+#include "fastnn/core/random.hpp"
+#include "fastnn/data/dataset.hpp"
+#include "fastnn/layers/layer.hpp"
+#include "fastnn/losses/loss.hpp"
+#include "fastnn/metrics/metric.hpp"
+#include "fastnn/model/callbacks.hpp"
+#include "fastnn/model/data_parallel.hpp"
+#include "fastnn/model/fit_options.hpp"
+#include "fastnn/model/predictor.hpp"
+#include "fastnn/model/step_runner.hpp"
+#include "fastnn/optim/optimizer.hpp"
+
+namespace fastnn {
+
+/// What a Trainer trains: a built model of layers with one flat parameter buffer.
+template <class T, class D>
+class Network {
+ public:
+  using Tn = Tensor<T, D>;
+  virtual ~Network() = default;
+  virtual const Shape& input_shape() const = 0;
+  virtual const Shape& output_shape() const = 0;
+  virtual Tn& flat_parameters() = 0;
+  virtual Tn& flat_gradients() = 0;
+  /// Every layer, each once, in the order of its parameters in the flat buffers.
+  virtual std::vector<Layer<T, D>*> layer_list() const = 0;
+  /// The layer that produces the output (its activation may be fused into the loss).
+  virtual Layer<T, D>& output_layer() const = 0;
+  /// The layer that reads the input (Embedding checks its ids on the host).
+  virtual Layer<T, D>& input_layer() const = 0;
+  /// The forward pass of a training step over `x` with the batch's `lengths`; returns the output and sets
+  /// `out_lengths` to its lengths. Stochastic layers have received their noise key.
+  virtual const Tn& forward_train(const Tn& x, const Lengths& lengths, Lengths& out_lengths) = 0;
+  /// Zeroes the gradients and runs backward from `dy` (the output's gradient), accumulating every parameter's
+  /// gradient; with `dp`, hands each layer's gradients over as soon as they are complete.
+  virtual void backward_train(const Tn& dy, detail::DataParallel<T, D>* dp) = 0;
+  /// Drops the network's references to the last training input (so that its buffer can be reused in place).
+  virtual void release_input() = 0;
+  /// A predictor over the weights (inference), the output layer's activation left out when asked.
+  virtual Predictor<T, D> make_predictor(bool emit_preactivation) const = 0;
+  /// The architecture as text (data-parallel ranks compare it).
+  virtual std::string describe() const = 0;
+  /// Each parameter's place in the flat buffers and whether it is trained.
+  std::vector<ParamRange> parameter_layout() const {
+    std::vector<ParamRange> v;
+    Index off = 0;
+    for (const Layer<T, D>* l : layer_list())
+      for (const auto& p : l->parameters()) {
+        v.push_back({p.name, off, p.value.size(), l->trainable()});
+        off += p.value.size();
+      }
+    return v;
+  }
+};
+
+/// The per-batch results of train_on_batch and test_on_batch: the batch's mean loss and metrics.
+using BatchResult = EvalResult;
+
+template <class T, class D>
+class Trainer {
+  using Tn = Tensor<T, D>;
+  using O = Ops<T, D>;
+  using Net = Network<T, D>;
+  using DP = detail::DataParallel<T, D>;
+
+ public:
+  Trainer() = default;
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
+  Trainer(Trainer&&) = default;
+  Trainer& operator=(Trainer&&) = default;
+
+  // ---- configuration -------------------------------------------------------------------------
+  void compile(Net* net, std::unique_ptr<Optimizer<T, D>> opt, const Loss& loss, std::vector<Metric> metrics) {
+    if (!opt) throw ArgumentError("compile: no optimizer");
+    loss_ = loss;
+    metrics_ = std::move(metrics);
+    optimizer_ = std::move(opt);
+    if (net) {
+      configure(*net, true);
+      attach(*net);
+    }
+  }
+  /// After the network is built: decides the loss fusion (and, with `strict`, checks loss and metrics against
+  /// the output) and binds the optimizer when there is one.
+  void built(Net& net, std::uint64_t seed) {
+    seed_ = seed;
+    shuffle_rng_.seed(seed * 0x9E3779B97F4A7C15ULL + 1);
+    const auto layers = net.layer_list();
+    stochastic_ = std::any_of(layers.begin(), layers.end(), [](const auto* l) { return l->stochastic(); });
+    host_checks_ = std::any_of(layers.begin(), layers.end(),
+                               [](const auto* l) { return l->produces_lengths() || l->validates_input(); });
+    configure(net, optimizer_ != nullptr);
+    if (optimizer_) attach(net);
+  }
+  /// Drops the evaluation workspace (threads or precision changed).
+  void reset_workspaces() { eval_ws_.reset(); }
+
+  // ---- training --------------------------------------------------------------------------------
+  /// Keras's fit: see Sequential::fit.
+  History fit(Net& net, const Dataset<T, D>& train_in, const FitOptions& o, const Dataset<T, D>* val_in) {
+    require_compiled(net, "fit");
+    Dataset<T, D> train = train_in, held_out;
+    const Dataset<T, D>* val = val_in;
+    if (!(o.validation_split_ >= 0 && o.validation_split_ < 1))
+      throw ArgumentError("fit: validation_split must be in [0, 1), got " + format_number(o.validation_split_));
+    if (o.validation_split_ > 0) {
+      if (val_in) throw ArgumentError("fit: validation_split together with validation data; give one of them");
+      const Index n = train_in.size();
+      const Index split = static_cast<Index>(static_cast<double>(n) * (1.0 - o.validation_split_));
+      if (split <= 0 || split >= n)
+        throw ArgumentError("fit: validation_split " + format_number(o.validation_split_) + " of " +
+                            std::to_string(n) + " samples leaves " + std::to_string(split) + " for training and " +
+                            std::to_string(n - split) + " for validation");
+      train = train_in.slice(0, split);
+      held_out = train_in.slice(split, n);
+      val = &held_out;
+    }
+    std::unique_ptr<DP> dp;
+    if (o.communicator_ && o.communicator_->size() > 1) dp = std::make_unique<DP>(*o.communicator_, o.bucket_bytes_);
+    auto checks = [&] {
+      check_dataset(net, train, "training data");
+      if (val) check_dataset(net, *val, "validation data");
+      if (o.batch_size_ <= 0) throw ArgumentError("fit: batch_size must be positive");
+      if (train.size() == 0) throw ArgumentError("fit: the training data is empty");
+      check_layout(net, "fit");
+      row_weights_ = sample_weights_of(train, o.class_weight_, "fit");
+    };
+    TrainingContext ctx = make_context(net, o, val != nullptr);
+    for (auto* c : o.callbacks_)
+      for (const auto& m : c->monitors())
+        if (!ctx.logs(m))
+          throw ArgumentError("fit: a callback monitors '" + m + "', which this run does not log (it logs " +
+                              join(ctx.logged) + ")");
+    if (dp) {
+      dp->guarded("checking the data", checks);
+      start_data_parallel(net, *dp, train, val, o);
+    } else {
+      checks();
+    }
+    const bool writer = !dp || dp->rank() == 0;  // logs and runs the callbacks
+    const Index n = train.size();
+    const long steps = static_cast<long>((n + o.batch_size_ - 1) / o.batch_size_);
+    const double rows_per_sample = static_cast<double>(rows_per_sample_(net));
+    std::vector<Callback*> ordered;  // those that write checkpoints last: they record the others' state
+    for (auto* c : o.callbacks_)
+      if (!c->writes_checkpoints()) ordered.push_back(c);
+    for (auto* c : o.callbacks_)
+      if (c->writes_checkpoints()) ordered.push_back(c);
+    for (auto* c : ordered) c->set_context(&ctx);
+    struct Unbind {  // the context lives in this call only
+      std::vector<Callback*>& cs;
+      ~Unbind() {
+        for (auto* c : cs) c->set_context(nullptr);
+      }
+    } unbind{ordered};
+    History history;
+    detail::ProgressBar bar(writer ? o.verbose_ : 0);
+    run_callbacks(dp.get(), "on_train_begin", [&] {
+      for (auto* c : ordered) c->on_train_begin();
+      for (auto* c : ordered) restore_callback_state(*c);
+    });
+    pending_states_.clear();
+    const bool batch_hooks = !o.callbacks_.empty();
+    const bool batch_logs = std::any_of(ordered.begin(), ordered.end(), [](auto* c) { return c->wants_batch_logs(); });
+    std::vector<std::int32_t> perm(static_cast<std::size_t>(n));
+    Tensor<std::int32_t, Cpu> perm_host(Shape{n});
+    // Lengths known only per batch (from the data or from a mask) change the work of every step, and a layer
+    // that checks its input on the host (Embedding's ids) reads every batch back: such a step runs eagerly.
+    // So does a data-parallel step (it talks to other ranks), a weighted one and one with regularisers.
+    const bool capturable = !dp && optimizer_->capturable() && !stochastic_ && !train.has_lengths() &&
+                            !host_checks_ && row_weights_.empty() && !regularized(net);
+    for (int epoch = o.initial_epoch_; epoch < o.epochs_ && !ctx.stop_training; ++epoch) {
+      ctx.epoch = epoch + 1;
+      run_callbacks(dp.get(), "on_epoch_begin at epoch " + std::to_string(epoch + 1), [&] {
+        for (auto* c : ordered) c->on_epoch_begin(epoch + 1);
+      });
+      if (dp) share_run_state(*dp, ctx);
+      auto t0 = std::chrono::steady_clock::now();
+      std::iota(perm.begin(), perm.end(), 0);
+      if (o.shuffle_) shuffle_rng_.shuffle(perm.begin(), perm.end());
+      std::copy(perm.begin(), perm.end(), perm_host.data());
+      // The same device buffer every epoch (no allocation): a captured step stays valid from one epoch to the
+      // next (its key holds this address).
+      train_index_.resize(Shape{n});
+      copy_from_host(perm_host, train_index_);
+      bar.begin_epoch(epoch + 1, o.epochs_, steps);
+      begin_stats();
+      double seen = 0;  // loss rows so far this epoch (this rank's, when data-parallel)
+      for (long s = 0; s < steps && !ctx.stop_training; ++s) {
+        if (batch_hooks)
+          run_callbacks(dp.get(), "on_train_batch_begin", [&] {
+            for (auto* c : ordered) c->on_train_batch_begin(s);
+          });
+        const Index begin = static_cast<Index>(s) * o.batch_size_;
+        const Index count = std::min(o.batch_size_, n - begin);
+        StepData sd{&train, &train_index_, perm.data(), begin, count, o.check_finite_, epoch + 1, s + 1};
+        if (dp) {
+          step_body(net, sd, dp.get());
+        } else {
+          const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), train_index_.data(),
+                                    count,          o.batch_size_,       o.check_finite_};
+          step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
+          if (!runner_.step(key, s, capturable, *optimizer_, [&] { step_body(net, sd, nullptr); }))
+            step_body(net, sd, nullptr);
+        }
+        seen += step_rows_;
+        if ((bar.due() || s + 1 == steps) && bar.wants_updates()) {
+          if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
+          const auto h = to_device<Cpu>(stats_);
+          bar.update(s + 1, (h[0] + reg_sum_) / seen, metric_values(h, seen));  // rank 0's own rows
+        }
+        if (batch_hooks) {
+          BatchLogs bl;
+          bl.batch = s;
+          bl.size = count;
+          if (batch_logs) bl.loss = (to_device<Cpu>(stats_)[0] + reg_sum_) / seen;
+          run_callbacks(dp.get(), "on_train_batch_end", [&] {
+            for (auto* c : ordered) c->on_train_batch_end(s, bl);
+          });
+          if (dp) share_run_state(*dp, ctx);
+        }
+      }
+      if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
+      auto h = to_device<Cpu>(stats_);
+      h[0] += reg_sum_;
+      if (dp) reduce_sums(dp->comm(), h, seen);  // the sums of every rank
+      EpochLogs logs;
+      logs.epoch = epoch + 1;
+      logs.loss = h[0] / seen;
+      logs.metrics = metric_values(h, seen);
+      logs.accuracy = accuracy_of(logs.metrics);
+      auto t1 = std::chrono::steady_clock::now();
+      logs.train_seconds = std::chrono::duration<double>(t1 - t0).count();
+      if (val) {
+        // fit keeps one evaluation workspace across epochs: evaluating allocates nothing after the first epoch
+        // (a captured training step stays valid)
+        if (!eval_ws_) eval_ws_ = std::make_unique<EvalWorkspace>(net.make_predictor(fused_));
+        EvalResult r;
+        if (dp) {
+          const auto part = dp->shard(val->size());
+          dp->guarded("validation at epoch " + std::to_string(epoch + 1), [&] {
+            r = evaluate_with(net, *eval_ws_, *val, o.batch_size_, part.first, part.second, &dp->comm());
+          });
+        } else {
+          r = evaluate_with(net, *eval_ws_, *val, o.batch_size_);
+        }
+        logs.val_loss = r.loss;
+        for (const auto& m : r.metrics) logs.val_metrics.push_back({"val_" + m.first, m.second});
+        logs.val_accuracy = r.accuracy;
+        logs.eval_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+      }
+      epochs_done_ = epoch + 1;
+      bar.end_epoch(logs);
+      history.epochs.push_back(logs);
+      run_callbacks(dp.get(), "a callback at the end of epoch " + std::to_string(epoch + 1), [&] {
+        for (auto* c : ordered) c->on_epoch_end(logs);
+      });
+      if (dp) share_run_state(*dp, ctx);
+    }
+    run_callbacks(dp.get(), "on_train_end", [&] {
+      for (auto* c : ordered) c->on_train_end();
+    });
+    if (dp) dp->broadcast(net.flat_parameters());  // weights restored by a callback on rank 0
+    return history;
+  }
+
+  /// Keras's train_on_batch: one training step on all of `x` (one batch) with int32 `labels` or float `targets`
+  /// (the other empty), as fit() runs it; returns the batch's loss and metrics.
+  BatchResult train_on_batch(Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                             const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
+    require_compiled(net, "train_on_batch");
+    check_layout(net, "train_on_batch");
+    Dataset<T, D> d = batch_dataset(x, labels, targets, lengths, sample_weight);
+    check_dataset(net, d, "train_on_batch");
+    row_weights_ = sample_weights_of(d, {}, "train_on_batch");
+    const Index n = d.size();
+    std::vector<std::int32_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    Tensor<std::int32_t, Cpu> ih(Shape{n});
+    std::copy(order.begin(), order.end(), ih.data());
+    batch_index_.resize(Shape{n});
+    copy_from_host(ih, batch_index_);
+    begin_stats();
+    StepData sd{&d, &batch_index_, order.data(), 0, n, true, epochs_done_ + 1, 1};
+    step_body(net, sd, nullptr);
+    O::throw_if_nonfinite(epochs_done_ + 1);
+    auto h = to_device<Cpu>(stats_);
+    h[0] += reg_sum_;
+    BatchResult r;
+    r.loss = h[0] / step_rows_;
+    r.metrics = metric_values(h, step_rows_);
+    r.accuracy = accuracy_of(r.metrics);
+    return r;
+  }
+
+  /// Forward, loss and backward on one batch without an optimizer step: afterwards every parameter's `grad`
+  /// holds d(mean loss)/dparameter (Sequential::named_parameters()); apply_gradients() then steps the optimizer
+  /// (its clipping, weight decay and rate included). Returns the batch's loss.
+  double compute_gradients(Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                           const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
+    require_compiled(net, "compute_gradients");
+    Dataset<T, D> d = batch_dataset(x, labels, targets, lengths, sample_weight);
+    check_dataset(net, d, "compute_gradients");
+    row_weights_ = sample_weights_of(d, {}, "compute_gradients");
+    const Index n = d.size();
+    std::vector<std::int32_t> order(static_cast<std::size_t>(n));
+    std::iota(order.begin(), order.end(), 0);
+    Tensor<std::int32_t, Cpu> ih(Shape{n});
+    std::copy(order.begin(), order.end(), ih.data());
+    batch_index_.resize(Shape{n});
+    copy_from_host(ih, batch_index_);
+    begin_stats();
+    gather(net, d, batch_index_, 0, n, order.data());
+    set_noise_key(net, 0);
+    Lengths out;
+    const Tn& y = net.forward_train(batch_, batch_lengths_, out);
+    step_rows_ = loss_rows(net, n, out);
+    loss_and_backward(net, y, T(1) / static_cast<T>(step_rows_), out, nullptr);
+    add_regularization(net, step_rows_);
+    return (to_device<Cpu>(stats_)[0] + reg_sum_) / step_rows_;
+  }
+  /// One optimizer step from the gradients as they are now (see compute_gradients).
+  void apply_gradients(Net& net) {
+    require_compiled(net, "apply_gradients");
+    check_layout(net, "apply_gradients");
+    optimizer_->step();
+  }
+
+  // ---- evaluation ------------------------------------------------------------------------------
+  /// Mean loss and metrics on `data`, in inference mode. Const and thread-safe.
+  EvalResult evaluate(const Net& net, const Dataset<T, D>& data, Index batch_size) const {
+    EvalWorkspace ws(net.make_predictor(fused_));
+    return evaluate_with(net, ws, data, batch_size);
+  }
+
+  // ---- state -----------------------------------------------------------------------------------
+  Optimizer<T, D>* optimizer() const { return optimizer_.get(); }
+  const Loss& loss() const { return loss_; }
+  const std::vector<Metric>& metrics() const { return metrics_; }
+  bool loss_fused() const { return fused_; }
+  int epochs_done() const { return epochs_done_; }
+  void set_epochs_done(int n) { epochs_done_ = n; }
+  Rng& shuffle_rng() { return shuffle_rng_; }
+  const Rng& shuffle_rng() const { return shuffle_rng_; }
+  /// A callback's state read from a checkpoint: given to the callback of the same state_name() when the next
+  /// fit() starts.
+  struct CallbackState {
+    Config values;
+    std::vector<double> weights;
+    bool has_weights = false;
+  };
+  void set_pending_callback_states(std::map<std::string, CallbackState> s) { pending_states_ = std::move(s); }
+  const std::map<std::string, CallbackState>& pending_callback_states() const { return pending_states_; }
+
+  /// A dataset of one batch: x with int32 labels or float targets (the other empty), lengths and sample
+  /// weights (both optional); its num_classes is the largest label + 1.
+  static Dataset<T, D> batch_dataset(const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                                     const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
+    Dataset<T, D> d;
+    d.x = x;
+    d.labels = labels;
+    d.targets = targets;
+    d.lengths = lengths;
+    if (labels.rank() > 0) {
+      const auto h = to_device<Cpu>(labels);
+      int top = 0;
+      for (Index i = 0; i < h.size(); ++i) {
+        if (h[i] < 0) throw ArgumentError("a batch's label " + std::to_string(h[i]) + " at position " +
+                                          std::to_string(i) + " is negative");
+        top = std::max(top, h[i] + 1);
+      }
+      d.num_classes = top;
+    }
+    if (sample_weight.rank() > 0) d.with_sample_weights(sample_weight);
+    return d;
+  }
+
+  /// Checks `d` against the network: sample shape, lengths, ids, labels or targets as the loss needs them.
+  void check_dataset(const Net& net, const Dataset<T, D>& d, const char* what) const {
+    const Shape& in = net.input_shape();
+    const Shape& out = net.output_shape();
+    if (d.sample_shape() != in)
+      throw ShapeError(std::string(what) + ": samples of shape " + d.sample_shape().str() +
+                       ", the model was built for " + in.str());
+    if (d.has_lengths()) {
+      if (in.rank() < 1) throw ShapeError(std::string(what) + ": lengths given for samples that are not sequences");
+      check_lengths(d.lengths, d.size(), in[0], what);
+    }
+    const Layer<T, D>& first = net.input_layer();
+    if (first.validates_input()) first.validate_input(on_host(d.x), 0);
+    if (loss_.uses_labels()) {
+      if (!d.has_labels())
+        throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs class labels, the data has " +
+                            (d.has_targets() ? "float targets" : "none"));
+      const Shape want = out.rank() ? out.drop_back() : Shape{};
+      if (d.labels.dim(0) != d.size() || d.target_shape() != want)
+        throw ShapeError(std::string(what) + ": labels " + d.labels.shape().str() + " for " + std::to_string(d.size()) +
+                         " samples; the model's output " + out.str() + " needs [N" +
+                         (want.rank() ? ", " + want.str().substr(1) : std::string("]")));
+      if (d.num_classes > out[out.rank() - 1])
+        throw ShapeError(std::string(what) + ": " + std::to_string(d.num_classes) + " classes, the model outputs " +
+                         out.str());
+    } else {
+      if (!d.has_targets())
+        throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs float targets, the data has " +
+                            (d.has_labels() ? "class labels" : "none"));
+      if (d.targets.dim(0) != d.size() || d.target_shape() != out)
+        throw ShapeError(std::string(what) + ": targets " + d.targets.shape().str() + " for " +
+                         std::to_string(d.size()) + " samples; the model's output is " + out.str() + " per sample");
+    }
+    if (d.has_sample_weights() && d.sample_weights.size() != d.size())
+      throw ArgumentError(std::string(what) + ": " + std::to_string(d.sample_weights.size()) + " sample weights for " +
+                          std::to_string(d.size()) + " samples");
+  }
+
+ private:
+  /// What one evaluation writes: a predictor and the batch buffers.
+  struct EvalWorkspace {
+    explicit EvalWorkspace(Predictor<T, D> p) : predictor(std::move(p)) {}
+    Predictor<T, D> predictor;
+    Tensor<std::int32_t, D> index, labels;
+    Tn x, targets, scratch;
+    Tensor<double, D> stats;
+  };
+  /// One step of an epoch: samples order[begin, begin + count) of `data` (order: the host copy of `index`).
+  struct StepData {
+    const Dataset<T, D>* data;
+    const Tensor<std::int32_t, D>* index;
+    const std::int32_t* order;
+    Index begin, count;
+    bool check;
+    int epoch;
+    long batch;
+  };
+
+  void require_compiled(const Net& net, const char* what) const {
+    (void)net;
+    if (!optimizer_) throw ArgumentError(std::string("Sequential::") + what + ": call compile() first");
+  }
+
+  void attach(Net& net) {
+    layout_ = net.parameter_layout();
+    optimizer_->attach(net.flat_parameters(), net.flat_gradients(), layout_);
+  }
+  /// A layer's trainable flag changed since compile(): the optimizer holds state for the old set.
+  void check_layout(const Net& net, const char* what) const {
+    const auto now = net.parameter_layout();
+    for (std::size_t i = 0; i < now.size() && i < layout_.size(); ++i)
+      if (now[i].trainable != layout_[i].trainable)
+        throw ArgumentError(std::string(what) + ": '" + now[i].name + "' became " +
+                            (now[i].trainable ? "trainable" : "non-trainable") +
+                            " after compile(); call compile() again");
+  }
+
+  /// Decides whether the loss absorbs the output layer's activation; with `strict`, throws when the loss or a
+  /// metric cannot take the model's output and targets.
+  void configure(Net& net, bool strict) {
+    eval_ws_.reset();
+    Layer<T, D>& last = net.output_layer();
+    const Activation a = last.output_activation();
+    fused_ = a != Activation::Linear && a == loss_.fusable_activation();
+    if (a != Activation::Linear) last.set_emit_preactivation(fused_);
+    fused_activation_ = fused_ ? a : Activation::Linear;
+    metric_kinds_.clear();
+    const Shape& out = net.output_shape();
+    const Index units = out.rank() ? out[out.rank() - 1] : 1;
+    for (const auto& m : metrics_) metric_kinds_.push_back(m.resolve(loss_, units));
+    if (strict && !fused_ && !loss_.accepts_unfused_output())
+      throw ArgumentError("compile: " + loss_.type_name() +
+                          "(from_logits=false) needs a last layer with softmax activation (fused with the loss); the "
+                          "last layer '" + last.name() + "' applies " + to_string(a) + "; or use from_logits=true");
+  }
+
+  TrainingContext make_context(Net& net, const FitOptions& o, bool has_val) {
+    TrainingContext c;
+    c.logged.push_back("loss");
+    for (const auto& m : metrics_) c.logged.push_back(m.name());
+    if (has_val || o.validation_split_ > 0) {
+      c.logged.push_back("val_loss");
+      for (const auto& m : metrics_) c.logged.push_back("val_" + m.name());
+    }
+    Optimizer<T, D>* opt = optimizer_.get();
+    c.learning_rate = [opt] { return opt->learning_rate(); };
+    c.set_learning_rate = [opt](double lr) { opt->set_learning_rate(lr); };
+    Net* n = &net;
+    c.get_weights = [n] {
+      const auto h = to_device<Cpu>(n->flat_parameters());
+      return std::vector<double>(h.data(), h.data() + h.size());
+    };
+    c.set_weights = [n](const std::vector<double>& w) {
+      Tn& p = n->flat_parameters();
+      if (static_cast<Index>(w.size()) != p.size())
+        throw ArgumentError("set_weights: " + std::to_string(w.size()) + " values for " + std::to_string(p.size()) +
+                            " parameters");
+      Tensor<T, Cpu> h(p.shape());
+      for (Index i = 0; i < h.size(); ++i) h[i] = static_cast<T>(w[static_cast<std::size_t>(i)]);
+      copy_from_host(h, p);
+    };
+    c.callbacks = o.callbacks_;
+    return c;
+  }
+  void restore_callback_state(Callback& c) {
+    const std::string key = c.state_name();
+    if (key.empty()) return;
+    auto it = pending_states_.find(key);
+    if (it == pending_states_.end()) return;
+    c.set_state(it->second.values);
+    if (it->second.has_weights) c.set_state_weights(it->second.weights);
+  }
+  /// Data-parallel: every rank takes rank 0's stop flag and learning rate (its callbacks may have changed them).
+  void share_run_state(DP& dp, TrainingContext& ctx) {
+    double v[2] = {dp.rank() == 0 && ctx.stop_training ? 1.0 : 0.0,
+                   dp.rank() == 0 ? optimizer_->learning_rate() : 0.0};
+    dp.comm().allreduce_host(v, 2);
+    ctx.stop_training = v[0] > 0;
+    if (dp.rank() != 0 && v[1] != optimizer_->learning_rate()) optimizer_->set_learning_rate(v[1]);
+  }
+
+  /// Per-sample loss weights of `d` (its sample weights times the class weights of its labels), or empty when
+  /// every weight is 1. ArgumentError naming the class that does not exist, or a bad weight.
+  std::vector<double> sample_weights_of(const Dataset<T, D>& d, const std::map<int, double>& class_weight,
+                                        const char* what) const {
+    if (!d.has_sample_weights() && class_weight.empty()) return {};
+    std::vector<double> w(static_cast<std::size_t>(d.size()), 1.0);
+    if (d.has_sample_weights())
+      for (Index i = 0; i < d.size(); ++i) w[static_cast<std::size_t>(i)] = d.sample_weights[i];
+    if (!class_weight.empty()) {
+      if (!d.has_labels() || d.labels.rank() != 1)
+        throw ArgumentError(std::string(what) + ": class_weight needs one class label per sample (labels [N]), the "
+                            "data has " + (d.has_labels() ? "labels " + d.labels.shape().str() : "float targets"));
+      for (const auto& kv : class_weight) {
+        if (kv.first < 0 || kv.first >= d.num_classes)
+          throw ArgumentError(std::string(what) + ": class_weight for class " + std::to_string(kv.first) +
+                              ", the data has classes 0.." + std::to_string(d.num_classes - 1));
+        if (!(kv.second >= 0) || !std::isfinite(kv.second))
+          throw ArgumentError(std::string(what) + ": class_weight of class " + std::to_string(kv.first) + " is " +
+                              format_number(kv.second) + " (must be finite and >= 0)");
+      }
+      const auto labels = to_device<Cpu>(d.labels);
+      for (Index i = 0; i < d.size(); ++i) {
+        auto it = class_weight.find(labels[i]);
+        if (it != class_weight.end()) w[static_cast<std::size_t>(i)] *= it->second;
+      }
+    }
+    return w;
+  }
+
+  void begin_stats() {
+    stats_.resize(Shape{1 + static_cast<Index>(metrics_.size())});
+    stats_.set_zero();
+    reg_sum_ = 0;
+    O::reset_nonfinite();
+  }
+
+  // ---- the step body ---------------------------------------------------------------------------
+  /// One training step (see the file comment). With `dp`: this rank's share of the global batch, and the ranks
+  /// agree on every failure so that none is left waiting.
+  void step_body(Net& net, const StepData& s, DP* dp) {
+    Index first = 0, local = s.count;
+    if (dp) {
+      const auto part = dp->shard(s.count);
+      first = part.first;
+      local = part.second - part.first;
+    }
+    const std::string where = "epoch " + std::to_string(s.epoch) + ", batch " + std::to_string(s.batch);
+    std::string error;
+    Lengths lengths;
+    const Tn* y = nullptr;
+    double ctrl[2] = {0, 0};  // this rank's loss rows; whether it failed
+    try {
+      if (local > 0) {
+        gather(net, *s.data, *s.index, s.begin + first, local, s.order + s.begin + first);
+        set_noise_key(net, dp ? dp->rank() : 0);
+        y = &net.forward_train(batch_, batch_lengths_, lengths);
+        ctrl[0] = loss_rows(net, local, lengths);
+      }
+    } catch (const std::exception& e) {
+      if (!dp) throw;
+      error = e.what();
+      ctrl[1] = 1;
+    }
+    step_rows_ = ctrl[0];  // this rank's rows, before the sum over the ranks
+    if (dp) {
+      dp->comm().allreduce_host(ctrl, 2);
+      if (ctrl[1] > 0) dp->fail("the forward pass at " + where, error);
+    }
+    double flags[2] = {0, 0};  // failed; non-finite loss
+    try {
+      if (local > 0) loss_and_backward(net, *y, T(1) / static_cast<T>(ctrl[0]), lengths, dp);
+      else net.flat_gradients().set_zero();
+      if (dp && s.check && local > 0 && !std::isfinite(to_device<Cpu>(stats_)[0])) flags[1] = 1;
+    } catch (const std::exception& e) {
+      if (!dp) throw;
+      error = e.what();
+      flags[0] = 1;
+    }
+    Tn& grads = net.flat_gradients();
+    if (dp) {
+      dp->layer_done(grads, 0, /*all=*/true);  // every bucket not yet started (a failed rank too)
+      dp->finish(grads);
+      dp->comm().allreduce_host(flags, 2);
+      if (flags[0] > 0) dp->fail("the backward pass at " + where, error);
+    }
+    add_regularization(net, step_rows_);  // after the sum: every rank adds the same weight penalty once
+    if (dp) {
+      if (s.check && (flags[1] > 0 || !O::all_finite(grads))) throw_nonfinite(net, flags[1] > 0, s.epoch, s.batch);
+    } else if (s.check && !O::step_finite(stats_, 0, grads, s.batch)) {
+      // A device that defers the check records the batch and reports it at its next throw_if_nonfinite; the
+      // CPU answers at once, and the culprit is named here.
+      throw_nonfinite(net, !std::isfinite(to_device<Cpu>(stats_)[0]), s.epoch, s.batch);
+    }
+    optimizer_->step();
+  }
+
+  /// Stochastic layers (Dropout) get a key per step from the seed and the step count (both checkpointed);
+  /// `rank` is mixed in so that the ranks of a data-parallel run draw different masks.
+  void set_noise_key(Net& net, int rank) {
+    if (!stochastic_) return;
+    std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
+    if (rank > 0) key = hash::combine(key, static_cast<std::uint64_t>(rank));
+    for (auto* l : net.layer_list()) l->set_noise_key(key);
+  }
+
+  bool regularized(const Net& net) const {
+    for (const auto* l : net.layer_list())
+      if (l->has_regularizers()) return true;
+    return false;
+  }
+  /// Adds the layers' penalties' gradients to the gradients and their value, per loss row, to the epoch's sums.
+  void add_regularization(Net& net, double rows) {
+    double r = 0;
+    bool any = false;
+    for (auto* l : net.layer_list())
+      if (l->has_regularizers()) {
+        r += l->regularization_loss(true);
+        any = true;
+      }
+    if (any) reg_sum_ += r * rows;
+  }
+
+  /// Rows order[0, count) (= index[begin, begin + count)) of the data into the batch buffers.
+  void gather(Net& net, const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count,
+              const std::int32_t* order) {
+    net.release_input();  // so that resize() can reuse batch_'s storage in place
+    gather_into(data, idx, begin, count, batch_, labels_, targets_);
+    batch_lengths_ = data.has_lengths() ? gather_lengths(data.lengths, order, count) : Lengths();
+    batch_weights_.clear();
+    if (!row_weights_.empty())
+      for (Index j = 0; j < count; ++j) batch_weights_.push_back(row_weights_[static_cast<std::size_t>(order[j])]);
+  }
+
+  /// Rows idx[begin, begin + count) of the data into x and labels or targets.
+  static void gather_into(const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count,
+                          Tn& x, Tensor<std::int32_t, D>& labels, Tn& targets) {
+    x.resize(data.sample_shape().prepend(count));
+    O::gather_rows(data.x, idx, begin, count, x);
+    if (data.has_labels()) {
+      labels.resize(data.target_shape().prepend(count));
+      O::gather_rows(data.labels, idx, begin, count, labels);
+    }
+    if (data.has_targets()) {
+      targets.resize(data.target_shape().prepend(count));
+      O::gather_rows(data.targets, idx, begin, count, targets);
+    }
+  }
+  /// lengths[order[j]] for j < count.
+  static Lengths gather_lengths(const Lengths& lengths, const std::int32_t* order, Index count) {
+    Lengths l(Shape{count});
+    for (Index j = 0; j < count; ++j) l[j] = lengths[order[j]];
+    return l;
+  }
+
+  /// Loss rows per sample: the output's elements grouped by its last axis.
+  static Index rows_per_sample_(const Net& net) {
+    const Shape& out = net.output_shape();
+    if (out.rank() == 0) return 1;
+    return out.numel() / out[out.rank() - 1];
+  }
+  /// Whether the output [batch, steps, ...] has padded steps to leave out of the loss.
+  static bool masks_steps(const Net& net, const Lengths& lengths) {
+    const Shape& out = net.output_shape();
+    return !lengths.empty() && out.rank() >= 2 && !all_full_length(lengths, out[0]);
+  }
+  /// Loss rows of a batch of `count` samples: every row, or only the real steps' rows.
+  static double loss_rows(const Net& net, Index count, const Lengths& lengths) {
+    if (!masks_steps(net, lengths)) return static_cast<double>(count) * static_cast<double>(rows_per_sample_(net));
+    double steps = 0;
+    for (Index b = 0; b < lengths.size(); ++b) steps += lengths[b];
+    return steps * static_cast<double>(rows_per_sample_(net) / net.output_shape()[0]);
+  }
+
+  /// The loss of output y (gradient scaled by `scale`, and by each sample's weight) into dy_, then backward.
+  void loss_and_backward(Net& net, const Tn& y, T scale, const Lengths& lengths, DP* dp) {
+    dy_.resize(y.shape());
+    if (batch_weights_.empty()) {
+      accumulate(net, y, labels_, targets_, &dy_, scale, scratch_, stats_, lengths);
+    } else {
+      accumulate_weighted(net, y, scale, lengths);
+    }
+    net.backward_train(dy_, dp);
+  }
+
+  /// Sample b's rows of t [B, ...]: its first `len` steps when the output's steps are masked, else its row.
+  template <class U>
+  static Tensor<U, D> sample_rows(const Tensor<U, D>& t, Index b, Index B, Index S, Index len, bool masked) {
+    if (t.empty()) return t;
+    if (!masked) return t.rows(b, b + 1);
+    Shape sh = t.shape().drop_front();
+    const Index per_step = t.size() / (B * S);
+    sh[0] = len;
+    return t.view(b * S * per_step, sh);
+  }
+
+  /// Loss and metrics of output y into stats; with per-step outputs of sequences of different lengths only each
+  /// sample's real steps count, as with Keras's masked losses: padded steps get no loss, no metric value and a
+  /// zero gradient.
+  void accumulate(const Net& net, const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy,
+                  T grad_scale, Tn& scratch, Tensor<double, D>& stats, const Lengths& lengths) const {
+    if (!masks_steps(net, lengths)) {
+      accumulate_rows(y, labels, targets, dy, grad_scale, scratch, stats);
+      return;
+    }
+    if (dy) O::fill(*dy, T(0));
+    const Index B = y.dim(0), S = net.output_shape()[0];
+    for (Index b = 0; b < B; ++b) {
+      const Index len = lengths[b];
+      Tn dyb = dy ? sample_rows(*dy, b, B, S, len, true) : Tn();
+      accumulate_rows(sample_rows(y, b, B, S, len, true), sample_rows(labels, b, B, S, len, true),
+                      sample_rows(targets, b, B, S, len, true), dy ? &dyb : nullptr, grad_scale, scratch, stats);
+    }
+  }
+  void accumulate_rows(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy, T grad_scale,
+                       Tn& scratch, Tensor<double, D>& stats) const {
+    detail::accumulate_loss(loss_, y, labels, targets, fused_, dy, grad_scale, stats, 0);
+    accumulate_metrics(y, labels, targets, scratch, stats);
+  }
+  void accumulate_metrics(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn& scratch,
+                          Tensor<double, D>& stats) const {
+    for (std::size_t i = 0; i < metric_kinds_.size(); ++i)
+      detail::accumulate_metric(metric_kinds_[i], y, labels, targets, fused_, fused_activation_, scratch, stats,
+                                static_cast<Index>(i) + 1);
+  }
+  /// Weighted samples: sample b's loss sum (and gradient) times its weight; metrics unweighted.
+  void accumulate_weighted(const Net& net, const Tn& y, T scale, const Lengths& lengths) {
+    const bool masked = masks_steps(net, lengths);
+    const Index B = y.dim(0), S = net.output_shape().rank() ? net.output_shape()[0] : 1;
+    O::fill(dy_, T(0));
+    wstats_.resize(Shape{B});
+    wstats_.set_zero();
+    for (Index b = 0; b < B; ++b) {
+      const Index len = masked ? lengths[b] : 0;
+      Tn dyb = sample_rows(dy_, b, B, S, len, masked);
+      const T w = static_cast<T>(batch_weights_[static_cast<std::size_t>(b)]);
+      const Tn yb = sample_rows(y, b, B, S, len, masked);
+      const auto lb = sample_rows(labels_, b, B, S, len, masked);
+      const Tn tb = sample_rows(targets_, b, B, S, len, masked);
+      detail::accumulate_loss(loss_, yb, lb, tb, fused_, &dyb, scale * w, wstats_, b);
+      accumulate_metrics(yb, lb, tb, scratch_, stats_);
+    }
+    const auto per_sample = to_device<Cpu>(wstats_);
+    double sum = 0;
+    for (Index b = 0; b < B; ++b) sum += batch_weights_[static_cast<std::size_t>(b)] * per_sample[b];
+    auto h = to_device<Cpu>(stats_);
+    h[0] += sum;
+    copy_from_host(h, stats_);
+  }
+
+  [[noreturn]] void throw_nonfinite(const Net& net, bool loss, int epoch, long batch) const {
+    const std::string where = " at epoch " + std::to_string(epoch) + ", batch " + std::to_string(batch);
+    if (loss) throw NonFiniteError("non-finite loss" + where);
+    for (const auto* l : net.layer_list())
+      for (const auto& p : l->parameters())
+        if (!O::all_finite(p.grad)) throw NonFiniteError("non-finite gradient in '" + p.name + "'" + where);
+    throw NonFiniteError("non-finite gradient" + where);
+  }
+
+  /// Runs `fn` (callbacks) on the writing rank; data-parallel, every rank learns whether it threw.
+  template <class F>
+  void run_callbacks(DP* dp, const std::string& what, F&& fn) {
+    if (!dp) return fn();
+    dp->guarded(what, [&] {
+      if (dp->rank() == 0) fn();
+    });
+  }
+
+  /// What every rank must agree on: the model, and the run.
+  std::string describe_run(const Net& net) const {
+    std::string d = net.describe() + "; " + std::to_string(net.parameter_layout().size()) + " tensors; loss " +
+                    loss_.type_name() + "; optimizer " + optimizer_->type_name() + "(";
+    bool first = true;
+    for (const auto& kv : optimizer_->config()) {
+      d += (first ? "" : ", ") + kv.first + "=" + kv.second;
+      first = false;
+    }
+    return d + ")";
+  }
+
+  /// The start of a data-parallel fit: every rank checks that the others run the same model on the same data
+  /// sizes, then takes rank 0's weights, optimizer state, rate and shuffle RNG.
+  void start_data_parallel(Net& net, DP& dp, const Dataset<T, D>& train, const Dataset<T, D>* val,
+                           const FitOptions& o) {
+    const std::string run = "batch_size " + std::to_string(o.batch_size_) + ", epochs " + std::to_string(o.epochs_) +
+                            ", initial_epoch " + std::to_string(o.initial_epoch_) + ", shuffle " +
+                            (o.shuffle_ ? "on" : "off") + ", check_finite " + (o.check_finite_ ? "on" : "off") + ", " +
+                            std::to_string(train.size()) + " training samples, " +
+                            (val ? std::to_string(val->size()) : std::string("no")) + " validation samples";
+    dp.check_same(describe_run(net), run);
+    dp.broadcast(net.flat_parameters());
+    for (auto& slot : optimizer_->state()) dp.broadcast(slot.second);
+    double meta[3] = {dp.rank() == 0 ? static_cast<double>(optimizer_->iterations()) : 0.0,
+                      dp.rank() == 0 ? static_cast<double>(epochs_done_) : 0.0,
+                      dp.rank() == 0 ? optimizer_->learning_rate() : 0.0};
+    dp.comm().allreduce_host(meta, 3);  // rank 0's values (the others add zero)
+    optimizer_->set_iterations(static_cast<std::int64_t>(meta[0]));
+    epochs_done_ = static_cast<int>(meta[1]);
+    if (meta[2] != optimizer_->learning_rate()) optimizer_->set_learning_rate(meta[2]);
+    shuffle_rng_.set_state(dp.comm().broadcast_string(shuffle_rng_.state(), 0));
+    std::vector<std::pair<Index, Index>> ranges;
+    Index off = 0;
+    for (const auto* l : net.layer_list()) {
+      ranges.push_back({off, l->param_count()});
+      off += l->param_count();
+    }
+    dp.plan(ranges, off);
+  }
+
+  /// Sums [loss, metrics...] and the row count `rows` over the ranks of `comm`, in place.
+  static void reduce_sums(Communicator& comm, Tensor<double, Cpu>& sums, double& rows) {
+    std::vector<double> v(sums.data(), sums.data() + sums.size());
+    v.push_back(rows);
+    comm.allreduce_host(v.data(), v.size());
+    std::copy(v.begin(), v.end() - 1, sums.data());
+    rows = v.back();
+  }
+
+  /// Rows [first, last) of `data` (all of it by default); with `comm`, each rank passes its share and the sums of
+  /// every rank are reduced.
+  EvalResult evaluate_with(const Net& net, EvalWorkspace& ws, const Dataset<T, D>& data, Index batch_size,
+                           Index first = 0, Index last = -1, Communicator* comm = nullptr) const {
+    check_dataset(net, data, "evaluation data");
+    if (batch_size <= 0) throw ArgumentError("evaluate: batch_size must be positive");
+    const Index n = data.size();
+    if (n == 0) throw ArgumentError("evaluate: the data is empty");
+    if (last < 0) last = n;
+    if (ws.index.size() != n) {
+      Tensor<std::int32_t, Cpu> ih(Shape{n});
+      std::iota(ih.data(), ih.data() + n, 0);
+      ws.index.resize(Shape{n});
+      copy_from_host(ih, ws.index);
+    }
+    ws.stats.resize(Shape{1 + static_cast<Index>(metrics_.size())});
+    ws.stats.set_zero();
+    double total = 0;  // loss rows
+    for (Index begin = first; begin < last; begin += batch_size) {
+      const Index count = std::min(batch_size, last - begin);
+      gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
+      const Tn& y = ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count));
+      const Lengths& lengths = ws.predictor.output_lengths();
+      accumulate(net, y, ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats, lengths);
+      total += loss_rows(net, count, lengths);
+    }
+    auto h = to_device<Cpu>(ws.stats);
+    double reg = 0;  // Keras adds the weight penalties to the evaluated loss too
+    for (const auto* l : net.layer_list())
+      if (l->has_regularizers()) reg += const_cast<Layer<T, D>*>(l)->regularization_loss(false);
+    if (comm) reduce_sums(*comm, h, total);
+    EvalResult r;
+    r.loss = h[0] / total + reg;
+    r.metrics = metric_values(h, total);
+    r.accuracy = accuracy_of(r.metrics);
+    return r;
+  }
+
+  std::vector<MetricValue> metric_values(const Tensor<double, Cpu>& h, double total) const {
+    std::vector<MetricValue> v;
+    for (std::size_t i = 0; i < metrics_.size(); ++i)
+      v.push_back({metrics_[i].name(), h[static_cast<Index>(i) + 1] / total});
+    return v;
+  }
+  static double accuracy_of(const std::vector<MetricValue>& v) {
+    for (const auto& m : v)
+      if (m.first == "accuracy" || m.first == "acc") return m.second;
+    return NAN;
+  }
+  static std::string join(const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s;
+  }
+
+  std::unique_ptr<Optimizer<T, D>> optimizer_;
+  Loss loss_ = SparseCategoricalCrossentropy();
+  std::vector<Metric> metrics_{Metric("accuracy")};
+  std::vector<Metric::Kind> metric_kinds_;
+  std::vector<ParamRange> layout_;  ///< the parameter layout the optimizer was attached with
+  Tn batch_, targets_, scratch_, dy_;
+  Tensor<std::int32_t, D> labels_;
+  Tensor<std::int32_t, D> train_index_;  ///< fit's shuffled sample order
+  Tensor<std::int32_t, D> batch_index_;  ///< train_on_batch's order (0..n-1)
+  Tensor<double, D> stats_;              ///< [loss, metrics...] sums of the epoch
+  Tensor<double, D> wstats_;             ///< per-sample loss sums of a weighted batch
+  double reg_sum_ = 0;                   ///< the regularisers' penalties times the loss rows, this epoch
+  std::vector<double> row_weights_;      ///< per-sample loss weights of the run, or empty
+  std::vector<double> batch_weights_;    ///< the batch's
+  Rng shuffle_rng_;
+  std::uint64_t seed_ = 0;
+  bool stochastic_ = false;   ///< a layer draws random numbers in training (Dropout)
+  bool host_checks_ = false;  ///< a layer reads its input on the host (Embedding, Masking)
+  Lengths batch_lengths_;     ///< the lengths of the training batch (from the data)
+  double step_rows_ = 0;      ///< loss rows of the last training step
+  int epochs_done_ = 0;
+  bool fused_ = false;
+  Activation fused_activation_ = Activation::Linear;
+  std::unique_ptr<EvalWorkspace> eval_ws_;  ///< fit's validation workspace
+  std::map<std::string, CallbackState> pending_states_;
+  detail::StepRunner<D> runner_;  // device hook (model/step_runner.hpp)
+};
+
+}  // namespace fastnn
