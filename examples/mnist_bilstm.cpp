@@ -36,6 +36,7 @@ namespace {
 struct Options {
   std::string data = "data";
   int epochs = 30;
+  int early_stopping = 0;  // patience on val_loss (0 = off, the reference)
   fastnn::Index batch_size = 128;
   std::optional<double> lr;
   double momentum = 0.9;
@@ -149,6 +150,12 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
     csv = std::make_unique<CsvLogger>(o.history_csv, /*append=*/!o.resume.empty());
     fit.callback(csv.get());
   }
+  std::unique_ptr<EarlyStopping> stop;
+  if (o.early_stopping > 0) {
+    stop = std::make_unique<EarlyStopping>(
+        EarlyStoppingOptions().monitor("val_loss").patience(o.early_stopping).restore_best_weights(true));
+    fit.callback(stop.get());
+  }
   std::unique_ptr<io::CheckpointSaver<float, D>> saver;
   if (!o.save.empty()) {
     saver = std::make_unique<io::CheckpointSaver<float, D>>(model, o.save);
@@ -213,6 +220,9 @@ int main(int argc, char** argv) {
                "GPU only: allow TF32 tensor-core math in cuBLAS and cuDNN (faster, ~1e-3 relative error; "
                "PyTorch's and TensorFlow's cuDNN default); off by default so the GPU matches the CPU to ~1e-6");
   app.add_flag("!--no-check-finite", o.check_finite, "do not stop on a NaN/Inf loss or gradient");
+  app.add_option("--early-stopping", o.early_stopping,
+                 "stop when val_loss has not improved for N epochs and keep the best epoch's weights (0 = off)")
+      ->check(CLI::Range(0, 100000))->capture_default_str();
   app.add_option("--save", o.save, "write a checkpoint to PATH at the end of every epoch (atomically)");
   app.add_option("--resume", o.resume,
                  "continue the run checkpointed in PATH (same flags); --epochs is the total, 0 only validates");

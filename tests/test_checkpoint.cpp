@@ -383,6 +383,111 @@ TEST(Resume, BitIdenticalAdamFloatTwoThreads) { resume_is_bit_identical<float>("
 TEST(Resume, BitIdenticalRmspropFloatOptimizerFromFile) { resume_is_bit_identical<float>("rmsprop", 1, false); }
 TEST(Resume, BitIdenticalSgdDouble) { resume_is_bit_identical<double>("sgd", 1, true); }
 
+// A run stopped by EarlyStopping, killed after an epoch inside its patience window and resumed from that epoch's
+// checkpoint (which records the callback's state), stops at the same epoch with the same weights.
+TEST(Resume, MidPatienceEarlyStoppingStopsAtTheSameEpochWithTheSameWeights) {
+  TempDir dir;
+  const Dataset<float, Cpu> train = toy_data<float>(120, 31), val = toy_data<float>(40, 32);
+  const auto es_options =
+      EarlyStoppingOptions().monitor("val_loss").patience(3).min_delta(0.02).restore_best_weights(true);
+  const auto fit = FitOptions().epochs(15).batch_size(16).verbose(0);
+
+  Sequential<float> a;
+  build(a, 5);
+  a.compile(std::make_unique<Adam<float>>(0.02));
+  EarlyStopping es_a(es_options);
+  io::CheckpointSaver<float, Cpu> saver_a(a, dir.file("a-{epoch}.safetensors"));
+  const History ha = a.fit(train, FitOptions(fit).callback(&saver_a).callback(&es_a), &val);
+  ASSERT_GT(es_a.stopped_epoch(), 0) << "the run must stop early for this test to mean anything";
+  const int resume_at = es_a.stopped_epoch() - 1;  // the callback was waiting after this epoch
+  ASSERT_GT(resume_at, es_a.best_epoch()) << "no epoch inside the patience window";
+
+  Sequential<float> b;
+  build(b, 999);
+  io::load_checkpoint(b, dir.file("a-" + std::to_string(resume_at) + ".safetensors"));
+  EarlyStopping es_b(es_options);
+  const History hb = b.fit(train, FitOptions(fit).initial_epoch(b.epochs_done()).callback(&es_b), &val);
+  EXPECT_EQ(es_b.stopped_epoch(), es_a.stopped_epoch());
+  EXPECT_EQ(es_b.best_epoch(), es_a.best_epoch());
+  EXPECT_EQ(static_cast<std::size_t>(resume_at) + hb.epochs.size(), ha.epochs.size());
+  EXPECT_TRUE(flat(a) == flat(b)) << "weights differ after resuming";
+
+  // Without the recorded state (a weights-only restart of the same run) the wait starts again: it runs longer.
+  Sequential<float> c;
+  build(c, 999);
+  io::load_checkpoint(c, dir.file("a-" + std::to_string(resume_at) + ".safetensors"));
+  c.trainer().set_pending_callback_states({});
+  EarlyStopping es_c(es_options);
+  c.fit(train, FitOptions(fit).initial_epoch(c.epochs_done()).callback(&es_c), &val);
+  EXPECT_NE(es_c.stopped_epoch(), es_a.stopped_epoch());
+}
+
+TEST(Checkpoint, RecordsEveryMetricTrainableFlagsAndBestOnlyFiles) {
+  TempDir dir;
+  const Dataset<float, Cpu> train = toy_data<float>(80, 33), val = toy_data<float>(30, 34);
+  Sequential<float> a;
+  build(a, 6);
+  a.layer(0).set_trainable(false);
+  a.compile(std::make_unique<Adam<float>>(0.02), SparseCategoricalCrossentropy(),
+            {Metric("accuracy"), Metric("sparse_categorical_accuracy")});
+  io::ModelCheckpoint<float, Cpu> best(a, dir.file("best-{epoch}.safetensors"),
+                                       io::ModelCheckpointOptions().monitor("val_loss").save_best_only(true));
+  io::CheckpointSaver<float, Cpu> every(a, dir.file("ck-{epoch}.safetensors"));
+  const History h = a.fit(train, FitOptions().epochs(4).batch_size(16).verbose(0).callback(&best).callback(&every),
+                          &val);
+  // best-only: a file exactly for the epochs that improved val_loss
+  double lowest = INFINITY;
+  for (const auto& e : h.epochs) {
+    const bool improved = e.val_loss < lowest;
+    lowest = std::min(lowest, e.val_loss);
+    EXPECT_EQ(fs::exists(dir.file("best-" + std::to_string(e.epoch) + ".safetensors")), improved) << e.epoch;
+  }
+  // every metric of the last epoch
+  const io::CheckpointInfo info = io::read_checkpoint_info(dir.file("ck-4.safetensors"));
+  ASSERT_TRUE(info.has_last_epoch);
+  EXPECT_EQ(info.last_epoch.metrics, h.last().metrics);
+  EXPECT_EQ(info.last_epoch.val_metrics, h.last().val_metrics);
+  EXPECT_EQ(info.last_epoch.metrics.size(), 2u);
+  // the trainable flag: restored into an uncompiled model, a mismatch for a compiled one that trains the layer
+  ASSERT_EQ(info.non_trainable, std::vector<std::string>{a.layer(0).name()});
+  Sequential<float> b;
+  build(b, 7);
+  io::load_checkpoint(b, dir.file("ck-4.safetensors"));
+  EXPECT_FALSE(b.layer(0).trainable());
+  EXPECT_TRUE(flat(a) == flat(b));
+  Sequential<float> c;
+  build(c, 7);
+  c.compile(std::make_unique<Adam<float>>(0.02));
+  const auto before = flat(c);
+  EXPECT_THROW(io::load_checkpoint(c, dir.file("ck-4.safetensors")), MismatchError);
+  EXPECT_TRUE(flat(c) == before);
+}
+
+// A checkpoint written by fastnn at commit 230724e (tests/data/make_old_checkpoint.cpp) still loads and trains on.
+TEST(Checkpoint, FileOfTheFirstFormatLoads) {
+  const std::string path = std::string(FASTNN_SOURCE_DIR) + "/tests/data/checkpoint-230724e.safetensors";
+  Sequential<float> m;
+  m.add<Flatten>();
+  m.add<Dense>(DenseOptions(8).activation(Activation::Relu));
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.build({6, 5}, 1);
+  const io::CheckpointInfo info = io::load_checkpoint(m, path);
+  EXPECT_EQ(info.epochs_done, 1);
+  EXPECT_EQ(info.iterations, 3);
+  EXPECT_EQ(info.optimizer, "Adam");
+  ASSERT_TRUE(info.has_last_epoch);
+  EXPECT_TRUE(info.last_epoch.metrics.empty());  // that format kept four numbers only
+  EXPECT_NEAR(info.last_epoch.loss, 1.13620961, 1e-6);
+  double sum = 0;
+  for (Index i = 0; i < m.param_count(); ++i) sum += m.flat_parameters()[i];
+  EXPECT_NEAR(sum, 2.33634886, 1e-4);
+  ASSERT_EQ(m.optimizer()->iterations(), 3);
+  const auto h = m.fit(toy_data<float>(60, 7), FitOptions().initial_epoch(1).epochs(2).batch_size(20).verbose(0));
+  ASSERT_EQ(h.epochs.size(), 1u);
+  EXPECT_TRUE(std::isfinite(h.last().loss));
+  EXPECT_EQ(m.optimizer()->iterations(), 6);
+}
+
 // ---- atomic saves under SIGKILL ---------------------------------------------------------
 
 TEST(Atomicity, SigkillDuringSavesAlwaysLeavesALoadableCheckpoint) {

@@ -4,24 +4,29 @@
 /// stopped, in one safetensors file (see docs/weights-format.md):
 ///
 ///   tensors    the parameters (as in weights.hpp) and the optimizer's state buffers, each
-///              flat over all parameters: optimizer.momentum (SGD), optimizer.m and
+///              flat over the trainable parameters: optimizer.momentum (SGD), optimizer.m and
 ///              optimizer.v (Adam), optimizer.accumulator (RMSprop)
 ///   metadata   the weights-file keys with fastnn.format = "checkpoint", plus
 ///              fastnn.epochs_done, fastnn.seed, fastnn.shuffle_rng (the state of the RNG that
 ///              shuffles each epoch), fastnn.threads, fastnn.optimizer.type,
 ///              fastnn.optimizer.config (JSON), fastnn.optimizer.iterations, fastnn.loss.type and
 ///              fastnn.loss.config (JSON; a checkpoint without them was trained with
-///              SparseCategoricalCrossentropy) and, when saved
-///              by CheckpointSaver, fastnn.last_epoch (the epoch's logs, JSON)
+///              SparseCategoricalCrossentropy), fastnn.non_trainable (JSON: the layers with
+///              trainable = false; absent when every layer trains) and, when saved by CheckpointSaver or
+///              ModelCheckpoint, fastnn.last_epoch (the epoch's logs with every metric, JSON) and
+///              fastnn.callbacks (JSON: each stateful callback's state by its state_name(); the weights
+///              a state holds, such as EarlyStopping's best, are the F64 tensors callback.<name>.weights)
 ///
 /// On the CPU, `load_checkpoint` followed by `fit(..., FitOptions().initial_epoch(
 /// model.epochs_done()).epochs(N))` gives bit-identical losses, accuracies and weights to an
 /// uninterrupted run of N epochs (same seed, batch size and thread count). Files are written
 /// atomically (AtomicFile): a kill at any moment leaves the previous checkpoint intact.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -50,6 +55,8 @@ inline constexpr const char* kOptimizerIterationsKey = "fastnn.optimizer.iterati
 inline constexpr const char* kLastEpochKey = "fastnn.last_epoch";
 inline constexpr const char* kLossTypeKey = "fastnn.loss.type";
 inline constexpr const char* kLossConfigKey = "fastnn.loss.config";
+inline constexpr const char* kNonTrainableKey = "fastnn.non_trainable";
+inline constexpr const char* kCallbacksKey = "fastnn.callbacks";
 
 /// What a checkpoint says about the run it comes from (load_checkpoint returns it).
 struct CheckpointInfo {
@@ -62,7 +69,8 @@ struct CheckpointInfo {
   Loss loss = SparseCategoricalCrossentropy();  ///< the compiled loss (files without one: the former only loss)
   std::int64_t iterations = 0;    ///< optimizer steps taken
   bool has_last_epoch = false;    ///< whether last_epoch holds the last epoch's logs
-  EpochLogs last_epoch;
+  EpochLogs last_epoch;           ///< its loss, every metric and val_ metric, timings
+  std::vector<std::string> non_trainable;  ///< names of the layers saved with trainable = false
 };
 
 namespace detail {
@@ -137,7 +145,7 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsReader& r) {
   auto le = r.metadata().find(kLastEpochKey);
   if (le != r.metadata().end()) {
     const std::string field = std::string("__metadata__.") + kLastEpochKey;
-    nlohmann::json j = detail::parse_metadata_json(path, kLastEpochKey, le->second, 1);
+    nlohmann::json j = detail::parse_metadata_json(path, kLastEpochKey, le->second, 3);
     if (!j.is_object() || !j.contains("epoch") || !j["epoch"].is_number_integer())
       throw FormatError(path, field, "expected an object with an integer 'epoch'");
     const auto ep = j["epoch"].get<std::int64_t>();
@@ -155,7 +163,27 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsReader& r) {
     get("val_accuracy", info.last_epoch.val_accuracy);
     get("train_seconds", info.last_epoch.train_seconds);
     get("eval_seconds", info.last_epoch.eval_seconds);
+    for (const char* k : {"metrics", "val_metrics"}) {
+      if (!j.contains(k)) continue;
+      if (!j[k].is_array()) throw FormatError(path, field + "." + k, "is not an array");
+      for (const auto& m : j[k]) {
+        if (!m.is_array() || m.size() != 2 || !m[0].is_string() || !(m[1].is_number() || m[1].is_null()))
+          throw FormatError(path, field + "." + k, "expected [name, number] pairs");
+        auto& dst = std::string(k) == "metrics" ? info.last_epoch.metrics : info.last_epoch.val_metrics;
+        dst.push_back({m[0].get<std::string>(), m[1].is_null() ? NAN : m[1].get<double>()});
+      }
+    }
     info.has_last_epoch = true;
+  }
+  auto nt = r.metadata().find(kNonTrainableKey);
+  if (nt != r.metadata().end()) {
+    nlohmann::json j = detail::parse_metadata_json(path, kNonTrainableKey, nt->second, 1);
+    if (!j.is_array()) throw FormatError(path, std::string("__metadata__.") + kNonTrainableKey, "is not an array");
+    for (const auto& n : j) {
+      if (!n.is_string())
+        throw FormatError(path, std::string("__metadata__.") + kNonTrainableKey, "holds a name that is not a string");
+      info.non_trainable.push_back(n.get<std::string>());
+    }
   }
   return info;
 }
@@ -172,8 +200,11 @@ inline std::string describe_loss_options(const Loss& l) {
 /// Writes a checkpoint of the built and compiled `model` to `path`, atomically. `last`, when
 /// given, is recorded as the last epoch's logs. Throws ArgumentError (model not ready) or
 /// IoError.
+/// `callbacks`, when given, are the run's callbacks: the state of each that has one (Callback::state_name()) is
+/// recorded, and load_checkpoint hands it to the callback of the same name in the next fit().
 template <class T, class D>
-void save_checkpoint(Sequential<T, D>& model, const std::string& path, const EpochLogs* last = nullptr) {
+void save_checkpoint(Sequential<T, D>& model, const std::string& path, const EpochLogs* last = nullptr,
+                     const std::vector<Callback*>* callbacks = nullptr) {
   if (!model.built()) throw ArgumentError("save_checkpoint: call build() first");
   Optimizer<T, D>* opt = model.optimizer();
   if (!opt) throw ArgumentError("save_checkpoint: call compile() first");
@@ -201,7 +232,34 @@ void save_checkpoint(Sequential<T, D>& model, const std::string& path, const Epo
                         {"val_accuracy", num(last->val_accuracy)},
                         {"train_seconds", num(last->train_seconds)},
                         {"eval_seconds", num(last->eval_seconds)}};
+    for (const auto* k : {"metrics", "val_metrics"}) {
+      nlohmann::json a = nlohmann::json::array();
+      for (const auto& m : std::string(k) == "metrics" ? last->metrics : last->val_metrics)
+        a.push_back(nlohmann::json::array({m.first, num(m.second)}));
+      j[k] = a;
+    }
     w.set_metadata(kLastEpochKey, j.dump());
+  }
+  nlohmann::json frozen = nlohmann::json::array();
+  for (std::size_t i = 0; i < model.num_layers(); ++i)
+    if (!model.layer(i).trainable()) frozen.push_back(model.layer(i).name());
+  if (!frozen.empty()) w.set_metadata(kNonTrainableKey, frozen.dump());
+  std::vector<std::vector<double>> callback_weights;
+  if (callbacks) {
+    nlohmann::json cs = nlohmann::json::object();
+    for (const Callback* c : *callbacks) {
+      const std::string key = c->state_name();
+      if (key.empty()) continue;
+      nlohmann::json v = nlohmann::json::object();
+      for (const auto& kv : c->state()) v[kv.first] = kv.second;
+      cs[key] = v;
+      if (const std::vector<double>* wts = c->state_weights()) {
+        callback_weights.push_back(*wts);
+        w.add<double>(kCallbackPrefix + key + ".weights", {static_cast<std::uint64_t>(wts->size())},
+                      callback_weights.back().data());
+      }
+    }
+    if (!cs.empty()) w.set_metadata(kCallbacksKey, cs.dump());
   }
   std::vector<Tensor<T, Cpu>> host;
   const auto params = model.named_parameters();
@@ -248,6 +306,14 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
       for (const auto& kv : info.optimizer_config)
         if (!mine.count(kv.first)) p.push_back("optimizer " + opt->type_name() + ": unknown option '" + detail::printable(kv.first) + "' in the file");
     }
+    for (std::size_t i = 0; i < model.num_layers(); ++i) {
+      const Layer<T, D>& l = model.layer(i);
+      const bool frozen = std::find(info.non_trainable.begin(), info.non_trainable.end(), l.name()) !=
+                          info.non_trainable.end();
+      if (frozen == l.trainable())
+        p.push_back("layer '" + l.name() + "': " + (frozen ? "non-trainable" : "trainable") + " in the file, " +
+                    (l.trainable() ? "trainable" : "non-trainable") + " in the model");
+    }
     if (info.loss != model.loss())
       p.push_back("loss: " + info.loss.type_name() + describe_loss_options(info.loss) + " in the file, " +
                   model.loss().type_name() + describe_loss_options(model.loss()) + " in the model");
@@ -257,8 +323,21 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
     opt = fresh.get();
   }
 
-  // Its state tensors: exactly optimizer.<slot> for each slot, flat over the parameters.
-  const std::vector<std::uint64_t> flat{static_cast<std::uint64_t>(model.param_count())};
+  // Its state tensors: exactly optimizer.<slot> for each slot, flat over the trainable parameters (the layers
+  // the file records as non-trainable hold none).
+  for (const auto& n : info.non_trainable) {
+    bool found = false;
+    for (std::size_t i = 0; i < model.num_layers(); ++i) found = found || model.layer(i).name() == n;
+    if (!found)
+      detail::throw_mismatch(path, {"layer '" + detail::printable(n) +
+                                    "' (recorded as non-trainable) is not in the model"});
+  }
+  Index trained = 0;
+  for (std::size_t i = 0; i < model.num_layers(); ++i)
+    if (std::find(info.non_trainable.begin(), info.non_trainable.end(), model.layer(i).name()) ==
+        info.non_trainable.end())
+      trained += model.layer(i).param_count();
+  const std::vector<std::uint64_t> flat{static_cast<std::uint64_t>(trained)};
   std::vector<std::string> p;
   std::vector<Tensor<T, Cpu>> slots;
   std::set<std::string> slot_names;
@@ -279,15 +358,48 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
       p.push_back("tensor '" + detail::printable(e.name) + "' is not part of the state of " + opt->type_name());
   detail::throw_mismatch(path, p);
   for (const auto& s : opt->state()) {
-    Tensor<T, Cpu> h(Shape{model.param_count()});
+    Tensor<T, Cpu> h(Shape{trained});
     r.read(*r.find(kOptimizerPrefix + s.first), h.data(), static_cast<std::size_t>(h.size()));
     slots.push_back(h);
+  }
+
+  // The callbacks' state: a JSON object of state name -> {key: value}, and callback.<name>.weights (F64).
+  std::map<std::string, typename Trainer<T, D>::CallbackState> callback_states;
+  auto cm = r.metadata().find(kCallbacksKey);
+  if (cm != r.metadata().end()) {
+    const std::string field = std::string("__metadata__.") + kCallbacksKey;
+    nlohmann::json j = detail::parse_metadata_json(path, kCallbacksKey, cm->second, 2);
+    if (!j.is_object()) throw FormatError(path, field, "is not a JSON object");
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (!it.value().is_object())
+        throw FormatError(path, field + "." + detail::printable(it.key()), "is not an object");
+      typename Trainer<T, D>::CallbackState cs;
+      for (auto kv = it.value().begin(); kv != it.value().end(); ++kv) {
+        if (!kv.value().is_string())
+          throw FormatError(path, field + "." + detail::printable(it.key()) + "." + detail::printable(kv.key()),
+                            "is not a string");
+        cs.values[kv.key()] = kv.value().get<std::string>();
+      }
+      if (const TensorEntry* e = r.find(kCallbackPrefix + it.key() + ".weights")) {
+        if (e->dtype != DType::F64 || e->shape.size() != 1 ||
+            e->shape[0] != static_cast<std::uint64_t>(model.param_count()))
+          throw FormatError(path, e->name, "expected F64 [" + std::to_string(model.param_count()) + "], got " +
+                                               dtype_name(e->dtype) + " " + detail::shape_str(e->shape));
+        cs.weights.resize(static_cast<std::size_t>(model.param_count()));
+        r.read(*e, cs.weights.data(), cs.weights.size());
+        cs.has_weights = true;
+      }
+      callback_states[it.key()] = std::move(cs);
+    }
   }
 
   // Commit: nothing below reads the file or can fail on its contents.
   auto params = model.named_parameters();
   for (std::size_t i = 0; i < params.size(); ++i) copy_from_host(host[i], params[i].value);
   if (fresh) {
+    for (std::size_t i = 0; i < model.num_layers(); ++i)
+      model.layer(i).set_trainable(std::find(info.non_trainable.begin(), info.non_trainable.end(),
+                                             model.layer(i).name()) == info.non_trainable.end());
     std::vector<Metric> metrics = model.metrics();
     if (info.loss != model.loss()) {  // an uncompiled model's default metrics may not suit the recorded loss
       metrics.clear();
@@ -300,6 +412,7 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
   opt->set_iterations(info.iterations);
   model.set_epochs_done(info.epochs_done);
   model.shuffle_rng().set_state(r.metadata().at(kShuffleRngKey));
+  model.trainer().set_pending_callback_states(std::move(callback_states));
   return info;
 }
 
@@ -312,8 +425,11 @@ class CheckpointSaver : public Callback {
   CheckpointSaver(Sequential<T, D>& model, std::string path) : model_(model), path_(std::move(path)) {
     if (path_.empty()) throw ArgumentError("CheckpointSaver: empty path");
   }
+  /// Runs after the other callbacks at an epoch's end, so that the file records their state for this epoch.
+  bool writes_checkpoints() const override { return true; }
   void on_epoch_end(const EpochLogs& logs) override {
-    save_checkpoint(model_, path_for(logs.epoch), &logs);
+    const TrainingContext* c = context();
+    save_checkpoint(model_, path_for(logs.epoch), &logs, c ? &c->callbacks : nullptr);
   }
   /// The file written for `epoch`.
   std::string path_for(int epoch) const {
@@ -326,6 +442,61 @@ class CheckpointSaver : public Callback {
  private:
   Sequential<T, D>& model_;
   std::string path_;
+};
+
+/// Options of ModelCheckpoint (Keras's names and defaults).
+struct ModelCheckpointOptions {
+  FASTNN_OPTIONS((std::string, monitor, "val_loss"),
+                 (bool, save_best_only, false),
+                 (bool, save_weights_only, false),
+                 (std::string, mode, "auto"))
+};
+
+/// Keras's ModelCheckpoint: at the end of each epoch writes the model to `path` ("{epoch}" is replaced by the
+/// epoch number), atomically: a full checkpoint (as CheckpointSaver) or, with save_weights_only, the weights
+/// (io/weights.hpp). With save_best_only, only when `monitor` improved on the best value so far (mode: auto, min,
+/// max), which checkpoints record so that a resumed run keeps it.
+template <class T, class D>
+class ModelCheckpoint : public Callback {
+ public:
+  ModelCheckpoint(Sequential<T, D>& model, std::string path, ModelCheckpointOptions o = {})
+      : model_(model), saver_(model, std::move(path)), o_(std::move(o)) {
+    max_ = fastnn::detail::monitor_maximises(o_.mode(), o_.monitor(), "ModelCheckpoint");
+    best_ = max_ ? -INFINITY : INFINITY;
+  }
+  bool writes_checkpoints() const override { return true; }
+  std::vector<std::string> monitors() const override {
+    return o_.save_best_only() ? std::vector<std::string>{o_.monitor()} : std::vector<std::string>{};
+  }
+  void on_epoch_end(const EpochLogs& logs) override {
+    if (o_.save_best_only()) {
+      const double v = fastnn::detail::monitored(logs, o_.monitor());
+      if (std::isnan(v) || !(max_ ? v > best_ : v < best_)) return;
+      best_ = v;
+    }
+    const std::string p = saver_.path_for(logs.epoch);
+    if (o_.save_weights_only()) {
+      save_weights(model_, p);
+    } else {
+      const TrainingContext* c = context();
+      save_checkpoint(model_, p, &logs, c ? &c->callbacks : nullptr);
+    }
+    last_saved_ = logs.epoch;
+  }
+  std::string state_name() const override { return o_.save_best_only() ? "ModelCheckpoint." + o_.monitor() : ""; }
+  Config state() const override { return {{"best", fastnn::detail::state_number(best_)}}; }
+  void set_state(const Config& s) override { best_ = fastnn::detail::parse_state(s, "best", "ModelCheckpoint"); }
+  /// The best monitored value so far, and the epoch last written (0: none).
+  double best() const { return best_; }
+  int last_saved_epoch() const { return last_saved_; }
+
+ private:
+  Sequential<T, D>& model_;
+  CheckpointSaver<T, D> saver_;
+  ModelCheckpointOptions o_;
+  bool max_ = false;
+  double best_ = INFINITY;
+  int last_saved_ = 0;
 };
 
 }  // namespace io

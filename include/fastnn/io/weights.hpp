@@ -64,6 +64,8 @@ inline constexpr const char* kCheckpointFormat = "checkpoint";
 inline constexpr int kFormatVersion = 1;
 /// Prefix of the optimizer-state tensors of a checkpoint.
 inline constexpr const char* kOptimizerPrefix = "optimizer.";
+/// Checkpoint tensors of callbacks' state (EarlyStopping's best weights): callback.<state name>.weights.
+inline constexpr const char* kCallbackPrefix = "callback.";
 
 /// One layer as recorded in a file: its name in the model, type_name() and config().
 struct LayerRecord {
@@ -315,6 +317,8 @@ std::vector<Tensor<T, Cpu>> stage_parameters(const SafetensorsReader& r, const S
   for (const auto& e : r.tensors()) {
     if (names.count(e.name)) continue;
     if (allow_optimizer && e.name.compare(0, opt.size(), opt) == 0) continue;
+    if (allow_optimizer && e.name.compare(0, std::char_traits<char>::length(kCallbackPrefix), kCallbackPrefix) == 0)
+      continue;
     p.push_back("tensor '" + printable(e.name) + "' " + detail::shape_str(e.shape) +
                 " in the file is not a parameter of the model");
   }

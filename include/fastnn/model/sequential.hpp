@@ -183,11 +183,13 @@ class Sequential : public Network<T, D> {
     return trainer_.train_on_batch(*this, x, Tensor<std::int32_t, D>(), targets, lengths, sample_weight);
   }
   /// Keras's test_on_batch: the loss and metrics of one batch in inference mode. Const.
-  BatchResult test_on_batch(const Tn& x, const Tensor<std::int32_t, D>& labels, const Lengths& lengths = Lengths()) const {
+  BatchResult test_on_batch(const Tn& x, const Tensor<std::int32_t, D>& labels,
+                            const Lengths& lengths = Lengths()) const {
     return evaluate(batch_of(x, labels, Tn(), lengths), std::max<Index>(1, x.rank() ? x.dim(0) : 1));
   }
   BatchResult test_on_batch(const Tn& x, const Tn& targets, const Lengths& lengths = Lengths()) const {
-    return evaluate(batch_of(x, Tensor<std::int32_t, D>(), targets, lengths), std::max<Index>(1, x.rank() ? x.dim(0) : 1));
+    return evaluate(batch_of(x, Tensor<std::int32_t, D>(), targets, lengths),
+                    std::max<Index>(1, x.rank() ? x.dim(0) : 1));
   }
   /// Keras's predict_on_batch: predict() on one batch.
   Tn predict_on_batch(const Tn& x, const Lengths& lengths = Lengths()) const {

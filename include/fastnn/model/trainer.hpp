@@ -541,11 +541,17 @@ class Trainer {
   }
   /// Data-parallel: every rank takes rank 0's stop flag and learning rate (its callbacks may have changed them).
   void share_run_state(DP& dp, TrainingContext& ctx) {
-    double v[2] = {dp.rank() == 0 && ctx.stop_training ? 1.0 : 0.0,
-                   dp.rank() == 0 ? optimizer_->learning_rate() : 0.0};
-    dp.comm().allreduce_host(v, 2);
-    ctx.stop_training = v[0] > 0;
-    if (dp.rank() != 0 && v[1] != optimizer_->learning_rate()) optimizer_->set_learning_rate(v[1]);
+    double stop = dp.rank() == 0 && ctx.stop_training ? 1.0 : 0.0;
+    dp.comm().allreduce_host(&stop, 1);
+    ctx.stop_training = stop > 0;
+    take_rank0_rate(dp);
+  }
+  /// Every rank takes rank 0's learning rate, exactly (broadcast as 17-digit text, which reads back to it).
+  void take_rank0_rate(DP& dp) {
+    const std::string text = dp.comm().broadcast_string(format_number(optimizer_->learning_rate()), 0);
+    double lr = 0;
+    if (!parse_number(text, lr)) throw ArgumentError("data-parallel fit: rank 0 sent learning rate '" + text + "'");
+    if (lr != optimizer_->learning_rate()) optimizer_->set_learning_rate(lr);
   }
 
   /// Per-sample loss weights of `d` (its sample weights times the class weights of its labels), or empty when
@@ -839,13 +845,12 @@ class Trainer {
     dp.check_same(describe_run(net), run);
     dp.broadcast(net.flat_parameters());
     for (auto& slot : optimizer_->state()) dp.broadcast(slot.second);
-    double meta[3] = {dp.rank() == 0 ? static_cast<double>(optimizer_->iterations()) : 0.0,
-                      dp.rank() == 0 ? static_cast<double>(epochs_done_) : 0.0,
-                      dp.rank() == 0 ? optimizer_->learning_rate() : 0.0};
-    dp.comm().allreduce_host(meta, 3);  // rank 0's values (the others add zero)
+    double meta[2] = {dp.rank() == 0 ? static_cast<double>(optimizer_->iterations()) : 0.0,
+                      dp.rank() == 0 ? static_cast<double>(epochs_done_) : 0.0};
+    dp.comm().allreduce_host(meta, 2);  // rank 0's values (the others add zero)
     optimizer_->set_iterations(static_cast<std::int64_t>(meta[0]));
     epochs_done_ = static_cast<int>(meta[1]);
-    if (meta[2] != optimizer_->learning_rate()) optimizer_->set_learning_rate(meta[2]);
+    take_rank0_rate(dp);
     shuffle_rng_.set_state(dp.comm().broadcast_string(shuffle_rng_.state(), 0));
     std::vector<std::pair<Index, Index>> ranges;
     Index off = 0;

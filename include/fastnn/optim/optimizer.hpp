@@ -33,28 +33,58 @@ class Optimizer {
   /// may capture it once and replay it (a CUDA graph): true for SGD and RMSprop without decay.
   virtual bool capturable() const { return false; }
 
-  /// Binds the flat parameter and gradient buffers and allocates zeroed state.
+  /// Binds the flat parameter and gradient buffers and allocates zeroed state. `layout` (empty: everything is
+  /// trained) lists each parameter's range: a range with trainable = false gets no update and no state, so each
+  /// state buffer holds the trainable elements only, in order (shaped like `params` when all are trainable).
   void attach(const Tn& params, const Tn& grads, std::vector<ParamRange> layout = {}) {
-    (void)layout;
     params_ = params;
     grads_ = grads;
+    runs_.clear();
+    Index trained = 0;
+    for (const auto& r : layout) {
+      if (r.offset < 0 || r.size < 0 || r.offset + r.size > params.size())
+        throw ArgumentError(type_name() + ": attach: parameter '" + r.name + "' lies outside the flat buffer");
+      if (!r.trainable || r.size == 0) continue;
+      if (!runs_.empty() && runs_.back().offset + runs_.back().size == r.offset) runs_.back().size += r.size;
+      else runs_.push_back({r.offset, r.size, trained});
+      trained += r.size;
+    }
+    const bool all = layout.empty() || trained == params.size();
+    if (all) runs_.assign(1, {0, params.size(), 0});
     for (auto& s : slots_) {
-      s.second.resize(params.shape());
+      if (all) s.second.resize(params.shape());
+      else s.second.resize(Shape{trained});
       s.second.set_zero();
     }
   }
-  /// One update from the current gradients.
+  /// One update from the current gradients (the trainable ranges only).
   void step() {
-    if (params_.empty()) throw ArgumentError(type_name() + ": step() before attach()");
-    update(current_lr());
+    if (params_.empty() && runs_.empty()) throw ArgumentError(type_name() + ": step() before attach()");
+    const T lr = current_lr();
+    if (runs_.size() == 1 && runs_[0].size == params_.size()) {
+      update(lr, params_, grads_, slots_);
+    } else {
+      for (const auto& r : runs_) {
+        Tn p = params_.view(r.offset, Shape{r.size}), g = grads_.view(r.offset, Shape{r.size});
+        std::vector<std::pair<std::string, Tn>> s;
+        for (auto& sl : slots_) s.push_back({sl.first, sl.second.view(r.state_offset, Shape{r.size})});
+        update(lr, p, g, s);
+      }
+    }
     ++iterations_;
   }
   /// The learning rate of the next step, after decay.
   T current_lr() const {
     return static_cast<T>(lr_ / (1.0 + decay_ * static_cast<double>(iterations_)));
   }
+  /// The base rate (before the time-based decay).
   double learning_rate() const { return lr_; }
-  void set_learning_rate(double lr) { lr_ = lr; }
+  /// Replaces the base rate; ArgumentError naming the value when it is negative, NaN or infinite (nothing changes).
+  void set_learning_rate(double lr) {
+    if (!(lr >= 0) || !std::isfinite(lr))
+      throw ArgumentError(type_name() + ": learning_rate must be finite and >= 0, got " + format_number(lr));
+    lr_ = lr;
+  }
   double decay() const { return decay_; }
   std::int64_t iterations() const { return iterations_; }
   void set_iterations(std::int64_t n) { iterations_ = n; }
@@ -66,8 +96,13 @@ class Optimizer {
     if (!(lr > 0) || !std::isfinite(lr)) throw ArgumentError("optimizer: learning rate must be positive and finite");
     if (!(decay >= 0) || !std::isfinite(decay)) throw ArgumentError("optimizer: decay must be >= 0");
   }
-  virtual void update(T lr) = 0;
-  Tn& slot(std::size_t i) { return slots_[i].second; }
+  using Slots = std::vector<std::pair<std::string, Tn>>;
+  /// Updates parameters `p` from gradients `g` with state `s` (views of one contiguous trainable run).
+  virtual void update(T lr, Tn& p, Tn& g, Slots& s) = 0;
+  struct Run {
+    Index offset, size, state_offset;
+  };
+  std::vector<Run> runs_;
 
   double lr_, decay_;
   std::int64_t iterations_ = 0;
@@ -100,8 +135,8 @@ class SGD : public Optimizer<T, D> {
   bool capturable() const override { return opt_.decay() == 0; }
 
  protected:
-  void update(T lr) override {
-    Ops<T, D>::sgd_update(this->params_, this->grads_, this->slot(0), lr, static_cast<T>(opt_.momentum()), opt_.nesterov());
+  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
+    Ops<T, D>::sgd_update(p, g, s[0].second, lr, static_cast<T>(opt_.momentum()), opt_.nesterov());
   }
 
  private:
@@ -137,11 +172,12 @@ class Adam : public Optimizer<T, D> {
   Config config() const override { return options_to_config(opt_); }
 
  protected:
-  void update(T lr) override {
+  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
     const double t = static_cast<double>(this->iterations_ + 1);
     const double lr_t = lr * std::sqrt(1.0 - std::pow(opt_.beta_2(), t)) / (1.0 - std::pow(opt_.beta_1(), t));
-    Ops<T, D>::adam_update(this->params_, this->grads_, this->slot(0), this->slot(1), static_cast<T>(lr_t),
-                           static_cast<T>(opt_.beta_1()), static_cast<T>(opt_.beta_2()), static_cast<T>(opt_.epsilon()));
+    Ops<T, D>::adam_update(p, g, s[0].second, s[1].second, static_cast<T>(lr_t),
+                           static_cast<T>(opt_.beta_1()), static_cast<T>(opt_.beta_2()),
+                           static_cast<T>(opt_.epsilon()));
   }
 
  private:
@@ -173,8 +209,8 @@ class RMSprop : public Optimizer<T, D> {
   bool capturable() const override { return opt_.decay() == 0; }
 
  protected:
-  void update(T lr) override {
-    Ops<T, D>::rmsprop_update(this->params_, this->grads_, this->slot(0), lr, static_cast<T>(opt_.rho()),
+  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
+    Ops<T, D>::rmsprop_update(p, g, s[0].second, lr, static_cast<T>(opt_.rho()),
                               static_cast<T>(opt_.epsilon()));
   }
 
