@@ -14,7 +14,8 @@ namespace fastnn {
 namespace detail {
 
 /// What a captured step bakes in, besides the model's own buffers: the training data, the
-/// epoch's shuffled index, the batch and the finite check. A captured step is replayed only for
+/// epoch's shuffled index, the batch, the finite check and the learning rate (a changed rate is a
+/// new key: the step runs eagerly and is captured again). A captured step is replayed only for
 /// the same key.
 struct StepKey {
   const void* x = nullptr;        ///< the dataset's features
@@ -24,9 +25,10 @@ struct StepKey {
   Index count = 0;                ///< samples in this batch
   Index batch_size = 0;           ///< fit's batch size (only full batches are replayed)
   bool check_finite = false;
+  double learning_rate = 0;       ///< the optimizer's rate (its update kernels take it by value)
   bool operator==(const StepKey& o) const {
     return x == o.x && labels == o.labels && targets == o.targets && index == o.index && count == o.count &&
-           batch_size == o.batch_size && check_finite == o.check_finite;
+           batch_size == o.batch_size && check_finite == o.check_finite && learning_rate == o.learning_rate;
   }
   bool operator!=(const StepKey& o) const { return !(*this == o); }
 };

@@ -230,7 +230,8 @@ class Trainer {
           step_body(net, sd, dp.get());
         } else {
           const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), train_index_.data(),
-                                    count,          o.batch_size_,       o.check_finite_};
+                                    count,          o.batch_size_,       o.check_finite_,
+                                    optimizer_->learning_rate()};
           step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
           if (!runner_.step(key, s, capturable, *optimizer_, [&] { step_body(net, sd, nullptr); }))
             step_body(net, sd, nullptr);
@@ -296,23 +297,34 @@ class Trainer {
     return history;
   }
 
-  /// Keras's train_on_batch: one training step on all of `x` (one batch) with int32 `labels` or float `targets`
-  /// (the other empty), as fit() runs it; returns the batch's loss and metrics.
-  BatchResult train_on_batch(Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
-                             const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
-    require_compiled(net, "train_on_batch");
-    check_layout(net, "train_on_batch");
+  /// The checked dataset of one batch for train_on_batch / compute_gradients, its rows in order (`order`, and
+  /// batch_index_ on the device), the sample weights set and the step's sums zeroed.
+  Dataset<T, D> one_batch(const Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                          const Lengths& lengths, const Tensor<double, Cpu>& sample_weight, const char* what,
+                          std::vector<std::int32_t>& order) {
+    require_compiled(net, what);
     Dataset<T, D> d = batch_dataset(x, labels, targets, lengths, sample_weight);
-    check_dataset(net, d, "train_on_batch");
-    row_weights_ = sample_weights_of(d, {}, "train_on_batch");
+    check_dataset(net, d, what);
+    row_weights_ = sample_weights_of(d, {}, what);
     const Index n = d.size();
-    std::vector<std::int32_t> order(static_cast<std::size_t>(n));
+    order.resize(static_cast<std::size_t>(n));
     std::iota(order.begin(), order.end(), 0);
     Tensor<std::int32_t, Cpu> ih(Shape{n});
     std::copy(order.begin(), order.end(), ih.data());
     batch_index_.resize(Shape{n});
     copy_from_host(ih, batch_index_);
     begin_stats();
+    return d;
+  }
+
+  /// Keras's train_on_batch: one training step on all of `x` (one batch) with int32 `labels` or float `targets`
+  /// (the other empty), as fit() runs it; returns the batch's loss and metrics.
+  BatchResult train_on_batch(Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                             const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
+    check_layout(net, "train_on_batch");
+    std::vector<std::int32_t> order;
+    Dataset<T, D> d = one_batch(net, x, labels, targets, lengths, sample_weight, "train_on_batch", order);
+    const Index n = d.size();
     StepData sd{&d, &batch_index_, order.data(), 0, n, true, epochs_done_ + 1, 1};
     step_body(net, sd, nullptr);
     O::throw_if_nonfinite(epochs_done_ + 1);
@@ -330,18 +342,9 @@ class Trainer {
   /// (its clipping, weight decay and rate included). Returns the batch's loss.
   double compute_gradients(Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
                            const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
-    require_compiled(net, "compute_gradients");
-    Dataset<T, D> d = batch_dataset(x, labels, targets, lengths, sample_weight);
-    check_dataset(net, d, "compute_gradients");
-    row_weights_ = sample_weights_of(d, {}, "compute_gradients");
+    std::vector<std::int32_t> order;
+    Dataset<T, D> d = one_batch(net, x, labels, targets, lengths, sample_weight, "compute_gradients", order);
     const Index n = d.size();
-    std::vector<std::int32_t> order(static_cast<std::size_t>(n));
-    std::iota(order.begin(), order.end(), 0);
-    Tensor<std::int32_t, Cpu> ih(Shape{n});
-    std::copy(order.begin(), order.end(), ih.data());
-    batch_index_.resize(Shape{n});
-    copy_from_host(ih, batch_index_);
-    begin_stats();
     gather(net, d, batch_index_, 0, n, order.data());
     set_noise_key(net, 0);
     Lengths out;
