@@ -10,12 +10,16 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <clocale>
+#include <locale>
 
 #include <unistd.h>
 
@@ -71,6 +75,47 @@ void write_case(const fs::path& dir, nlohmann::json& manifest, const std::string
 Tensor<float, Cpu> uniform_input(const Shape& s, Rng& rng, double lo = -1, double hi = 1) {
   Tensor<float, Cpu> x(s);
   for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rng.uniform(lo, hi));
+  return x;
+}
+
+/// Sets the C and C++ global locales to de_DE.UTF-8 (a decimal comma: std::stod("0.5") is 0
+/// there) while it lives, and back to "C" after. Fails the test if the locale is missing.
+class GermanLocale {
+ public:
+  GermanLocale() {
+    try {
+      std::locale::global(std::locale("de_DE.UTF-8"));
+    } catch (const std::runtime_error&) {
+      ADD_FAILURE() << "the de_DE.UTF-8 locale is not installed (scripts/install-deps.sh generates it)";
+      return;
+    }
+    if (!std::setlocale(LC_ALL, "de_DE.UTF-8")) ADD_FAILURE() << "setlocale(LC_ALL, \"de_DE.UTF-8\") failed";
+    EXPECT_EQ(std::stod("0.5"), 0.0) << "the decimal-comma locale is not in effect";
+  }
+  ~GermanLocale() {
+    std::locale::global(std::locale::classic());
+    std::setlocale(LC_ALL, "C");
+  }
+  GermanLocale(const GermanLocale&) = delete;
+  GermanLocale& operator=(const GermanLocale&) = delete;
+};
+
+/// Masking(mask_value=0.5) -> LSTM -> Dense into `m`; half_padded_input: n inputs [9, 3] of
+/// values in [0, 1) whose trailing padded steps are all 0.5.
+void add_masking_half_model(Sequential<float>& m, Rng& rng) {
+  m.add<Masking>(MaskingOptions().mask_value(0.5));
+  m.add<LSTM>(LSTMOptions(6).return_sequences(true));
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.build({9, 3}, 5);
+  randomize(m, rng, 0.5);
+}
+Tensor<float, Cpu> half_padded_input(Index n, Rng& rng) {
+  Tensor<float, Cpu> x = uniform_input(Shape{n, 9, 3}, rng, 0, 1);
+  for (Index i = 0; i < n; ++i) {
+    const Index len = 1 + static_cast<Index>(rng.below(9));
+    for (Index t = len; t < 9; ++t)
+      for (Index f = 0; f < 3; ++f) x[(i * 9 + t) * 3 + f] = 0.5f;
+  }
   return x;
 }
 
@@ -210,6 +255,13 @@ TEST(OnnxModels, Write) {
     }
     write_case(dir, manifest, "masking", m, x);
   }
+  {  // exported under a decimal-comma locale: the mask value 0.5 must reach the graph as 0.5
+    Sequential<float> m;
+    add_masking_half_model(m, rng);
+    const Tensor<float, Cpu> x = half_padded_input(n, rng);
+    GermanLocale german;
+    write_case(dir, manifest, "masking_locale", m, x);
+  }
   {  // Dense stack: Flatten, Dropout (identity), every Dense activation, a Dense without bias
     Sequential<float> m;
     m.add<Flatten>();
@@ -301,5 +353,33 @@ TEST(OnnxExport, FileStartsWithTheModelFields) {
   EXPECT_EQ(static_cast<unsigned char>(b[1]), 8u);     // IR version 8
   EXPECT_NE(b.find("fastnn"), std::string::npos);
   EXPECT_NE(b.find("Softmax"), std::string::npos);
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, MaskValueIsWrittenExactlyUnderADecimalCommaLocale) {
+  const fs::path d = temp_dir("locale");
+  Rng rng(11);
+  Sequential<float> m;
+  add_masking_half_model(m, rng);
+  {
+    GermanLocale german;
+    io::export_onnx(m, (d / "m.onnx").string());
+  }
+  std::ifstream f(d / "m.onnx", std::ios::binary);
+  const std::string b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  // The mask value's TensorProto: its name (field 8) "mask_value_<k>", then raw_data (field 9, 4 bytes);
+  // the name's other occurrences are node inputs.
+  bool found = false;
+  for (std::size_t at = b.find("mask_value_"); at != std::string::npos; at = b.find("mask_value_", at + 1)) {
+    const std::size_t name_end = at + static_cast<unsigned char>(b[at - 1]);
+    if (name_end + 6 > b.size() || static_cast<unsigned char>(b[name_end]) != 0x4Au ||
+        static_cast<unsigned char>(b[name_end + 1]) != 4u)
+      continue;
+    float v = 0;
+    std::memcpy(&v, b.data() + name_end + 2, 4);
+    EXPECT_EQ(v, 0.5f);
+    found = true;
+  }
+  EXPECT_TRUE(found) << "no mask_value initializer in the file";
   fs::remove_all(d);
 }

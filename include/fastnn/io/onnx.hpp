@@ -25,6 +25,8 @@
 ///
 /// The protobuf wire format of the few messages needed (ModelProto, GraphProto, NodeProto,
 /// AttributeProto, TensorProto, ValueInfoProto) is written here, field numbers as in onnx.proto.
+/// Each layer's options are read from its typed options struct (Dense::options() and the like),
+/// never parsed from its config() text, so the export does not depend on the global locale.
 
 #include <cstdint>
 #include <cstring>
@@ -36,6 +38,13 @@
 #include "fastnn/config.hpp"
 #include "fastnn/core/error.hpp"
 #include "fastnn/io/atomic_file.hpp"
+#include "fastnn/layers/bidirectional.hpp"
+#include "fastnn/layers/dense.hpp"
+#include "fastnn/layers/embedding.hpp"
+#include "fastnn/layers/gru.hpp"
+#include "fastnn/layers/lstm.hpp"
+#include "fastnn/layers/masking.hpp"
+#include "fastnn/layers/simple_rnn.hpp"
 #include "fastnn/model/sequential.hpp"
 
 namespace fastnn {
@@ -213,30 +222,67 @@ class Graph {
   int counter_ = 0;
 };
 
-inline std::string onnx_activation(const std::string& keras, const std::string& layer) {
-  if (keras == "tanh") return "Tanh";
-  if (keras == "sigmoid") return "Sigmoid";
-  if (keras == "relu") return "Relu";
-  if (keras == "hard_sigmoid") return "HardSigmoid";  // ONNX's default alpha 0.2, beta 0.5 are Keras's
-  throw UnsupportedError("export_onnx: layer '" + layer + "': activation '" + keras +
+/// The ONNX name of a recurrent operator's activation `a`.
+inline std::string onnx_activation(Activation a, const std::string& layer) {
+  switch (a) {
+    case Activation::Tanh: return "Tanh";
+    case Activation::Sigmoid: return "Sigmoid";
+    case Activation::Relu: return "Relu";
+    case Activation::HardSigmoid: return "HardSigmoid";  // ONNX's default alpha 0.2, beta 0.5 are Keras's
+    default: break;
+  }
+  throw UnsupportedError("export_onnx: layer '" + layer + "': activation '" + to_string(a) +
                          "' has no ONNX equivalent inside a recurrent operator");
 }
 
-/// Applies a Keras activation to `x`.
-inline std::string activate(Graph& g, const std::string& x, const std::string& a) {
-  if (a == "linear") return x;
-  if (a == "relu") return g.node("Relu", {x}, {});
-  if (a == "tanh") return g.node("Tanh", {x}, {});
-  if (a == "sigmoid") return g.node("Sigmoid", {x}, {});
-  if (a == "hard_sigmoid") return g.node("HardSigmoid", {x}, {}, {Attr::f("alpha", 0.2f), Attr::f("beta", 0.5f)});
-  if (a == "softmax") return g.node("Softmax", {x}, {}, {Attr::i("axis", -1)});
-  throw UnsupportedError("export_onnx: activation '" + a + "'");
+/// Applies activation `a` to `x`.
+inline std::string activate(Graph& g, const std::string& x, Activation a) {
+  switch (a) {
+    case Activation::Linear: return x;
+    case Activation::Relu: return g.node("Relu", {x}, {});
+    case Activation::Tanh: return g.node("Tanh", {x}, {});
+    case Activation::Sigmoid: return g.node("Sigmoid", {x}, {});
+    case Activation::HardSigmoid:
+      return g.node("HardSigmoid", {x}, {}, {Attr::f("alpha", 0.2f), Attr::f("beta", 0.5f)});
+    case Activation::Softmax: return g.node("Softmax", {x}, {}, {Attr::i("axis", -1)});
+  }
+  throw UnsupportedError("export_onnx: activation '" + to_string(a) + "'");
 }
 
-inline std::string cfg(const Config& c, const std::string& key, const std::string& prefix = "") {
-  auto it = c.find(prefix + key);
-  if (it == c.end()) throw UnsupportedError("export_onnx: no option '" + prefix + key + "' in the layer's config");
-  return it->second;
+/// `l` as the built-in layer class L (whose options the export reads); UnsupportedError naming the
+/// layer when it is another class of the same type name.
+template <class L, class T>
+const L& as_builtin(const Layer<T, Cpu>& l) {
+  if (const auto* p = dynamic_cast<const L*>(&l)) return *p;
+  throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + l.type_name() +
+                         ") is not fastnn's built-in layer of that type");
+}
+
+/// What the export needs of a recurrent layer's options.
+struct RecurrentSpec {
+  std::string cell;  ///< "LSTM", "GRU", "SimpleRNN"
+  Index units = 0;
+  bool return_sequences = false, go_backwards = false, reset_after = false;
+  Activation activation = Activation::Tanh, recurrent_activation = Activation::Sigmoid;
+};
+
+template <class T>
+RecurrentSpec recurrent_spec(const Layer<T, Cpu>& l, const std::string& who) {
+  RecurrentSpec r;
+  if (const auto* p = dynamic_cast<const LSTM<T, Cpu>*>(&l)) {
+    const LSTMOptions& o = p->options();
+    r = {"LSTM", o.units(), o.return_sequences(), o.go_backwards(), false, o.activation(), o.recurrent_activation()};
+  } else if (const auto* p = dynamic_cast<const GRU<T, Cpu>*>(&l)) {
+    const GRUOptions& o = p->options();
+    r = {"GRU", o.units(), o.return_sequences(), o.go_backwards(), o.reset_after(), o.activation(),
+         o.recurrent_activation()};
+  } else if (const auto* p = dynamic_cast<const SimpleRNN<T, Cpu>*>(&l)) {
+    const SimpleRNNOptions& o = p->options();
+    r = {"SimpleRNN", o.units(), o.return_sequences(), o.go_backwards(), false, o.activation(), Activation::Sigmoid};
+  } else {
+    throw UnsupportedError("export_onnx: layer '" + who + "': recurrent cell '" + l.type_name() + "'");
+  }
+  return r;
 }
 
 /// The ONNX weights of one direction of a recurrent layer from Keras's kernel [F, G H],
@@ -274,29 +320,30 @@ void direction_weights(const std::vector<Parameter<T, Cpu>>& p, std::size_t firs
 template <class T>
 std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape& in, const std::string& lens,
                       bool bidirectional) {
-  const Config c = l.config();
-  const std::string pre = bidirectional ? "layer." : "";
-  const std::string cell = bidirectional ? cfg(c, "layer") : l.type_name();
-  const Index F = in[1], H = std::stoll(cfg(c, "units", pre));
-  const bool seq = cfg(c, "return_sequences", pre) == "true";
-  const bool backwards = cfg(c, "go_backwards", pre) == "true";
+  const Bidirectional<T, Cpu>* bi = bidirectional ? &as_builtin<Bidirectional<T, Cpu>>(l) : nullptr;
+  const RecurrentSpec spec = recurrent_spec(bi ? bi->forward_layer() : l, l.name());
+  const std::string& cell = spec.cell;
+  const MergeMode merge = bi ? bi->merge_mode() : MergeMode::Concat;
+  const Index F = in[1], H = spec.units;
+  const bool seq = spec.return_sequences;
+  const bool backwards = spec.go_backwards;
   std::string op;
   std::vector<int> order;
   std::vector<Attr> attrs{Attr::i("hidden_size", H)};
-  const std::string act = onnx_activation(cfg(c, "activation", pre), l.name());
+  const std::string act = onnx_activation(spec.activation, l.name());
   if (cell == "LSTM") {
     op = "LSTM";
     order = {0, 3, 1, 2};  // ONNX i, o, f, c from Keras i, f, c, o
-    const std::string ra = onnx_activation(cfg(c, "recurrent_activation", pre), l.name());
+    const std::string ra = onnx_activation(spec.recurrent_activation, l.name());
     attrs.push_back(Attr::strings("activations", bidirectional ? std::vector<std::string>{ra, act, act, ra, act, act}
                                                                 : std::vector<std::string>{ra, act, act}));
   } else if (cell == "GRU") {
     op = "GRU";
     order = {0, 1, 2};  // z, r, h in both
-    const std::string ra = onnx_activation(cfg(c, "recurrent_activation", pre), l.name());
+    const std::string ra = onnx_activation(spec.recurrent_activation, l.name());
     attrs.push_back(Attr::strings("activations", bidirectional ? std::vector<std::string>{ra, act, ra, act}
                                                                 : std::vector<std::string>{ra, act}));
-    if (cfg(c, "reset_after", pre) == "true") attrs.push_back(Attr::i("linear_before_reset", 1));
+    if (spec.reset_after) attrs.push_back(Attr::i("linear_before_reset", 1));
   } else if (cell == "SimpleRNN") {
     op = "RNN";
     order = {0};
@@ -325,19 +372,16 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   g.node(op, {xt, w, r, b, lens}, {y, yh}, attrs);
   if (!seq) {  // Y_h [dirs, N, H] -> [N, dirs * H] (concat); other merges below
     if (!bidirectional) return g.node("Squeeze", {yh, g.int64s("axes", {0})}, {});
-    const std::string merge = cfg(c, "merge_mode");
-    if (merge == "concat") {
+    if (merge == MergeMode::Concat) {
       const std::string t = g.node("Transpose", {yh}, {}, {Attr::ints("perm", {1, 0, 2})});
       return g.node("Reshape", {t, g.int64s("shape", {0, -1})}, {});
     }
     const std::string h0 = g.node("Gather", {yh, g.int64s("i", {0})}, {}, {Attr::i("axis", 0)});
     const std::string h1 = g.node("Gather", {yh, g.int64s("i", {1})}, {}, {Attr::i("axis", 0)});
     std::string m;
-    if (merge == "sum") m = g.node("Add", {h0, h1}, {});
-    else if (merge == "mul") m = g.node("Mul", {h0, h1}, {});
-    else if (merge == "ave")
-      m = g.node("Mul", {g.node("Add", {h0, h1}, {}), g.floats(g.fresh("half"), {}, {0.5f})}, {});
-    else throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + merge + "'");
+    if (merge == MergeMode::Sum) m = g.node("Add", {h0, h1}, {});
+    else if (merge == MergeMode::Mul) m = g.node("Mul", {h0, h1}, {});
+    else m = g.node("Mul", {g.node("Add", {h0, h1}, {}), g.floats(g.fresh("half"), {}, {0.5f})}, {});  // ave
     return g.node("Squeeze", {m, g.int64s("axes", {0})}, {});
   }
   // return_sequences: Y [S, dirs, N, H] -> [N, S, dirs * H] (concat) or merged -> [N, S, H]
@@ -360,12 +404,15 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
     return g.node("Transpose", {sq}, {}, {Attr::ints("perm", {1, 0, 2})});
   }
   const std::string t = g.node("Transpose", {y}, {}, {Attr::ints("perm", {2, 0, 1, 3})});  // [N, S, 2, H]
-  const std::string merge = cfg(c, "merge_mode");
-  if (merge == "concat") return g.node("Reshape", {t, g.int64s("shape", {0, 0, -1})}, {});
-  if (merge == "sum") return g.node("ReduceSum", {t, g.int64s("axes", {2})}, {}, {Attr::i("keepdims", 0)});
-  if (merge == "mul") return g.node("ReduceProd", {t}, {}, {Attr::ints("axes", {2}), Attr::i("keepdims", 0)});
-  if (merge == "ave") return g.node("ReduceMean", {t}, {}, {Attr::ints("axes", {2}), Attr::i("keepdims", 0)});
-  throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + merge + "'");
+  switch (merge) {
+    case MergeMode::Concat: return g.node("Reshape", {t, g.int64s("shape", {0, 0, -1})}, {});
+    case MergeMode::Sum: return g.node("ReduceSum", {t, g.int64s("axes", {2})}, {}, {Attr::i("keepdims", 0)});
+    case MergeMode::Mul:
+      return g.node("ReduceProd", {t}, {}, {Attr::ints("axes", {2}), Attr::i("keepdims", 0)});
+    case MergeMode::Ave:
+      return g.node("ReduceMean", {t}, {}, {Attr::ints("axes", {2}), Attr::i("keepdims", 0)});
+  }
+  throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + to_string(merge) + "'");
 }
 
 }  // namespace onnx_detail
@@ -391,8 +438,8 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
   for (std::size_t i = 0; i < model.num_layers(); ++i) {
     const Layer<T, Cpu>& l = model.layer(i);
     const std::string type = l.type_name();
-    const Config c = l.config();
     if (type == "Dense") {
+      const DenseOptions& o = as_builtin<Dense<T, Cpu>>(l).options();
       const auto& p = l.parameters();
       const Tensor<T, Cpu>& k = p[0].value;
       std::vector<float> kv(k.data(), k.data() + k.size());
@@ -402,19 +449,20 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
         const std::vector<float> bv(b.data(), b.data() + b.size());
         x = g.node("Add", {x, g.floats(l.name() + ".bias", {b.dim(0)}, bv)}, {});
       }
-      x = activate(g, x, cfg(c, "activation"));
+      x = activate(g, x, o.activation());
     } else if (type == "LSTM" || type == "GRU" || type == "SimpleRNN") {
       x = recurrent(g, l, x, s, lens, false);
     } else if (type == "Bidirectional") {
       x = recurrent(g, l, x, s, lens, true);
     } else if (type == "Embedding") {
+      const EmbeddingOptions& o = as_builtin<Embedding<T, Cpu>>(l).options();
       const Tensor<T, Cpu>& e = l.parameters()[0].value;
       const std::string ids = g.node("Cast", {x}, {}, {Attr::i("to", kInt64)});
       x = g.node("Gather", {g.floats(l.name() + ".embeddings", {e.dim(0), e.dim(1)},
                                      std::vector<float>(e.data(), e.data() + e.size())),
                             ids},
                  {}, {Attr::i("axis", 0)});
-      if (cfg(c, "mask_zero") == "true") {  // lengths: the ids before the first 0 (padding is trailing)
+      if (o.mask_zero()) {  // lengths: the ids before the first 0 (padding is trailing)
         const std::string real = g.node("Not", {g.node("Equal", {ids, g.int64s("zero", {0})}, {})}, {});
         lens = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})}, {},
                       {Attr::i("keepdims", 0)});
@@ -422,7 +470,7 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
     } else if (type == "Masking") {
       // A step is padding when all its features equal mask_value; its output is zeroed and the
       // lengths (padding is trailing) count the real steps.
-      const float v = static_cast<float>(std::stod(cfg(c, "mask_value")));
+      const float v = static_cast<float>(as_builtin<Masking<T, Cpu>>(l).options().mask_value());
       const std::string mask_value = g.floats(g.fresh("mask_value"), {}, {v});
       const std::string differs = g.node("Not", {g.node("Equal", {x, mask_value}, {})}, {});
       const std::string real = g.node("ReduceMax", {g.node("Cast", {differs}, {}, {Attr::i("to", kFloat)})}, {},

@@ -186,6 +186,8 @@ class Bidirectional : public Layer<T, D> {
   MergeMode merge_mode() const { return mode_; }
   RecurrentLayer<T, D>& forward_layer() { return *fwd_; }
   RecurrentLayer<T, D>& backward_layer() { return *bwd_; }
+  const RecurrentLayer<T, D>& forward_layer() const { return *fwd_; }
+  const RecurrentLayer<T, D>& backward_layer() const { return *bwd_; }
 
   void set_name(const std::string& n) override {
     this->name_ = n;
