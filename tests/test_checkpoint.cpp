@@ -280,10 +280,25 @@ TEST(Checkpoint, OptimizerMismatchIsNamed) {
   build(adam, 1);
   adam.compile(std::make_unique<Adam<float>>(0.001));
   expect_error<MismatchError>([&] { io::load_checkpoint(adam, dir.file("c.safetensors")); }, {"optimizer: SGD in the file, Adam in the model"});
+  Sequential<float> mom;
+  build(mom, 1);
+  mom.compile(std::make_unique<SGD<float>>(0.1, 0.5, true));
+  expect_error<MismatchError>([&] { io::load_checkpoint(mom, dir.file("c.safetensors")); },
+                              {"momentum is 0.90000000000000002 in the file"});
+  Sequential<float> clip;
+  build(clip, 1);
+  clip.compile(std::make_unique<SGD<float>>(SGDOptions().learning_rate(0.1).momentum(0.9).nesterov(true).clipnorm(1)));
+  expect_error<MismatchError>([&] { io::load_checkpoint(clip, dir.file("c.safetensors")); },
+                              {"'clipnorm' is missing from the file"});
+  // The learning rate is state, not configuration: another rate (or a schedule) in the model is no mismatch, and
+  // the file's rate is restored.
   Sequential<float> lr;
   build(lr, 1);
   lr.compile(std::make_unique<SGD<float>>(0.2, 0.9, true));
-  expect_error<MismatchError>([&] { io::load_checkpoint(lr, dir.file("c.safetensors")); }, {"learning_rate is 0.10000000000000001 in the file"});
+  lr.optimizer()->set_learning_rate(ExponentialDecay(0.3, 10, 0.5));
+  io::load_checkpoint(lr, dir.file("c.safetensors"));
+  EXPECT_EQ(lr.optimizer()->learning_rate(), 0.1);
+  EXPECT_EQ(lr.optimizer()->schedule(), nullptr);
   // A weights file is not a checkpoint, but a checkpoint holds weights.
   io::save_weights(m, dir.file("w.safetensors"));
   expect_error<FormatError>([&] { io::load_checkpoint(lr, dir.file("w.safetensors")); }, {"a weights file, not a checkpoint"});
@@ -314,6 +329,16 @@ template <class T>
 std::unique_ptr<Optimizer<T>> make_opt(const std::string& kind) {
   if (kind == "sgd") return std::make_unique<SGD<T>>(0.2, 0.9, true);
   if (kind == "adam") return std::make_unique<Adam<T>>(0.01);
+  if (kind == "adamw") {  // decoupled decay, global clipping and a warmup + cosine schedule over the two epochs
+    auto o = std::make_unique<AdamW<T>>(AdamWOptions().learning_rate(0.01).weight_decay(0.01).global_clipnorm(0.5));
+    o->set_learning_rate(CosineDecay(0.001, 20, 0.0, 0.02, 5));
+    return o;
+  }
+  if (kind == "sgd_changed_rate") {  // a rate changed after compile (state that only the checkpoint holds)
+    auto o = std::make_unique<SGD<T>>(SGDOptions().learning_rate(0.2).momentum(0.9).clipvalue(0.05).weight_decay(1e-3));
+    o->set_learning_rate(0.07);
+    return o;
+  }
   return std::make_unique<RMSprop<T>>(0.01);
 }
 
@@ -382,6 +407,9 @@ TEST(Resume, BitIdenticalSgdNesterovFloat) { resume_is_bit_identical<float>("sgd
 TEST(Resume, BitIdenticalAdamFloatTwoThreads) { resume_is_bit_identical<float>("adam", 2, true); }
 TEST(Resume, BitIdenticalRmspropFloatOptimizerFromFile) { resume_is_bit_identical<float>("rmsprop", 1, false); }
 TEST(Resume, BitIdenticalSgdDouble) { resume_is_bit_identical<double>("sgd", 1, true); }
+TEST(Resume, BitIdenticalAdamWClippedWithCosineScheduleFloat) { resume_is_bit_identical<float>("adamw", 1, true); }
+TEST(Resume, BitIdenticalAdamWScheduleFromFile) { resume_is_bit_identical<float>("adamw", 1, false); }
+TEST(Resume, BitIdenticalChangedRateFromFile) { resume_is_bit_identical<float>("sgd_changed_rate", 1, false); }
 
 // A run stopped by EarlyStopping, killed after an epoch inside its patience window and resumed from that epoch's
 // checkpoint (which records the callback's state), stops at the same epoch with the same weights.

@@ -9,7 +9,10 @@
 ///   metadata   the weights-file keys with fastnn.format = "checkpoint", plus
 ///              fastnn.epochs_done, fastnn.seed, fastnn.shuffle_rng (the state of the RNG that
 ///              shuffles each epoch), fastnn.threads, fastnn.optimizer.type,
-///              fastnn.optimizer.config (JSON), fastnn.optimizer.iterations, fastnn.loss.type and
+///              fastnn.optimizer.config (JSON), fastnn.optimizer.iterations, the runtime rate
+///              fastnn.optimizer.learning_rate and, with a schedule, fastnn.optimizer.schedule (JSON:
+///              type and config; both are state, not configuration: a changed rate is no mismatch),
+///              fastnn.loss.type and
 ///              fastnn.loss.config (JSON; a checkpoint without them was trained with
 ///              SparseCategoricalCrossentropy), fastnn.non_trainable (JSON: the layers with
 ///              trainable = false; absent when every layer trains) and, when saved by CheckpointSaver or
@@ -57,6 +60,8 @@ inline constexpr const char* kLossTypeKey = "fastnn.loss.type";
 inline constexpr const char* kLossConfigKey = "fastnn.loss.config";
 inline constexpr const char* kNonTrainableKey = "fastnn.non_trainable";
 inline constexpr const char* kCallbacksKey = "fastnn.callbacks";
+inline constexpr const char* kOptimizerLearningRateKey = "fastnn.optimizer.learning_rate";
+inline constexpr const char* kOptimizerScheduleKey = "fastnn.optimizer.schedule";
 
 /// What a checkpoint says about the run it comes from (load_checkpoint returns it).
 struct CheckpointInfo {
@@ -64,8 +69,10 @@ struct CheckpointInfo {
   int epochs_done = 0;
   std::uint64_t seed = 0;
   int threads = 1;
-  std::string optimizer;          ///< type name: "SGD", "Adam", "RMSprop"
+  std::string optimizer;          ///< type name: "SGD", "Adam", "AdamW", "RMSprop"
   Config optimizer_config;
+  double learning_rate = 0;       ///< the base rate when saved (files without it: the config's learning_rate)
+  std::shared_ptr<const LearningRateSchedule> schedule;  ///< the schedule when saved, or null
   Loss loss = SparseCategoricalCrossentropy();  ///< the compiled loss (files without one: the former only loss)
   std::int64_t iterations = 0;    ///< optimizer steps taken
   bool has_last_epoch = false;    ///< whether last_epoch holds the last epoch's logs
@@ -126,6 +133,37 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsReader& r) {
   }
   info.iterations = detail::parse_int(r, kOptimizerIterationsKey, require_meta(r, kOptimizerIterationsKey), 0,
                                       std::numeric_limits<std::int64_t>::max());
+  {
+    auto lr = r.metadata().find(kOptimizerLearningRateKey);
+    const bool runtime = lr != r.metadata().end();
+    auto from_config = info.optimizer_config.find("learning_rate");
+    const std::string field = runtime ? std::string("__metadata__.") + kOptimizerLearningRateKey
+                                      : std::string("__metadata__.") + kOptimizerConfigKey + ".learning_rate";
+    if (!runtime && from_config == info.optimizer_config.end())
+      throw FormatError(path, field, "missing: the optimizer's learning rate");
+    const std::string text = runtime ? lr->second : from_config->second;
+    if (!parse_number(text, info.learning_rate) || !(info.learning_rate >= 0) || !std::isfinite(info.learning_rate))
+      throw FormatError(path, field, "'" + detail::printable(text) + "' is not a finite rate >= 0");
+  }
+  auto sched = r.metadata().find(kOptimizerScheduleKey);
+  if (sched != r.metadata().end()) {
+    const std::string field = std::string("__metadata__.") + kOptimizerScheduleKey;
+    nlohmann::json j = detail::parse_metadata_json(path, kOptimizerScheduleKey, sched->second, 2);
+    if (!j.is_object() || !j.contains("type") || !j["type"].is_string() || !j.contains("config") ||
+        !j["config"].is_object())
+      throw FormatError(path, field, "is not an object {\"type\": ..., \"config\": {...}}");
+    Config c;
+    for (auto it = j["config"].begin(); it != j["config"].end(); ++it) {
+      if (!it.value().is_string())
+        throw FormatError(path, field + ".config." + detail::printable(it.key()), "is not a string");
+      c[it.key()] = it.value().get<std::string>();
+    }
+    try {
+      info.schedule = make_schedule(j["type"].get<std::string>(), c);
+    } catch (const ArgumentError& e) {
+      throw FormatError(path, field, e.what());
+    }
+  }
   auto lt = r.metadata().find(kLossTypeKey);
   if (lt != r.metadata().end()) {
     const std::string field = std::string("__metadata__.") + kLossConfigKey;
@@ -219,6 +257,12 @@ void save_checkpoint(Sequential<T, D>& model, const std::string& path, const Epo
   for (const auto& kv : opt->config()) cfg[kv.first] = kv.second;
   w.set_metadata(kOptimizerConfigKey, cfg.dump());
   w.set_metadata(kOptimizerIterationsKey, std::to_string(opt->iterations()));
+  w.set_metadata(kOptimizerLearningRateKey, format_number(opt->base_learning_rate()));
+  if (const auto& sc = opt->schedule()) {
+    nlohmann::json sj = {{"type", sc->type_name()}, {"config", nlohmann::json::object()}};
+    for (const auto& kv : sc->config()) sj["config"][kv.first] = kv.second;
+    w.set_metadata(kOptimizerScheduleKey, sj.dump());
+  }
   w.set_metadata(kLossTypeKey, model.loss().type_name());
   nlohmann::json lc = nlohmann::json::object();
   for (const auto& kv : model.loss().config()) lc[kv.first] = kv.second;
@@ -295,15 +339,19 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
     if (opt->type_name() != info.optimizer) {
       p.push_back("optimizer: " + detail::printable(info.optimizer) + " in the file, " + opt->type_name() + " in the model");
     } else {
-      const LayerConfig mine = opt->config();
+      LayerConfig mine = opt->config();
+      LayerConfig recorded = info.optimizer_config;
+      mine.erase("learning_rate");  // runtime state, restored below
+      recorded.erase("learning_rate");
       for (const auto& kv : mine) {
-        auto it = info.optimizer_config.find(kv.first);
-        if (it == info.optimizer_config.end()) p.push_back("optimizer " + opt->type_name() + ": '" + kv.first + "' is missing from the file");
+        auto it = recorded.find(kv.first);
+        if (it == recorded.end())
+          p.push_back("optimizer " + opt->type_name() + ": '" + kv.first + "' is missing from the file");
         else if (it->second != kv.second)
           p.push_back("optimizer " + opt->type_name() + ": " + kv.first + " is " + detail::printable(it->second) +
                       " in the file, " + kv.second + " in the model");
       }
-      for (const auto& kv : info.optimizer_config)
+      for (const auto& kv : recorded)
         if (!mine.count(kv.first)) p.push_back("optimizer " + opt->type_name() + ": unknown option '" + detail::printable(kv.first) + "' in the file");
     }
     for (std::size_t i = 0; i < model.num_layers(); ++i) {
@@ -410,6 +458,8 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
   opt = model.optimizer();
   for (std::size_t i = 0; i < slots.size(); ++i) copy_from_host(slots[i], opt->state()[i].second);
   opt->set_iterations(info.iterations);
+  opt->set_learning_rate(info.learning_rate);
+  if (info.schedule) opt->set_learning_rate(info.schedule);
   model.set_epochs_done(info.epochs_done);
   model.shuffle_rng().set_state(r.metadata().at(kShuffleRngKey));
   model.trainer().set_pending_callback_states(std::move(callback_states));

@@ -335,7 +335,8 @@ class Sequential : public Network<T, D> {
       for (std::size_t i = 0; i < dst_state.size(); ++i)
         copy_into(to_device<D2>(const_cast<Optimizer<T, D>*>(opt)->state()[i].second), dst_state[i].second);
       m.optimizer()->set_iterations(opt->iterations());
-      m.optimizer()->set_learning_rate(opt->learning_rate());
+      m.optimizer()->set_learning_rate(opt->base_learning_rate());
+      if (opt->schedule()) m.optimizer()->set_learning_rate(opt->schedule());
     }
     m.set_epochs_done(epochs_done());
     m.shuffle_rng().set_state(shuffle_rng().state());

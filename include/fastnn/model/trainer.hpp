@@ -231,7 +231,7 @@ class Trainer {
         } else {
           const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), train_index_.data(),
                                     count,          o.batch_size_,       o.check_finite_,
-                                    optimizer_->learning_rate()};
+                                    optimizer_->current_rate()};
           step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
           if (!runner_.step(key, s, capturable, *optimizer_, [&] { step_body(net, sd, nullptr); }))
             step_body(net, sd, nullptr);
@@ -650,7 +650,7 @@ class Trainer {
       // CPU answers at once, and the culprit is named here.
       throw_nonfinite(net, !std::isfinite(to_device<Cpu>(stats_)[0]), s.epoch, s.batch);
     }
-    optimizer_->step();
+    optimizer_->step(s.batch);
   }
 
   /// Stochastic layers (Dropout) get a key per step from the seed and the step count (both checkpointed);

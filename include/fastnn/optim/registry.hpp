@@ -2,7 +2,7 @@
 /// \file registry.hpp
 /// The optimizer registry: creates an optimizer on any device from its type name and config()
 /// (as recorded in checkpoints). Used to move a model between devices and to resume from a
-/// checkpoint. SGD, Adam and RMSprop are registered; a user's own optimizer joins with
+/// checkpoint. SGD, Adam, AdamW and RMSprop are registered; a user's own optimizer joins with
 /// `OptimizerRegistry<T, D>::instance().add("MyOpt", factory)`.
 
 #include <memory>
@@ -19,17 +19,31 @@ class OptimizerRegistry : public detail::Registry<Optimizer<T, D>> {
   using Base = detail::Registry<Optimizer<T, D>>;
 
  public:
-  /// The process-wide registry, holding SGD, Adam and RMSprop from the start.
+  /// The process-wide registry, holding SGD, Adam, AdamW and RMSprop from the start.
   static OptimizerRegistry& instance() {
     static OptimizerRegistry r;
     return r;
   }
 
  private:
-  OptimizerRegistry() : Base("optimizer", " (SGD, Adam, RMSprop)", "optimizer ") {
-    this->add("SGD", Base::template from_options<SGD<T, D>, SGDOptions>());
-    this->add("Adam", Base::template from_options<Adam<T, D>, AdamOptions>());
-    this->add("RMSprop", Base::template from_options<RMSprop<T, D>, RMSpropOptions>());
+  OptimizerRegistry() : Base("optimizer", " (SGD, Adam, AdamW, RMSprop)", "optimizer ") {
+    this->add("SGD", with_optional<SGD<T, D>, SGDOptions>());
+    this->add("Adam", with_optional<Adam<T, D>, AdamOptions>());
+    this->add("AdamW", with_optional<AdamW<T, D>, AdamWOptions>());
+    this->add("RMSprop", with_optional<RMSprop<T, D>, RMSpropOptions>());
+  }
+  /// from_options, with the clipping and weight-decay options taking their defaults where the config (a
+  /// checkpoint written before they existed, or Optimizer::config(), which leaves out defaults) lacks them.
+  template <class Made, class Options>
+  static typename Base::Factory with_optional() {
+    return [](const Config& c, const std::string& where) -> std::unique_ptr<Optimizer<T, D>> {
+      Config full = c;
+      for (const auto& kv : options_to_config(Options()))
+        if (detail::optional_optimizer_option(kv.first) && !full.count(kv.first)) full.insert(kv);
+      Options o;
+      options_from_config(o, full, where);
+      return std::make_unique<Made>(o);
+    };
   }
 };
 

@@ -6,11 +6,14 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/cpu/x86_kernels.hpp"
 #include "fastnn/backend/ops.hpp"
+#include "fastnn/core/error.hpp"
 #include "fastnn/core/hash.hpp"
+#include "fastnn/core/parse.hpp"
 #include "fastnn/core/tensor.hpp"
 #include "fastnn/core/activation.hpp"
 
@@ -297,6 +300,34 @@ struct Ops<T, Cpu> {
     a.array() = rho * a.array() + (T(1) - rho) * ga.square();
     p.array() -= lr * ga / (a.array().sqrt() + eps);
   }
+
+  // ---- gradient transforms (optim/optimizer.hpp) ----------------------------------------------
+  /// stats[slot] += sum of g^2, summed in double in index order.
+  static void sum_squares(const Tn& g, Tensor<double, Cpu>& stats, Index slot) {
+    double s = 0;
+    const T* x = g.data();
+    for (Index i = 0; i < g.size(); ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    stats.data()[slot] += s;
+  }
+  /// NonFiniteError naming `option` and the batch when one of the squared norms stats[0, count) is not finite.
+  static void check_norms_finite(const Tensor<double, Cpu>& stats, Index count, const char* option, long batch) {
+    for (Index i = 0; i < count; ++i)
+      if (!std::isfinite(stats.data()[i]))
+        throw NonFiniteError(std::string(option) + ": the gradient norm is " +
+                             format_number(std::sqrt(stats.data()[i])) + " at batch " + std::to_string(batch));
+  }
+  /// g *= clip / max(||g||, clip) with ||g||^2 = stats[slot] (a norm within clip leaves g as it is).
+  static void clip_by_norm(Tn& g, const Tensor<double, Cpu>& stats, Index slot, T clip, long) {
+    const double norm = std::sqrt(stats.data()[slot]);
+    if (!(norm > static_cast<double>(clip))) return;
+    const T f = static_cast<T>(static_cast<double>(clip) / norm);
+    g.array() *= f;
+  }
+  /// g = min(max(g, -clip), clip).
+  static void clip_by_value(Tn& g, T clip) { g.array() = g.array().max(-clip).min(clip); }
+  static void scale(Tn& t, T s) { t.array() *= s; }
+  /// y += a x.
+  static void axpy(T a, const Tn& x, Tn& y) { y.array() += a * x.array(); }
 
   static bool all_finite(const Tn& t) { return t.array().isFinite().all(); }
 

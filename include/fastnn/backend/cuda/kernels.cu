@@ -612,6 +612,50 @@ __global__ void dropout_kernel(const T* in, T* out, idx_t n, std::uint64_t key, 
   }
 }
 
+// ---- gradient transforms of the optimizers -------------------------------------------------------
+
+/// *acc += sum of g^2 over one block in a fixed order (deterministic).
+template <class T>
+__global__ void sum_squares_kernel(const T* g, idx_t n, double* acc) {
+  double v = 0;
+  for (idx_t i = threadIdx.x; i < n; i += blockDim.x) v += static_cast<double>(g[i]) * static_cast<double>(g[i]);
+  const double total = block_sum(v);
+  if (threadIdx.x == 0) *acc += total;
+}
+
+/// g *= clip / max(sqrt(*sq), clip); a non-finite norm records the batch in the guard (as a non-finite
+/// gradient) and leaves g alone, and the update kernels then skip the step.
+template <class T>
+__global__ void clip_by_norm_kernel(T* g, idx_t n, const double* sq, T clip, int batch, int* guard,
+                                    const idx_t* step) {
+  const double norm = sqrt(*sq);
+  if (!isfinite(norm)) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      if (step) batch = static_cast<int>(*step + 1);
+      atomicMin(guard, 2 * batch + 1);
+    }
+    return;
+  }
+  if (!(norm > static_cast<double>(clip))) return;
+  const T f = static_cast<T>(static_cast<double>(clip) / norm);
+  FASTNN_GRID_STRIDE(i, n) g[i] *= f;
+}
+
+template <class T>
+__global__ void clip_by_value_kernel(T* g, idx_t n, T clip) {
+  FASTNN_GRID_STRIDE(i, n) g[i] = g[i] > clip ? clip : (g[i] < -clip ? -clip : g[i]);
+}
+
+template <class T>
+__global__ void scale_kernel(T* p, idx_t n, T f) {
+  FASTNN_GRID_STRIDE(i, n) p[i] *= f;
+}
+
+template <class T>
+__global__ void axpy_kernel(T a, const T* x, T* y, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) y[i] += a * x[i];
+}
+
 }  // namespace
 
 // ---- launchers ------------------------------------------------------------------------------
@@ -844,6 +888,33 @@ void dropout(const T* in, T* out, idx_t n, std::uint64_t key, std::uint32_t thre
 
 // ---- explicit instantiations ----------------------------------------------------------------
 
+template <class T>
+void sum_squares(const T* g, idx_t n, double* acc, cudaStream_t s) {
+  if (n <= 0) return;
+  sum_squares_kernel<T><<<1, kThreads, 0, s>>>(g, n, acc);
+}
+template <class T>
+void clip_by_norm(T* g, idx_t n, const double* sq, T clip, int batch, int* guard, const idx_t* step,
+                  cudaStream_t s) {
+  if (n <= 0) return;
+  clip_by_norm_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(g, n, sq, clip, batch, guard, step);
+}
+template <class T>
+void clip_by_value(T* g, idx_t n, T clip, cudaStream_t s) {
+  if (n <= 0) return;
+  clip_by_value_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(g, n, clip);
+}
+template <class T>
+void scale(T* p, idx_t n, T f, cudaStream_t s) {
+  if (n <= 0) return;
+  scale_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, n, f);
+}
+template <class T>
+void axpy(T a, const T* x, T* y, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  axpy_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(a, x, y, n);
+}
+
 template void fill<float>(float*, idx_t, float, cudaStream_t);
 template void fill<double>(double*, idx_t, double, cudaStream_t);
 template void fill<std::int32_t>(std::int32_t*, idx_t, std::int32_t, cudaStream_t);
@@ -881,7 +952,12 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void embedding_lookup<T>(const T*, idx_t, idx_t, const T*, idx_t, T*, cudaStream_t);                \
   template void embedding_grad<T>(const T*, const T*, idx_t, T*, idx_t, idx_t, cudaStream_t);                  \
   template void add_inplace<T>(const T*, T*, idx_t, cudaStream_t);                                             \
-  template void dropout<T>(const T*, T*, idx_t, std::uint64_t, std::uint32_t, T, cudaStream_t);
+  template void dropout<T>(const T*, T*, idx_t, std::uint64_t, std::uint32_t, T, cudaStream_t);                \
+  template void sum_squares<T>(const T*, idx_t, double*, cudaStream_t);                                        \
+  template void clip_by_norm<T>(T*, idx_t, const double*, T, int, int*, const idx_t*, cudaStream_t);           \
+  template void clip_by_value<T>(T*, idx_t, T, cudaStream_t);                                                  \
+  template void scale<T>(T*, idx_t, T, cudaStream_t);                                                          \
+  template void axpy<T>(T, const T*, T*, idx_t, cudaStream_t);
 
 FASTNN_INSTANTIATE_MATH(float)
 FASTNN_INSTANTIATE_MATH(double)

@@ -93,6 +93,23 @@ void adam_update(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T ep
 template <class T>
 void rmsprop_update(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard, cudaStream_t s);
 
+/// Gradient transforms of the optimizers (optim/optimizer.hpp). sum_squares: *acc += sum of g^2 in double, in a
+/// fixed order. clip_by_norm: g *= clip / max(sqrt(*sq), clip); a non-finite norm instead records
+/// min(*guard, 2 * batch + 1) (batch read as *step + 1 when `step` is not null), so that the update is skipped.
+template <class T>
+void sum_squares(const T* g, idx_t n, double* acc, cudaStream_t s);
+template <class T>
+void clip_by_norm(T* g, idx_t n, const double* sq, T clip, int batch, int* guard, const idx_t* step, cudaStream_t s);
+/// g = min(max(g, -clip), clip).
+template <class T>
+void clip_by_value(T* g, idx_t n, T clip, cudaStream_t s);
+/// p *= f.
+template <class T>
+void scale(T* p, idx_t n, T f, cudaStream_t s);
+/// y += a x.
+template <class T>
+void axpy(T a, const T* x, T* y, idx_t n, cudaStream_t s);
+
 /// *flag = 1 if any of p[0..n) is NaN or infinite (flag is left alone otherwise).
 template <class T>
 void flag_nonfinite(const T* p, idx_t n, int* flag, cudaStream_t s);

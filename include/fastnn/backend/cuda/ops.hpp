@@ -218,6 +218,34 @@ struct Ops<T, Cuda> {
     FASTNN_CUDA_CHECK_LAUNCH("rmsprop_update");
   }
 
+  // ---- gradient transforms (optim/optimizer.hpp) --------------------------------------------
+  static void sum_squares(const Tn& g, Tensor<double, Cuda>& stats, Index slot) {
+    check_slot("sum_squares", stats, slot);
+    cuda::kernels::sum_squares(g.data(), g.size(), stats.data() + slot, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("sum_squares");
+  }
+  /// Deferred: clip_by_norm records a non-finite norm in the guard, and throw_if_nonfinite reports it.
+  static void check_norms_finite(const Tensor<double, Cuda>&, Index, const char*, long) {}
+  static void clip_by_norm(Tn& g, const Tensor<double, Cuda>& stats, Index slot, T clip, long batch) {
+    check_slot("clip_by_norm", stats, slot);
+    cuda::kernels::clip_by_norm(g.data(), g.size(), stats.data() + slot, clip, static_cast<int>(batch),
+                                cuda::context().guard(), cuda::context().capture_step(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("clip_by_norm");
+  }
+  static void clip_by_value(Tn& g, T clip) {
+    cuda::kernels::clip_by_value(g.data(), g.size(), clip, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("clip_by_value");
+  }
+  static void scale(Tn& t, T f) {
+    cuda::kernels::scale(t.data(), t.size(), f, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("scale");
+  }
+  static void axpy(T a, const Tn& x, Tn& y) {
+    same_size(x, y, "axpy");
+    cuda::kernels::axpy(a, x.data(), y.data(), y.size(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("axpy");
+  }
+
   /// False if any element is NaN or infinite. Waits for the device.
   static bool all_finite(const Tn& t) {
     if (t.empty()) return true;
