@@ -60,7 +60,67 @@ TEST(CudaOptimizer, RmspropMatchesCpu) {
   check_optimizer<RMSprop>(0.001, 0.9, 1e-7, 0.0);
 }
 
+// The clipping and weight-decay options and a schedule: the same transforms on the device.
+TEST(CudaOptimizer, SgdGlobalClipnormAndWeightDecayMatchCpu) {
+  FASTNN_REQUIRE_CUDA();
+  check_optimizer<SGD>(SGDOptions().learning_rate(0.1).momentum(0.9).global_clipnorm(1.0).weight_decay(0.01));
+}
+TEST(CudaOptimizer, AdamWClipnormMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  check_optimizer<AdamW>(AdamWOptions().learning_rate(0.01).clipnorm(0.5).weight_decay(0.1));
+}
+TEST(CudaOptimizer, RmspropClipvalueMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  check_optimizer<RMSprop>(RMSpropOptions().learning_rate(0.01).clipvalue(0.3));
+}
+
 // ---- Sequential ------------------------------------------------------------------------------
+
+// A captured step replays with the rate it was captured with unless the rate is part of its key: after
+// set_learning_rate the GPU must train with the new rate, as the CPU does.
+TEST(CudaSequential, CapturedStepAfterARateChangeUsesTheNewRate) {
+  FASTNN_REQUIRE_CUDA();
+  auto cpu = small_model(std::make_unique<SGD<float, Cpu>>(0.1, 0.9, true));
+  auto gpu = cpu.to<Cuda>();
+  auto data = random_dataset(96, 5);
+  auto data_g = data.to<Cuda>();
+  const auto before = cuda::graph_stats();
+  cpu.fit(data, FitOptions().epochs(1).batch_size(16).verbose(0).shuffle(false));
+  gpu.fit(data_g, FitOptions().epochs(1).batch_size(16).verbose(0).shuffle(false));
+  cpu.optimizer()->set_learning_rate(0.01);
+  gpu.optimizer()->set_learning_rate(0.01);
+  cpu.fit(data, FitOptions().epochs(2).initial_epoch(1).batch_size(16).verbose(0).shuffle(false));
+  gpu.fit(data_g, FitOptions().epochs(2).initial_epoch(1).batch_size(16).verbose(0).shuffle(false));
+  EXPECT_GT(cuda::graph_stats().replays, before.replays) << "no step was replayed: the test shows nothing";
+  EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), kRtolFloat));
+}
+
+// A frozen layer, AdamW with global clipping and a warmup + cosine schedule, through fit: GPU = CPU, and the
+// frozen weights do not move on either.
+TEST(CudaSequential, FrozenLayerClippedAdamWWithScheduleMatchesCpu) {
+  FASTNN_REQUIRE_CUDA();
+  Sequential<float, Cpu> cpu;
+  cpu.add<Bidirectional>(LSTMOptions(12));
+  cpu.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
+  cpu.build(Shape{6, 5}, 7);
+  cpu.layer(0).set_trainable(false);
+  auto opt = std::make_unique<AdamW<float, Cpu>>(AdamWOptions().learning_rate(0.01).global_clipnorm(0.5));
+  opt->set_learning_rate(CosineDecay(0.0, 10, 0.0, 0.01, 4));
+  cpu.compile(std::move(opt));
+  auto gpu = cpu.to<Cuda>();
+  ASSERT_NE(gpu.optimizer()->schedule(), nullptr);
+  const Tensor<float, Cpu> frozen = to_device<Cpu>(cpu.layer(0).parameters()[0].value);
+  auto data = random_dataset(80, 5);
+  auto data_g = data.to<Cuda>();
+  auto opts = FitOptions().epochs(2).batch_size(16).verbose(0);
+  History hc = cpu.fit(data, opts, &data);
+  History hg = gpu.fit(data_g, opts, &data_g);
+  expect_same_history(hc, hg, 1e-4);
+  EXPECT_TRUE(close(cpu.flat_parameters(), gpu.flat_parameters(), kRtolFloat));
+  EXPECT_TRUE(bit_equal(frozen, to_device<Cpu>(gpu.layer(0).parameters()[0].value)));
+  EXPECT_TRUE(bit_equal(frozen, cpu.layer(0).parameters()[0].value));
+}
+
 
 TEST(CudaSequential, TrainingMatchesCpu) {
   FASTNN_REQUIRE_CUDA();
