@@ -50,13 +50,25 @@ Dataset<T, Cpu> sample_data(Index n, Index steps, Index features, std::uint64_t 
   return d;
 }
 
+/// The optimizer of small_model: SGD with Nesterov momentum, or ("adamw") AdamW with global_clipnorm and a
+/// warmup + cosine schedule, whose clipping sees the gradients summed over the ranks.
 template <class T>
-Sequential<T> small_model(std::uint64_t seed, Index units = 8) {
+std::unique_ptr<Optimizer<T>> make_optimizer_of(const std::string& kind) {
+  if (kind == "adamw") {
+    auto o = std::make_unique<AdamW<T>>(AdamWOptions().learning_rate(0.02).weight_decay(0.01).global_clipnorm(0.1));
+    o->set_learning_rate(CosineDecay(0.001, 15, 0.1, 0.03, 5));
+    return o;
+  }
+  return std::make_unique<SGD<T>>(0.3, 0.9, true);
+}
+
+template <class T>
+Sequential<T> small_model(std::uint64_t seed, Index units = 8, const std::string& opt = "sgd") {
   Sequential<T> m;
   m.template add<Bidirectional>(LSTMOptions(units));
   m.template add<Dense>(DenseOptions(3).activation(Activation::Softmax));
   m.build({6, 5}, seed);
-  m.compile(std::make_unique<SGD<T>>(0.3, 0.9, true), SparseCategoricalCrossentropy(), {"accuracy"});
+  m.compile(make_optimizer_of<T>(opt), SparseCategoricalCrossentropy(), {"accuracy"});
   return m;
 }
 
@@ -79,21 +91,21 @@ double diff_to_rank0(const Tensor<T, Cpu>& w) {
 // 2 ranks with global batch 15 (shards of 7 and 8 rows) for 20 steps against one process with
 // batch 15, from the same seed: the same weights up to the order of the sums.
 template <class T>
-void two_ranks_match_one(double tol, bool lengths) {
+void two_ranks_match_one(double tol, bool lengths, const std::string& opt = "sgd") {
   const auto data = sample_data<T>(300, 6, 5, 11, lengths);
   const auto val = sample_data<T>(50, 6, 5, 12, lengths);
-  auto dist = small_model<T>(5);
+  auto dist = small_model<T>(5, 8, opt);
   const auto opts = FitOptions().epochs(1).batch_size(15).verbose(0);
   History hd = dist.fit(data, FitOptions(opts).distributed(world()).bucket_bytes(1), &val);
   ASSERT_EQ(hd.epochs.size(), 1u);
   EXPECT_EQ(dist.optimizer()->iterations(), 20);
   // every rank holds the same weights
   EXPECT_EQ(diff_to_rank0(dist.flat_parameters()), 0.0);
-  auto single = small_model<T>(5);
+  auto single = small_model<T>(5, 8, opt);
   History hs = single.fit(data, opts, &val);
   const double d = max_abs_diff(dist.flat_parameters(), single.flat_parameters());
   EXPECT_LE(d, tol) << "2 ranks vs 1, max abs weight difference";
-  double moved = max_abs_diff(small_model<T>(5).flat_parameters(), single.flat_parameters());
+  double moved = max_abs_diff(small_model<T>(5, 8, opt).flat_parameters(), single.flat_parameters());
   EXPECT_GT(moved, 100 * tol) << "training changed the weights";
   // the logs are those of the whole data
   EXPECT_NEAR(hd.last().loss, hs.last().loss, 1e3 * tol);
@@ -124,6 +136,8 @@ class ThrowOnRank : public fastnn_test::PassThrough<ThrowOnRank<T, D>, T, D> {
 TEST(DataParallel, TwoRanksMatchOneFloat) { two_ranks_match_one<float>(1e-5, false); }
 TEST(DataParallel, TwoRanksMatchOneDouble) { two_ranks_match_one<double>(1e-12, false); }
 TEST(DataParallel, TwoRanksMatchOneVariableLengthsDouble) { two_ranks_match_one<double>(1e-12, true); }
+TEST(DataParallel, TwoRanksMatchOneClippedAdamWCosineFloat) { two_ranks_match_one<float>(1e-5, false, "adamw"); }
+TEST(DataParallel, TwoRanksMatchOneClippedAdamWCosineDouble) { two_ranks_match_one<double>(1e-12, false, "adamw"); }
 
 TEST(DataParallel, EveryRankStartsFromRank0Weights) {
   // different seeds on each rank: fit broadcasts rank 0's weights first
