@@ -23,6 +23,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -41,6 +42,9 @@ struct Options {
   std::optional<double> lr;
   double momentum = 0.9;
   std::string optimizer = "sgd";
+  double clipnorm = 0, global_clipnorm = 0, weight_decay = 0;  // 0 = off (the reference)
+  std::string lr_schedule = "constant";                      // constant, cosine or exponential
+  long warmup_steps = 0;
   fastnn::Index train_limit = 0;
   int threads = 0;
   std::uint64_t seed = 42;
@@ -94,12 +98,32 @@ void write_onnx(const fastnn::Sequential<float, D>& model, const std::string& pa
 
 bool is_writer(const Options& o) { return !o.distributed || communicator(o)->rank() == 0; }
 
+/// The optimizer of the flags, with its clipping, weight decay and schedule; `steps` is the number of training
+/// steps of the whole run (the length of the cosine schedule).
 template <class D>
-std::unique_ptr<fastnn::Optimizer<float, D>> make_optimizer(const Options& o) {
+std::unique_ptr<fastnn::Optimizer<float, D>> make_optimizer(const Options& o, long steps) {
+  using namespace fastnn;
+  const double lr = o.lr.value_or(o.optimizer == "sgd" ? 0.5 : 0.001);
+  auto common = [&](auto opts) {
+    return opts.learning_rate(lr).clipnorm(o.clipnorm).global_clipnorm(o.global_clipnorm).weight_decay(
+        o.weight_decay);
+  };
+  std::unique_ptr<Optimizer<float, D>> opt;
   if (o.optimizer == "sgd")
-    return std::make_unique<fastnn::SGD<float, D>>(o.lr.value_or(0.5), o.momentum, /*nesterov=*/true);
-  if (o.optimizer == "adam") return std::make_unique<fastnn::Adam<float, D>>(o.lr.value_or(0.001));
-  return std::make_unique<fastnn::RMSprop<float, D>>(o.lr.value_or(0.001));
+    opt = std::make_unique<SGD<float, D>>(common(SGDOptions()).momentum(o.momentum).nesterov(true));
+  else if (o.optimizer == "adam") opt = std::make_unique<Adam<float, D>>(common(AdamOptions()));
+  else if (o.optimizer == "adamw") opt = std::make_unique<AdamW<float, D>>(common(AdamWOptions()));
+  else opt = std::make_unique<RMSprop<float, D>>(common(RMSpropOptions()));
+  const double warm = static_cast<double>(o.warmup_steps);
+  if (o.lr_schedule == "cosine") {  // warmup from 0 to lr, then a cosine decay to 0 at the last step
+    const double decay = std::max(1.0, static_cast<double>(steps) - warm);
+    opt->set_learning_rate(o.warmup_steps > 0 ? CosineDecay(0.0, decay, 0.0, lr, warm) : CosineDecay(lr, decay));
+  } else if (o.lr_schedule == "exponential") {  // x0.9 per epoch
+    opt->set_learning_rate(ExponentialDecay(lr, std::max(1.0, static_cast<double>(steps) / o.epochs), 0.9));
+  } else if (o.warmup_steps > 0) {  // constant after a linear warmup: a cosine held at alpha = 1
+    opt->set_learning_rate(CosineDecay(0.0, 1.0, 1.0, lr, warm));
+  }
+  return opt;
 }
 
 template <class D>
@@ -114,7 +138,9 @@ int run(const Options& o, const fastnn::Dataset<float, fastnn::Cpu>& train_host,
   model.set_threads(o.threads);
   model.set_precision(parse_precision(o.precision));
   model.build({28, 28}, o.seed);
-  model.compile(make_optimizer<D>(o), SparseCategoricalCrossentropy(), {"accuracy"});
+  const long steps_per_epoch = static_cast<long>((train_host.size() + o.batch_size - 1) / o.batch_size);
+  model.compile(make_optimizer<D>(o, steps_per_epoch * std::max(1, o.epochs)), SparseCategoricalCrossentropy(),
+                {"accuracy"});
   fastnn::Communicator* comm = communicator(o);
   const bool writer = is_writer(o);
   if (writer) model.summary(std::cout);
@@ -192,8 +218,20 @@ int main(int argc, char** argv) {
   app.add_option("--lr", o.lr, "learning rate (default 0.5 for sgd, 0.001 for adam and rmsprop)")
       ->check(CLI::PositiveNumber);
   app.add_option("--momentum", o.momentum, "SGD momentum (Nesterov)")->check(CLI::Range(0.0, 0.999999))->capture_default_str();
-  app.add_option("--optimizer", o.optimizer, "sgd, adam or rmsprop")
-      ->check(CLI::IsMember({"sgd", "adam", "rmsprop"}))->capture_default_str();
+  app.add_option("--optimizer", o.optimizer, "sgd, adam, adamw or rmsprop")
+      ->check(CLI::IsMember({"sgd", "adam", "adamw", "rmsprop"}))->capture_default_str();
+  auto* clip = app.add_option("--clipnorm", o.clipnorm, "clip each weight tensor's gradient to this L2 norm (0 = off)")
+                   ->check(CLI::NonNegativeNumber);
+  app.add_option("--global-clipnorm", o.global_clipnorm, "clip the gradients' global L2 norm to this (0 = off)")
+      ->check(CLI::NonNegativeNumber)->excludes(clip);
+  app.add_option("--weight-decay", o.weight_decay,
+                 "weight decay: decoupled for adamw, L2 added to the gradient for sgd, adam and rmsprop (0 = off)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--lr-schedule", o.lr_schedule,
+                 "constant, cosine (to 0 at the last step, after the warmup) or exponential (x0.9 per epoch)")
+      ->check(CLI::IsMember({"constant", "cosine", "exponential"}))->capture_default_str();
+  app.add_option("--warmup-steps", o.warmup_steps, "raise the rate linearly from 0 over N steps (constant or cosine)")
+      ->check(CLI::Range(0L, 1L << 40))->capture_default_str();
   app.add_option("--train-limit", o.train_limit, "use only the first N training samples (0 = all)")
       ->check(CLI::Range(static_cast<fastnn::Index>(0), static_cast<fastnn::Index>(1) << 40))->capture_default_str();
   app.add_option("--threads", o.threads, "CPU threads (0 = min(2, cores)); the two LSTM directions run in parallel")
@@ -243,6 +281,10 @@ int main(int argc, char** argv) {
     std::cerr << app.help() << "\n";
     app.exit(e);
     return e.get_exit_code() == 0 ? 2 : e.get_exit_code();
+  }
+  if (o.warmup_steps > 0 && o.lr_schedule == "exponential") {
+    std::cerr << "--warmup-steps: needs --lr-schedule constant or cosine, got exponential\n";
+    return 2;
   }
   int ranks_here = 1;  // processes of this job on this machine (share its cores)
   if (o.distributed)
