@@ -503,6 +503,21 @@ void BM_TrainStep(benchmark::State& st) {
 }
 BENCHMARK(BM_TrainStep)->ArgNames({"threads", "bf16"})->ArgsProduct({{2, 1}, {0, 1}})->UseRealTime()->Unit(benchmark::kMillisecond);
 
+/// BM_TrainStep with global-norm clipping on the optimizer (SGDOptions().global_clipnorm(1)): the cost of the
+/// norm (a sum of squares in double over every parameter) and of the scaling. Arg: threads.
+void BM_TrainStepClipped(benchmark::State& st) {
+  const int threads = static_cast<int>(st.range(0));
+  auto model = reference_model(threads);
+  model->compile(std::make_unique<SGD<float>>(
+      SGDOptions().learning_rate(0.5).momentum(0.9).nesterov(true).global_clipnorm(1.0)));
+  const Dataset<float, Cpu> batch = bench_data().train.head(kBatch);
+  const FitOptions fo = FitOptions().epochs(1).batch_size(kBatch).verbose(0);
+  model->fit(batch, fo);
+  for (auto _ : st) model->fit(batch, fo);
+  report_samples(st, kBatch);
+}
+BENCHMARK(BM_TrainStepClipped)->ArgName("threads")->Arg(2)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
 /// Inference (evaluate) of one batch of 128, for the validation part of an epoch.
 void BM_EvalStep(benchmark::State& st) {
   const int threads = static_cast<int>(st.range(0));
