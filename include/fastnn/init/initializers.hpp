@@ -105,7 +105,8 @@ inline std::string shortest_number(double v) {
 }
 
 /// "name(k1=v1,k2=v2)" or "name" split into the name and the pairs; false for malformed text. Spaces are ignored.
-inline bool split_call(const std::string& text, std::string& name, std::vector<std::pair<std::string, std::string>>& kv) {
+inline bool split_call(const std::string& text, std::string& name,
+                       std::vector<std::pair<std::string, std::string>>& kv) {
   std::string t;
   for (char c : text)
     if (c != ' ' && c != '\t') t += c;
@@ -135,8 +136,8 @@ inline bool split_call(const std::string& text, std::string& name, std::vector<s
 
 /// Assigns the values of `kv` to the parameters named `keys` (any order, each at most once); false for an unknown or
 /// repeated key or a value that is not a finite number.
-inline bool assign_params(const std::vector<std::pair<std::string, std::string>>& kv, const std::vector<std::string>& keys,
-                          double* values) {
+inline bool assign_params(const std::vector<std::pair<std::string, std::string>>& kv,
+                          const std::vector<std::string>& keys, double* values) {
   std::vector<bool> seen(keys.size(), false);
   for (const auto& p : kv) {
     std::size_t i = 0;
@@ -194,7 +195,9 @@ class Initializer {
   Kind kind() const noexcept { return kind_; }
   /// The parameters in the order of the text (gain; value; minval, maxval; mean, stddev; draws).
   double param(int i) const noexcept { return p_[i]; }
-  bool operator==(const Initializer& o) const noexcept { return kind_ == o.kind_ && p_[0] == o.p_[0] && p_[1] == o.p_[1]; }
+  bool operator==(const Initializer& o) const noexcept {
+    return kind_ == o.kind_ && p_[0] == o.p_[0] && p_[1] == o.p_[1];
+  }
   bool operator!=(const Initializer& o) const noexcept { return !(*this == o); }
 
   /// "glorot_uniform", "orthogonal(gain=1)", "random_uniform(minval=-0.05,maxval=0.05)", ...

@@ -70,7 +70,8 @@ class Dense : public Layer<T, D> {
     }
   }
   bool has_regularizers() const override {
-    return this->trainable_ && (opt_.kernel_regularizer().active() || (opt_.use_bias() && opt_.bias_regularizer().active()));
+    return this->trainable_ &&
+           (opt_.kernel_regularizer().active() || (opt_.use_bias() && opt_.bias_regularizer().active()));
   }
   /// kernel_regularizer on the kernel plus bias_regularizer on the bias (none for a layer that is not trainable).
   double regularization_loss(bool accumulate_grad) override {
