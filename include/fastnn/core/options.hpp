@@ -14,8 +14,10 @@
 /// in declaration order. From visit, options_to_config() writes a layer's or optimizer's
 /// config() (shown by summary(), recorded in weights files and checkpoints) and
 /// options_from_config() parses one back (the layer and optimizer registries, checkpoint
-/// loading). Option types: bool, integers, double, std::string, and enums that provide
-/// `to_string(E)` and `from_string(const std::string&, E&)` (found by argument-dependent lookup).
+/// loading). Option types: bool, integers, double, std::string, enums that provide
+/// `to_string(E)` and `from_string(const std::string&, E&)` (found by argument-dependent lookup),
+/// and classes that write and parse themselves and are left out of a configuration at their
+/// default (detail::omitted_when_default: the initialisers and regularisers, init/).
 /// Numbers are written and parsed independently of the locale (core/parse.hpp).
 
 #include <map>
