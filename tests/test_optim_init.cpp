@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <cstdio>
 
 using namespace fastnn;
 
@@ -670,5 +669,4 @@ TEST(Init, WeightsFilesRecordTheOptions) {
   } catch (const MismatchError& e) {
     EXPECT_NE(std::string(e.what()).find("kernel_regularizer"), std::string::npos) << e.what();
   }
-  std::remove(path.c_str());
 }
