@@ -530,3 +530,522 @@ TEST(TorchParity, WriteTrajectories) {
   f << out.dump();
   ASSERT_TRUE(f.good());
 }
+
+// ---- initialisers and regularisers as layer options ----------------------------------------------------------------
+
+namespace {
+
+using init::Initializer;
+using init::Regularizer;
+
+// Sample mean and variance of w against the distribution's, within 6 standard errors for n = w.size() draws: the
+// mean's is sqrt(var / n), the sample variance's sqrt((m4 - var^2) / n) with m4 the fourth central moment.
+void expect_moments(const Tensor<double, Cpu>& w, double mean, double var, double m4, const std::string& what) {
+  const double n = static_cast<double>(w.size());
+  const double m = w.array().mean();
+  const double v = (w.array() - m).square().mean();
+  EXPECT_NEAR(m, mean, 6 * std::sqrt(var / n)) << what;
+  EXPECT_NEAR(v, var, 6 * std::sqrt((m4 - var * var) / n)) << what;
+}
+// U(-l, l): variance l^2 / 3, fourth central moment l^4 / 5.
+void expect_uniform(const Tensor<double, Cpu>& w, double lo, double hi, const std::string& what) {
+  const double h = (hi - lo) / 2;
+  EXPECT_GE(w.array().minCoeff(), lo) << what;
+  EXPECT_LT(w.array().maxCoeff(), hi) << what;
+  EXPECT_LT(w.array().minCoeff(), lo + 1e-3 * h) << what;  // fills the range (n = 1e5 draws)
+  EXPECT_GT(w.array().maxCoeff(), hi - 1e-3 * h) << what;
+  expect_moments(w, (lo + hi) / 2, h * h / 3, std::pow(h, 4) / 5, what);
+}
+// The standard normal truncated at +-2: its variance and fourth moment.
+double phi2() { return std::exp(-2.0) / std::sqrt(2 * std::acos(-1.0)); }
+double trunc_var() { return 1 - 4 * phi2() / std::erf(std::sqrt(2.0)); }
+double trunc_m4() { return 3 - 2 * 2 * 7 * phi2() / std::erf(std::sqrt(2.0)); }
+void expect_truncated(const Tensor<double, Cpu>& w, double mean, double stddev, const std::string& what) {
+  EXPECT_GE(w.array().minCoeff(), mean - 2 * stddev) << what;
+  EXPECT_LE(w.array().maxCoeff(), mean + 2 * stddev) << what;
+  expect_moments(w, mean, stddev * stddev * trunc_var(), std::pow(stddev, 4) * trunc_m4(), what);
+}
+
+Tensor<double, Cpu> drawn(const Initializer& i, Index rows = 200, Index cols = 500, Index layer_in = 64,
+                          std::uint64_t seed = 3) {
+  Tensor<double, Cpu> w(Shape{rows, cols});
+  Rng rng(seed);
+  i.fill(w, init::keras_fans(w.shape(), layer_in), rng);
+  return w;
+}
+
+std::vector<Initializer> every_initializer() {
+  return {Initializer::glorot_uniform(), Initializer::glorot_normal(), Initializer::he_uniform(),
+          Initializer::he_normal(), Initializer::lecun_uniform(), Initializer::lecun_normal(),
+          Initializer::orthogonal(), Initializer::orthogonal(0.5), Initializer::zeros(), Initializer::ones(),
+          Initializer::constant(), Initializer::constant(0.25), Initializer::random_uniform(),
+          Initializer::random_uniform(-1, 3), Initializer::random_normal(), Initializer::random_normal(1, 0.1),
+          Initializer::truncated_normal(), Initializer::truncated_normal(-1, 0.3), Initializer::uniform_fan_in(),
+          Initializer::uniform_fan_in(2)};
+}
+std::vector<Regularizer> every_regularizer() {
+  return {Regularizer::none(), Regularizer::l1(), Regularizer::l1(0.125), Regularizer::l2(), Regularizer::l2(1e-4),
+          Regularizer::l1_l2(), Regularizer::l1_l2(0.01, 0.02)};
+}
+
+// Central differences of layer.regularization_loss(false) w.r.t. every parameter against the gradient that
+// regularization_loss(true) adds (double; weights kept away from 0, where |w| has no derivative).
+void expect_penalty_gradient(Layer<double, Cpu>& layer, Tensor<double, Cpu>& values, Tensor<double, Cpu>& grads,
+                             const std::string& what) {
+  for (Index i = 0; i < values.size(); ++i)
+    if (std::fabs(values[i]) < 1e-3) values[i] = values[i] < 0 ? -1e-3 : 1e-3;
+  grads.set_zero();
+  const double p = layer.regularization_loss(true);
+  EXPECT_GT(p, 0) << what;
+  EXPECT_EQ(layer.regularization_loss(false), p) << what;
+  const double h = 1e-6;
+  for (Index i = 0; i < values.size(); ++i) {
+    const double v = values[i];
+    values[i] = v + h;
+    const double up = layer.regularization_loss(false);
+    values[i] = v - h;
+    const double down = layer.regularization_loss(false);
+    values[i] = v;
+    EXPECT_NEAR(grads[i], (up - down) / (2 * h), 1e-6 * (1 + std::fabs(grads[i]))) << what << " parameter " << i;
+  }
+}
+
+}  // namespace
+
+TEST(Init, EveryInitializerMatchesItsDefinition) {
+  // [200, 500]: Keras's fans (200, 500); PyTorch's fan-in 64 for uniform_fan_in.
+  const double fan_in = 200, fan_avg = 350, c = 0.87962566103423978;
+  expect_uniform(drawn(Initializer::glorot_uniform()), -std::sqrt(6 / (2 * fan_avg)), std::sqrt(6 / (2 * fan_avg)),
+                 "glorot_uniform");
+  expect_uniform(drawn(Initializer::he_uniform()), -std::sqrt(6 / fan_in), std::sqrt(6 / fan_in), "he_uniform");
+  expect_uniform(drawn(Initializer::lecun_uniform()), -std::sqrt(3 / fan_in), std::sqrt(3 / fan_in), "lecun_uniform");
+  expect_truncated(drawn(Initializer::glorot_normal()), 0, std::sqrt(1 / fan_avg) / c, "glorot_normal");
+  expect_truncated(drawn(Initializer::he_normal()), 0, std::sqrt(2 / fan_in) / c, "he_normal");
+  expect_truncated(drawn(Initializer::lecun_normal()), 0, std::sqrt(1 / fan_in) / c, "lecun_normal");
+  // Keras's constant keeps the variance of the untruncated normal: stddev * c.
+  EXPECT_NEAR(std::sqrt(trunc_var()), c, 1e-15);
+  expect_uniform(drawn(Initializer::random_uniform()), -0.05, 0.05, "random_uniform()");
+  expect_uniform(drawn(Initializer::random_uniform(-0.2, 0.6)), -0.2, 0.6, "random_uniform(-0.2, 0.6)");
+  const auto rn = drawn(Initializer::random_normal(0.5, 2));
+  expect_moments(rn, 0.5, 4, 3 * 16, "random_normal(0.5, 2)");
+  EXPECT_GT(rn.array().maxCoeff(), 0.5 + 2 * 4);  // not truncated: 1e5 draws reach beyond 4 stddev
+  expect_moments(drawn(Initializer::random_normal()), 0, 0.0025, 3 * std::pow(0.05, 4), "random_normal()");
+  expect_truncated(drawn(Initializer::truncated_normal(0.5, 2)), 0.5, 2, "truncated_normal(0.5, 2)");
+  expect_truncated(drawn(Initializer::truncated_normal()), 0, 0.05, "truncated_normal()");
+  const double k = 1.0 / 8;  // 1 / sqrt(64)
+  expect_uniform(drawn(Initializer::uniform_fan_in()), -k, k, "uniform_fan_in");
+  // The sum of two U(-k, k): variance 2 k^2 / 3, fourth central moment 2 k^4 / 5 + 6 (k^2 / 3)^2, within [-2k, 2k].
+  const auto two = drawn(Initializer::uniform_fan_in(2));
+  EXPECT_LE(two.array().abs().maxCoeff(), 2 * k);
+  EXPECT_GT(two.array().abs().maxCoeff(), 1.9 * k);
+  expect_moments(two, 0, 2 * k * k / 3, 2 * std::pow(k, 4) / 5 + 6 * std::pow(k * k / 3, 2), "uniform_fan_in(2)");
+  const std::vector<std::pair<Initializer, double>> constants{
+      {Initializer::zeros(), 0.0}, {Initializer::ones(), 1.0}, {Initializer::constant(0.5), 0.5},
+      {Initializer::constant(), 0.0}};
+  for (const auto& [i, v] : constants) {
+    const auto w = drawn(i, 3, 4);
+    for (Index j = 0; j < w.size(); ++j) EXPECT_EQ(w[j], v) << i.text();
+  }
+  // A bias [n] has Keras's fans (n, n).
+  const init::Fans f = init::keras_fans(Shape{7});
+  EXPECT_EQ(f.in, 7);
+  EXPECT_EQ(f.out, 7);
+  const init::Fans g = init::keras_fans(Shape{3, 4, 5});
+  EXPECT_EQ(g.in, 12);
+  EXPECT_EQ(g.out, 15);
+}
+
+TEST(Init, OrthogonalWithGain) {
+  const std::vector<std::pair<Index, Index>> shapes{{64, 256}, {50, 12}, {32, 32}};
+  for (const auto& [rows, cols] : shapes) {
+    const auto w = drawn(Initializer::orthogonal(2.5), rows, cols);
+    const Eigen::MatrixXd m = w.matrix();
+    const Eigen::MatrixXd gram = rows < cols ? Eigen::MatrixXd(m * m.transpose()) : Eigen::MatrixXd(m.transpose() * m);
+    const Index n = std::min(rows, cols);
+    EXPECT_LT((gram - 6.25 * Eigen::MatrixXd::Identity(n, n)).cwiseAbs().maxCoeff(), 1e-12) << rows << "x" << cols;
+  }
+  // gain 1 is the old orthogonal(), value for value
+  Tensor<double, Cpu> a(Shape{16, 64});
+  Rng r1(5);
+  init::orthogonal(a, r1);
+  const auto b = drawn(Initializer::orthogonal(), 16, 64, 1, 5);
+  EXPECT_EQ((a.array() - b.array()).abs().maxCoeff(), 0);
+  Tensor<double, Cpu> bias(Shape{8});
+  Rng r2(1);
+  EXPECT_THROW(Initializer::orthogonal().fill(bias, init::keras_fans(bias.shape()), r2), ArgumentError);
+}
+
+TEST(Init, DefaultsDrawTheSameValuesAsBefore) {
+  // The values the layers drew before initialisers were options, reproduced with the free functions.
+  {
+    Rng rng(42);
+    Dense<float> d(DenseOptions(7));
+    auto st = fastnn::testing::build_standalone(d, Shape{5}, rng);
+    Rng old(42);
+    Tensor<float, Cpu> k(Shape{5, 7});
+    init::glorot_uniform(k, 5, 7, old);
+    for (Index i = 0; i < 35; ++i) ASSERT_EQ(d.parameters()[0].value[i], k[i]) << i;
+    for (Index i = 0; i < 7; ++i) ASSERT_EQ(d.parameters()[1].value[i], 0.0f) << i;
+    EXPECT_EQ(d.config(), (LayerConfig{{"units", "7"}, {"activation", "linear"}, {"use_bias", "true"}}));
+  }
+  {
+    Rng rng(43);
+    Embedding<float> e(EmbeddingOptions(11, 3));
+    auto st = fastnn::testing::build_standalone(e, Shape{4}, rng);
+    Rng old(43);
+    Tensor<float, Cpu> t(Shape{11, 3});
+    init::uniform(t, -0.05, 0.05, old);
+    for (Index i = 0; i < 33; ++i) ASSERT_EQ(e.parameters()[0].value[i], t[i]) << i;
+    EXPECT_EQ(e.config().size(), 3u);
+  }
+  auto recurrent = [](Layer<float, Cpu>& l, Index F, Index H, Index gates, Index bias_size, bool forget) {
+    Rng rng(44);
+    auto st = fastnn::testing::build_standalone(l, Shape{6, F}, rng);
+    Rng old(44);
+    Tensor<float, Cpu> k(Shape{F, gates * H}), r(Shape{H, gates * H});
+    init::glorot_uniform(k, F, gates * H, old);
+    init::orthogonal(r, old);
+    const auto& p = l.parameters();
+    for (Index i = 0; i < k.size(); ++i) ASSERT_EQ(p[0].value[i], k[i]) << l.type_name() << " kernel " << i;
+    for (Index i = 0; i < r.size(); ++i) ASSERT_EQ(p[1].value[i], r[i]) << l.type_name() << " recurrent " << i;
+    ASSERT_EQ(p[2].value.size(), bias_size);
+    for (Index i = 0; i < bias_size; ++i)
+      ASSERT_EQ(p[2].value[i], forget && i >= H && i < 2 * H ? 1.0f : 0.0f) << l.type_name() << " bias " << i;
+  };
+  LSTM<float> lstm(LSTMOptions(5));
+  recurrent(lstm, 3, 5, 4, 20, true);
+  LSTM<float> plain(LSTMOptions(5).unit_forget_bias(false));
+  recurrent(plain, 3, 5, 4, 20, false);
+  GRU<float> gru(GRUOptions(4));
+  recurrent(gru, 3, 4, 3, 24, false);
+  GRU<float> gru_old(GRUOptions(4).reset_after(false));
+  recurrent(gru_old, 3, 4, 3, 12, false);
+  SimpleRNN<float> rnn(SimpleRNNOptions(6));
+  recurrent(rnn, 2, 6, 1, 6, false);
+  EXPECT_EQ(lstm.config().size(), 6u);  // the options written before: no initialiser or regulariser keys
+  EXPECT_EQ(gru.config().size(), 6u);
+  EXPECT_EQ(rnn.config().size(), 4u);
+}
+
+TEST(Init, LstmForgetBiasWithAnotherBiasInitializer) {
+  // Keras: bias_initializer on [H], ones on the forget block, bias_initializer on [2H].
+  Rng rng(2);
+  LSTM<double> l(LSTMOptions(3).bias_initializer(Initializer::constant(0.5)));
+  auto st = fastnn::testing::build_standalone(l, Shape{4, 2}, rng);
+  for (Index j = 0; j < 12; ++j) EXPECT_EQ(l.parameters()[2].value[j], j >= 3 && j < 6 ? 1.0 : 0.5) << j;
+}
+
+TEST(Init, ConfigRoundTripThroughTheRegistry) {
+  auto round_trip = [](const Layer<float, Cpu>& l) {
+    auto m = make_layer<float, Cpu>(l.type_name(), l.config());
+    EXPECT_EQ(m->config(), l.config()) << l.type_name();
+    return m;
+  };
+  for (const auto& i : every_initializer()) {
+    Initializer parsed;
+    ASSERT_TRUE(Initializer::try_parse(i.text(), parsed)) << i.text();
+    EXPECT_EQ(parsed, i) << i.text();
+    Dense<float> d(DenseOptions(3).kernel_initializer(i).bias_initializer(i));
+    auto m = round_trip(d);
+    const auto& o = dynamic_cast<Dense<float>&>(*m).options();
+    EXPECT_EQ(o.kernel_initializer(), i) << i.text();
+    EXPECT_EQ(o.bias_initializer(), i) << i.text();
+    LSTM<float> l(LSTMOptions(3).kernel_initializer(i).recurrent_initializer(i).bias_initializer(i));
+    const auto& lo = dynamic_cast<LSTM<float>&>(*round_trip(l)).options();
+    EXPECT_EQ(lo.kernel_initializer(), i);
+    EXPECT_EQ(lo.recurrent_initializer(), i);
+    EXPECT_EQ(lo.bias_initializer(), i);
+    Embedding<float> e(EmbeddingOptions(5, 2).embeddings_initializer(i));
+    EXPECT_EQ(dynamic_cast<Embedding<float>&>(*round_trip(e)).options().embeddings_initializer(), i);
+  }
+  for (const auto& r : every_regularizer()) {
+    Regularizer parsed;
+    ASSERT_TRUE(Regularizer::try_parse(r.text(), parsed)) << r.text();
+    EXPECT_EQ(parsed, r) << r.text();
+    Dense<float> d(DenseOptions(3).kernel_regularizer(r).bias_regularizer(r));
+    const auto& o = dynamic_cast<Dense<float>&>(*round_trip(d)).options();
+    EXPECT_EQ(o.kernel_regularizer(), r);
+    EXPECT_EQ(o.bias_regularizer(), r);
+    GRU<float> g(GRUOptions(2).kernel_regularizer(r).recurrent_regularizer(r).bias_regularizer(r));
+    const auto& go = dynamic_cast<GRU<float>&>(*round_trip(g)).options();
+    EXPECT_EQ(go.kernel_regularizer(), r);
+    EXPECT_EQ(go.recurrent_regularizer(), r);
+    EXPECT_EQ(go.bias_regularizer(), r);
+    SimpleRNN<float> s(SimpleRNNOptions(2).recurrent_regularizer(r));
+    EXPECT_EQ(dynamic_cast<SimpleRNN<float>&>(*round_trip(s)).options().recurrent_regularizer(), r);
+    Embedding<float> e(EmbeddingOptions(5, 2).embeddings_regularizer(r));
+    EXPECT_EQ(dynamic_cast<Embedding<float>&>(*round_trip(e)).options().embeddings_regularizer(), r);
+  }
+  // Bidirectional records its wrapped layer's options under layer.*
+  Bidirectional<float> b(LSTMOptions(4).kernel_regularizer(Regularizer::l2(0.5)).recurrent_initializer("he_normal"));
+  EXPECT_EQ(b.config().at("layer.kernel_regularizer"), "l2(l2=0.5)");
+  EXPECT_EQ(b.config().at("layer.recurrent_initializer"), "he_normal");
+  auto m = round_trip(b);
+  EXPECT_TRUE(m->has_regularizers());
+  // texts as written, and as Keras's names
+  EXPECT_EQ(Initializer::random_uniform().text(), "random_uniform(minval=-0.05,maxval=0.05)");
+  EXPECT_EQ(Initializer::orthogonal().text(), "orthogonal(gain=1)");
+  EXPECT_EQ(Initializer::constant(0.5).text(), "constant(value=0.5)");
+  EXPECT_EQ(Regularizer::l2().text(), "l2(l2=0.01)");
+  EXPECT_EQ(Initializer("RandomNormal(stddev=0.5)"), Initializer::random_normal(0, 0.5));
+  EXPECT_EQ(Initializer(" random_uniform( maxval=1, minval=0 ) "), Initializer::random_uniform(0, 1));
+  EXPECT_EQ(Regularizer("L1L2(l2=0.5)"), Regularizer::l1_l2(0, 0.5));
+  EXPECT_EQ(Regularizer("l2"), Regularizer::l2(0.01));
+  // a configuration written before these options existed still makes the layer, with the defaults
+  auto old = make_layer<float, Cpu>("LSTM", {{"units", "3"}, {"activation", "tanh"},
+                                             {"recurrent_activation", "sigmoid"}, {"return_sequences", "false"},
+                                             {"unit_forget_bias", "true"}, {"go_backwards", "false"}});
+  EXPECT_EQ(dynamic_cast<LSTM<float>&>(*old).options().recurrent_initializer(), Initializer::orthogonal());
+  EXPECT_FALSE(old->has_regularizers());
+  // numbers are written and read independently of the locale
+  EXPECT_EQ(Initializer::constant(0.1).text(), "constant(value=0.1)");
+  EXPECT_EQ(Initializer("constant(value=1e-3)"), Initializer::constant(0.001));
+}
+
+TEST(Init, BadTextIsATypedError) {
+  for (const char* bad : {"", "glorot", "glorot_uniform(", "glorot_uniform(gain=1)", "orthogonal(gain=abc)",
+                          "orthogonal(foo=1)", "constant(value=1,value=2)", "constant(value=1,)", "constant(value=)",
+                          "random_uniform(minval=1,maxval=0)", "random_normal(stddev=0)", "random_normal(stddev=nan)",
+                          "uniform_fan_in(draws=3)", "zeros()x", "constant(value=0,5)", "constant(value=inf)"}) {
+    Initializer i;
+    EXPECT_FALSE(Initializer::try_parse(bad, i)) << bad;
+    try {
+      Initializer::parse(bad, "kernel_initializer");
+      ADD_FAILURE() << bad;
+    } catch (const ArgumentError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("kernel_initializer"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("'" + std::string(bad) + "'"), std::string::npos) << msg;
+    }
+  }
+  for (const char* bad : {"l3", "l2(l2=-1)", "l2(l1=0.1)", "none(l1=0)", "l1_l2(l1=x)", "l2(l2=0.1"}) {
+    Regularizer r;
+    EXPECT_FALSE(Regularizer::try_parse(bad, r)) << bad;
+    try {
+      Regularizer::parse(bad, "bias_regularizer");
+      ADD_FAILURE() << bad;
+    } catch (const ArgumentError& e) {
+      const std::string msg = e.what();
+      EXPECT_NE(msg.find("bias_regularizer"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(bad), std::string::npos) << msg;
+    }
+  }
+  EXPECT_THROW(DenseOptions(2).kernel_initializer("he"), ArgumentError);
+  EXPECT_THROW(Regularizer::l2(-0.5), ArgumentError);
+  EXPECT_THROW(Initializer::random_normal(0, -1), ArgumentError);
+  // in a configuration: MismatchError naming the key and the value
+  try {
+    make_layer<float, Cpu>("Dense", {{"units", "3"}, {"activation", "linear"}, {"use_bias", "true"},
+                                     {"kernel_initializer", "glorot"}});
+    ADD_FAILURE();
+  } catch (const MismatchError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("kernel_initializer"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'glorot'"), std::string::npos) << msg;
+  }
+}
+
+TEST(Regularizer, PenaltiesAndGradientsMatchTheirDefinitions) {
+  Tensor<double, Cpu> w(Shape{4, 5});
+  Rng rng(8);
+  for (Index i = 0; i < w.size(); ++i) w[i] = rng.uniform(-2, 2);
+  const double a = w.array().abs().sum(), q = w.array().square().sum();
+  EXPECT_EQ(Regularizer::none().penalty(w), 0);
+  EXPECT_NEAR(Regularizer::l1(0.3).penalty(w), 0.3 * a, 1e-14);
+  EXPECT_NEAR(Regularizer::l2().penalty(w), 0.01 * q, 1e-14);
+  EXPECT_NEAR(Regularizer::l1_l2(0.1, 0.2).penalty(w), 0.1 * a + 0.2 * q, 1e-13);
+  for (const auto& r : every_regularizer()) {
+    Tensor<double, Cpu> g = Tensor<double, Cpu>::zeros(w.shape());
+    r.add_gradient(w, g);
+    const double h = 1e-6;
+    for (Index i = 0; i < w.size(); ++i) {
+      Tensor<double, Cpu> up = w.clone(), down = w.clone();
+      up[i] += h;
+      down[i] -= h;
+      EXPECT_NEAR(g[i], (r.penalty(up) - r.penalty(down)) / (2 * h), 1e-7) << r.text() << " " << i;
+    }
+  }
+}
+
+TEST(Regularizer, LayerPenaltyGradientsPassFiniteDifferences) {
+  const Regularizer l1 = Regularizer::l1(0.03), l2 = Regularizer::l2(0.05), both = Regularizer::l1_l2(0.02, 0.04);
+  {
+    Rng rng(1);
+    Dense<double> d(DenseOptions(3).kernel_regularizer(both).bias_regularizer(l1).bias_initializer("random_normal"));
+    auto [v, g] = fastnn::testing::build_standalone(d, Shape{4}, rng);
+    EXPECT_TRUE(d.has_regularizers());
+    expect_penalty_gradient(d, v, g, "Dense");
+  }
+  {
+    Rng rng(2);
+    Embedding<double> e(EmbeddingOptions(6, 3).embeddings_regularizer(l2));
+    auto [v, g] = fastnn::testing::build_standalone(e, Shape{4}, rng);
+    expect_penalty_gradient(e, v, g, "Embedding");
+  }
+  {
+    Rng rng(3);
+    LSTM<double> l(LSTMOptions(3).kernel_regularizer(l1).recurrent_regularizer(l2).bias_regularizer(both));
+    auto [v, g] = fastnn::testing::build_standalone(l, Shape{5, 2}, rng);
+    expect_penalty_gradient(l, v, g, "LSTM");
+  }
+  {
+    Rng rng(4);
+    GRU<double> l(GRUOptions(2).recurrent_regularizer(both).bias_regularizer(l2).bias_initializer("ones"));
+    auto [v, g] = fastnn::testing::build_standalone(l, Shape{5, 3}, rng);
+    expect_penalty_gradient(l, v, g, "GRU");
+  }
+  {
+    Rng rng(5);
+    SimpleRNN<double> l(SimpleRNNOptions(3).kernel_regularizer(l2));
+    auto [v, g] = fastnn::testing::build_standalone(l, Shape{5, 3}, rng);
+    expect_penalty_gradient(l, v, g, "SimpleRNN");
+  }
+  {
+    Rng rng(6);
+    Bidirectional<double> b(GRUOptions(2).kernel_regularizer(both).recurrent_regularizer(l1));
+    auto [v, g] = fastnn::testing::build_standalone(b, Shape{5, 3}, rng);
+    EXPECT_TRUE(b.has_regularizers());
+    expect_penalty_gradient(b, v, g, "Bidirectional");
+    // both directions are penalised: twice one direction's when their weights are equal
+    const Index half = v.size() / 2;
+    for (Index i = 0; i < half; ++i) v[half + i] = v[i];
+    EXPECT_NEAR(b.regularization_loss(false), 2 * b.forward_layer().regularization_loss(false), 1e-12);
+    b.set_trainable(false);  // Keras penalises trainable weights only
+    EXPECT_FALSE(b.has_regularizers());
+    EXPECT_EQ(b.regularization_loss(false), 0);
+  }
+  Rng rng(7);
+  Dense<double> plain(DenseOptions(3));
+  auto st = fastnn::testing::build_standalone(plain, Shape{4}, rng);
+  EXPECT_FALSE(plain.has_regularizers());
+  EXPECT_EQ(plain.regularization_loss(true), 0);
+  Dense<double> nobias(DenseOptions(3).use_bias(false).bias_regularizer(l2));
+  EXPECT_FALSE(nobias.has_regularizers());
+}
+
+TEST(Regularizer, TrainingReportsDataLossPlusPenalty) {
+  // One batch of 8 through Dense(2) with an L2 kernel and an L1 bias penalty, mean squared error, SGD(0.1).
+  const Regularizer kr = Regularizer::l2(0.05), br = Regularizer::l1(0.01);
+  auto model = [&] {
+    Sequential<double> m;
+    m.add<Dense>(DenseOptions(2).kernel_regularizer(kr).bias_regularizer(br).bias_initializer("random_uniform"));
+    m.build({3}, 11);
+    m.compile(std::make_unique<SGD<double>>(0.1), MeanSquaredError());
+    return m;
+  };
+  Tensor<double, Cpu> x(Shape{8, 3}), t(Shape{8, 2});
+  Rng rng(12);
+  for (Index i = 0; i < x.size(); ++i) x[i] = rng.uniform(-1, 1);
+  for (Index i = 0; i < t.size(); ++i) t[i] = rng.uniform(-1, 1);
+  auto a = model();
+  const Eigen::MatrixXd k0 = a.named_parameters()[0].value.matrix();
+  const Eigen::VectorXd b0 = Eigen::Map<const Eigen::VectorXd>(a.named_parameters()[1].value.data(), 2);
+  const Eigen::MatrixXd X = x.matrix(), Tm = t.matrix();
+  const Eigen::MatrixXd err = (X * k0).rowwise() + b0.transpose() - Tm;
+  const double data = err.array().square().mean();
+  const double penalty = 0.05 * k0.array().square().sum() + 0.01 * b0.array().abs().sum();
+  ASSERT_GT(penalty, 0.01 * data);
+  // evaluate (inference) and one training step report data loss + penalty, as Keras does
+  const auto ds = make_dataset(x, t);
+  EXPECT_NEAR(a.evaluate(ds, 8).loss, data + penalty, 1e-12);
+  const auto r = a.train_on_batch(x, t);
+  EXPECT_NEAR(r.loss, data + penalty, 1e-12);
+  // ... and the step follows the gradient of both: dL/dK = X^T 2 err / 16 + 2 * 0.05 K
+  const Eigen::MatrixXd gk = X.transpose() * err * (2.0 / 16) + 2 * 0.05 * k0;
+  const Eigen::VectorXd gb = (err.colwise().sum() * (2.0 / 16)).transpose() + 0.01 * b0.array().sign().matrix();
+  const Eigen::MatrixXd k1 = a.named_parameters()[0].value.matrix();
+  const Eigen::VectorXd b1 = Eigen::Map<const Eigen::VectorXd>(a.named_parameters()[1].value.data(), 2);
+  EXPECT_LT((k1 - (k0 - 0.1 * gk)).cwiseAbs().maxCoeff(), 1e-14);
+  EXPECT_LT((b1 - (b0 - 0.1 * gb)).cwiseAbs().maxCoeff(), 1e-14);
+  // fit() on the same single batch logs the same loss and takes the same step
+  auto f = model();
+  const auto h = f.fit(ds, FitOptions().epochs(1).batch_size(8).shuffle(false).verbose(0));
+  EXPECT_NEAR(h.epochs[0].loss, data + penalty, 1e-12);
+  EXPECT_LT((f.named_parameters()[0].value.matrix() - k1).cwiseAbs().maxCoeff(), 1e-14);
+}
+
+TEST(Init, TorchDefaults) {
+  {  // nn.Linear(64, 300): kernel and bias U(-1/8, 1/8)
+    Rng rng(1);
+    Dense<double> d(init::torch_defaults(DenseOptions(300)));
+    auto st = fastnn::testing::build_standalone(d, Shape{64}, rng);
+    expect_uniform(d.parameters()[0].value, -0.125, 0.125, "nn.Linear weight");
+    const auto& b = d.parameters()[1].value;
+    EXPECT_LE(b.array().abs().maxCoeff(), 0.125);
+    EXPECT_GT(b.array().abs().maxCoeff(), 0.1);
+  }
+  {  // nn.LSTM(hidden 64): every weight U(-1/8, 1/8); the one bias b_ih + b_hh, in [-1/4, 1/4]
+    Rng rng(2);
+    LSTM<double> l(init::torch_defaults(LSTMOptions(64)));
+    EXPECT_FALSE(l.options().unit_forget_bias());
+    auto st = fastnn::testing::build_standalone(l, Shape{3, 300}, rng);
+    expect_uniform(l.parameters()[0].value, -0.125, 0.125, "nn.LSTM weight_ih");
+    expect_uniform(l.parameters()[1].value, -0.125, 0.125, "nn.LSTM weight_hh");
+    const auto& b = l.parameters()[2].value;
+    EXPECT_LE(b.array().abs().maxCoeff(), 0.25);
+    EXPECT_GT(b.array().abs().maxCoeff(), 0.125);  // 256 sums of two: some beyond one draw's bound
+    EXPECT_NEAR((b.array() - b.array().mean()).square().mean(), 2 * 0.125 * 0.125 / 3, 0.3 * 2 * 0.125 * 0.125 / 3);
+  }
+  {  // nn.GRU: reset_after holds b_ih and b_hh, each U(-1/sqrt(H), 1/sqrt(H))
+    Rng rng(3);
+    GRU<double> g(init::torch_defaults(GRUOptions(16)));
+    auto st = fastnn::testing::build_standalone(g, Shape{3, 4}, rng);
+    for (const auto& p : g.parameters()) EXPECT_LE(p.value.array().abs().maxCoeff(), 0.25) << p.name;
+    EXPECT_EQ(g.options().bias_initializer(), Initializer::uniform_fan_in(1));
+    EXPECT_EQ(init::torch_defaults(GRUOptions(16).reset_after(false)).bias_initializer(),
+              Initializer::uniform_fan_in(2));
+    EXPECT_EQ(init::torch_defaults(SimpleRNNOptions(16)).bias_initializer(), Initializer::uniform_fan_in(2));
+  }
+  {  // nn.Embedding: N(0, 1)
+    Rng rng(4);
+    Embedding<double> e(init::torch_defaults(EmbeddingOptions(1000, 100)));
+    auto st = fastnn::testing::build_standalone(e, Shape{2}, rng);
+    expect_moments(e.parameters()[0].value, 0, 1, 3, "nn.Embedding");
+  }
+  // a layer, a configuration and a whole model
+  Bidirectional<float> b(LSTMOptions(8));
+  auto tb = init::torch_defaults(b);
+  EXPECT_EQ(tb->config().at("layer.kernel_initializer"), "uniform_fan_in(draws=1)");
+  EXPECT_EQ(tb->config().at("layer.bias_initializer"), "uniform_fan_in(draws=2)");
+  EXPECT_EQ(tb->config().at("layer.unit_forget_bias"), "false");
+  Sequential<float> src, dst;
+  src.add<Embedding>(EmbeddingOptions(50, 8));
+  src.add<Bidirectional>(GRUOptions(4));
+  src.add<Dropout>(DropoutOptions(0.5));
+  src.add<Dense>(DenseOptions(3));
+  init::torch_defaults_into(src, dst);
+  ASSERT_EQ(dst.num_layers(), 4u);
+  EXPECT_EQ(dst.layer(0).config().at("embeddings_initializer"), "random_normal(mean=0,stddev=1)");
+  EXPECT_EQ(dst.layer(1).config().at("layer.recurrent_initializer"), "uniform_fan_in(draws=1)");
+  EXPECT_EQ(dst.layer(2).config(), src.layer(2).config());
+  EXPECT_EQ(dst.layer(3).config().at("bias_initializer"), "uniform_fan_in(draws=1)");
+  dst.build({6}, 1);
+  const auto& k = dst.layer(3).parameters()[0].value;  // fan-in 8 (the GRU's 2 x 4 concatenated)
+  EXPECT_LE(k.array().abs().maxCoeff(), 1 / std::sqrt(8.0));
+}
+
+TEST(Init, WeightsFilesRecordTheOptions) {
+  const std::string path = ::testing::TempDir() + "/initz_options.safetensors";
+  Sequential<float> a;
+  a.add<Dense>(DenseOptions(4).kernel_initializer("he_normal").kernel_regularizer("l2(l2=0.001)"));
+  a.add<Bidirectional>(SimpleRNNOptions(3).recurrent_regularizer("l1(l1=0.5)"));
+  a.build({5, 2}, 3);
+  io::save_weights(a, path);
+  auto b = io::load_model<float>(path);
+  ASSERT_EQ(b.num_layers(), 2u);
+  EXPECT_EQ(b.layer(0).config(), a.layer(0).config());
+  EXPECT_EQ(b.layer(1).config(), a.layer(1).config());
+  EXPECT_TRUE(b.layer(0).has_regularizers());
+  EXPECT_TRUE(b.layer(1).has_regularizers());
+  // a model without the regulariser does not take the file: the mismatch is named
+  Sequential<float> c;
+  c.add<Dense>(DenseOptions(4).kernel_initializer("he_normal"));
+  c.add<Bidirectional>(SimpleRNNOptions(3).recurrent_regularizer("l1(l1=0.5)"));
+  c.build({5, 2}, 3);
+  try {
+    io::load_weights(c, path);
+    ADD_FAILURE();
+  } catch (const MismatchError& e) {
+    EXPECT_NE(std::string(e.what()).find("kernel_regularizer"), std::string::npos) << e.what();
+  }
+}

@@ -14,8 +14,10 @@
 /// in declaration order. From visit, options_to_config() writes a layer's or optimizer's
 /// config() (shown by summary(), recorded in weights files and checkpoints) and
 /// options_from_config() parses one back (the layer and optimizer registries, checkpoint
-/// loading). Option types: bool, integers, double, std::string, and enums that provide
-/// `to_string(E)` and `from_string(const std::string&, E&)` (found by argument-dependent lookup).
+/// loading). Option types: bool, integers, double, std::string, enums that provide
+/// `to_string(E)` and `from_string(const std::string&, E&)` (found by argument-dependent lookup),
+/// and classes that write and parse themselves and are left out of a configuration at their
+/// default (detail::omitted_when_default: the initialisers and regularisers, init/).
 /// Numbers are written and parsed independently of the locale (core/parse.hpp).
 
 #include <map>
@@ -34,8 +36,9 @@ using Config = std::map<std::string, std::string>;
 // ---- the declaration macro ------------------------------------------------------------------
 #define FASTNN_PP_CAT_(a, b) a##b
 #define FASTNN_PP_CAT(a, b) FASTNN_PP_CAT_(a, b)
-#define FASTNN_PP_NARGS_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, N, ...) N
-#define FASTNN_PP_NARGS(...) FASTNN_PP_NARGS_(__VA_ARGS__, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
+#define FASTNN_PP_NARGS_(_1, _2, _3, _4, _5, _6, _7, _8, _9, _10, _11, _12, _13, _14, _15, _16, N, ...) N
+#define FASTNN_PP_NARGS(...) \
+  FASTNN_PP_NARGS_(__VA_ARGS__, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0)
 #define FASTNN_PP_EACH_1(m, x) m x
 #define FASTNN_PP_EACH_2(m, x, ...) m x FASTNN_PP_EACH_1(m, __VA_ARGS__)
 #define FASTNN_PP_EACH_3(m, x, ...) m x FASTNN_PP_EACH_2(m, __VA_ARGS__)
@@ -48,6 +51,10 @@ using Config = std::map<std::string, std::string>;
 #define FASTNN_PP_EACH_10(m, x, ...) m x FASTNN_PP_EACH_9(m, __VA_ARGS__)
 #define FASTNN_PP_EACH_11(m, x, ...) m x FASTNN_PP_EACH_10(m, __VA_ARGS__)
 #define FASTNN_PP_EACH_12(m, x, ...) m x FASTNN_PP_EACH_11(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_13(m, x, ...) m x FASTNN_PP_EACH_12(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_14(m, x, ...) m x FASTNN_PP_EACH_13(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_15(m, x, ...) m x FASTNN_PP_EACH_14(m, __VA_ARGS__)
+#define FASTNN_PP_EACH_16(m, x, ...) m x FASTNN_PP_EACH_15(m, __VA_ARGS__)
 #define FASTNN_PP_EACH(m, ...) FASTNN_PP_CAT(FASTNN_PP_EACH_, FASTNN_PP_NARGS(__VA_ARGS__))(m, __VA_ARGS__)
 
 #define FASTNN_OPTION_DECL_(type, name, def)           \
@@ -61,8 +68,14 @@ using Config = std::map<std::string, std::string>;
  private:                                              \
   type name##_ = def;
 #define FASTNN_OPTION_VISIT_(type, name, def) v(#name, name##_);
+#define FASTNN_OPTION_DEFAULT_(type, name, def) \
+  {                                             \
+    const type d_ = def;                        \
+    v(#name, d_);                               \
+  }
 
-/// Declares options as (type, name, default) triples; see the file comment.
+/// Declares options as (type, name, default) triples (at most 16); see the file comment.
+/// `visit_defaults(f)` calls `f("name", default)` for every option.
 #define FASTNN_OPTIONS(...)                                                        \
   FASTNN_PP_EACH(FASTNN_OPTION_DECL_, __VA_ARGS__)                                 \
  public:                                                                           \
@@ -73,10 +86,23 @@ using Config = std::map<std::string, std::string>;
   template <class V>                                                               \
   void visit(V&& v) const {                                                        \
     FASTNN_PP_EACH(FASTNN_OPTION_VISIT_, __VA_ARGS__)                              \
+  }                                                                                \
+  template <class V>                                                               \
+  static void visit_defaults(V&& v) {                                              \
+    FASTNN_PP_EACH(FASTNN_OPTION_DEFAULT_, __VA_ARGS__)                            \
   }
 
 // ---- text of one option ---------------------------------------------------------------------
 namespace detail {
+
+/// Whether an option of type V is left out of a configuration while it has its default value, and takes the default
+/// when a configuration lacks it (a type opts in with `static constexpr bool omitted_when_default = true;`). Options
+/// added to a layer after files were written with it are of such types (initialisers, regularisers), so that the
+/// configuration of a layer using their defaults is the one older files recorded.
+template <class V, class = void>
+struct omitted_when_default : std::false_type {};
+template <class V>
+struct omitted_when_default<V, typename std::enable_if<V::omitted_when_default>::type> : std::true_type {};
 
 inline std::string option_text(bool b) { return b ? "true" : "false"; }
 inline std::string option_text(const std::string& s) { return s; }
@@ -87,6 +113,11 @@ std::string option_text(N v) {
 template <class E, typename std::enable_if<std::is_enum<E>::value, int>::type = 0>
 std::string option_text(E e) {
   return to_string(e);
+}
+/// A class-type option (one omitted when default) writes itself: `std::string text() const`.
+template <class C, typename std::enable_if<omitted_when_default<C>::value, int>::type = 0>
+std::string option_text(const C& c) {
+  return c.text();
 }
 
 /// Parses `s` into `out`; false when `s` is not a valid value of out's type.
@@ -108,9 +139,15 @@ template <class E, typename std::enable_if<std::is_enum<E>::value, int>::type = 
 bool option_parse(const std::string& s, E& out) {
   return from_string(s, out);
 }
+/// ... and parses itself: `static bool try_parse(const std::string&, C&)`.
+template <class C, typename std::enable_if<omitted_when_default<C>::value, int>::type = 0>
+bool option_parse(const std::string& s, C& out) {
+  return C::try_parse(s, out);
+}
 
 template <class V>
 const char* option_kind() {
+  if constexpr (omitted_when_default<V>::value) return V::option_kind;
   if (std::is_same<V, bool>::value) return "true or false";
   if (std::is_floating_point<V>::value) return "a finite number";
   if (std::is_unsigned<V>::value) return "an unsigned integer";
@@ -121,24 +158,45 @@ const char* option_kind() {
 
 }  // namespace detail
 
-/// The options of `o` as text, keyed by option name.
+/// The options of `o` as text, keyed by option name; an option of a type that is omitted when it has its default
+/// value (detail::omitted_when_default) is left out while it has its declared default.
 template <class O>
 Config options_to_config(const O& o) {
-  Config c;
-  o.visit([&](const char* key, const auto& value) { c[key] = detail::option_text(value); });
+  Config c, defaults;
+  O::visit_defaults([&](const char* key, const auto& value) {
+    using V = typename std::decay<decltype(value)>::type;
+    if (detail::omitted_when_default<V>::value) defaults[key] = detail::option_text(value);
+  });
+  o.visit([&](const char* key, const auto& value) {
+    std::string text = detail::option_text(value);
+    auto d = defaults.find(key);
+    if (d == defaults.end() || d->second != text) c[key] = std::move(text);
+  });
   return c;
 }
 
-/// Sets every option of `o` from `c`, which must hold exactly o's options. Throws
-/// MismatchError "<where>: ..." naming the missing, unknown or malformed key.
+/// Sets every option of `o` from `c`, which must hold exactly o's options (an option of a type omitted when it has
+/// its default value may be absent: it is set to its declared default). Throws MismatchError "<where>: ..." naming
+/// the missing, unknown or malformed key.
 template <class O>
 void options_from_config(O& o, const Config& c, const std::string& where) {
   std::set<std::string> known;
+  Config defaults;
+  O::visit_defaults([&](const char* key, const auto& value) {
+    using V = typename std::decay<decltype(value)>::type;
+    if (detail::omitted_when_default<V>::value) defaults[key] = detail::option_text(value);
+  });
   o.visit([&](const char* key, auto& value) {
     using V = typename std::decay<decltype(value)>::type;
     known.insert(key);
     auto it = c.find(key);
-    if (it == c.end()) throw MismatchError(where + ": configuration lacks '" + key + "'");
+    if (it == c.end()) {
+      auto d = defaults.find(key);
+      if (d == defaults.end()) throw MismatchError(where + ": configuration lacks '" + key + "'");
+      if (!detail::option_parse(d->second, value))
+        throw MismatchError(where + ": the default of '" + key + "' does not parse");
+      return;
+    }
     if (!detail::option_parse(it->second, value))
       throw MismatchError(where + ": '" + key + "' must be " + detail::option_kind<V>() + ", got '" +
                           it->second.substr(0, 64) + "'");

@@ -246,6 +246,12 @@ class Bidirectional : public Layer<T, D> {
     fwd_->initialize(rng);
     bwd_->initialize(rng);
   }
+  /// The wrapped layer's regularisers, on the weights of both directions.
+  bool has_regularizers() const override { return this->trainable_ && fwd_->has_regularizers(); }
+  double regularization_loss(bool accumulate_grad) override {
+    if (!has_regularizers()) return 0;
+    return fwd_->regularization_loss(accumulate_grad) + bwd_->regularization_loss(accumulate_grad);
+  }
 
   void forward(const Tn& x, Tn& y, Mode mode) override {
     if (fused_.forward(*fwd_, *bwd_, mode_, x, y, this->output_shape_, mode)) return;  // device hook

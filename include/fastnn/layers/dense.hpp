@@ -17,12 +17,17 @@
 
 namespace fastnn {
 
-/// Options of a Dense layer: `DenseOptions(10).activation(Activation::Softmax)`.
+/// Options of a Dense layer: `DenseOptions(10).activation(Activation::Softmax)`. Initialisers and regularisers
+/// (init/initializers.hpp, init/regularizers.hpp) default to Keras's: glorot_uniform kernel, zero bias, none.
 struct DenseOptions {
   explicit DenseOptions(Index units = 1) { units_ = units; }
   FASTNN_OPTIONS((Index, units, 1),
                  (Activation, activation, Activation::Linear),
-                 (bool, use_bias, true))
+                 (bool, use_bias, true),
+                 (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),
+                 (init::Initializer, bias_initializer, init::Initializer::zeros()),
+                 (init::Regularizer, kernel_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, bias_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -53,15 +58,27 @@ class Dense : public Layer<T, D> {
     if (opt_.use_bias()) s.push_back({"bias", Shape{opt_.units()}});
     return s;
   }
-  /// glorot_uniform kernel, zero bias (Keras defaults).
+  /// The kernel, then the bias, from their initialisers (Keras's fans; PyTorch's fan-in is the input features).
   void initialize(Rng& rng) override {
     Tensor<T, Cpu> k(this->params_[0].value.shape());
-    init::glorot_uniform(k, features(), opt_.units(), rng);
+    opt_.kernel_initializer().fill(k, init::keras_fans(k.shape(), features()), rng);
     copy_from_host(k, this->params_[0].value);
     if (opt_.use_bias()) {
-      Tensor<T, Cpu> b = Tensor<T, Cpu>::zeros(this->params_[1].value.shape());
+      Tensor<T, Cpu> b(this->params_[1].value.shape());
+      opt_.bias_initializer().fill(b, init::keras_fans(b.shape(), features()), rng);
       copy_from_host(b, this->params_[1].value);
     }
+  }
+  bool has_regularizers() const override {
+    return this->trainable_ &&
+           (opt_.kernel_regularizer().active() || (opt_.use_bias() && opt_.bias_regularizer().active()));
+  }
+  /// kernel_regularizer on the kernel plus bias_regularizer on the bias (none for a layer that is not trainable).
+  double regularization_loss(bool accumulate_grad) override {
+    if (!has_regularizers()) return 0;
+    double r = Base::weight_penalty(opt_.kernel_regularizer(), this->params_[0], accumulate_grad);
+    if (opt_.use_bias()) r += Base::weight_penalty(opt_.bias_regularizer(), this->params_[1], accumulate_grad);
+    return r;
   }
 
   bool per_step() const override { return true; }

@@ -3,7 +3,8 @@
 /// Embedding (Keras's): integer token ids -> rows of a trainable table. Input [steps] (token
 /// ids, held as T like every model input: exact up to 2^24 for float), output [steps, output_dim].
 /// Parameter: embeddings [input_dim, output_dim] (torch.nn.Embedding's weight, the same layout),
-/// initialised uniform in [-0.05, 0.05] as in Keras.
+/// initialised by embeddings_initializer (Keras's default: random_uniform(minval=-0.05,maxval=0.05)) and
+/// penalised by embeddings_regularizer (default none).
 ///
 /// With mask_zero, id 0 is padding: each sample's length is the number of its ids before the
 /// first 0, and it flows to the layers after (a recurrent layer then stops at each sample's
@@ -34,7 +35,9 @@ struct EmbeddingOptions {
   }
   FASTNN_OPTIONS((Index, input_dim, 1),
                  (Index, output_dim, 1),
-                 (bool, mask_zero, false))
+                 (bool, mask_zero, false),
+                 (init::Initializer, embeddings_initializer, init::Initializer::random_uniform(-0.05, 0.05)),
+                 (init::Regularizer, embeddings_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -68,10 +71,16 @@ class Embedding : public Layer<T, D> {
   std::vector<ParamSpec> param_specs() const override {
     return {{"embeddings", Shape{opt_.input_dim(), opt_.output_dim()}}};
   }
+  /// Keras's fans of [input_dim, output_dim]; PyTorch's fan-in is output_dim (nn.Embedding draws N(0, 1)).
   void initialize(Rng& rng) override {
     Tensor<T, Cpu> e(Shape{opt_.input_dim(), opt_.output_dim()});
-    init::uniform(e, -0.05, 0.05, rng);
+    opt_.embeddings_initializer().fill(e, init::keras_fans(e.shape(), opt_.output_dim()), rng);
     copy_from_host(e, this->params_[0].value);
+  }
+  bool has_regularizers() const override { return this->trainable_ && opt_.embeddings_regularizer().active(); }
+  double regularization_loss(bool accumulate_grad) override {
+    if (!has_regularizers()) return 0;
+    return Base::weight_penalty(opt_.embeddings_regularizer(), this->params_[0], accumulate_grad);
   }
   bool produces_lengths() const override { return opt_.mask_zero(); }
   Lengths output_lengths() const override { return opt_.mask_zero() ? out_lengths_ : this->in_lengths_; }

@@ -23,7 +23,13 @@ struct GRUOptions {
                  (Activation, recurrent_activation, Activation::Sigmoid),
                  (bool, return_sequences, false),
                  (bool, reset_after, true),
-                 (bool, go_backwards, false))
+                 (bool, go_backwards, false),
+                 (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),
+                 (init::Initializer, recurrent_initializer, init::Initializer::orthogonal(1.0)),
+                 (init::Initializer, bias_initializer, init::Initializer::zeros()),
+                 (init::Regularizer, kernel_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, recurrent_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, bias_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -40,8 +46,9 @@ class GRU : public detail::RecurrentWithOptions<T, D, GRUOptions, GRU, RnnCell::
     d.recurrent = this->opt_.recurrent_activation();
     return d;
   }
-  /// glorot_uniform kernel, orthogonal recurrent kernel, zero biases (Keras defaults).
-  void initialize(Rng& rng) override { this->init_weights(rng, false); }
+  /// From the options' initialisers (Keras's defaults: glorot_uniform kernel, orthogonal recurrent kernel, zero
+  /// bias).
+  void initialize(Rng& rng) override { this->init_from_options(rng, false); }
 };
 
 }  // namespace fastnn

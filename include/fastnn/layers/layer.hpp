@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "fastnn/core/activation.hpp"
@@ -22,6 +23,7 @@
 #include "fastnn/core/precision.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/core/tensor.hpp"
+#include "fastnn/init/regularizers.hpp"
 
 namespace fastnn {
 
@@ -137,6 +139,23 @@ class Layer {
 
  protected:
   std::string qualified(const std::string& local) const { return name_ + "." + local; }
+  /// The penalty of `r` on parameter `p`'s value; with `accumulate_grad`, adds its gradient to p's gradient (through
+  /// a host copy on a device other than the CPU).
+  static double weight_penalty(const init::Regularizer& r, Parameter<T, D>& p, bool accumulate_grad) {
+    if (!r.active()) return 0;
+    if constexpr (std::is_same<D, Cpu>::value) {
+      if (accumulate_grad) r.add_gradient(p.value, p.grad);
+      return r.penalty(p.value);
+    } else {
+      const Tensor<T, Cpu> w = on_host(p.value);
+      if (accumulate_grad) {
+        Tensor<T, Cpu> g = on_host(p.grad);
+        r.add_gradient(w, g);
+        copy_from_host(g, p.grad);
+      }
+      return r.penalty(w);
+    }
+  }
   /// Requires x to be [batch, input_shape()...]; else a ShapeError "expected input [batch, ...]".
   void require_batch_of_input_shape(const Shape& x) const {
     if (x.rank() != input_shape_.rank() + 1 || x.drop_front() != input_shape_)

@@ -21,7 +21,13 @@ struct LSTMOptions {
                  (Activation, recurrent_activation, Activation::Sigmoid),
                  (bool, return_sequences, false),
                  (bool, unit_forget_bias, true),
-                 (bool, go_backwards, false))
+                 (bool, go_backwards, false),
+                 (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),
+                 (init::Initializer, recurrent_initializer, init::Initializer::orthogonal(1.0)),
+                 (init::Initializer, bias_initializer, init::Initializer::zeros()),
+                 (init::Regularizer, kernel_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, recurrent_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, bias_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -37,9 +43,9 @@ class LSTM : public detail::RecurrentWithOptions<T, D, LSTMOptions, LSTM, RnnCel
     d.recurrent = this->opt_.recurrent_activation();
     return d;
   }
-  /// glorot_uniform kernel, orthogonal recurrent kernel, zero bias with forget-gate bias 1
-  /// when unit_forget_bias (Keras defaults).
-  void initialize(Rng& rng) override { this->init_weights(rng, this->opt_.unit_forget_bias()); }
+  /// From the options' initialisers (Keras's defaults: glorot_uniform kernel, orthogonal recurrent kernel, zero
+  /// bias, forget-gate bias 1 with unit_forget_bias).
+  void initialize(Rng& rng) override { this->init_from_options(rng, this->opt_.unit_forget_bias()); }
 };
 
 }  // namespace fastnn

@@ -186,18 +186,27 @@ class RecurrentLayer : public Layer<T, D> {
   detail::RnnImpl<T, D>& impl() { return impl_; }
 
  protected:
-  /// Keras's initialisers: glorot_uniform kernel, orthogonal recurrent kernel (per gate block:
-  /// orthogonal over the whole [H, G*H] as Keras does), zero bias; `forget_bias` puts ones into
-  /// the LSTM's forget-gate block.
-  void init_weights(Rng& rng, bool forget_bias) {
+  /// The kernel, the recurrent kernel and the bias from their initialisers, in that order, with Keras's fans of
+  /// each weight and PyTorch's fan-in, the units. `forget_bias` (an LSTM's unit_forget_bias) does as Keras: the
+  /// bias is bias_initializer on [H], ones on the forget block [H], bias_initializer on [2H].
+  void init_weights(Rng& rng, bool forget_bias, const init::Initializer& kernel, const init::Initializer& recurrent,
+                    const init::Initializer& bias) {
     const detail::RnnDims c = cell_dims();
     const Index H = units(), F = this->input_shape_[1], G = c.gates() * H;
     Tensor<T, Cpu> k(Shape{F, G}), r(Shape{H, G});
-    Tensor<T, Cpu> b = Tensor<T, Cpu>::zeros(this->params_[2].value.shape());
-    init::glorot_uniform(k, F, G, rng);
-    init::orthogonal(r, rng);
-    if (forget_bias)
+    Tensor<T, Cpu> b(this->params_[2].value.shape());
+    kernel.fill(k, init::keras_fans(k.shape(), H), rng);
+    recurrent.fill(r, init::keras_fans(r.shape(), H), rng);
+    if (forget_bias) {
+      Tensor<T, Cpu> bi(Shape{H}), bco(Shape{G - 2 * H});
+      bias.fill(bi, init::keras_fans(bi.shape(), H), rng);
+      bias.fill(bco, init::keras_fans(bco.shape(), H), rng);
+      for (Index j = 0; j < H; ++j) b[j] = bi[j];
       for (Index j = H; j < 2 * H; ++j) b[j] = T(1);
+      for (Index j = 2 * H; j < G; ++j) b[j] = bco[j - 2 * H];
+    } else {
+      bias.fill(b, init::keras_fans(b.shape(), H), rng);
+    }
     copy_from_host(k, this->params_[0].value);
     copy_from_host(r, this->params_[1].value);
     copy_from_host(b, this->params_[2].value);
@@ -233,7 +242,25 @@ class RecurrentWithOptions : public RecurrentLayer<T, D> {
   bool return_sequences() const override { return opt_.return_sequences(); }
   Index units() const override { return opt_.units(); }
 
+  bool has_regularizers() const override {
+    return this->trainable_ && (opt_.kernel_regularizer().active() || opt_.recurrent_regularizer().active() ||
+                                opt_.bias_regularizer().active());
+  }
+  /// kernel_regularizer, recurrent_regularizer and bias_regularizer on their weights (none when not trainable).
+  double regularization_loss(bool accumulate_grad) override {
+    if (!has_regularizers()) return 0;
+    auto& p = this->parameters();
+    return Layer<T, D>::weight_penalty(opt_.kernel_regularizer(), p[0], accumulate_grad) +
+           Layer<T, D>::weight_penalty(opt_.recurrent_regularizer(), p[1], accumulate_grad) +
+           Layer<T, D>::weight_penalty(opt_.bias_regularizer(), p[2], accumulate_grad);
+  }
+
  protected:
+  /// The weights from the options' initialisers (RecurrentLayer::init_weights).
+  void init_from_options(Rng& rng, bool forget_bias) {
+    this->init_weights(rng, forget_bias, opt_.kernel_initializer(), opt_.recurrent_initializer(),
+                       opt_.bias_initializer());
+  }
   /// The cell and the flags every cell has.
   RnnDims common_dims() const {
     RnnDims d;

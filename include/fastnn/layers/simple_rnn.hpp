@@ -17,7 +17,13 @@ struct SimpleRNNOptions {
   FASTNN_OPTIONS((Index, units, 1),
                  (Activation, activation, Activation::Tanh),
                  (bool, return_sequences, false),
-                 (bool, go_backwards, false))
+                 (bool, go_backwards, false),
+                 (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),
+                 (init::Initializer, recurrent_initializer, init::Initializer::orthogonal(1.0)),
+                 (init::Initializer, bias_initializer, init::Initializer::zeros()),
+                 (init::Regularizer, kernel_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, recurrent_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, bias_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -32,8 +38,9 @@ class SimpleRNN : public detail::RecurrentWithOptions<T, D, SimpleRNNOptions, Si
     d.activation = this->opt_.activation();
     return d;
   }
-  /// glorot_uniform kernel, orthogonal recurrent kernel, zero bias (Keras defaults).
-  void initialize(Rng& rng) override { this->init_weights(rng, false); }
+  /// From the options' initialisers (Keras's defaults: glorot_uniform kernel, orthogonal recurrent kernel, zero
+  /// bias).
+  void initialize(Rng& rng) override { this->init_from_options(rng, false); }
 };
 
 }  // namespace fastnn
