@@ -22,12 +22,7 @@ struct LSTMOptions {
                  (bool, return_sequences, false),
                  (bool, unit_forget_bias, true),
                  (bool, go_backwards, false),
-                 (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),
-                 (init::Initializer, recurrent_initializer, init::Initializer::orthogonal(1.0)),
-                 (init::Initializer, bias_initializer, init::Initializer::zeros()),
-                 (init::Regularizer, kernel_regularizer, init::Regularizer::none()),
-                 (init::Regularizer, recurrent_regularizer, init::Regularizer::none()),
-                 (init::Regularizer, bias_regularizer, init::Regularizer::none()))
+                 FASTNN_RECURRENT_WEIGHT_OPTIONS)
 };
 
 template <class T, class D = Cpu>

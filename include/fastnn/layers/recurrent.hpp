@@ -23,6 +23,16 @@
 #include "fastnn/init/initializers.hpp"
 #include "fastnn/layers/layer.hpp"
 
+// The weight options every recurrent layer's options struct lists last (Keras's names and defaults):
+// kernel_, recurrent_ and bias_initializer, kernel_, recurrent_ and bias_regularizer.
+#define FASTNN_RECURRENT_WEIGHT_OPTIONS                                                      \
+  (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),              \
+      (init::Initializer, recurrent_initializer, init::Initializer::orthogonal(1.0)),        \
+      (init::Initializer, bias_initializer, init::Initializer::zeros()),                     \
+      (init::Regularizer, kernel_regularizer, init::Regularizer::none()),                    \
+      (init::Regularizer, recurrent_regularizer, init::Regularizer::none()),                 \
+      (init::Regularizer, bias_regularizer, init::Regularizer::none())
+
 namespace fastnn {
 
 namespace detail {

@@ -85,32 +85,45 @@ inline bool config_bool(const Config& c, const std::string& key, const std::stri
 
 }  // namespace detail
 
-/// initial_learning_rate * decay_rate ^ (step / decay_steps), the exponent floored when `staircase`.
-class ExponentialDecay : public LearningRateSchedule {
+namespace detail {
+
+/// The arguments and the progress of ExponentialDecay and InverseTimeDecay: step / decay_steps, floored when
+/// `staircase`.
+class StepDecaySchedule : public LearningRateSchedule {
  public:
-  ExponentialDecay(double initial_learning_rate, double decay_steps, double decay_rate, bool staircase = false)
-      : lr0_(initial_learning_rate), steps_(decay_steps), rate_(decay_rate), staircase_(staircase) {
-    detail::check_schedule_number("ExponentialDecay", "initial_learning_rate", lr0_, false);
-    detail::check_schedule_number("ExponentialDecay", "decay_steps", steps_, true);
-    detail::check_schedule_number("ExponentialDecay", "decay_rate", rate_, false);
-  }
-  double operator()(std::int64_t step) const override {
-    double p = static_cast<double>(step) / steps_;
-    if (staircase_) p = std::floor(p);
-    return lr0_ * std::pow(rate_, p);
-  }
-  std::string type_name() const override { return "ExponentialDecay"; }
   Config config() const override {
     return {{"initial_learning_rate", format_number(lr0_)},
             {"decay_steps", format_number(steps_)},
             {"decay_rate", format_number(rate_)},
             {"staircase", staircase_ ? "true" : "false"}};
   }
-  std::unique_ptr<LearningRateSchedule> clone() const override { return std::make_unique<ExponentialDecay>(*this); }
 
- private:
+ protected:
+  StepDecaySchedule(const char* name, double initial_learning_rate, double decay_steps, double decay_rate,
+                    bool staircase)
+      : lr0_(initial_learning_rate), steps_(decay_steps), rate_(decay_rate), staircase_(staircase) {
+    check_schedule_number(name, "initial_learning_rate", lr0_, false);
+    check_schedule_number(name, "decay_steps", steps_, true);
+    check_schedule_number(name, "decay_rate", rate_, false);
+  }
+  double progress(std::int64_t step) const {
+    const double p = static_cast<double>(step) / steps_;
+    return staircase_ ? std::floor(p) : p;
+  }
   double lr0_, steps_, rate_;
   bool staircase_;
+};
+
+}  // namespace detail
+
+/// initial_learning_rate * decay_rate ^ (step / decay_steps), the exponent floored when `staircase`.
+class ExponentialDecay : public detail::StepDecaySchedule {
+ public:
+  ExponentialDecay(double initial_learning_rate, double decay_steps, double decay_rate, bool staircase = false)
+      : StepDecaySchedule("ExponentialDecay", initial_learning_rate, decay_steps, decay_rate, staircase) {}
+  double operator()(std::int64_t step) const override { return lr0_ * std::pow(rate_, progress(step)); }
+  std::string type_name() const override { return "ExponentialDecay"; }
+  std::unique_ptr<LearningRateSchedule> clone() const override { return std::make_unique<ExponentialDecay>(*this); }
 };
 
 /// values[0] while step <= boundaries[0], values[i] while boundaries[i-1] < step <= boundaries[i], and
@@ -196,31 +209,13 @@ class CosineDecay : public LearningRateSchedule {
 
 /// initial_learning_rate / (1 + decay_rate * step / decay_steps), the quotient floored when `staircase`. The
 /// optimizers' `decay` option is InverseTimeDecay(learning_rate, 1, decay).
-class InverseTimeDecay : public LearningRateSchedule {
+class InverseTimeDecay : public detail::StepDecaySchedule {
  public:
   InverseTimeDecay(double initial_learning_rate, double decay_steps, double decay_rate, bool staircase = false)
-      : lr0_(initial_learning_rate), steps_(decay_steps), rate_(decay_rate), staircase_(staircase) {
-    detail::check_schedule_number("InverseTimeDecay", "initial_learning_rate", lr0_, false);
-    detail::check_schedule_number("InverseTimeDecay", "decay_steps", steps_, true);
-    detail::check_schedule_number("InverseTimeDecay", "decay_rate", rate_, false);
-  }
-  double operator()(std::int64_t step) const override {
-    double p = static_cast<double>(step) / steps_;
-    if (staircase_) p = std::floor(p);
-    return lr0_ / (1.0 + rate_ * p);
-  }
+      : StepDecaySchedule("InverseTimeDecay", initial_learning_rate, decay_steps, decay_rate, staircase) {}
+  double operator()(std::int64_t step) const override { return lr0_ / (1.0 + rate_ * progress(step)); }
   std::string type_name() const override { return "InverseTimeDecay"; }
-  Config config() const override {
-    return {{"initial_learning_rate", format_number(lr0_)},
-            {"decay_steps", format_number(steps_)},
-            {"decay_rate", format_number(rate_)},
-            {"staircase", staircase_ ? "true" : "false"}};
-  }
   std::unique_ptr<LearningRateSchedule> clone() const override { return std::make_unique<InverseTimeDecay>(*this); }
-
- private:
-  double lr0_, steps_, rate_;
-  bool staircase_;
 };
 
 /// A schedule of `type` with arguments `c` (as type_name() and config() wrote them); ArgumentError naming the
