@@ -23,8 +23,16 @@ package). Mapping (Keras GRU gate order z, r, h; torch r, z, n; reset_after=True
   bidirectional.forward_gru.bias [2, 3H]            -> gru.bias_ih_l0 = row 0, gru.bias_hh_l0 = row 1 (permuted)
   bidirectional.backward_gru.*                      -> the same with the _reverse suffix
   dense.kernel [2H, 9], dense.bias [9]              -> linear.weight = kernel.T, linear.bias
-Without it, Keras's initialisation: uniform(-0.05, 0.05) embedding, glorot_uniform kernels,
-orthogonal recurrent kernels, zero biases.
+Without it, --init chooses the random initial weights, drawn from --seed: `keras` (the default)
+Keras's initialisation: uniform(-0.05, 0.05) embedding, glorot_uniform kernels, orthogonal
+recurrent kernels, zero biases; `torch` PyTorch's own default initialisation of nn.Embedding
+(N(0, 1), padding row 0 zero), nn.GRU (every weight and bias U(-1/sqrt(H), 1/sqrt(H))) and
+nn.Linear (kaiming_uniform(a=sqrt(5)) weight, U(-1/sqrt(2H), 1/sqrt(2H)) bias), left untouched
+(lang_id --init torch draws from the same distributions).
+
+It prints the BLAS library torch runs on and, for OpenBLAS, the kernel it chose (`BLAS ...` line,
+"blas" in --json); OpenBLAS reads OPENBLAS_CORETYPE at load time, so run the peer without it to
+get the kernel OpenBLAS picks for the CPU (bench/lang-id-init-seeds does).
 
 Output: a CONFIG line, then one line per epoch in the format of lang_id's:
     EPOCH 1 train_s=2.345 eval_s=0.123 loss=1.234567 acc=0.612345 val_loss=0.912345 val_acc=0.701234
@@ -56,11 +64,16 @@ def parse_args(argv):
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OpenMP/BLAS threads)")
     p.add_argument("--seed", type=int, default=42, help="shuffling (and the weights without --init-weights)")
+    p.add_argument("--init", choices=("keras", "torch"), default="keras",
+                   help="random initial weights without --init-weights: keras (Keras's initialisers) or torch "
+                        "(PyTorch's own defaults, untouched) (default: %(default)s)")
     p.add_argument("--json", default="", help="write a JSON summary")
     p.add_argument("--no-shuffle", action="store_true", help="train in the split file's order every epoch")
     a = p.parse_args(argv)
     if a.epochs < 0 or a.threads < 1 or a.batch_size < 1 or a.maxlen < 1 or a.units < 1 or a.embed_dim < 1:
         p.error("--epochs must be >= 0; --threads, --batch-size, --maxlen, --units and --embed-dim >= 1")
+    if a.init_weights and a.init == "torch":
+        p.error("--init torch and --init-weights exclude each other (the weights file gives the initial weights)")
     return a
 
 
@@ -201,6 +214,31 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+def blas_info():
+    """The BLAS library loaded into this process and, for OpenBLAS, its configuration and the kernel (core) it runs.
+
+    Read from the loaded library itself (openblas_get_config / openblas_get_corename through ctypes); the
+    environment's OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are reported next to it."""
+    import ctypes
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({ln.split()[-1] for ln in f if "blas" in ln.rsplit("/", 1)[-1].lower() and "/" in ln})
+    except OSError:
+        libs = []
+    info = {"libraries": libs, "config": None, "core": None,
+            "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}}
+    for lib in libs:
+        try:
+            dll = ctypes.CDLL(lib)
+            corename, config = dll.openblas_get_corename, dll.openblas_get_config
+        except (OSError, AttributeError):
+            continue
+        corename.restype = config.restype = ctypes.c_char_p
+        info["core"], info["config"] = corename().decode(), config().decode()
+        break
+    return info
+
+
 def num(v):
     return None if v != v else v  # NaN -> null
 
@@ -220,13 +258,15 @@ def main():
     xtr, ltr, ytr = data["train"]
     xva, lva, yva = data["val"]
 
-    model = LangId(a.embed_dim, a.units)
+    model = LangId(a.embed_dim, a.units)  # PyTorch's default initialisation, drawn from torch.manual_seed(--seed)
     if a.init_weights:
         try:
             model.load_fastnn(a.init_weights)
         except (OSError, ValueError, KeyError) as e:
             die(f"--init-weights {a.init_weights}: {e}")
         init = a.init_weights
+    elif a.init == "torch":
+        init = "torch-defaults random"
     else:
         model.keras_init()
         init = "keras-style random"
@@ -238,6 +278,11 @@ def main():
     print(f"CONFIG torch={torch.__version__} numpy={np.__version__} python={platform.python_version()} "
           f"threads={torch.get_num_threads()} params={nparams} train={xtr.shape[0]} val={xva.shape[0]} "
           f"batch={a.batch_size} lr={a.lr} seed={a.seed} init={init}", flush=True)
+    blas = blas_info()
+    print(f"BLAS core={blas['core'] or 'unknown'} config={blas['config'] or 'not OpenBLAS'} "
+          f"libraries={','.join(blas['libraries']) or 'none found'} "
+          f"env={' '.join(f'{k}={v}' for k, v in blas['env'].items()) or 'no OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE'}",
+          flush=True)
 
     def evaluate():
         model.eval()
@@ -285,7 +330,9 @@ def main():
             "machine": {"cpu": cpu, "cores": cores},
             "config": {"epochs": a.epochs, "batch_size": a.batch_size, "maxlen": a.maxlen, "threads": a.threads,
                        "seed": a.seed, "units": a.units, "embed_dim": a.embed_dim, "lr": a.lr, "split": a.split,
-                       "init_weights": a.init_weights, "shuffle": not a.no_shuffle, "torch": torch.__version__},
+                       "init_weights": a.init_weights, "init": init, "shuffle": not a.no_shuffle,
+                       "torch": torch.__version__},
+            "blas": blas,
             "languages": LANGUAGES,
             "train_samples": int(xtr.shape[0]),
             "val_samples": int(xva.shape[0]),

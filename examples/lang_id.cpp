@@ -27,6 +27,11 @@
 // Dense(9, softmax); SparseCategoricalCrossentropy, Adam (--lr, epsilon 1e-7), batch 128,
 // shuffled each epoch. The padded steps are masked: each direction's final state is the state
 // after the word's last (first) real byte.
+// Initial weights (--init): `keras` (the default) Keras's initialisers (uniform(-0.05, 0.05)
+// embedding, glorot_uniform kernels, orthogonal recurrent kernels, zero biases); `torch` PyTorch's
+// default initialisation of nn.Embedding / nn.GRU / nn.Linear (init::torch_defaults: N(0, 1)
+// embedding, every GRU weight and bias U(-1/sqrt(units), 1/sqrt(units)), the Dense's kernel and
+// bias U(-1/sqrt(in), 1/sqrt(in))); both drawn from --seed.
 //
 // Output: the machine, the data, the model summary, one line per epoch
 //   EPOCH 1 train_s=2.345 eval_s=0.123 loss=1.234567 acc=0.612345 val_loss=0.9 val_acc=0.7012
@@ -70,6 +75,7 @@ struct Options {
   int verbose = 0;
   bool shuffle = true;
   std::string dict_dir = "/usr/share/dict";
+  std::string init = "keras";  // initial weights: "keras" or "torch" (PyTorch's defaults)
   std::string write_split, init_weights_out, json, export_weights;
 };
 
@@ -331,6 +337,7 @@ void write_json(const std::string& path, const Options& o, const Corpus& c, cons
     << ", \"per_language\": " << o.per_language << ", \"maxlen\": " << o.maxlen << ", \"threads\": " << o.threads
     << ", \"seed\": " << o.seed << ", \"units\": " << o.units << ", \"embed_dim\": " << o.embed_dim
     << ", \"lr\": " << json_number(o.lr) << ", \"shuffle\": " << (o.shuffle ? "true" : "false")
+    << ", \"init\": " << json_string(o.init)
     << ", \"dict_dir\": " << json_string(o.dict_dir) << "},\n";
   j << "  \"languages\": [";
   for (std::size_t l = 0; l < kLanguages.size(); ++l) j << (l ? ", " : "") << json_string(kLanguages[l].name);
@@ -342,7 +349,8 @@ void write_json(const std::string& path, const Options& o, const Corpus& c, cons
   j << "  \"epochs\": [";
   for (std::size_t i = 0; i < h.epochs.size(); ++i) {
     const auto& e = h.epochs[i];
-    j << (i ? ",\n    " : "\n    ") << "{\"epoch\": " << e.epoch << ", \"train_seconds\": " << json_number(e.train_seconds)
+    j << (i ? ",\n    " : "\n    ") << "{\"epoch\": " << e.epoch
+      << ", \"train_seconds\": " << json_number(e.train_seconds)
       << ", \"eval_seconds\": " << json_number(e.eval_seconds) << ", \"loss\": " << json_number(e.loss)
       << ", \"accuracy\": " << json_number(e.accuracy) << ", \"val_loss\": " << json_number(e.val_loss)
       << ", \"val_accuracy\": " << json_number(e.val_accuracy) << "}";
@@ -377,10 +385,20 @@ int run(const Options& o) {
   const Dataset<float> train = make_data(corpus.train, o.maxlen);
   const Dataset<float> val = make_data(corpus.val, o.maxlen);
 
+  // --init torch: PyTorch's default initialisation, chosen per layer with init::torch_defaults on the options
+  const bool torch_init = o.init == "torch";
+  EmbeddingOptions embedding_options = EmbeddingOptions(257, o.embed_dim).mask_zero(true);
+  GRUOptions gru_options(o.units);
+  DenseOptions dense_options = DenseOptions(kClasses).activation(Activation::Softmax);
+  if (torch_init) {
+    embedding_options = init::torch_defaults(embedding_options);
+    gru_options = init::torch_defaults(gru_options);
+    dense_options = init::torch_defaults(dense_options);
+  }
   Sequential<float> model;
-  model.add<Embedding>(EmbeddingOptions(257, o.embed_dim).mask_zero(true));
-  model.add<Bidirectional>(std::make_unique<GRU<float>>(GRUOptions(o.units)));
-  model.add<Dense>(DenseOptions(kClasses).activation(Activation::Softmax));
+  model.add<Embedding>(embedding_options);
+  model.add<Bidirectional>(std::make_unique<GRU<float>>(gru_options));
+  model.add<Dense>(dense_options);
   model.set_threads(o.threads);
   model.build(Shape{static_cast<Index>(o.maxlen)}, o.seed);
   if (!o.init_weights_out.empty()) {
@@ -391,9 +409,9 @@ int run(const Options& o) {
                 {"accuracy"});
   model.summary(std::cout);
   const Index params = model.param_count();
-  std::printf("Train on %zu words, validate on %zu (%d thread%s, batch %lld, seed %llu)\n", corpus.train.size(),
-              corpus.val.size(), o.threads, o.threads == 1 ? "" : "s", static_cast<long long>(o.batch_size),
-              static_cast<unsigned long long>(o.seed));
+  std::printf("Train on %zu words, validate on %zu (%d thread%s, batch %lld, seed %llu, init %s)\n",
+              corpus.train.size(), corpus.val.size(), o.threads, o.threads == 1 ? "" : "s",
+              static_cast<long long>(o.batch_size), static_cast<unsigned long long>(o.seed), o.init.c_str());
   std::fflush(stdout);
 
   // The untrained model on the validation words: bench/lang_id_peer.py, started from the same
@@ -425,7 +443,8 @@ int run(const Options& o) {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"Identify the language of single words (9 Debian word lists) with a bidirectional GRU over bytes (fastnn)"};
+  CLI::App app{"Identify the language of single words (9 Debian word lists) with a bidirectional GRU over bytes "
+               "(fastnn)"};
   app.add_option("--epochs", o.epochs, "number of epochs (0: only prepare the data and the --write-split / "
                                        "--init-weights-out files)")
       ->check(CLI::Range(0, 100000))->capture_default_str();
@@ -439,15 +458,21 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "random seed (weights and shuffling; the split does not depend on it)")
       ->capture_default_str();
   app.add_option("--units", o.units, "GRU units per direction")->check(CLI::Range(1, 1 << 16))->capture_default_str();
-  app.add_option("--embed-dim", o.embed_dim, "byte embedding size")->check(CLI::Range(1, 1 << 16))->capture_default_str();
+  app.add_option("--embed-dim", o.embed_dim, "byte embedding size")
+      ->check(CLI::Range(1, 1 << 16))->capture_default_str();
   app.add_option("--lr", o.lr, "Adam learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--init", o.init, "initial weights: keras (Keras's initialisers) or torch (PyTorch's defaults for "
+                                   "nn.Embedding, nn.GRU and nn.Linear, via init::torch_defaults)")
+      ->check(CLI::IsMember({"keras", "torch"}))->capture_default_str();
   app.add_option("--verbose", o.verbose, "fit's own output: 0 none, 1 progress bar, 2 one line per epoch "
                                          "(the EPOCH lines are always printed)")
       ->check(CLI::Range(0, 2))->capture_default_str();
   app.add_flag("!--no-shuffle", o.shuffle, "train on the words in the split's order every epoch (to compare with "
                                           "bench/lang_id_peer.py --no-shuffle step for step)");
-  app.add_option("--dict-dir", o.dict_dir, "directory of the word lists (Debian: /usr/share/dict)")->capture_default_str();
-  app.add_option("--write-split", o.write_split, "write the train/validation split as TSV: train|val<TAB>label<TAB>word");
+  app.add_option("--dict-dir", o.dict_dir, "directory of the word lists (Debian: /usr/share/dict)")
+      ->capture_default_str();
+  app.add_option("--write-split", o.write_split,
+                 "write the train/validation split as TSV: train|val<TAB>label<TAB>word");
   app.add_option("--init-weights-out", o.init_weights_out, "write the initial weights (safetensors) right after build");
   app.add_option("--export-weights", o.export_weights, "write the trained weights (safetensors) at the end");
   app.add_option("--json", o.json, "write a JSON summary (machine, config, per-epoch history)");
