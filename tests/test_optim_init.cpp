@@ -241,6 +241,43 @@ TEST(Schedules, EveryStepTakesTheScheduledRate) {
   EXPECT_EQ(f.p[0], p - 0.01 * 0.5);
 }
 
+// The contract a device that replays a captured step relies on (model/cuda/step_runner.hpp): with external
+// scalars, step() uses what load_scalars() last wrote, so writing them before every "replay" gives the eager
+// trajectory bit for bit, for Adam's bias correction, AdamW's decay factor and a schedule; writing them once
+// (a rate baked in at capture) does not.
+TEST(Optimizer, ScalarsLoadedBeforeEachReplayGiveTheEagerSteps) {
+  auto make = [] {
+    auto o = std::make_unique<AdamW<double>>(AdamWOptions().learning_rate(0.1).weight_decay(0.5));
+    o->set_learning_rate(CosineDecay(0.0, 6, 0.0, 0.1, 2));
+    return o;
+  };
+  Fixture eager_f, replay_f, baked_f;
+  auto eager = make(), replay = make(), baked = make();
+  eager->attach(eager_f.p, eager_f.g);
+  replay->attach(replay_f.p, replay_f.g);
+  baked->attach(baked_f.p, baked_f.g);
+  replay->set_external_scalars(true);
+  baked->set_external_scalars(true);
+  baked->load_scalars();
+  for (int i = 0; i < 5; ++i) {
+    eager->step();
+    replay->load_scalars();
+    EXPECT_EQ(replay->scalars()[1], 1.0 - replay->current_rate() * 0.5);  // AdamW's decay factor
+    replay->step();
+    baked->step();
+    EXPECT_EQ(replay_f.p[0], eager_f.p[0]) << "step " << i + 1;
+    EXPECT_EQ(replay_f.p[1], eager_f.p[1]) << "step " << i + 1;
+  }
+  EXPECT_NE(baked_f.p[0], eager_f.p[0]) << "a rate written once must differ, or the test shows nothing";
+  replay->set_external_scalars(false);
+  eager->step();
+  replay->step();  // eager again: loads its own scalars
+  EXPECT_EQ(replay_f.p[0], eager_f.p[0]);
+  EXPECT_TRUE(eager->capturable());
+  EXPECT_TRUE(SGD<double>(0.1, 0.9, true, 0.01).capturable());
+  EXPECT_TRUE(RMSprop<double>(0.01).capturable());
+}
+
 // global_clipnorm scales every tensor by c / max(norm of all, c); clipnorm each tensor by its own norm;
 // clipvalue clamps. SGD with rate 1 shows the clipped gradient as the step.
 TEST(Clipping, KerasOptionsOnTheOptimizer) {
@@ -962,6 +999,93 @@ TEST(Regularizer, TrainingReportsDataLossPlusPenalty) {
   const auto h = f.fit(ds, FitOptions().epochs(1).batch_size(8).shuffle(false).verbose(0));
   EXPECT_NEAR(h.epochs[0].loss, data + penalty, 1e-12);
   EXPECT_LT((f.named_parameters()[0].value.matrix() - k1).cwiseAbs().maxCoeff(), 1e-14);
+}
+
+// Keras's activity_regularizer: penalty(output) / batch size joins the loss (training and evaluate), and its
+// gradient flows back through the layer: the whole loss's gradient passes a finite-difference check.
+namespace {
+void expect_loss_gradient_matches_finite_differences(Sequential<double>& m, const Tensor<double, Cpu>& x,
+                                                     const Tensor<double, Cpu>& t, const char* what) {
+  const auto ds = make_dataset(x, t);
+  m.compute_gradients(x, t);
+  const Tensor<double, Cpu> g = to_device<Cpu>(m.flat_gradients());
+  Tensor<double, Cpu>& p = m.flat_parameters();
+  double worst = 0;
+  for (Index i = 0; i < p.size(); ++i) {
+    const double keep = p[i], h = 1e-6;
+    p[i] = keep + h;
+    const double up = m.evaluate(ds, x.dim(0)).loss;
+    p[i] = keep - h;
+    const double down = m.evaluate(ds, x.dim(0)).loss;
+    p[i] = keep;
+    const double fd = (up - down) / (2 * h);
+    worst = std::max(worst, std::abs(fd - g[i]) / std::max(1e-3, std::abs(fd) + std::abs(g[i])));
+  }
+  EXPECT_LT(worst, 1e-6) << what;
+}
+}  // namespace
+
+TEST(Regularizer, ActivityRegularizerJoinsTheLossAndItsGradient) {
+  const Regularizer act = Regularizer::l1_l2(0.02, 0.05);
+  Tensor<double, Cpu> x(Shape{8, 3}), t(Shape{8, 2});
+  Rng rng(21);
+  for (Index i = 0; i < x.size(); ++i) x[i] = rng.uniform(-1, 1);
+  for (Index i = 0; i < t.size(); ++i) t[i] = rng.uniform(-1, 1);
+  auto model = [&](const Regularizer& r) {
+    Sequential<double> m;
+    m.add<Dense>(DenseOptions(3).activation(Activation::Tanh).activity_regularizer(r));
+    m.add<Dense>(DenseOptions(2));
+    m.build({3}, 5);
+    m.compile(std::make_unique<SGD<double>>(0.1), MeanSquaredError());
+    return m;
+  };
+  auto a = model(act);
+  const auto np = a.named_parameters();
+  const Eigen::MatrixXd X = x.matrix(), K0 = np[0].value.matrix(), K1 = np[2].value.matrix();
+  const Eigen::RowVectorXd b0 = Eigen::Map<const Eigen::RowVectorXd>(np[1].value.data(), 3);
+  const Eigen::RowVectorXd b1 = Eigen::Map<const Eigen::RowVectorXd>(np[3].value.data(), 2);
+  const Eigen::MatrixXd H = ((X * K0).rowwise() + b0).array().tanh().matrix();
+  const Eigen::MatrixXd err = (H * K1).rowwise() + b1 - t.matrix();
+  const double data = err.array().square().mean();
+  const double penalty = (0.02 * H.array().abs().sum() + 0.05 * H.array().square().sum()) / 8;
+  ASSERT_GT(penalty, 0.01 * data);
+  const auto ds = make_dataset(x, t);
+  EXPECT_NEAR(a.evaluate(ds, 8).loss, data + penalty, 1e-12);
+  EXPECT_NEAR(a.evaluate(ds, 3).loss, data + penalty, 1e-12) << "batches of 3, 3 and 2: per sample as a whole";
+  EXPECT_NEAR(model(Regularizer::none()).evaluate(ds, 8).loss, data, 1e-12);
+  EXPECT_NEAR(a.train_on_batch(x, t).loss, data + penalty, 1e-12);
+  auto f = model(act);
+  EXPECT_NEAR(f.fit(ds, FitOptions().epochs(1).batch_size(8).shuffle(false).verbose(0)).epochs[0].loss,
+              data + penalty, 1e-12);
+  {
+    const Tensor<double, Cpu>& pa = a.flat_parameters();
+    const Tensor<double, Cpu>& pf = f.flat_parameters();
+    ASSERT_EQ(pa.size(), pf.size());
+    for (Index i = 0; i < pa.size(); ++i) EXPECT_EQ(pa[i], pf[i]) << "fit and train_on_batch take the same step";
+  }
+  auto g = model(act);
+  expect_loss_gradient_matches_finite_differences(g, x, t, "Dense(tanh, activity) -> Dense");
+  // on a recurrent layer's output too
+  Tensor<double, Cpu> xs(Shape{4, 5, 2}), ts(Shape{4, 2});
+  for (Index i = 0; i < xs.size(); ++i) xs[i] = rng.uniform(-1, 1);
+  for (Index i = 0; i < ts.size(); ++i) ts[i] = rng.uniform(-1, 1);
+  Sequential<double> r;
+  r.add<LSTM>(LSTMOptions(3).activity_regularizer(Regularizer::l2(0.3)));
+  r.add<Dense>(DenseOptions(2));
+  r.build({5, 2}, 6);
+  r.compile(std::make_unique<SGD<double>>(0.1), MeanSquaredError());
+  expect_loss_gradient_matches_finite_differences(r, xs, ts, "LSTM(activity) -> Dense");
+  // recorded in config() when set, and only then; the registry rebuilds it
+  const auto c = DenseOptions(3).activity_regularizer(act);
+  EXPECT_EQ(options_to_config(c).count("activity_regularizer"), 1u);
+  EXPECT_EQ(options_to_config(DenseOptions(3)).count("activity_regularizer"), 0u);
+  EXPECT_EQ((make_layer<double, Cpu>("Dense", options_to_config(c))->config()), options_to_config(c));
+  // refused where it cannot be honoured, before any step
+  Sequential<double> fused;
+  fused.add<Dense>(DenseOptions(3).activation(Activation::Softmax).activity_regularizer(act));
+  fused.build({3}, 1);
+  EXPECT_THROW(fused.compile(std::make_unique<SGD<double>>(0.1), SparseCategoricalCrossentropy()), ArgumentError);
+  EXPECT_THROW(Bidirectional<double>(LSTMOptions(2).activity_regularizer(act)), ArgumentError);
 }
 
 TEST(Init, TorchDefaults) {

@@ -50,12 +50,14 @@
 ///   metric_labels(y, labels, stats, slot)                   argmax(y) == label
 ///   metric_targets(kind, y, t, threshold, stats, slot)      MetricKind
 ///  optimizers (one fused pass over the flat parameter buffer)
-///   sgd_update, adam_update, rmsprop_update     see optim/optimizer.hpp
+///   sgd_update, adam_update, rmsprop_update     see optim/optimizer.hpp; the rate is a one-element
+///                                               tensor on the device (read there, never baked in)
 ///   sum_squares(g, stats, slot)                 stats[slot] += sum g^2 (double, fixed order)
 ///   check_norms_finite(stats, count, opt, b)    NonFiniteError for a non-finite stats[0, count), or
 ///                                               deferred to clip_by_norm (the guard below)
 ///   clip_by_norm(g, stats, slot, clip, batch)   g *= clip / max(sqrt(stats[slot]), clip)
-///   clip_by_value(g, clip), scale(t, s), axpy(a, x, y)   clamp; t *= s; y += a x
+///   clip_by_value(g, clip), scale(t, s), axpy(a, x, y)   clamp; t *= s (s a value, or a
+///                                               one-element tensor read on the device); y += a x
 ///  the non-finite guard of training
 ///   reset_nonfinite()                           start of an epoch
 ///   step_finite(stats, slot, grads, batch)      after a step: false when the running loss

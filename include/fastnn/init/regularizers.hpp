@@ -106,14 +106,14 @@ class Regularizer {
     }
     return l1_ * a + l2_ * q;
   }
-  /// Adds d(penalty)/dw = l1 sign(w) + 2 l2 w into `grad` (host, w's shape).
+  /// Adds scale * d(penalty)/dw = scale * (l1 sign(w) + 2 l2 w) into `grad` (host, w's shape).
   template <class T>
-  void add_gradient(const Tensor<T, Cpu>& w, Tensor<T, Cpu>& grad) const {
+  void add_gradient(const Tensor<T, Cpu>& w, Tensor<T, Cpu>& grad, double scale = 1.0) const {
     if (!active()) return;
     for (Index i = 0; i < w.size(); ++i) {
       const double x = static_cast<double>(w[i]);
       const double s = x > 0 ? 1.0 : x < 0 ? -1.0 : 0.0;
-      grad[i] = static_cast<T>(static_cast<double>(grad[i]) + l1_ * s + 2.0 * l2_ * x);
+      grad[i] = static_cast<T>(static_cast<double>(grad[i]) + l1_ * s * scale + 2.0 * l2_ * x * scale);
     }
   }
 

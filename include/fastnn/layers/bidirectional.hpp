@@ -156,11 +156,16 @@ class Bidirectional : public Layer<T, D> {
   using Merge = detail::BidirMerge<T, D>;
 
  public:
-  /// Wraps `layer` (unbuilt). Throws ArgumentError if it already runs backwards.
+  /// Wraps `layer` (unbuilt). Throws ArgumentError if it already runs backwards, or has an activity_regularizer
+  /// (the model regularises the outputs of its own layers, and the directions' outputs are internal here).
   explicit Bidirectional(std::unique_ptr<RecurrentLayer<T, D>> layer, MergeMode mode = MergeMode::Concat)
       : mode_(mode), fwd_(std::move(layer)) {
     if (!fwd_) throw ArgumentError("Bidirectional: no layer to wrap");
     if (fwd_->go_backwards()) throw ArgumentError("Bidirectional: the wrapped layer must run forwards");
+    if (fwd_->activity_regularizer().active())
+      throw ArgumentError("Bidirectional: the wrapped layer's activity_regularizer (" +
+                          fwd_->activity_regularizer().text() +
+                          ") is not supported; regularise the output of the next layer instead");
     bwd_.reset(static_cast<RecurrentLayer<T, D>*>(fwd_->clone_unbuilt().release()));
     bwd_->set_go_backwards(true);
   }

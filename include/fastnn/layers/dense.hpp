@@ -27,7 +27,8 @@ struct DenseOptions {
                  (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),
                  (init::Initializer, bias_initializer, init::Initializer::zeros()),
                  (init::Regularizer, kernel_regularizer, init::Regularizer::none()),
-                 (init::Regularizer, bias_regularizer, init::Regularizer::none()))
+                 (init::Regularizer, bias_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, activity_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -73,6 +74,7 @@ class Dense : public Layer<T, D> {
     return this->trainable_ &&
            (opt_.kernel_regularizer().active() || (opt_.use_bias() && opt_.bias_regularizer().active()));
   }
+  const init::Regularizer& activity_regularizer() const override { return opt_.activity_regularizer(); }
   /// kernel_regularizer on the kernel plus bias_regularizer on the bias (none for a layer that is not trainable).
   double regularization_loss(bool accumulate_grad) override {
     if (!has_regularizers()) return 0;

@@ -37,7 +37,8 @@ struct EmbeddingOptions {
                  (Index, output_dim, 1),
                  (bool, mask_zero, false),
                  (init::Initializer, embeddings_initializer, init::Initializer::random_uniform(-0.05, 0.05)),
-                 (init::Regularizer, embeddings_regularizer, init::Regularizer::none()))
+                 (init::Regularizer, embeddings_regularizer, init::Regularizer::none()),
+                 (init::Regularizer, activity_regularizer, init::Regularizer::none()))
 };
 
 template <class T, class D = Cpu>
@@ -78,6 +79,7 @@ class Embedding : public Layer<T, D> {
     copy_from_host(e, this->params_[0].value);
   }
   bool has_regularizers() const override { return this->trainable_ && opt_.embeddings_regularizer().active(); }
+  const init::Regularizer& activity_regularizer() const override { return opt_.activity_regularizer(); }
   double regularization_loss(bool accumulate_grad) override {
     if (!has_regularizers()) return 0;
     return Base::weight_penalty(opt_.embeddings_regularizer(), this->params_[0], accumulate_grad);

@@ -64,12 +64,38 @@ class Layer {
   }
   /// Draws initial values (the layer's own initialisers) from `rng`.
   virtual void initialize(Rng& rng) = 0;
-  /// Sum of the layer's regularisation penalties: the weight regularisers' (kernel, recurrent, bias) on the current
-  /// weights plus the activity regulariser's on the output of the last forward() (Keras: its sum over the batch
-  /// divided by the batch size). With `accumulate_grad`, adds the weight penalties' gradients to the parameter
-  /// gradients. 0 for a layer without regularisers.
+  /// Sum of the layer's weight regularisers' penalties (kernel, recurrent, bias) on the current weights. With
+  /// `accumulate_grad`, adds their gradients to the parameter gradients. 0 for a layer without regularisers.
   virtual double regularization_loss(bool accumulate_grad) { (void)accumulate_grad; return 0; }
   virtual bool has_regularizers() const { return false; }
+
+  /// Keras's `activity_regularizer` (an option of Dense, the recurrent layers and Embedding): a penalty on the
+  /// layer's output, which the model adds to the loss as penalty(y) / batch size, and whose gradient it adds to the
+  /// output's gradient (model/sequential.hpp: forward_train, backward_train; model/predictor.hpp for evaluate).
+  /// It applies whether or not the layer is trainable, to the whole output tensor (padded steps included).
+  virtual const init::Regularizer& activity_regularizer() const {
+    static const init::Regularizer none;
+    return none;
+  }
+  /// The activity regulariser's penalty of output `y` (not divided by the batch size); 0 without one.
+  double activity_penalty(const Tensor_& y) const {
+    const init::Regularizer& r = activity_regularizer();
+    if (!r.active()) return 0;
+    if constexpr (std::is_same<D, Cpu>::value) return r.penalty(y);
+    else return r.penalty(on_host(y));
+  }
+  /// Adds `scale` times the activity penalty's gradient at output `y` into `dy` (through a host copy on a device).
+  void add_activity_gradient(const Tensor_& y, Tensor_& dy, double scale) const {
+    const init::Regularizer& r = activity_regularizer();
+    if (!r.active()) return;
+    if constexpr (std::is_same<D, Cpu>::value) {
+      r.add_gradient(y, dy, scale);
+    } else {
+      Tensor<T, Cpu> g = on_host(dy);
+      r.add_gradient(on_host(y), g, scale);
+      copy_from_host(g, dy);
+    }
+  }
 
   /// x: [batch, input_shape...] -> y: [batch, output_shape...] (y is resized as needed).
   virtual void forward(const Tensor_& x, Tensor_& y, Mode mode) = 0;

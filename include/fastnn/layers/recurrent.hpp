@@ -24,14 +24,16 @@
 #include "fastnn/layers/layer.hpp"
 
 // The weight options every recurrent layer's options struct lists last (Keras's names and defaults):
-// kernel_, recurrent_ and bias_initializer, kernel_, recurrent_ and bias_regularizer.
+// kernel_, recurrent_ and bias_initializer, kernel_, recurrent_ and bias_regularizer, and the regulariser of the
+// layer's output, activity_regularizer (Layer::activity_regularizer).
 #define FASTNN_RECURRENT_WEIGHT_OPTIONS                                                      \
   (init::Initializer, kernel_initializer, init::Initializer::glorot_uniform()),              \
       (init::Initializer, recurrent_initializer, init::Initializer::orthogonal(1.0)),        \
       (init::Initializer, bias_initializer, init::Initializer::zeros()),                     \
       (init::Regularizer, kernel_regularizer, init::Regularizer::none()),                    \
       (init::Regularizer, recurrent_regularizer, init::Regularizer::none()),                 \
-      (init::Regularizer, bias_regularizer, init::Regularizer::none())
+      (init::Regularizer, bias_regularizer, init::Regularizer::none()),                      \
+      (init::Regularizer, activity_regularizer, init::Regularizer::none())
 
 namespace fastnn {
 
@@ -256,6 +258,7 @@ class RecurrentWithOptions : public RecurrentLayer<T, D> {
     return this->trainable_ && (opt_.kernel_regularizer().active() || opt_.recurrent_regularizer().active() ||
                                 opt_.bias_regularizer().active());
   }
+  const init::Regularizer& activity_regularizer() const override { return opt_.activity_regularizer(); }
   /// kernel_regularizer, recurrent_regularizer and bias_regularizer on their weights (none when not trainable).
   double regularization_loss(bool accumulate_grad) override {
     if (!has_regularizers()) return 0;

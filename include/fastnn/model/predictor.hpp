@@ -67,6 +67,7 @@ class Predictor {
     if (!layers_.empty() && layers_.back()->output_activation() != Activation::Linear)
       layers_.back()->set_emit_preactivation(emit_preactivation);
     acts_.resize(layers_.size() + 1);
+    for (const auto& l : layers_) activity_ = activity_ || l->activity_regularizer().active();
   }
 
   /// The output for inputs x [batch, input shape...] (inference mode). The reference stays
@@ -83,8 +84,15 @@ class Predictor {
       layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Infer);
       out_lengths_ = layers_[i]->output_lengths();
     }
+    if (activity_) {
+      penalty_ = 0;
+      for (std::size_t i = 0; i < layers_.size(); ++i) penalty_ += layers_[i]->activity_penalty(acts_[i + 1]);
+    }
     return acts_.back();
   }
+  /// The layers' activity regularisers' penalties (Layer::activity_regularizer) of the last forward()'s outputs,
+  /// summed over the batch (not divided by its size); 0 without any.
+  double activity_penalty() const { return penalty_; }
   /// The lengths of the last forward()'s output (empty when it has no padded steps axis).
   const Lengths& output_lengths() const { return out_lengths_; }
   const Shape& input_shape() const { return input_shape_; }
@@ -94,6 +102,8 @@ class Predictor {
   std::vector<Tn> acts_;
   Lengths out_lengths_;
   Shape input_shape_;
+  bool activity_ = false;
+  double penalty_ = 0;
 };
 
 }  // namespace fastnn

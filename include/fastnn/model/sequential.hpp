@@ -359,6 +359,7 @@ class Sequential : public Network<T, D> {
       layers_[i]->set_input_lengths(out_lengths);
       layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Train);
       out_lengths = layers_[i]->output_lengths();
+      this->activity_loss_ += this->activity_scale_ * layers_[i]->activity_penalty(acts_[i + 1]);
     }
     return acts_.back();
   }
@@ -366,8 +367,16 @@ class Sequential : public Network<T, D> {
     grads_act_.resize(layers_.size() + 1);
     grads_.set_zero();
     for (std::size_t i = layers_.size(); i-- > 0;) {
-      layers_[i]->backward(acts_[i], acts_[i + 1], i + 1 == layers_.size() ? dy : grads_act_[i + 1],
-                           i == 0 ? nullptr : &grads_act_[i]);
+      const Tn* g = i + 1 == layers_.size() ? &dy : &grads_act_[i + 1];
+      if (layers_[i]->activity_regularizer().active()) {
+        if (g == &dy) {  // the loss's gradient is read-only
+          grads_act_[i + 1].resize(dy.shape());
+          copy_into(dy, grads_act_[i + 1]);
+        }
+        layers_[i]->add_activity_gradient(acts_[i + 1], grads_act_[i + 1], this->activity_scale_);
+        g = &grads_act_[i + 1];
+      }
+      layers_[i]->backward(acts_[i], acts_[i + 1], *g, i == 0 ? nullptr : &grads_act_[i]);
       if (dp) dp->layer_done(grads_, i);
     }
   }

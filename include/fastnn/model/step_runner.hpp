@@ -14,9 +14,10 @@ namespace fastnn {
 namespace detail {
 
 /// What a captured step bakes in, besides the model's own buffers: the training data, the
-/// epoch's shuffled index, the batch, the finite check and the learning rate (a changed rate is a
-/// new key: the step runs eagerly and is captured again). A captured step is replayed only for
-/// the same key.
+/// epoch's shuffled index, the batch and the finite check. A captured step is replayed only for
+/// the same key. The optimizer's per-step scalars (its rate, schedule, decay and bias correction)
+/// are not part of it: the runner writes them to device memory before each replay
+/// (Optimizer::load_scalars).
 struct StepKey {
   const void* x = nullptr;        ///< the dataset's features
   const void* labels = nullptr;   ///< its labels (or null)
@@ -25,10 +26,9 @@ struct StepKey {
   Index count = 0;                ///< samples in this batch
   Index batch_size = 0;           ///< fit's batch size (only full batches are replayed)
   bool check_finite = false;
-  double learning_rate = 0;       ///< the optimizer's rate (its update kernels take it by value)
   bool operator==(const StepKey& o) const {
     return x == o.x && labels == o.labels && targets == o.targets && index == o.index && count == o.count &&
-           batch_size == o.batch_size && check_finite == o.check_finite && learning_rate == o.learning_rate;
+           batch_size == o.batch_size && check_finite == o.check_finite;
   }
   bool operator!=(const StepKey& o) const { return !(*this == o); }
 };
@@ -36,7 +36,9 @@ struct StepKey {
 /// The hook. `step(key, s, capturable, optimizer, body)` either replays step s of the epoch
 /// (returns true; body is not called, or called once under capture) or returns false, and the
 /// caller runs body's work itself. `capturable` is false when the step cannot be replayed (the
-/// optimizer needs a per-step scalar, or a layer draws new random numbers every step).
+/// optimizer computes a per-step scalar inside its update, or a layer draws new random numbers
+/// every step). A runner that replays calls optimizer.load_scalars() before each replay and
+/// brackets the capture with optimizer.set_external_scalars(true / false).
 template <class D>
 struct StepRunner {
   static_assert(dependent_false<D>::value,

@@ -71,6 +71,15 @@ class Network {
   virtual Predictor<T, D> make_predictor(bool emit_preactivation) const = 0;
   /// The architecture as text (data-parallel ranks compare it).
   virtual std::string describe() const = 0;
+  /// Keras's activity regularisers (Layer::activity_regularizer) in a training step: the trainer sets the scale
+  /// (1 / the batch's samples over all ranks) before forward_train, which sums each regularised layer's penalty of
+  /// its output times the scale into activity_loss(); backward_train adds the scaled gradient to that output's
+  /// gradient.
+  void set_activity_scale(double s) {
+    activity_scale_ = s;
+    activity_loss_ = 0;
+  }
+  double activity_loss() const { return activity_loss_; }
   /// Each parameter's place in the flat buffers and whether it is trained.
   std::vector<ParamRange> parameter_layout() const {
     std::vector<ParamRange> v;
@@ -82,6 +91,9 @@ class Network {
       }
     return v;
   }
+
+ protected:
+  double activity_scale_ = 0, activity_loss_ = 0;
 };
 
 /// The per-batch results of train_on_batch and test_on_batch: the batch's mean loss and metrics.
@@ -230,8 +242,7 @@ class Trainer {
           step_body(net, sd, dp.get());
         } else {
           const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), train_index_.data(),
-                                    count,          o.batch_size_,       o.check_finite_,
-                                    optimizer_->current_rate()};
+                                    count,          o.batch_size_,       o.check_finite_};
           step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
           if (!runner_.step(key, s, capturable, *optimizer_, [&] { step_body(net, sd, nullptr); }))
             step_body(net, sd, nullptr);
@@ -347,6 +358,7 @@ class Trainer {
     const Index n = d.size();
     gather(net, d, batch_index_, 0, n, order.data());
     set_noise_key(net, 0);
+    net.set_activity_scale(1.0 / static_cast<double>(n));
     Lengths out;
     const Tn& y = net.forward_train(batch_, batch_lengths_, out);
     step_rows_ = loss_rows(net, n, out);
@@ -494,6 +506,10 @@ class Trainer {
     Layer<T, D>& last = net.output_layer();
     const Activation a = last.output_activation();
     fused_ = a != Activation::Linear && a == loss_.fusable_activation();
+    if (strict && fused_ && last.activity_regularizer().active())
+      throw ArgumentError("compile: the output layer '" + last.name() + "' has an activity_regularizer (" +
+                          last.activity_regularizer().text() + ") and its " + to_string(a) + " is fused into " +
+                          loss_.type_name() + ", which does not support it; regularise a hidden layer's output");
     if (a != Activation::Linear) last.set_emit_preactivation(fused_);
     fused_activation_ = fused_ ? a : Activation::Linear;
     metric_kinds_.clear();
@@ -608,6 +624,7 @@ class Trainer {
     Lengths lengths;
     const Tn* y = nullptr;
     double ctrl[2] = {0, 0};  // this rank's loss rows; whether it failed
+    net.set_activity_scale(1.0 / static_cast<double>(s.count));  // Keras: per sample of the whole batch
     try {
       if (local > 0) {
         gather(net, *s.data, *s.index, s.begin + first, local, s.order + s.begin + first);
@@ -664,13 +681,14 @@ class Trainer {
 
   bool regularized(const Net& net) const {
     for (const auto* l : net.layer_list())
-      if (l->has_regularizers()) return true;
+      if (l->has_regularizers() || l->activity_regularizer().active()) return true;
     return false;
   }
-  /// Adds the layers' penalties' gradients to the gradients and their value, per loss row, to the epoch's sums.
+  /// Adds the layers' weight penalties' gradients to the gradients, and the step's penalties (the weights' and the
+  /// outputs' of the last forward_train), per loss row, to the epoch's sums.
   void add_regularization(Net& net, double rows) {
-    double r = 0;
-    bool any = false;
+    double r = net.activity_loss();
+    bool any = r != 0;
     for (auto* l : net.layer_list())
       if (l->has_regularizers()) {
         r += l->regularization_loss(true);
@@ -890,16 +908,20 @@ class Trainer {
     }
     ws.stats.resize(Shape{1 + static_cast<Index>(metrics_.size())});
     ws.stats.set_zero();
-    double total = 0;  // loss rows
+    double total = 0;     // loss rows
+    double activity = 0;  // the activity regularisers' penalties per sample, times the loss rows (as in training)
     for (Index begin = first; begin < last; begin += batch_size) {
       const Index count = std::min(batch_size, last - begin);
       gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
       const Tn& y = ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count));
       const Lengths& lengths = ws.predictor.output_lengths();
       accumulate(net, y, ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats, lengths);
-      total += loss_rows(net, count, lengths);
+      const double rows = loss_rows(net, count, lengths);
+      total += rows;
+      activity += ws.predictor.activity_penalty() / static_cast<double>(count) * rows;
     }
     auto h = to_device<Cpu>(ws.stats);
+    h[0] += activity;
     double reg = 0;  // Keras adds the weight penalties to the evaluated loss too
     for (const auto* l : net.layer_list())
       if (l->has_regularizers()) reg += const_cast<Layer<T, D>*>(l)->regularization_loss(false);

@@ -89,6 +89,13 @@ inline std::vector<std::string> split_patterns(const std::string& s) {
 ///     the same as InverseTimeDecay(learning_rate, 1, decay)).
 /// With data-parallel training the step runs on the summed gradients, so clipping and decay see what one
 /// process would.
+///
+/// The scalars that change from step to step (the update's rate, Adam's bias-corrected rate, AdamW's decay factor)
+/// are computed on the host and written into a small buffer on the optimizer's device (scalars()) before the
+/// step; the update kernels read them from there. A device that captures a step once and replays it (a CUDA
+/// graph, model/cuda/step_runner.hpp) calls load_scalars() before each replay, so no rate is baked into the
+/// captured kernels: a changed rate, a schedule, the time-based decay and Adam's bias correction all reach a
+/// replayed step.
 template <class T, class D = Cpu>
 class Optimizer {
  public:
@@ -99,9 +106,9 @@ class Optimizer {
   /// Hyper-parameters as text (checkpoint metadata, device transfer), Keras's names. learning_rate is the
   /// current base rate; clipping and weight-decay options appear when they differ from their defaults.
   virtual Config config() const = 0;
-  /// Whether a step's update takes no per-step scalar computed on the host, so that a device may capture it
-  /// once and replay it (a CUDA graph): SGD and RMSprop without decay or schedule.
-  bool capturable() const { return !schedule_ && decay_ == 0 && own_capturable(); }
+  /// Whether a step's update reads every per-step scalar from scalars(), so that a device may capture it once and
+  /// replay it (a CUDA graph) after load_scalars(): every built-in optimizer, with any rate, schedule or decay.
+  bool capturable() const { return own_capturable(); }
 
   /// Binds the flat parameter and gradient buffers and allocates zeroed state. `layout` (empty: everything is
   /// trained) lists each parameter's range: a range with trainable = false gets no update and no state, so each
@@ -130,27 +137,43 @@ class Optimizer {
       s.second.set_zero();
     }
     norms_.resize(Shape{static_cast<Index>(tensors_.size()) + 1});
+    scalars_.resize(Shape{kScalars});
+    Ops<T, D>::fill(scalars_, T(0));
   }
   /// One update from the current gradients (the trainable ranges only); `batch` names the batch in the error of
   /// a non-finite gradient norm.
   void step(long batch = 0) {
     if (params_.empty() && runs_.empty()) throw ArgumentError(type_name() + ": step() before attach()");
-    const double lr = current_rate();
+    if (!external_scalars_) load_scalars();
     clip_gradients(batch);
-    decay_weights(lr);
-    const T lr_t = static_cast<T>(lr);
+    decay_weights();
+    const Tn rate = scalars_.view(kRate, Shape{1});
     if (runs_.size() == 1 && runs_[0].size == params_.size()) {
-      update(lr_t, params_, grads_, slots_);
+      update(rate, params_, grads_, slots_);
     } else {
       for (const auto& r : runs_) {
         Tn p = params_.view(r.offset, Shape{r.size}), g = grads_.view(r.offset, Shape{r.size});
         std::vector<std::pair<std::string, Tn>> s;
         for (auto& sl : slots_) s.push_back({sl.first, sl.second.view(r.state_offset, Shape{r.size})});
-        update(lr_t, p, g, s);
+        update(rate, p, g, s);
       }
     }
     ++iterations_;
   }
+  /// Writes the next step's scalars (at iterations()) into scalars(): [the update's rate, the decoupled decay
+  /// factor 1 - lr * weight_decay]. step() calls it itself unless set_external_scalars(true).
+  void load_scalars() {
+    if (scalars_.size() != kScalars) throw ArgumentError(type_name() + ": load_scalars() before attach()");
+    const double lr = current_rate();
+    Tn rate = scalars_.view(kRate, Shape{1}), factor = scalars_.view(kDecayFactor, Shape{1});
+    Ops<T, D>::fill(rate, static_cast<T>(update_rate(static_cast<T>(lr))));
+    Ops<T, D>::fill(factor, static_cast<T>(1.0 - lr * common_.weight_decay));
+  }
+  /// While on, step() leaves scalars() as the caller wrote them (load_scalars() before a captured step and
+  /// before each replay of it), so that the capture records no host value.
+  void set_external_scalars(bool on) { external_scalars_ = on; }
+  /// The per-step scalars on the optimizer's device (see load_scalars()).
+  const Tn& scalars() const { return scalars_; }
   /// The learning rate of the next step (after the schedule or the time-based decay).
   T current_lr() const { return static_cast<T>(current_rate()); }
   /// The rate of the next step in double.
@@ -207,9 +230,14 @@ class Optimizer {
     patterns_ = detail::split_patterns(c.exclude_from_weight_decay);
   }
   using Slots = std::vector<std::pair<std::string, Tn>>;
-  /// Updates parameters `p` from gradients `g` with state `s` (views of one contiguous trainable run).
-  virtual void update(T lr, Tn& p, Tn& g, Slots& s) = 0;
-  /// Whether the update itself takes no host scalar per step.
+  /// Updates parameters `p` from gradients `g` with state `s` (views of one contiguous trainable run); `rate` is a
+  /// one-element tensor on the device holding update_rate() of the step's learning rate.
+  virtual void update(const Tn& rate, Tn& p, Tn& g, Slots& s) = 0;
+  /// The rate the update kernels read for learning rate `lr` at the current iterations() (Adam folds its bias
+  /// correction in).
+  virtual double update_rate(T lr) const { return lr; }
+  /// Whether the update reads every per-step scalar from its `rate` argument (a subclass that computes one on the
+  /// host inside update() must return false: its steps are never captured).
   virtual bool own_capturable() const { return false; }
   /// config() of options struct `o`: the current base rate, the optional options only when not their defaults.
   template <class O>
@@ -267,13 +295,14 @@ class Optimizer {
       O::clip_by_norm(g, norms_, global ? 0 : static_cast<Index>(i), c, batch);
     }
   }
-  void decay_weights(double lr) {
+  void decay_weights() {
     if (!(common_.weight_decay > 0)) return;
+    const Tn factor = scalars_.view(kDecayFactor, Shape{1});
     for (const auto& r : tensors_) {
       if (!r.decayed) continue;
       Tn p = param_view(r);
       if (common_.decoupled) {
-        Ops<T, D>::scale(p, static_cast<T>(1.0 - lr * common_.weight_decay));
+        Ops<T, D>::scale(p, factor);
       } else {
         Tn g = grad_view(r);
         Ops<T, D>::axpy(static_cast<T>(common_.weight_decay), p, g);
@@ -285,6 +314,9 @@ class Optimizer {
   std::vector<std::string> patterns_;
   std::vector<TensorRange> tensors_;
   Tensor<double, D> norms_;
+  static constexpr Index kRate = 0, kDecayFactor = 1, kScalars = 2;
+  Tn scalars_;  ///< [update rate, decoupled decay factor] of the next step, on the device
+  bool external_scalars_ = false;
   std::shared_ptr<const LearningRateSchedule> schedule_;
 };
 
@@ -324,8 +356,9 @@ class SGD : public Optimizer<T, D> {
 
  protected:
   bool own_capturable() const override { return true; }
-  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
-    Ops<T, D>::sgd_update(p, g, s[0].second, lr, static_cast<T>(opt_.momentum()), opt_.nesterov());
+  void update(const Tensor<T, D>& rate, Tensor<T, D>& p, Tensor<T, D>& g,
+              typename Optimizer<T, D>::Slots& s) override {
+    Ops<T, D>::sgd_update(p, g, s[0].second, rate, static_cast<T>(opt_.momentum()), opt_.nesterov());
   }
 
  private:
@@ -352,12 +385,16 @@ struct AdamWOptions {
 };
 
 namespace detail {
-template <class T, class D, class O>
-void adam_step(T lr, std::int64_t iterations, const O& o, Tensor<T, D>& p, Tensor<T, D>& g,
-               std::vector<std::pair<std::string, Tensor<T, D>>>& s) {
+/// Adam's bias-corrected rate lr * sqrt(1 - beta2^t) / (1 - beta1^t) for step t = iterations + 1.
+template <class T, class O>
+double adam_rate(T lr, std::int64_t iterations, const O& o) {
   const double t = static_cast<double>(iterations + 1);
-  const double lr_t = lr * std::sqrt(1.0 - std::pow(o.beta_2(), t)) / (1.0 - std::pow(o.beta_1(), t));
-  Ops<T, D>::adam_update(p, g, s[0].second, s[1].second, static_cast<T>(lr_t), static_cast<T>(o.beta_1()),
+  return lr * std::sqrt(1.0 - std::pow(o.beta_2(), t)) / (1.0 - std::pow(o.beta_1(), t));
+}
+template <class T, class D, class O>
+void adam_step(const Tensor<T, D>& rate, const O& o, Tensor<T, D>& p, Tensor<T, D>& g,
+               std::vector<std::pair<std::string, Tensor<T, D>>>& s) {
+  Ops<T, D>::adam_update(p, g, s[0].second, s[1].second, rate, static_cast<T>(o.beta_1()),
                          static_cast<T>(o.beta_2()), static_cast<T>(o.epsilon()));
 }
 template <class O>
@@ -389,8 +426,11 @@ class Adam : public Optimizer<T, D> {
   Config config() const override { return this->make_config(opt_); }
 
  protected:
-  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
-    detail::adam_step(lr, this->iterations_, opt_, p, g, s);
+  bool own_capturable() const override { return true; }
+  double update_rate(T lr) const override { return detail::adam_rate(lr, this->iterations_, opt_); }
+  void update(const Tensor<T, D>& rate, Tensor<T, D>& p, Tensor<T, D>& g,
+              typename Optimizer<T, D>::Slots& s) override {
+    detail::adam_step(rate, opt_, p, g, s);
   }
 
  private:
@@ -413,8 +453,11 @@ class AdamW : public Optimizer<T, D> {
   Config config() const override { return this->make_config(opt_); }
 
  protected:
-  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
-    detail::adam_step(lr, this->iterations_, opt_, p, g, s);
+  bool own_capturable() const override { return true; }
+  double update_rate(T lr) const override { return detail::adam_rate(lr, this->iterations_, opt_); }
+  void update(const Tensor<T, D>& rate, Tensor<T, D>& p, Tensor<T, D>& g,
+              typename Optimizer<T, D>::Slots& s) override {
+    detail::adam_step(rate, opt_, p, g, s);
   }
 
  private:
@@ -449,8 +492,9 @@ class RMSprop : public Optimizer<T, D> {
 
  protected:
   bool own_capturable() const override { return true; }
-  void update(T lr, Tensor<T, D>& p, Tensor<T, D>& g, typename Optimizer<T, D>::Slots& s) override {
-    Ops<T, D>::rmsprop_update(p, g, s[0].second, lr, static_cast<T>(opt_.rho()), static_cast<T>(opt_.epsilon()));
+  void update(const Tensor<T, D>& rate, Tensor<T, D>& p, Tensor<T, D>& g,
+              typename Optimizer<T, D>::Slots& s) override {
+    Ops<T, D>::rmsprop_update(p, g, s[0].second, rate, static_cast<T>(opt_.rho()), static_cast<T>(opt_.epsilon()));
   }
 
  private:

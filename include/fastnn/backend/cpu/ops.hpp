@@ -246,8 +246,9 @@ struct Ops<T, Cpu> {
     stats.data()[slot] += sum;
   }
 
-  /// Keras SGD: v = momentum v - lr g; p += momentum v - lr g (Nesterov) or p += v.
-  static void sgd_update(Tn& p, const Tn& g, Tn& v, T lr, T momentum, bool nesterov) {
+  /// Keras SGD: v = momentum v - lr g; p += momentum v - lr g (Nesterov) or p += v; lr = rate[0].
+  static void sgd_update(Tn& p, const Tn& g, Tn& v, const Tn& rate, T momentum, bool nesterov) {
+    const T lr = scalar(rate, "sgd_update");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
       const Isa isa = cpu_isa();
@@ -269,8 +270,9 @@ struct Ops<T, Cpu> {
     else pa += va;
   }
   /// Adam: m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2; p -= lr_t m / (sqrt(v) + eps), with
-  /// lr_t = lr sqrt(1 - b2^t) / (1 - b1^t) computed by the caller.
-  static void adam_update(Tn& p, const Tn& g, Tn& m, Tn& v, T lr_t, T b1, T b2, T eps) {
+  /// lr_t = rate[0] = lr sqrt(1 - b2^t) / (1 - b1^t) computed by the caller.
+  static void adam_update(Tn& p, const Tn& g, Tn& m, Tn& v, const Tn& rate, T b1, T b2, T eps) {
+    const T lr_t = scalar(rate, "adam_update");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
       const Isa isa = cpu_isa();
@@ -285,8 +287,9 @@ struct Ops<T, Cpu> {
     v.array() = b2 * v.array() + (T(1) - b2) * ga.square();
     p.array() -= lr_t * m.array() / (v.array().sqrt() + eps);
   }
-  /// RMSprop: a = rho a + (1 - rho) g^2; p -= lr g / (sqrt(a) + eps).
-  static void rmsprop_update(Tn& p, const Tn& g, Tn& a, T lr, T rho, T eps) {
+  /// RMSprop: a = rho a + (1 - rho) g^2; p -= lr g / (sqrt(a) + eps); lr = rate[0].
+  static void rmsprop_update(Tn& p, const Tn& g, Tn& a, const Tn& rate, T rho, T eps) {
+    const T lr = scalar(rate, "rmsprop_update");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
       const Isa isa = cpu_isa();
@@ -326,6 +329,8 @@ struct Ops<T, Cpu> {
   /// g = min(max(g, -clip), clip).
   static void clip_by_value(Tn& g, T clip) { g.array() = g.array().max(-clip).min(clip); }
   static void scale(Tn& t, T s) { t.array() *= s; }
+  /// t *= s[0] (a one-element tensor: a per-step scalar of the optimizer).
+  static void scale(Tn& t, const Tn& s) { t.array() *= scalar(s, "scale"); }
   /// y += a x.
   static void axpy(T a, const Tn& x, Tn& y) { y.array() += a * x.array(); }
 
@@ -353,6 +358,11 @@ struct Ops<T, Cpu> {
  private:
   using Row = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
   static Index last(const Tn& t) { return t.rank() == 0 ? 1 : t.dim(t.rank() - 1); }
+  /// The value of a one-element scalar tensor (ShapeError naming `what` otherwise).
+  static T scalar(const Tn& s, const char* what) {
+    if (s.size() != 1) throw ShapeError(std::string(what) + ": expected a one-element scalar, got " + s.shape().str());
+    return s.data()[0];
+  }
 };
 
 }  // namespace fastnn

@@ -336,8 +336,10 @@ __global__ void metric_targets_kernel(int kind, const T* y, const T* t, idx_t ro
 __device__ inline bool skip_update(const int* guard) { return guard && *guard != kNoNonFinite; }
 
 template <class T>
-__global__ void sgd_kernel(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bool nesterov, const int* guard) {
+__global__ void sgd_kernel(T* p, const T* g, T* v, idx_t n, const T* rate, T momentum, bool nesterov,
+                           const int* guard) {
   if (skip_update(guard)) return;
+  const T lr = *rate;
   FASTNN_GRID_STRIDE(i, n) {
     const T gi = g[i];
     if (momentum == T(0)) {
@@ -352,8 +354,10 @@ __global__ void sgd_kernel(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bo
 }
 
 template <class T>
-__global__ void adam_kernel(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T eps, const int* guard) {
+__global__ void adam_kernel(T* p, const T* g, T* m, T* v, idx_t n, const T* rate, T b1, T b2, T eps,
+                            const int* guard) {
   if (skip_update(guard)) return;
+  const T lr_t = *rate;
   FASTNN_GRID_STRIDE(i, n) {
     const T gi = g[i];
     const T mi = b1 * m[i] + (T(1) - b1) * gi;
@@ -365,8 +369,9 @@ __global__ void adam_kernel(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1,
 }
 
 template <class T>
-__global__ void rmsprop_kernel(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard) {
+__global__ void rmsprop_kernel(T* p, const T* g, T* a, idx_t n, const T* rate, T rho, T eps, const int* guard) {
   if (skip_update(guard)) return;
+  const T lr = *rate;
   FASTNN_GRID_STRIDE(i, n) {
     const T gi = g[i];
     const T ai = rho * a[i] + (T(1) - rho) * (gi * gi);
@@ -652,6 +657,12 @@ __global__ void scale_kernel(T* p, idx_t n, T f) {
 }
 
 template <class T>
+__global__ void scale_by_kernel(T* p, idx_t n, const T* f) {
+  const T fv = *f;
+  FASTNN_GRID_STRIDE(i, n) p[i] *= fv;
+}
+
+template <class T>
 __global__ void axpy_kernel(T a, const T* x, T* y, idx_t n) {
   FASTNN_GRID_STRIDE(i, n) y[i] += a * x[i];
 }
@@ -762,21 +773,24 @@ void metric_targets(int kind, const T* y, const T* t, idx_t rows, idx_t k, T thr
 }
 
 template <class T>
-void sgd_update(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bool nesterov, const int* guard, cudaStream_t s) {
+void sgd_update(T* p, const T* g, T* v, idx_t n, const T* rate, T momentum, bool nesterov, const int* guard,
+                cudaStream_t s) {
   if (n <= 0) return;
-  sgd_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, v, n, lr, momentum, nesterov, guard);
+  sgd_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, v, n, rate, momentum, nesterov, guard);
 }
 
 template <class T>
-void adam_update(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T eps, const int* guard, cudaStream_t s) {
+void adam_update(T* p, const T* g, T* m, T* v, idx_t n, const T* rate, T b1, T b2, T eps, const int* guard,
+                 cudaStream_t s) {
   if (n <= 0) return;
-  adam_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, m, v, n, lr_t, b1, b2, eps, guard);
+  adam_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, m, v, n, rate, b1, b2, eps, guard);
 }
 
 template <class T>
-void rmsprop_update(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard, cudaStream_t s) {
+void rmsprop_update(T* p, const T* g, T* a, idx_t n, const T* rate, T rho, T eps, const int* guard,
+                    cudaStream_t s) {
   if (n <= 0) return;
-  rmsprop_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, a, n, lr, rho, eps, guard);
+  rmsprop_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, g, a, n, rate, rho, eps, guard);
 }
 
 template <class T>
@@ -910,6 +924,11 @@ void scale(T* p, idx_t n, T f, cudaStream_t s) {
   scale_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, n, f);
 }
 template <class T>
+void scale_by(T* p, idx_t n, const T* f, cudaStream_t s) {
+  if (n <= 0) return;
+  scale_by_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, n, f);
+}
+template <class T>
 void axpy(T a, const T* x, T* y, idx_t n, cudaStream_t s) {
   if (n <= 0) return;
   axpy_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(a, x, y, n);
@@ -932,9 +951,9 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void pointwise_loss<T>(int, const T*, const T*, T*, idx_t, idx_t, T, double*, cudaStream_t);        \
   template void metric_labels<T>(const T*, const std::int32_t*, idx_t, idx_t, double*, cudaStream_t);          \
   template void metric_targets<T>(int, const T*, const T*, idx_t, idx_t, T, double*, cudaStream_t);            \
-  template void sgd_update<T>(T*, const T*, T*, idx_t, T, T, bool, const int*, cudaStream_t);                  \
-  template void adam_update<T>(T*, const T*, T*, T*, idx_t, T, T, T, T, const int*, cudaStream_t);             \
-  template void rmsprop_update<T>(T*, const T*, T*, idx_t, T, T, T, const int*, cudaStream_t);                 \
+  template void sgd_update<T>(T*, const T*, T*, idx_t, const T*, T, bool, const int*, cudaStream_t);           \
+  template void adam_update<T>(T*, const T*, T*, T*, idx_t, const T*, T, T, T, const int*, cudaStream_t);      \
+  template void rmsprop_update<T>(T*, const T*, T*, idx_t, const T*, T, T, const int*, cudaStream_t);          \
   template void flag_nonfinite<T>(const T*, idx_t, int*, cudaStream_t);                                        \
   template void check_step_finite<T>(const double*, const T*, idx_t, int, int*, const idx_t*, cudaStream_t);  \
   template void swap01<T>(const T*, T*, idx_t, idx_t, idx_t, bool, bool, cudaStream_t);                        \
@@ -957,6 +976,7 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void clip_by_norm<T>(T*, idx_t, const double*, T, int, int*, const idx_t*, cudaStream_t);           \
   template void clip_by_value<T>(T*, idx_t, T, cudaStream_t);                                                  \
   template void scale<T>(T*, idx_t, T, cudaStream_t);                                                          \
+  template void scale_by<T>(T*, idx_t, const T*, cudaStream_t);                                                \
   template void axpy<T>(T, const T*, T*, idx_t, cudaStream_t);
 
 FASTNN_INSTANTIATE_MATH(float)

@@ -84,14 +84,17 @@ template <class T>
 void metric_targets(int kind, const T* y, const T* t, idx_t rows, idx_t k, T threshold, double* stat,
                     cudaStream_t s);
 
-/// Optimizer updates over flat buffers (formulas in backend/cpu/ops.hpp). When `guard` is not
-/// null and *guard != 0x7fffffff the update is skipped (a NaN/Inf was found in this step).
+/// Optimizer updates over flat buffers (formulas in backend/cpu/ops.hpp). The rate is read from device memory
+/// (`rate`, one element written before the step or the graph replay), so a captured update bakes in no rate.
+/// When `guard` is not null and *guard != 0x7fffffff the update is skipped (a NaN/Inf was found in this step).
 template <class T>
-void sgd_update(T* p, const T* g, T* v, idx_t n, T lr, T momentum, bool nesterov, const int* guard, cudaStream_t s);
+void sgd_update(T* p, const T* g, T* v, idx_t n, const T* rate, T momentum, bool nesterov, const int* guard,
+                cudaStream_t s);
 template <class T>
-void adam_update(T* p, const T* g, T* m, T* v, idx_t n, T lr_t, T b1, T b2, T eps, const int* guard, cudaStream_t s);
+void adam_update(T* p, const T* g, T* m, T* v, idx_t n, const T* rate, T b1, T b2, T eps, const int* guard,
+                 cudaStream_t s);
 template <class T>
-void rmsprop_update(T* p, const T* g, T* a, idx_t n, T lr, T rho, T eps, const int* guard, cudaStream_t s);
+void rmsprop_update(T* p, const T* g, T* a, idx_t n, const T* rate, T rho, T eps, const int* guard, cudaStream_t s);
 
 /// Gradient transforms of the optimizers (optim/optimizer.hpp). sum_squares: *acc += sum of g^2 in double, in a
 /// fixed order. clip_by_norm: g *= clip / max(sqrt(*sq), clip); a non-finite norm instead records
@@ -106,6 +109,9 @@ void clip_by_value(T* g, idx_t n, T clip, cudaStream_t s);
 /// p *= f.
 template <class T>
 void scale(T* p, idx_t n, T f, cudaStream_t s);
+/// p *= *f, the factor read from device memory.
+template <class T>
+void scale_by(T* p, idx_t n, const T* f, cudaStream_t s);
 /// y += a x.
 template <class T>
 void axpy(T a, const T* x, T* y, idx_t n, cudaStream_t s);

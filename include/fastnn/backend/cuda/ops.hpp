@@ -195,26 +195,29 @@ struct Ops<T, Cuda> {
     FASTNN_CUDA_CHECK_LAUNCH("metric_targets");
   }
 
-  static void sgd_update(Tn& p, const Tn& g, Tn& v, T lr, T momentum, bool nesterov) {
+  static void sgd_update(Tn& p, const Tn& g, Tn& v, const Tn& rate, T momentum, bool nesterov) {
     same_size(p, g, "sgd_update");
     if (momentum != T(0)) same_size(p, v, "sgd_update");
-    cuda::kernels::sgd_update(p.data(), g.data(), momentum != T(0) ? v.data() : nullptr, p.size(), lr, momentum,
-                              nesterov, cuda::context().guard(), cuda::stream());
+    scalar(rate, "sgd_update");
+    cuda::kernels::sgd_update(p.data(), g.data(), momentum != T(0) ? v.data() : nullptr, p.size(), rate.data(),
+                              momentum, nesterov, cuda::context().guard(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("sgd_update");
   }
-  static void adam_update(Tn& p, const Tn& g, Tn& m, Tn& v, T lr_t, T b1, T b2, T eps) {
+  static void adam_update(Tn& p, const Tn& g, Tn& m, Tn& v, const Tn& rate, T b1, T b2, T eps) {
     same_size(p, g, "adam_update");
     same_size(p, m, "adam_update");
     same_size(p, v, "adam_update");
-    cuda::kernels::adam_update(p.data(), g.data(), m.data(), v.data(), p.size(), lr_t, b1, b2, eps,
+    scalar(rate, "adam_update");
+    cuda::kernels::adam_update(p.data(), g.data(), m.data(), v.data(), p.size(), rate.data(), b1, b2, eps,
                                cuda::context().guard(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("adam_update");
   }
-  static void rmsprop_update(Tn& p, const Tn& g, Tn& a, T lr, T rho, T eps) {
+  static void rmsprop_update(Tn& p, const Tn& g, Tn& a, const Tn& rate, T rho, T eps) {
     same_size(p, g, "rmsprop_update");
     same_size(p, a, "rmsprop_update");
-    cuda::kernels::rmsprop_update(p.data(), g.data(), a.data(), p.size(), lr, rho, eps, cuda::context().guard(),
-                                  cuda::stream());
+    scalar(rate, "rmsprop_update");
+    cuda::kernels::rmsprop_update(p.data(), g.data(), a.data(), p.size(), rate.data(), rho, eps,
+                                  cuda::context().guard(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("rmsprop_update");
   }
 
@@ -238,6 +241,12 @@ struct Ops<T, Cuda> {
   }
   static void scale(Tn& t, T f) {
     cuda::kernels::scale(t.data(), t.size(), f, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("scale");
+  }
+  /// t *= f[0], read on the device (a per-step scalar of the optimizer).
+  static void scale(Tn& t, const Tn& f) {
+    scalar(f, "scale");
+    cuda::kernels::scale_by(t.data(), t.size(), f.data(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("scale");
   }
   static void axpy(T a, const Tn& x, Tn& y) {
@@ -334,6 +343,9 @@ struct Ops<T, Cuda> {
   static int to_int(Index v) {
     if (v > 0x7fffffff) throw ShapeError("gemm: dimension " + std::to_string(v) + " exceeds cuBLAS's int range");
     return static_cast<int>(v);
+  }
+  static void scalar(const Tn& s, const char* what) {
+    if (s.size() != 1) throw ShapeError(std::string(what) + ": expected a one-element scalar, got " + s.shape().str());
   }
   static void same_size(const Tn& a, const Tn& b, const char* what) {
     if (a.size() != b.size())

@@ -16,11 +16,14 @@
 ///    by the captured kernels from a device word holding the step's index
 ///    (cuda::Context::capture_step() during capture); the graph's last node increments it, and a
 ///    one-thread fill sets it only when a replay does not follow the previous one;
-///  - the optimizer's learning rate: only a step whose optimizer takes no per-step scalar is
-///    captured (the caller says so with `capturable`: Optimizer::capturable(), i.e. SGD and
-///    RMSprop without decay, and no layer that draws new random numbers every step); anything else
-///    runs eagerly, as does the last, smaller batch of an epoch. The optimizer's iteration count
-///    is advanced on the host for every replay;
+///  - the optimizer's per-step scalars (the scheduled or decayed rate, Adam's bias-corrected
+///    rate, AdamW's decay factor): the update kernels read them from the optimizer's scalar buffer
+///    on the device (Optimizer::scalars()), which Optimizer::load_scalars() writes before the
+///    capture and before every replay; during the capture the optimizer leaves the buffer alone
+///    (set_external_scalars), so the graph holds no host value. Every built-in optimizer is
+///    captured, with any schedule (the caller passes `capturable` = Optimizer::capturable() and
+///    no layer that draws new random numbers every step); the last, smaller batch of an epoch runs
+///    eagerly. The optimizer's iteration count is advanced on the host for every replay;
 ///  - per-sample sequence lengths: cuDNN takes them from the host, per batch, so a model whose
 ///    batches carry lengths is not captured either (the caller passes capturable = false); the
 ///    recurrent layers and the Bidirectional merge throw if asked for lengths under capture,
@@ -134,6 +137,7 @@ class StepRunner<Cuda> {
     const Key key = make_key(k, &opt);
     const unsigned long long g = cuda::detail::alloc_generation().load();
     if (exec_ && key == key_ && g == gen_) {
+      opt.load_scalars();
       launch(s);
       opt.set_iterations(opt.iterations() + 1);
       cuda::detail::graph_counters().replays.fetch_add(1);
@@ -187,11 +191,13 @@ class StepRunner<Cuda> {
     const std::int64_t iterations = opt.iterations();
     std::string failure;
     cudaGraph_t graph = nullptr;
+    opt.load_scalars();  // outside the capture: the graph reads them, and every replay writes them anew
     cudaError_t e = cudaStreamBeginCapture(st, cudaStreamCaptureModeRelaxed);
     if (e != cudaSuccess) {
       failure = std::string("cudaStreamBeginCapture: ") + cudaGetErrorString(e);
     } else {
       ctx.set_capture_step(step_);
+      opt.set_external_scalars(true);
       try {
         body();
         cuda::kernels::increment(step_, st);
@@ -201,6 +207,7 @@ class StepRunner<Cuda> {
       } catch (...) {
         failure = "unknown exception";
       }
+      opt.set_external_scalars(false);
       ctx.set_capture_step(nullptr);
       e = cudaStreamEndCapture(st, &graph);  // also ends the capture of the second lane
       if (e != cudaSuccess && failure.empty()) failure = std::string("cudaStreamEndCapture: ") + cudaGetErrorString(e);
