@@ -60,6 +60,7 @@ RANKS = [
     # 6: the umbrella headers.
     ("fastnn.hpp", 6),
     ("cuda.hpp", 6),
+    ("vision.hpp", 6),
 ]
 
 HEADER_SUFFIXES = (".hpp", ".cuh", ".inl")

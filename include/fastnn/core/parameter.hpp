@@ -13,10 +13,14 @@
 
 namespace fastnn {
 
-/// Name and shape of one parameter, as declared by a layer before storage exists.
+/// Name and shape of one parameter, as declared by a layer before storage exists. A parameter
+/// that is not trainable (BatchNormalization's moving statistics, which the layer updates itself
+/// in forward()) is never updated by the optimizer, holds no optimizer state, is counted as
+/// non-trainable by summary(), and keeps a zero gradient; it is saved with the weights.
 struct ParamSpec {
   std::string name;  ///< local name inside the layer ("kernel", "recurrent_kernel", "bias")
   Shape shape;
+  bool trainable = true;
 };
 
 /// A parameter: its value and gradient are views into the owner's flat buffers.
@@ -25,14 +29,24 @@ struct Parameter {
   std::string name;  ///< fully qualified: "bidirectional.forward_lstm.kernel"
   Tensor<T, D> value;
   Tensor<T, D> grad;
+  bool trainable = true;  ///< ParamSpec::trainable (the layer's own trainable flag is apart)
 };
 
-/// Where one parameter lies in the owner's flat buffers, and whether the optimizer updates it.
+/// Where one parameter lies in the owner's flat buffers, and whether the optimizer updates it (its layer is
+/// trainable and the parameter itself is).
 struct ParamRange {
   std::string name;  ///< fully qualified, as Parameter::name
   Index offset = 0, size = 0;
   bool trainable = true;
 };
+
+/// Element count of the specs that are not trainable (ParamSpec::trainable).
+inline Index non_trainable_numel(const std::vector<ParamSpec>& specs) {
+  Index n = 0;
+  for (const auto& s : specs)
+    if (!s.trainable) n += s.shape.numel();
+  return n;
+}
 
 /// Total element count of a list of specs.
 inline Index numel(const std::vector<ParamSpec>& specs) {

@@ -55,7 +55,7 @@ class Layer {
     params_.clear();
     Index off = 0;
     for (const auto& s : param_specs()) {
-      params_.push_back({qualified(s.name), values.view(off, s.shape), grads.view(off, s.shape)});
+      params_.push_back({qualified(s.name), values.view(off, s.shape), grads.view(off, s.shape), s.trainable});
       off += s.shape.numel();
     }
     if (off != values.size() || off != grads.size())

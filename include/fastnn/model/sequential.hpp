@@ -273,7 +273,8 @@ class Sequential : public Network<T, D> {
     if constexpr (std::is_same<D, Cpu>::value) isa = cpu_isa();  // may throw (a bad FASTNN_ISA): before any output
     std::vector<detail::SummaryRow> rows;
     for (const auto& l : layers_)
-      rows.push_back({l->name(), l->type_name(), l->output_shape(), l->param_count(), l->trainable()});
+      rows.push_back({l->name(), l->type_name(), l->output_shape(), l->param_count(), l->trainable(),
+                      non_trainable_numel(l->param_specs())});
     detail::print_summary(os, rows);
     if constexpr (std::is_same<D, Cpu>::value)
       os << "CPU kernels: " << isa_name(isa) << " (best on this CPU: " << isa_name(detected_cpu_isa())

@@ -19,6 +19,7 @@ struct SummaryRow {
   Shape output_shape;
   Index params = 0;
   bool trainable = true;
+  Index frozen = 0;  ///< parameters never trained, even when the layer is (ParamSpec::trainable)
 };
 
 /// Keras-style table: layer (type), output shape, parameter count, totals.
@@ -44,7 +45,7 @@ inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows)
     os << pad(r.name + " (" + r.type + ")", 29) << pad(shape, 26) << r.params << "\n";
     os << (i + 1 < rows.size() ? rule : dbl) << "\n";
     total += r.params;
-    if (r.trainable) trainable += r.params;
+    if (r.trainable) trainable += r.params - r.frozen;
   }
   os << "Total params: " << grouped(total) << "\n";
   os << "Trainable params: " << grouped(trainable) << "\n";

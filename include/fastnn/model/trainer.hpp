@@ -86,7 +86,7 @@ class Network {
     Index off = 0;
     for (const Layer<T, D>* l : layer_list())
       for (const auto& p : l->parameters()) {
-        v.push_back({p.name, off, p.value.size(), l->trainable()});
+        v.push_back({p.name, off, p.value.size(), l->trainable() && p.trainable});
         off += p.value.size();
       }
     return v;

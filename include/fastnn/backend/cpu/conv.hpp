@@ -1,0 +1,335 @@
+#pragma once
+/// \file conv.hpp
+/// SpatialOps<T, Cpu>: the CPU primitives of the spatial layers (backend/conv.hpp).
+/// Convolutions are im2col + cpu_gemm (backend/cpu/gemm.hpp), so they run on every CPU path
+/// (cpu_isa()) and in bfloat16 where the precision asks for it. The im2col matrix of a
+/// convolution with G groups is [n * oh * ow, G, kh, kw, c / G] (row-major), so that group g's
+/// columns form a strided block multiplied with the kernel's columns of that group.
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "fastnn/backend/conv.hpp"
+#include "fastnn/backend/cpu/gemm.hpp"
+#include "fastnn/core/error.hpp"
+#include "fastnn/core/lengths.hpp"
+#include "fastnn/core/precision.hpp"
+#include "fastnn/core/tensor.hpp"
+
+namespace fastnn {
+
+template <class T>
+struct SpatialOps<T, Cpu> {
+  using Tn = Tensor<T, Cpu>;
+
+  /// col [rows, G * kh * kw * cg] from x [n, h, w, c] (zeros where the window leaves the input).
+  static void im2col(const ConvGeometry& g, const Tn& x, Tn& col) {
+    const Index cg = g.c / g.groups, kc = g.group_cols(), width = g.groups * kc;
+    col.resize(Shape{g.rows(), width});
+    T* out = col.data();
+    const T* in = x.data();
+    for (Index b = 0; b < g.n; ++b)
+      for (Index oy = 0; oy < g.oh; ++oy)
+        for (Index ox = 0; ox < g.ow; ++ox) {
+          T* row = out + ((b * g.oh + oy) * g.ow + ox) * width;
+          for (Index gi = 0; gi < g.groups; ++gi)
+            for (Index i = 0; i < g.kh; ++i) {
+              const Index iy = oy * g.sh - g.pt + i * g.dh;
+              for (Index j = 0; j < g.kw; ++j) {
+                const Index ix = ox * g.sw - g.pl + j * g.dw;
+                T* dst = row + gi * kc + (i * g.kw + j) * cg;
+                if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
+                  std::fill(dst, dst + cg, T(0));
+                } else {
+                  const T* src = in + ((b * g.h + iy) * g.w + ix) * g.c + gi * cg;
+                  std::copy(src, src + cg, dst);
+                }
+              }
+            }
+        }
+  }
+
+  /// dx += col2im(dcol): the adjoint of im2col.
+  static void col2im_add(const ConvGeometry& g, const Tn& dcol, Tn& dx) {
+    const Index cg = g.c / g.groups, kc = g.group_cols(), width = g.groups * kc;
+    const T* in = dcol.data();
+    T* out = dx.data();
+    for (Index b = 0; b < g.n; ++b)
+      for (Index oy = 0; oy < g.oh; ++oy)
+        for (Index ox = 0; ox < g.ow; ++ox) {
+          const T* row = in + ((b * g.oh + oy) * g.ow + ox) * width;
+          for (Index gi = 0; gi < g.groups; ++gi)
+            for (Index i = 0; i < g.kh; ++i) {
+              const Index iy = oy * g.sh - g.pt + i * g.dh;
+              if (iy < 0 || iy >= g.h) continue;
+              for (Index j = 0; j < g.kw; ++j) {
+                const Index ix = ox * g.sw - g.pl + j * g.dw;
+                if (ix < 0 || ix >= g.w) continue;
+                const T* src = row + gi * kc + (i * g.kw + j) * cg;
+                T* dst = out + ((b * g.h + iy) * g.w + ix) * g.c + gi * cg;
+                for (Index k = 0; k < cg; ++k) dst[k] += src[k];
+              }
+            }
+        }
+  }
+
+  /// y [n, oh, ow, filters] (sized by the caller) = conv(x, w) with w [kh, kw, c / G, filters] (Keras's layout).
+  static void conv_forward(const ConvGeometry& g, const Tn& x, const Tn& w, Tn& y, Tn& col, Precision p) {
+    im2col(g, x, col);
+    const Index kc = g.group_cols(), fg = g.filters / g.groups, width = g.groups * kc;
+    check_size(y, g.rows() * g.filters, "conv_forward");
+    for (Index gi = 0; gi < g.groups; ++gi)
+      cpu_gemm(false, false, g.rows(), fg, kc, T(1), col.data() + gi * kc, width, w.data() + gi * fg, g.filters, T(0),
+               y.data() + gi * fg, g.filters, p);
+  }
+
+  /// dw += dL/dw and, with dx, dx = dL/dx (sized as x by the caller), given dy = dL/dy [n, oh, ow, filters].
+  static void conv_backward(const ConvGeometry& g, const Tn& x, const Tn& w, const Tn& dy, Tn& dw, Tn* dx, Tn& col,
+                            Tn& dcol, Precision p) {
+    im2col(g, x, col);
+    const Index kc = g.group_cols(), fg = g.filters / g.groups, width = g.groups * kc;
+    for (Index gi = 0; gi < g.groups; ++gi)
+      cpu_gemm(true, false, kc, fg, g.rows(), T(1), col.data() + gi * kc, width, dy.data() + gi * fg, g.filters,
+               T(1), dw.data() + gi * fg, g.filters, p);
+    if (!dx) return;
+    dcol.resize(col.shape());
+    for (Index gi = 0; gi < g.groups; ++gi)
+      cpu_gemm(false, true, g.rows(), kc, fg, T(1), dy.data() + gi * fg, g.filters, w.data() + gi * fg, g.filters,
+               T(0), dcol.data() + gi * kc, width, p);
+    check_size(*dx, x.size(), "conv_backward");
+    dx->set_zero();
+    col2im_add(g, dcol, *dx);
+  }
+
+  /// y [n, oh, ow, c] (sized by the caller): each window's maximum or mean over its real elements.
+  /// With non-empty `lengths` (1-D: h == 1), sample b's input ends at lengths[b], and its outputs
+  /// from ceil(lengths[b] / sw) on are zero.
+  static void pool_forward(PoolKind kind, const ConvGeometry& g, const Tn& x, Tn& y, const Lengths& lengths = {}) {
+    check_size(y, g.rows() * g.c, "pool_forward");
+    if (!lengths.empty()) y.set_zero();
+    for_each_window(g, lengths, [&](Index b, Index oy, Index ox, Index y0, Index y1, Index x0, Index x1) {
+      T* out = y.data() + ((b * g.oh + oy) * g.ow + ox) * g.c;
+      for (Index k = 0; k < g.c; ++k) {
+        T acc = kind == PoolKind::Max ? -std::numeric_limits<T>::infinity() : T(0);
+        for (Index iy = y0; iy < y1; ++iy)
+          for (Index ix = x0; ix < x1; ++ix) {
+            const T v = x.data()[((b * g.h + iy) * g.w + ix) * g.c + k];
+            if (kind == PoolKind::Max) acc = v > acc ? v : acc;
+            else acc += v;
+          }
+        out[k] = kind == PoolKind::Max ? acc : acc / static_cast<T>((y1 - y0) * (x1 - x0));
+      }
+    });
+  }
+
+  /// dx = dL/dx (sized as x by the caller, overwritten) given dy [n, oh, ow, c]; `lengths` as for
+  /// pool_forward (the padded steps get no gradient).
+  static void pool_backward(PoolKind kind, const ConvGeometry& g, const Tn& x, const Tn& dy, Tn& dx,
+                            const Lengths& lengths = {}) {
+    check_size(dx, x.size(), "pool_backward");
+    dx.set_zero();
+    for_each_window(g, lengths, [&](Index b, Index oy, Index ox, Index y0, Index y1, Index x0, Index x1) {
+      const T* d = dy.data() + ((b * g.oh + oy) * g.ow + ox) * g.c;
+      for (Index k = 0; k < g.c; ++k) {
+        if (kind == PoolKind::Average) {
+          const T share = d[k] / static_cast<T>((y1 - y0) * (x1 - x0));
+          for (Index iy = y0; iy < y1; ++iy)
+            for (Index ix = x0; ix < x1; ++ix) dx.data()[((b * g.h + iy) * g.w + ix) * g.c + k] += share;
+          continue;
+        }
+        Index arg = -1;
+        T best = -std::numeric_limits<T>::infinity();
+        for (Index iy = y0; iy < y1; ++iy)
+          for (Index ix = x0; ix < x1; ++ix) {
+            const Index at = ((b * g.h + iy) * g.w + ix) * g.c + k;
+            if (arg < 0 || x.data()[at] > best) {
+              best = x.data()[at];
+              arg = at;
+            }
+          }
+        dx.data()[arg] += d[k];
+      }
+    });
+  }
+
+  /// y [n, c] (sized by the caller): max or mean of x [n, s, c] over each sample's first
+  /// lengths[i] steps (all s when lengths is empty).
+  static void global_pool_forward(PoolKind kind, const Tn& x, const Lengths& lengths, Tn& y) {
+    const Index n = x.dim(0), c = x.dim(x.rank() - 1), s = x.size() / (n * c);
+    check_size(y, n * c, "global_pool_forward");
+    for (Index b = 0; b < n; ++b) {
+      const Index len = lengths.empty() ? s : lengths[b];
+      for (Index k = 0; k < c; ++k) {
+        T acc = kind == PoolKind::Max ? -std::numeric_limits<T>::infinity() : T(0);
+        for (Index t = 0; t < len; ++t) {
+          const T v = x.data()[(b * s + t) * c + k];
+          if (kind == PoolKind::Max) acc = v > acc ? v : acc;
+          else acc += v;
+        }
+        y.data()[b * c + k] = kind == PoolKind::Max ? acc : acc / static_cast<T>(len);
+      }
+    }
+  }
+
+  /// dx = dL/dx (sized as x by the caller, overwritten; zero on the padded steps) given dy [n, c].
+  static void global_pool_backward(PoolKind kind, const Tn& x, const Lengths& lengths, const Tn& dy, Tn& dx) {
+    const Index n = x.dim(0), c = x.dim(x.rank() - 1), s = x.size() / (n * c);
+    check_size(dx, x.size(), "global_pool_backward");
+    dx.set_zero();
+    for (Index b = 0; b < n; ++b) {
+      const Index len = lengths.empty() ? s : lengths[b];
+      for (Index k = 0; k < c; ++k) {
+        const T d = dy.data()[b * c + k];
+        if (kind == PoolKind::Average) {
+          for (Index t = 0; t < len; ++t) dx.data()[(b * s + t) * c + k] += d / static_cast<T>(len);
+          continue;
+        }
+        Index arg = b * s * c + k;
+        for (Index t = 1; t < len; ++t)
+          if (x.data()[(b * s + t) * c + k] > x.data()[arg]) arg = (b * s + t) * c + k;
+        dx.data()[arg] += d;
+      }
+    }
+  }
+
+  /// Per-channel mean and biased variance of x viewed as [m, c] (c = its last extent), summed in
+  /// double, channel by channel (no workspace).
+  static void batch_norm_moments(const Tn& x, Tn& mean, Tn& var) {
+    const Index c = x.dim(x.rank() - 1), m = x.size() / c;
+    for (Index k = 0; k < c; ++k) {
+      double s = 0, q = 0;
+      for (Index i = 0; i < m; ++i) s += static_cast<double>(x.data()[i * c + k]);
+      s /= static_cast<double>(m);
+      for (Index i = 0; i < m; ++i) {
+        const double d = static_cast<double>(x.data()[i * c + k]) - s;
+        q += d * d;
+      }
+      mean[k] = static_cast<T>(s);
+      var[k] = static_cast<T>(q / static_cast<double>(m));
+    }
+  }
+
+  /// y (sized as x by the caller) = gamma (x - mean) / sqrt(var + eps) + beta per channel
+  /// (gamma 1 and beta 0 when null).
+  static void batch_norm_apply(const Tn& x, const Tn& mean, const Tn& var, T eps, const Tn* gamma, const Tn* beta,
+                               Tn& y) {
+    const Index c = x.dim(x.rank() - 1), m = x.size() / c;
+    check_size(y, x.size(), "batch_norm_apply");
+    for (Index i = 0; i < m; ++i)
+      for (Index k = 0; k < c; ++k) {
+        const T a = (gamma ? (*gamma)[k] : T(1)) / std::sqrt(var[k] + eps);
+        y.data()[i * c + k] = (x.data()[i * c + k] - mean[k]) * a + (beta ? (*beta)[k] : T(0));
+      }
+  }
+
+  /// Gradients of batch_norm_apply given dy: dgamma += sum dy xhat, dbeta += sum dy (when not
+  /// null), and with dx (sized as x by the caller), dx = dL/dx. With `batch_stats`, mean and var are the batch's own
+  /// moments (training), so dx includes their dependence on x:
+  /// dx = a / m (m dy - sum dy - xhat sum(dy xhat)), a = gamma / sqrt(var + eps); else dx = a dy.
+  static void batch_norm_backward(const Tn& x, const Tn& mean, const Tn& var, T eps, const Tn* gamma, const Tn& dy,
+                                  Tn* dgamma, Tn* dbeta, Tn* dx, bool batch_stats) {
+    const Index c = x.dim(x.rank() - 1), m = x.size() / c;
+    if (dx) check_size(*dx, x.size(), "batch_norm_backward");
+    for (Index k = 0; k < c; ++k) {
+      const double inv = 1.0 / std::sqrt(static_cast<double>(var[k] + eps)), mu = static_cast<double>(mean[k]);
+      double sd = 0, sdx = 0;
+      for (Index i = 0; i < m; ++i) {
+        const double d = static_cast<double>(dy.data()[i * c + k]);
+        sd += d;
+        sdx += d * (static_cast<double>(x.data()[i * c + k]) - mu) * inv;
+      }
+      if (dgamma) (*dgamma)[k] += static_cast<T>(sdx);
+      if (dbeta) (*dbeta)[k] += static_cast<T>(sd);
+      if (!dx) continue;
+      const double a = (gamma ? static_cast<double>((*gamma)[k]) : 1.0) * inv, md = static_cast<double>(m);
+      for (Index i = 0; i < m; ++i) {
+        const double d = static_cast<double>(dy.data()[i * c + k]);
+        const double xhat = (static_cast<double>(x.data()[i * c + k]) - mu) * inv;
+        dx->data()[i * c + k] = static_cast<T>(batch_stats ? a / md * (md * d - sd - xhat * sdx) : a * d);
+      }
+    }
+  }
+
+  /// y = x with its per-sample axes permuted: y's axis j is x's per-sample axis perm[j]
+  /// (0-based, the batch axis excluded). With `inverse`, the permutation is applied backwards
+  /// (x's axis perm[j] is y's axis j), which is the gradient of the forward permutation.
+  static void permute(const Tn& x, const std::vector<Index>& perm, Tn& y, bool inverse = false) {
+    const int r = static_cast<int>(perm.size());
+    if (r > kMaxRank) throw ShapeError("permute: at most " + std::to_string(kMaxRank) + " axes");
+    const Shape s = x.shape();
+    std::array<Index, kMaxRank> in_dims{}, out_dims{}, src_axis{}, in_stride{}, idx{};
+    for (int j = 0; j < r; ++j) in_dims[j] = s[j + 1];
+    for (int j = 0; j < r; ++j) {  // src_axis[j]: the input axis that output axis j walks
+      if (!inverse) src_axis[j] = perm[static_cast<std::size_t>(j)];
+      else src_axis[static_cast<std::size_t>(perm[static_cast<std::size_t>(j)])] = j;
+    }
+    Shape out = s;
+    for (int j = 0; j < r; ++j) out_dims[j] = in_dims[static_cast<std::size_t>(src_axis[j])];
+    for (int j = 0; j < r; ++j) out[j + 1] = out_dims[j];
+    in_stride[static_cast<std::size_t>(r - 1)] = 1;
+    for (int j = r - 2; j >= 0; --j) in_stride[j] = in_stride[j + 1] * in_dims[j + 1];
+    y.resize(out);
+    const Index per = s[0] > 0 ? x.size() / s[0] : 0;
+    for (Index b = 0; b < s[0]; ++b) {
+      idx.fill(0);
+      const T* in = x.data() + b * per;
+      T* o = y.data() + b * per;
+      for (Index e = 0; e < per; ++e) {
+        Index at = 0;
+        for (int j = 0; j < r; ++j) at += idx[j] * in_stride[static_cast<std::size_t>(src_axis[j])];
+        o[e] = in[at];
+        for (int j = r - 1; j >= 0; --j) {
+          if (++idx[j] < out_dims[j]) break;
+          idx[j] = 0;
+        }
+      }
+    }
+  }
+  /// The most per-sample axes permute() takes.
+  static constexpr int kMaxRank = 8;
+
+  /// y = x [n, s, ...] with the steps from each sample's length on set to zero (y sized as x by
+  /// the caller; it may be x itself).
+  static void mask_steps(const Tn& x, const Lengths& lengths, Tn& y) {
+    const Index n = x.dim(0), s = x.dim(1), inner = s > 0 ? x.size() / (n * s) : 0;
+    check_size(y, x.size(), "mask_steps");
+    for (Index b = 0; b < n; ++b) {
+      const Index len = lengths.empty() ? s : lengths[b];
+      const T* in = x.data() + b * s * inner;
+      T* out = y.data() + b * s * inner;
+      if (in != out) std::copy(in, in + len * inner, out);
+      std::fill(out + len * inner, out + s * inner, T(0));
+    }
+  }
+
+ private:
+  static void check_size(const Tn& t, Index n, const char* who) {
+    if (t.size() != n)
+      throw ShapeError(std::string(who) + ": output holds " + std::to_string(t.size()) + " values, expected " +
+                       std::to_string(n));
+  }
+  /// Calls f(b, oy, ox, y0, y1, x0, x1) for every window, [y0, y1) x [x0, x1) being its real rows
+  /// and columns (padding cut off; never empty for a geometry from a valid build()).
+  /// With lengths, sample b's columns end at lengths[b] and its windows at ceil(lengths[b] / sw).
+  template <class F>
+  static void for_each_window(const ConvGeometry& g, const Lengths& lengths, F&& f) {
+    for (Index b = 0; b < g.n; ++b) {
+      const Index w = lengths.empty() ? g.w : lengths[b];
+      const Index ow = lengths.empty() ? g.ow : std::min(g.ow, (w + g.sw - 1) / g.sw);
+      for (Index oy = 0; oy < g.oh; ++oy) {
+        const Index ys = oy * g.sh - g.pt, y0 = std::max<Index>(ys, 0), y1 = std::min(ys + g.kh, g.h);
+        for (Index ox = 0; ox < ow; ++ox) {
+          const Index xs = ox * g.sw - g.pl, x0 = std::max<Index>(xs, 0), x1 = std::min(xs + g.kw, w);
+          if (x1 > x0 && y1 > y0) f(b, oy, ox, y0, y1, x0, x1);
+        }
+      }
+    }
+  }
+};
+
+}  // namespace fastnn
