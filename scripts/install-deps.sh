@@ -10,9 +10,13 @@
 # nodejs and npm are installed only where no `node` and `npm` exist (a NodeSource nodejs, which
 # bundles npm, conflicts with Debian's npm package).
 # libdnnl-dev is oneDNN, for the peer benchmark bench/onednn_peer (bench/compare --onednn).
+# dataset-fashion-mnist is Fashion-MNIST (gzip IDX files in /usr/share/datasets/fashion-mnist) and
+# libtorch-dev is LibTorch 1.13's C++ API, for the CNN benchmark bench/fashion-cnn-compare and its
+# LibTorch peer bench/fashion_cnn_libtorch.
 set -euo pipefail
 pkgs=(build-essential cmake libeigen3-dev zlib1g-dev libgtest-dev libbenchmark-dev libcli11-dev
       nlohmann-json3-dev python3-numpy python3-torch libdnnl-dev libopenmpi-dev openmpi-bin python3-onnx libopenblas0-pthread clang libclang-rt-dev locales
+      dataset-fashion-mnist libtorch-dev
       wamerican wngerman wfrench wspanish witalian wportuguese wdutch wswedish wpolish)
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   pkgs+=(nodejs npm)
