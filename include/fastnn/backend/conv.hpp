@@ -2,7 +2,8 @@
 /// \file conv.hpp
 /// The device contract of the spatial layers (layers/conv.hpp, layers/pooling.hpp,
 /// layers/batch_norm.hpp, layers/reshape.hpp): `SpatialOps<T, D>`, beside Ops<T, D>
-/// (backend/ops.hpp). The CPU backend is backend/cpu/conv.hpp; a device without it cannot
+/// (backend/ops.hpp). The CPU backend is backend/cpu/conv.hpp, the CUDA one backend/cuda/conv.hpp
+/// (included by fastnn/vision.hpp when FASTNN_WITH_CUDA is defined); a device without one cannot
 /// instantiate those layers (the primary template is a compile error).
 ///
 /// Tensors are channels-last. A 1-D input [batch, steps, channels] is handled as a 2-D one
@@ -52,7 +53,8 @@ enum class PoolKind { Max, Average };
 template <class T, class D>
 struct SpatialOps {
   static_assert(dependent_false<D>::value,
-                "no SpatialOps<T, D> for this device: the convolution layers run on the CPU only");
+                "no SpatialOps<T, D> for this device (for Cuda: include fastnn/vision.hpp or "
+                "fastnn/backend/cuda/conv.hpp)");
 };
 
 }  // namespace fastnn

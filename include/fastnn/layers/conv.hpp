@@ -2,7 +2,8 @@
 /// \file conv.hpp
 /// Conv1D and Conv2D (Keras's names and options), channels-last: [batch, steps, channels] ->
 /// [batch, out_steps, filters] and [batch, h, w, channels] -> [batch, out_h, out_w, filters].
-/// y = a(conv(x, kernel) + bias), computed as im2col + the CPU GEMM (backend/cpu/conv.hpp).
+/// y = a(conv(x, kernel) + bias), computed as im2col + the CPU GEMM (backend/cpu/conv.hpp) on the
+/// CPU and by cuDNN on the GPU (backend/cuda/conv.hpp, through fastnn/vision.hpp).
 ///
 /// Weights, in Keras's layout: Conv1D kernel [kernel_size, channels / groups, filters], Conv2D
 /// kernel [kh, kw, channels / groups, filters], bias [filters]. PyTorch's Conv1d / Conv2d weight

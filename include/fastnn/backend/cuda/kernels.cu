@@ -984,6 +984,382 @@ FASTNN_INSTANTIATE_MATH(double)
 
 #undef FASTNN_INSTANTIATE_MATH
 
+// ---- spatial layers (backend/cuda/conv.hpp) -----------------------------------------------------
+
+namespace {
+
+/// The real rows [y0, y1) and columns [x0, x1) of window (oy, ox) of sample b (padding cut off;
+/// columns end at `w`, the sample's length for a 1-D input with lengths).
+struct Window {
+  idx_t y0, y1, x0, x1;
+  __device__ bool empty() const { return y1 <= y0 || x1 <= x0; }
+};
+__device__ inline Window pool_window(const PoolGeometry& g, idx_t oy, idx_t ox, idx_t w) {
+  const idx_t ys = oy * g.sh - g.pt, xs = ox * g.sw - g.pl;
+  Window r;
+  r.y0 = ys > 0 ? ys : 0;
+  r.y1 = ys + g.kh < g.h ? ys + g.kh : g.h;
+  r.x0 = xs > 0 ? xs : 0;
+  r.x1 = xs + g.kw < w ? xs + g.kw : w;
+  return r;
+}
+/// Sample b's input width and number of output columns (ceil(length / sw) with lengths).
+__device__ inline void sample_extent(const PoolGeometry& g, const std::int32_t* lengths, idx_t b, idx_t& w,
+                                     idx_t& ow) {
+  w = g.w;
+  ow = g.ow;
+  if (lengths) {
+    w = lengths[b];
+    const idx_t o = (w + g.sw - 1) / g.sw;
+    ow = o < g.ow ? o : g.ow;
+  }
+}
+
+template <class T>
+__global__ void pool_forward_kernel(bool max, PoolGeometry g, const T* x, T* y, const std::int32_t* lengths) {
+  const idx_t total = g.n * g.oh * g.ow * g.c;
+  FASTNN_GRID_STRIDE(i, total) {
+    const idx_t k = i % g.c;
+    idx_t r = i / g.c;
+    const idx_t ox = r % g.ow;
+    r /= g.ow;
+    const idx_t oy = r % g.oh, b = r / g.oh;
+    idx_t w = 0, ow = 0;
+    sample_extent(g, lengths, b, w, ow);
+    const Window win = pool_window(g, oy, ox, w);
+    if (ox >= ow || win.empty()) {
+      y[i] = T(0);
+      continue;
+    }
+    T acc = max ? -INFINITY : T(0);
+    for (idx_t iy = win.y0; iy < win.y1; ++iy)
+      for (idx_t ix = win.x0; ix < win.x1; ++ix) {
+        const T v = x[((b * g.h + iy) * g.w + ix) * g.c + k];
+        if (max) acc = v > acc ? v : acc;
+        else acc += v;
+      }
+    y[i] = max ? acc : acc / static_cast<T>((win.y1 - win.y0) * (win.x1 - win.x0));
+  }
+}
+
+/// One thread per input element: it visits the windows that contain it in scan order (as the CPU
+/// adds them), so the sums are the CPU's, without atomics.
+template <class T>
+__global__ void pool_backward_kernel(bool max, PoolGeometry g, const T* x, const T* dy, T* dx,
+                                     const std::int32_t* lengths) {
+  const idx_t total = g.n * g.h * g.w * g.c;
+  FASTNN_GRID_STRIDE(i, total) {
+    const idx_t k = i % g.c;
+    idx_t r = i / g.c;
+    const idx_t ix = r % g.w;
+    r /= g.w;
+    const idx_t iy = r % g.h, b = r / g.h;
+    idx_t w = 0, ow = 0;
+    sample_extent(g, lengths, b, w, ow);
+    T acc = T(0);
+    if (ix < w) {
+      // window oy holds row iy when oy sh - pt <= iy < oy sh - pt + kh
+      const idx_t ay = iy + g.pt - g.kh + 1, ax = ix + g.pl - g.kw + 1;
+      const idx_t oy0 = ay > 0 ? (ay + g.sh - 1) / g.sh : 0, ox0 = ax > 0 ? (ax + g.sw - 1) / g.sw : 0;
+      idx_t oy1 = (iy + g.pt) / g.sh, ox1 = (ix + g.pl) / g.sw;
+      if (oy1 > g.oh - 1) oy1 = g.oh - 1;
+      if (ox1 > ow - 1) ox1 = ow - 1;
+      for (idx_t oy = oy0; oy <= oy1; ++oy)
+        for (idx_t ox = ox0; ox <= ox1; ++ox) {
+          const Window win = pool_window(g, oy, ox, w);
+          if (win.empty()) continue;
+          const T d = dy[((b * g.oh + oy) * g.ow + ox) * g.c + k];
+          if (!max) {
+            acc += d / static_cast<T>((win.y1 - win.y0) * (win.x1 - win.x0));
+            continue;
+          }
+          idx_t ay_arg = -1, ax_arg = -1;
+          T best = -INFINITY;
+          for (idx_t yy = win.y0; yy < win.y1; ++yy)
+            for (idx_t xx = win.x0; xx < win.x1; ++xx) {
+              const T v = x[((b * g.h + yy) * g.w + xx) * g.c + k];
+              if (ay_arg < 0 || v > best) {
+                best = v;
+                ay_arg = yy;
+                ax_arg = xx;
+              }
+            }
+          if (ay_arg == iy && ax_arg == ix) acc += d;
+        }
+    }
+    dx[i] = acc;
+  }
+}
+
+template <class T>
+__global__ void global_pool_forward_kernel(bool max, const T* x, T* y, idx_t n, idx_t steps, idx_t c,
+                                           const std::int32_t* lengths) {
+  FASTNN_GRID_STRIDE(i, n * c) {
+    const idx_t b = i / c, k = i % c, len = lengths ? lengths[b] : steps;
+    T acc = max ? -INFINITY : T(0);
+    for (idx_t t = 0; t < len; ++t) {
+      const T v = x[(b * steps + t) * c + k];
+      if (max) acc = v > acc ? v : acc;
+      else acc += v;
+    }
+    y[i] = max ? acc : acc / static_cast<T>(len);
+  }
+}
+
+template <class T>
+__global__ void global_pool_backward_kernel(bool max, const T* x, const T* dy, T* dx, idx_t n, idx_t steps, idx_t c,
+                                            const std::int32_t* lengths) {
+  FASTNN_GRID_STRIDE(i, n * c) {
+    const idx_t b = i / c, k = i % c, len = lengths ? lengths[b] : steps;
+    const T d = dy[i];
+    idx_t arg = 0;
+    if (max)
+      for (idx_t t = 1; t < len; ++t)
+        if (x[(b * steps + t) * c + k] > x[(b * steps + arg) * c + k]) arg = t;
+    for (idx_t t = 0; t < steps; ++t) {
+      T v = T(0);
+      if (t < len) v = max ? (t == arg ? d : T(0)) : d / static_cast<T>(len);
+      dx[(b * steps + t) * c + k] = v;
+    }
+  }
+}
+
+template <class T>
+__global__ void mask_steps_kernel(const T* x, T* y, idx_t n, idx_t steps, idx_t inner, const std::int32_t* lengths) {
+  FASTNN_GRID_STRIDE(i, n * steps * inner) {
+    const idx_t t = i / inner % steps, b = i / (inner * steps);
+    y[i] = t < lengths[b] ? x[i] : T(0);
+  }
+}
+
+template <class T>
+__global__ void permute_kernel(const T* x, T* y, idx_t n, idx_t per, PermuteDims d) {
+  FASTNN_GRID_STRIDE(i, n * per) {
+    const idx_t b = i / per;
+    idx_t rem = i % per, at = 0;
+    for (int j = d.rank - 1; j >= 0; --j) {
+      at += rem % d.out_dims[j] * d.src_stride[j];
+      rem /= d.out_dims[j];
+    }
+    y[i] = x[b * per + at];
+  }
+}
+
+template <class T>
+__global__ void pad_nhwc_kernel(const T* x, T* xp, idx_t n, idx_t h, idx_t w, idx_t c, idx_t top, idx_t left,
+                                idx_t hp, idx_t wp) {
+  FASTNN_GRID_STRIDE(i, n * hp * wp * c) {
+    const idx_t k = i % c;
+    idx_t r = i / c;
+    const idx_t px = r % wp;
+    r /= wp;
+    const idx_t py = r % hp, b = r / hp, iy = py - top, ix = px - left;
+    xp[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? x[((b * h + iy) * w + ix) * c + k] : T(0);
+  }
+}
+
+template <class T>
+__global__ void crop_nhwc_kernel(const T* xp, T* x, idx_t n, idx_t h, idx_t w, idx_t c, idx_t top, idx_t left,
+                                 idx_t hp, idx_t wp) {
+  FASTNN_GRID_STRIDE(i, n * h * w * c) {
+    const idx_t k = i % c;
+    idx_t r = i / c;
+    const idx_t ix = r % w;
+    r /= w;
+    const idx_t iy = r % h, b = r / h;
+    x[i] = xp[((b * hp + iy + top) * wp + ix + left) * c + k];
+  }
+}
+
+// Batch norm: a block of kBnCols x kBnRows threads owns kBnCols channels; thread (tx, ty) sums rows
+// ty, ty + kBnRows, ... of channel tx, then row 0 adds the kBnRows partial sums in order.
+constexpr int kBnCols = 32, kBnRows = 16;
+
+/// The sum over the block's rows of `v` for channel threadIdx.x, seen by every thread.
+__device__ inline double bn_block_sum(double v, double (*part)[kBnCols], double* out) {
+  part[threadIdx.y][threadIdx.x] = v;
+  __syncthreads();
+  if (threadIdx.y == 0) {
+    double t = 0;
+    for (int r = 0; r < kBnRows; ++r) t += part[r][threadIdx.x];
+    out[threadIdx.x] = t;
+  }
+  __syncthreads();
+  const double t = out[threadIdx.x];
+  __syncthreads();
+  return t;
+}
+
+template <class T>
+__global__ void bn_moments_kernel(const T* x, T* mean, T* var, idx_t m, idx_t c) {
+  __shared__ double part[kBnRows][kBnCols];
+  __shared__ double out[kBnCols];
+  const idx_t k = static_cast<idx_t>(blockIdx.x) * kBnCols + threadIdx.x;
+  double s = 0;
+  if (k < c)
+    for (idx_t i = threadIdx.y; i < m; i += kBnRows) s += static_cast<double>(x[i * c + k]);
+  const double mu = bn_block_sum(s, part, out) / static_cast<double>(m);
+  double q = 0;
+  if (k < c)
+    for (idx_t i = threadIdx.y; i < m; i += kBnRows) {
+      const double d = static_cast<double>(x[i * c + k]) - mu;
+      q += d * d;
+    }
+  const double v = bn_block_sum(q, part, out);
+  if (threadIdx.y == 0 && k < c) {
+    mean[k] = static_cast<T>(mu);
+    var[k] = static_cast<T>(v / static_cast<double>(m));
+  }
+}
+
+template <class T>
+__global__ void bn_apply_kernel(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* y,
+                                idx_t m, idx_t c) {
+  FASTNN_GRID_STRIDE(i, m * c) {
+    const idx_t k = i % c;
+    const T a = (gamma ? gamma[k] : T(1)) / dev_sqrt(var[k] + eps);
+    y[i] = (x[i] - mean[k]) * a + (beta ? beta[k] : T(0));
+  }
+}
+
+template <class T>
+__global__ void bn_backward_kernel(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* dy,
+                                   T* dgamma, T* dbeta, T* dx, idx_t m, idx_t c, bool batch_stats) {
+  __shared__ double part[kBnRows][kBnCols];
+  __shared__ double out[kBnCols];
+  const idx_t k = static_cast<idx_t>(blockIdx.x) * kBnCols + threadIdx.x;
+  const bool real = k < c;
+  const double inv = real ? 1.0 / sqrt(static_cast<double>(var[k] + eps)) : 0.0;
+  const double mu = real ? static_cast<double>(mean[k]) : 0.0;
+  double sd = 0, sdx = 0;
+  if (real)
+    for (idx_t i = threadIdx.y; i < m; i += kBnRows) {
+      const double d = static_cast<double>(dy[i * c + k]);
+      sd += d;
+      sdx += d * (static_cast<double>(x[i * c + k]) - mu) * inv;
+    }
+  sd = bn_block_sum(sd, part, out);
+  sdx = bn_block_sum(sdx, part, out);
+  if (!real) return;
+  if (threadIdx.y == 0) {
+    if (dgamma) dgamma[k] += static_cast<T>(sdx);
+    if (dbeta) dbeta[k] += static_cast<T>(sd);
+  }
+  if (!dx) return;
+  const double a = (gamma ? static_cast<double>(gamma[k]) : 1.0) * inv, md = static_cast<double>(m);
+  for (idx_t i = threadIdx.y; i < m; i += kBnRows) {
+    const double d = static_cast<double>(dy[i * c + k]);
+    const double xhat = (static_cast<double>(x[i * c + k]) - mu) * inv;
+    dx[i * c + k] = static_cast<T>(batch_stats ? a / md * (md * d - sd - xhat * sdx) : a * d);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void pool_forward(bool max, const PoolGeometry& g, const T* x, T* y, const std::int32_t* lengths, cudaStream_t s) {
+  const idx_t total = g.n * g.oh * g.ow * g.c;
+  if (total <= 0) return;
+  pool_forward_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(max, g, x, y, lengths);
+}
+
+template <class T>
+void pool_backward(bool max, const PoolGeometry& g, const T* x, const T* dy, T* dx, const std::int32_t* lengths,
+                   cudaStream_t s) {
+  const idx_t total = g.n * g.h * g.w * g.c;
+  if (total <= 0) return;
+  pool_backward_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(max, g, x, dy, dx, lengths);
+}
+
+template <class T>
+void global_pool_forward(bool max, const T* x, T* y, idx_t n, idx_t steps, idx_t c, const std::int32_t* lengths,
+                         cudaStream_t s) {
+  if (n * c <= 0) return;
+  global_pool_forward_kernel<T><<<blocks_for(n * c), kThreads, 0, s>>>(max, x, y, n, steps, c, lengths);
+}
+
+template <class T>
+void global_pool_backward(bool max, const T* x, const T* dy, T* dx, idx_t n, idx_t steps, idx_t c,
+                          const std::int32_t* lengths, cudaStream_t s) {
+  if (n * c <= 0) return;
+  global_pool_backward_kernel<T><<<blocks_for(n * c), kThreads, 0, s>>>(max, x, dy, dx, n, steps, c, lengths);
+}
+
+template <class T>
+void mask_steps(const T* x, T* y, idx_t n, idx_t steps, idx_t inner, const std::int32_t* lengths, cudaStream_t s) {
+  const idx_t total = n * steps * inner;
+  if (total <= 0) return;
+  mask_steps_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(x, y, n, steps, inner, lengths);
+}
+
+template <class T>
+void permute(const T* x, T* y, idx_t n, idx_t per, const PermuteDims& d, cudaStream_t s) {
+  if (n * per <= 0) return;
+  permute_kernel<T><<<blocks_for(n * per), kThreads, 0, s>>>(x, y, n, per, d);
+}
+
+template <class T>
+void pad_nhwc(const T* x, T* xp, idx_t n, idx_t h, idx_t w, idx_t c, idx_t top, idx_t left, idx_t hp, idx_t wp,
+              cudaStream_t s) {
+  const idx_t total = n * hp * wp * c;
+  if (total <= 0) return;
+  pad_nhwc_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(x, xp, n, h, w, c, top, left, hp, wp);
+}
+
+template <class T>
+void crop_nhwc(const T* xp, T* x, idx_t n, idx_t h, idx_t w, idx_t c, idx_t top, idx_t left, idx_t hp, idx_t wp,
+               cudaStream_t s) {
+  const idx_t total = n * h * w * c;
+  if (total <= 0) return;
+  crop_nhwc_kernel<T><<<blocks_for(total), kThreads, 0, s>>>(xp, x, n, h, w, c, top, left, hp, wp);
+}
+
+template <class T>
+void batch_norm_moments(const T* x, T* mean, T* var, idx_t m, idx_t c, cudaStream_t s) {
+  if (m <= 0 || c <= 0) return;
+  const dim3 block(kBnCols, kBnRows);
+  bn_moments_kernel<T><<<static_cast<unsigned>((c + kBnCols - 1) / kBnCols), block, 0, s>>>(x, mean, var, m, c);
+}
+
+template <class T>
+void batch_norm_apply(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* y, idx_t m,
+                      idx_t c, cudaStream_t s) {
+  if (m * c <= 0) return;
+  bn_apply_kernel<T><<<blocks_for(m * c), kThreads, 0, s>>>(x, mean, var, eps, gamma, beta, y, m, c);
+}
+
+template <class T>
+void batch_norm_backward(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* dy, T* dgamma,
+                         T* dbeta, T* dx, idx_t m, idx_t c, bool batch_stats, cudaStream_t s) {
+  if (m <= 0 || c <= 0) return;
+  const dim3 block(kBnCols, kBnRows);
+  bn_backward_kernel<T><<<static_cast<unsigned>((c + kBnCols - 1) / kBnCols), block, 0, s>>>(
+      x, mean, var, eps, gamma, dy, dgamma, dbeta, dx, m, c, batch_stats);
+}
+
+#define FASTNN_INSTANTIATE_SPATIAL(T)                                                                           \
+  template void pool_forward<T>(bool, const PoolGeometry&, const T*, T*, const std::int32_t*, cudaStream_t);    \
+  template void pool_backward<T>(bool, const PoolGeometry&, const T*, const T*, T*, const std::int32_t*,        \
+                                 cudaStream_t);                                                                 \
+  template void global_pool_forward<T>(bool, const T*, T*, idx_t, idx_t, idx_t, const std::int32_t*,            \
+                                       cudaStream_t);                                                           \
+  template void global_pool_backward<T>(bool, const T*, const T*, T*, idx_t, idx_t, idx_t, const std::int32_t*, \
+                                        cudaStream_t);                                                          \
+  template void mask_steps<T>(const T*, T*, idx_t, idx_t, idx_t, const std::int32_t*, cudaStream_t);            \
+  template void permute<T>(const T*, T*, idx_t, idx_t, const PermuteDims&, cudaStream_t);                       \
+  template void pad_nhwc<T>(const T*, T*, idx_t, idx_t, idx_t, idx_t, idx_t, idx_t, idx_t, idx_t, cudaStream_t); \
+  template void crop_nhwc<T>(const T*, T*, idx_t, idx_t, idx_t, idx_t, idx_t, idx_t, idx_t, idx_t, cudaStream_t); \
+  template void batch_norm_moments<T>(const T*, T*, T*, idx_t, idx_t, cudaStream_t);                            \
+  template void batch_norm_apply<T>(const T*, const T*, const T*, T, const T*, const T*, T*, idx_t, idx_t,      \
+                                    cudaStream_t);                                                              \
+  template void batch_norm_backward<T>(const T*, const T*, const T*, T, const T*, const T*, T*, T*, T*, idx_t,  \
+                                       idx_t, bool, cudaStream_t);
+
+FASTNN_INSTANTIATE_SPATIAL(float)
+FASTNN_INSTANTIATE_SPATIAL(double)
+
+#undef FASTNN_INSTANTIATE_SPATIAL
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace fastnn

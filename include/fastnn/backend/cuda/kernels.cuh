@@ -214,6 +214,82 @@ void dropout(const T* in, T* out, idx_t n, std::uint64_t key, std::uint32_t thre
 template <class T>
 void add_inplace(const T* a, T* acc, idx_t n, cudaStream_t s);
 
+// ---- spatial layers (backend/cuda/conv.hpp) -----------------------------------------------------
+// Channels-last tensors; the formulas are those of backend/cpu/conv.hpp. `lengths` (device [n], or
+// null for every sample at full length) are the per-sample steps of a 1-D input (h == 1).
+
+/// Where the windows of a pooling layer lie (fastnn::ConvGeometry without dilation): input
+/// [n, h, w, c], output [n, oh, ow, c], window kh x kw, strides sh, sw, padding pt rows on top
+/// and pl columns on the left.
+struct PoolGeometry {
+  idx_t n, h, w, c, kh, kw, sh, sw, pt, pl, oh, ow;
+};
+
+/// y [n, oh, ow, c] = each window's maximum (max != 0) or mean over its real elements; with
+/// lengths, sample b's input ends at lengths[b] and its outputs from ceil(lengths[b] / sw) on are 0.
+template <class T>
+void pool_forward(bool max, const PoolGeometry& g, const T* x, T* y, const std::int32_t* lengths, cudaStream_t s);
+
+/// dx [n, h, w, c] (written) = dL/dx given dy: each input element gathers, window by window in
+/// scan order, its share of the average or the gradient of the windows whose first maximum it is.
+template <class T>
+void pool_backward(bool max, const PoolGeometry& g, const T* x, const T* dy, T* dx, const std::int32_t* lengths,
+                   cudaStream_t s);
+
+/// y [n, c] = the max or mean of x [n, steps, c] over each sample's first lengths[b] steps.
+template <class T>
+void global_pool_forward(bool max, const T* x, T* y, idx_t n, idx_t steps, idx_t c, const std::int32_t* lengths,
+                         cudaStream_t s);
+
+/// dx [n, steps, c] (written; 0 on the padded steps) = dL/dx given dy [n, c]; the max's gradient
+/// goes to the first maximum.
+template <class T>
+void global_pool_backward(bool max, const T* x, const T* dy, T* dx, idx_t n, idx_t steps, idx_t c,
+                          const std::int32_t* lengths, cudaStream_t s);
+
+/// y = x [n, steps, inner] with the steps t >= lengths[b] set to 0 (y may be x).
+template <class T>
+void mask_steps(const T* x, T* y, idx_t n, idx_t steps, idx_t inner, const std::int32_t* lengths, cudaStream_t s);
+
+/// The most per-sample axes of permute.
+constexpr int kMaxPermuteRank = 8;
+/// A permutation of the per-sample axes: output axis j has extent out_dims[j] and walks the input
+/// with stride src_stride[j] (elements).
+struct PermuteDims {
+  int rank;
+  idx_t out_dims[kMaxPermuteRank];
+  idx_t src_stride[kMaxPermuteRank];
+};
+
+/// y[b] = x[b] with its per-sample axes permuted as `d` says, for n samples of `per` elements.
+template <class T>
+void permute(const T* x, T* y, idx_t n, idx_t per, const PermuteDims& d, cudaStream_t s);
+
+/// xp [n, hp, wp, c] = x [n, h, w, c] placed at row `top`, column `left`, zeros around it.
+template <class T>
+void pad_nhwc(const T* x, T* xp, idx_t n, idx_t h, idx_t w, idx_t c, idx_t top, idx_t left, idx_t hp, idx_t wp,
+              cudaStream_t s);
+
+/// x [n, h, w, c] = the window of xp [n, hp, wp, c] at row `top`, column `left` (pad_nhwc's adjoint).
+template <class T>
+void crop_nhwc(const T* xp, T* x, idx_t n, idx_t h, idx_t w, idx_t c, idx_t top, idx_t left, idx_t hp, idx_t wp,
+               cudaStream_t s);
+
+/// Per-channel mean and biased variance of x [m, c], summed in double in a fixed order.
+template <class T>
+void batch_norm_moments(const T* x, T* mean, T* var, idx_t m, idx_t c, cudaStream_t s);
+
+/// y [m, c] = gamma (x - mean) / sqrt(var + eps) + beta per channel (gamma 1, beta 0 when null).
+template <class T>
+void batch_norm_apply(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* beta, T* y, idx_t m,
+                      idx_t c, cudaStream_t s);
+
+/// dgamma += sum dy xhat and dbeta += sum dy (when not null); dx (when not null) written:
+/// a / m (m dy - sum dy - xhat sum(dy xhat)) with `batch_stats`, else a dy; a = gamma / sqrt(var + eps).
+template <class T>
+void batch_norm_backward(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* dy, T* dgamma,
+                         T* dbeta, T* dx, idx_t m, idx_t c, bool batch_stats, cudaStream_t s);
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace fastnn
