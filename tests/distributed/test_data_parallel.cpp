@@ -7,6 +7,7 @@
 // rank mid-epoch and checks that the job ends, non-zero, within its time limit.
 #include <fastnn/distributed/mpi.hpp>
 #include <fastnn/fastnn.hpp>
+#include <fastnn/vision.hpp>
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -147,6 +148,45 @@ TEST(DataParallel, EveryRankStartsFromRank0Weights) {
   m.fit(data, FitOptions().epochs(1).batch_size(40).verbose(0).shuffle(false).distributed(world()));
   r0.fit(data, FitOptions().epochs(1).batch_size(40).verbose(0).shuffle(false));
   EXPECT_LE(max_abs_diff(m.flat_parameters(), r0.flat_parameters()), 1e-12);
+}
+
+// BatchNormalization's moving statistics follow each rank's own shard during the epoch (they differ between the
+// ranks after the first step) and every rank ends the epoch with rank 0's: the same model is evaluated and saved.
+namespace {
+std::string moving_statistics(Sequential<double>& m) {
+  std::string s;
+  for (const auto& p : m.named_parameters())
+    if (p.name.find("moving_") != std::string::npos)
+      for (Index i = 0; i < p.value.size(); ++i) s += format_number(p.value[i]) + " ";
+  return s;
+}
+struct AfterFirstBatch : Callback {
+  Sequential<double>* model = nullptr;
+  std::string stats;
+  void on_train_batch_end(long batch, const BatchLogs&) override {
+    if (batch == 0) stats = moving_statistics(*model);
+  }
+};
+}  // namespace
+
+TEST(DataParallel, EveryRankEndsTheEpochWithRank0sMovingStatistics) {
+  Sequential<double> m;
+  m.add<Flatten>();
+  m.add<Dense>(DenseOptions(4));
+  m.add<BatchNormalization>();
+  m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  m.build({6, 5}, 5);
+  m.compile(std::make_unique<SGD<double>>(0.1));
+  const auto data = sample_data<double>(40, 6, 5, 3);
+  AfterFirstBatch first;
+  first.model = &m;
+  m.fit(data, FitOptions().epochs(1).batch_size(20).verbose(0).shuffle(false).distributed(world()).callback(&first));
+  const std::string end = moving_statistics(m);
+  ASSERT_FALSE(end.empty()) << "no moving statistics found";
+  const auto during = world().allgather(first.stats);
+  EXPECT_NE(during[1], during[0]) << "the ranks' statistics were equal after the first step: the test shows nothing";
+  const auto all = world().allgather(end);
+  EXPECT_EQ(all[1], all[0]) << "rank 1 does not hold rank 0's moving statistics at the end of the epoch";
 }
 
 TEST(DataParallel, MismatchedModelsAreNamed) {

@@ -265,6 +265,7 @@ class Trainer {
         }
       }
       if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
+      if (dp) share_layer_statistics(net, *dp);
       auto h = to_device<Cpu>(stats_);
       h[0] += reg_sum_;
       if (dp) reduce_sums(dp->comm(), h, seen);  // the sums of every rank
@@ -668,6 +669,16 @@ class Trainer {
       throw_nonfinite(net, !std::isfinite(to_device<Cpu>(stats_)[0]), s.epoch, s.batch);
     }
     optimizer_->step(s.batch);
+  }
+
+  /// The parameters a layer updates itself in training (ParamSpec::trainable = false: BatchNormalization's moving
+  /// statistics) follow each rank's own shard of the batches, as in Keras and PyTorch's DistributedDataParallel;
+  /// at the end of every epoch each rank takes rank 0's values (before validation, so that every rank evaluates,
+  /// and rank 0 saves, the same model).
+  void share_layer_statistics(Net& net, DP& dp) {
+    for (auto* l : net.layer_list())
+      for (auto& p : l->parameters())
+        if (!p.trainable) dp.broadcast(p.value);
   }
 
   /// Stochastic layers (Dropout) get a key per step from the seed and the step count (both checkpointed);

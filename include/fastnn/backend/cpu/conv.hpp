@@ -37,6 +37,23 @@ struct SpatialOps<T, Cpu> {
       for (Index oy = 0; oy < g.oh; ++oy)
         for (Index ox = 0; ox < g.ow; ++ox) {
           T* row = out + ((b * g.oh + oy) * g.ow + ox) * width;
+          if (g.groups == 1 && g.dw == 1) {
+            // one group, no column dilation: a window row is one contiguous run of kw * c input values
+            const Index x0 = ox * g.sw - g.pl, lo = std::max<Index>(0, -x0), hi = std::min(g.kw, g.w - x0);
+            for (Index i = 0; i < g.kh; ++i) {
+              const Index iy = oy * g.sh - g.pt + i * g.dh;
+              T* dst = row + i * g.kw * g.c;
+              if (iy < 0 || iy >= g.h || hi <= lo) {
+                std::fill(dst, dst + g.kw * g.c, T(0));
+                continue;
+              }
+              std::fill(dst, dst + lo * g.c, T(0));
+              const T* src = in + ((b * g.h + iy) * g.w + x0 + lo) * g.c;
+              std::copy(src, src + (hi - lo) * g.c, dst + lo * g.c);
+              std::fill(dst + hi * g.c, dst + g.kw * g.c, T(0));
+            }
+            continue;
+          }
           for (Index gi = 0; gi < g.groups; ++gi)
             for (Index i = 0; i < g.kh; ++i) {
               const Index iy = oy * g.sh - g.pt + i * g.dh;
@@ -112,17 +129,23 @@ struct SpatialOps<T, Cpu> {
   static void pool_forward(PoolKind kind, const ConvGeometry& g, const Tn& x, Tn& y, const Lengths& lengths = {}) {
     check_size(y, g.rows() * g.c, "pool_forward");
     if (!lengths.empty()) y.set_zero();
+    // The channels are the inner loop (contiguous); each channel still visits its window in scan order.
+    const Index c = g.c;
     for_each_window(g, lengths, [&](Index b, Index oy, Index ox, Index y0, Index y1, Index x0, Index x1) {
-      T* out = y.data() + ((b * g.oh + oy) * g.ow + ox) * g.c;
-      for (Index k = 0; k < g.c; ++k) {
-        T acc = kind == PoolKind::Max ? -std::numeric_limits<T>::infinity() : T(0);
-        for (Index iy = y0; iy < y1; ++iy)
-          for (Index ix = x0; ix < x1; ++ix) {
-            const T v = x.data()[((b * g.h + iy) * g.w + ix) * g.c + k];
-            if (kind == PoolKind::Max) acc = v > acc ? v : acc;
-            else acc += v;
-          }
-        out[k] = kind == PoolKind::Max ? acc : acc / static_cast<T>((y1 - y0) * (x1 - x0));
+      T* out = y.data() + ((b * g.oh + oy) * g.ow + ox) * c;
+      const T start = kind == PoolKind::Max ? -std::numeric_limits<T>::infinity() : T(0);
+      for (Index k = 0; k < c; ++k) out[k] = start;
+      for (Index iy = y0; iy < y1; ++iy)
+        for (Index ix = x0; ix < x1; ++ix) {
+          const T* v = x.data() + ((b * g.h + iy) * g.w + ix) * c;
+          if (kind == PoolKind::Max)
+            for (Index k = 0; k < c; ++k) out[k] = v[k] > out[k] ? v[k] : out[k];
+          else
+            for (Index k = 0; k < c; ++k) out[k] += v[k];
+        }
+      if (kind == PoolKind::Average) {
+        const T count = static_cast<T>((y1 - y0) * (x1 - x0));
+        for (Index k = 0; k < c; ++k) out[k] /= count;
       }
     });
   }
@@ -133,27 +156,41 @@ struct SpatialOps<T, Cpu> {
                             const Lengths& lengths = {}) {
     check_size(dx, x.size(), "pool_backward");
     dx.set_zero();
+    // Channels innermost, as in pool_forward; per channel the first largest element in scan order wins.
+    const Index c = g.c;
+    thread_local std::vector<Index> arg;
+    thread_local std::vector<T> best;
+    if (static_cast<Index>(arg.size()) < c) {
+      arg.resize(static_cast<std::size_t>(c));
+      best.resize(static_cast<std::size_t>(c));
+    }
     for_each_window(g, lengths, [&](Index b, Index oy, Index ox, Index y0, Index y1, Index x0, Index x1) {
-      const T* d = dy.data() + ((b * g.oh + oy) * g.ow + ox) * g.c;
-      for (Index k = 0; k < g.c; ++k) {
-        if (kind == PoolKind::Average) {
-          const T share = d[k] / static_cast<T>((y1 - y0) * (x1 - x0));
-          for (Index iy = y0; iy < y1; ++iy)
-            for (Index ix = x0; ix < x1; ++ix) dx.data()[((b * g.h + iy) * g.w + ix) * g.c + k] += share;
-          continue;
-        }
-        Index arg = -1;
-        T best = -std::numeric_limits<T>::infinity();
+      const T* d = dy.data() + ((b * g.oh + oy) * g.ow + ox) * c;
+      if (kind == PoolKind::Average) {
+        const T count = static_cast<T>((y1 - y0) * (x1 - x0));
         for (Index iy = y0; iy < y1; ++iy)
           for (Index ix = x0; ix < x1; ++ix) {
-            const Index at = ((b * g.h + iy) * g.w + ix) * g.c + k;
-            if (arg < 0 || x.data()[at] > best) {
-              best = x.data()[at];
-              arg = at;
-            }
+            T* o = dx.data() + ((b * g.h + iy) * g.w + ix) * c;
+            for (Index k = 0; k < c; ++k) o[k] += d[k] / count;
           }
-        dx.data()[arg] += d[k];
+        return;
       }
+      const Index first = ((b * g.h + y0) * g.w + x0) * c;
+      for (Index k = 0; k < c; ++k) {
+        arg[static_cast<std::size_t>(k)] = first + k;
+        best[static_cast<std::size_t>(k)] = x.data()[first + k];
+      }
+      for (Index iy = y0; iy < y1; ++iy)
+        for (Index ix = x0; ix < x1; ++ix) {
+          const Index at = ((b * g.h + iy) * g.w + ix) * c;
+          const T* v = x.data() + at;
+          for (Index k = 0; k < c; ++k)
+            if (v[k] > best[static_cast<std::size_t>(k)]) {
+              best[static_cast<std::size_t>(k)] = v[k];
+              arg[static_cast<std::size_t>(k)] = at + k;
+            }
+        }
+      for (Index k = 0; k < c; ++k) dx.data()[arg[static_cast<std::size_t>(k)]] += d[k];
     });
   }
 
@@ -201,16 +238,24 @@ struct SpatialOps<T, Cpu> {
   /// double, channel by channel (no workspace).
   static void batch_norm_moments(const Tn& x, Tn& mean, Tn& var) {
     const Index c = x.dim(x.rank() - 1), m = x.size() / c;
-    for (Index k = 0; k < c; ++k) {
-      double s = 0, q = 0;
-      for (Index i = 0; i < m; ++i) s += static_cast<double>(x.data()[i * c + k]);
-      s /= static_cast<double>(m);
-      for (Index i = 0; i < m; ++i) {
-        const double d = static_cast<double>(x.data()[i * c + k]) - s;
-        q += d * d;
+    // Rows outer and channels inner (contiguous); each channel's sums still run over the rows in order.
+    std::vector<double>& s = scratch(0, c);
+    std::vector<double>& q = scratch(1, c);
+    for (Index i = 0; i < m; ++i) {
+      const T* r = x.data() + i * c;
+      for (Index k = 0; k < c; ++k) s[static_cast<std::size_t>(k)] += static_cast<double>(r[k]);
+    }
+    for (Index k = 0; k < c; ++k) s[static_cast<std::size_t>(k)] /= static_cast<double>(m);
+    for (Index i = 0; i < m; ++i) {
+      const T* r = x.data() + i * c;
+      for (Index k = 0; k < c; ++k) {
+        const double d = static_cast<double>(r[k]) - s[static_cast<std::size_t>(k)];
+        q[static_cast<std::size_t>(k)] += d * d;
       }
-      mean[k] = static_cast<T>(s);
-      var[k] = static_cast<T>(q / static_cast<double>(m));
+    }
+    for (Index k = 0; k < c; ++k) {
+      mean[k] = static_cast<T>(s[static_cast<std::size_t>(k)]);
+      var[k] = static_cast<T>(q[static_cast<std::size_t>(k)] / static_cast<double>(m));
     }
   }
 
@@ -220,11 +265,23 @@ struct SpatialOps<T, Cpu> {
                                Tn& y) {
     const Index c = x.dim(x.rank() - 1), m = x.size() / c;
     check_size(y, x.size(), "batch_norm_apply");
-    for (Index i = 0; i < m; ++i)
-      for (Index k = 0; k < c; ++k) {
-        const T a = (gamma ? (*gamma)[k] : T(1)) / std::sqrt(var[k] + eps);
-        y.data()[i * c + k] = (x.data()[i * c + k] - mean[k]) * a + (beta ? (*beta)[k] : T(0));
-      }
+    thread_local std::vector<T> a, b, mu;
+    a.resize(static_cast<std::size_t>(c));
+    b.resize(static_cast<std::size_t>(c));
+    mu.resize(static_cast<std::size_t>(c));
+    for (Index k = 0; k < c; ++k) {
+      a[static_cast<std::size_t>(k)] = (gamma ? (*gamma)[k] : T(1)) / std::sqrt(var[k] + eps);
+      b[static_cast<std::size_t>(k)] = beta ? (*beta)[k] : T(0);
+      mu[static_cast<std::size_t>(k)] = mean[k];
+    }
+    const T* pa = a.data();
+    const T* pb = b.data();
+    const T* pm = mu.data();
+    for (Index i = 0; i < m; ++i) {
+      const T* r = x.data() + i * c;
+      T* o = y.data() + i * c;
+      for (Index k = 0; k < c; ++k) o[k] = (r[k] - pm[k]) * pa[k] + pb[k];
+    }
   }
 
   /// Gradients of batch_norm_apply given dy: dgamma += sum dy xhat, dbeta += sum dy (when not
@@ -235,22 +292,45 @@ struct SpatialOps<T, Cpu> {
                                   Tn* dgamma, Tn* dbeta, Tn* dx, bool batch_stats) {
     const Index c = x.dim(x.rank() - 1), m = x.size() / c;
     if (dx) check_size(*dx, x.size(), "batch_norm_backward");
+    // Rows outer and channels inner (contiguous); each channel's sums still run over the rows in order.
+    std::vector<double>& inv = scratch(0, c);
+    std::vector<double>& mu = scratch(1, c);
+    std::vector<double>& sd = scratch(2, c);
+    std::vector<double>& sdx = scratch(3, c);
     for (Index k = 0; k < c; ++k) {
-      const double inv = 1.0 / std::sqrt(static_cast<double>(var[k] + eps)), mu = static_cast<double>(mean[k]);
-      double sd = 0, sdx = 0;
-      for (Index i = 0; i < m; ++i) {
-        const double d = static_cast<double>(dy.data()[i * c + k]);
-        sd += d;
-        sdx += d * (static_cast<double>(x.data()[i * c + k]) - mu) * inv;
+      inv[static_cast<std::size_t>(k)] = 1.0 / std::sqrt(static_cast<double>(var[k] + eps));
+      mu[static_cast<std::size_t>(k)] = static_cast<double>(mean[k]);
+    }
+    for (Index i = 0; i < m; ++i) {
+      const T* r = x.data() + i * c;
+      const T* e = dy.data() + i * c;
+      for (Index k = 0; k < c; ++k) {
+        const std::size_t u = static_cast<std::size_t>(k);
+        const double d = static_cast<double>(e[k]);
+        sd[u] += d;
+        sdx[u] += d * (static_cast<double>(r[k]) - mu[u]) * inv[u];
       }
-      if (dgamma) (*dgamma)[k] += static_cast<T>(sdx);
-      if (dbeta) (*dbeta)[k] += static_cast<T>(sd);
-      if (!dx) continue;
-      const double a = (gamma ? static_cast<double>((*gamma)[k]) : 1.0) * inv, md = static_cast<double>(m);
-      for (Index i = 0; i < m; ++i) {
-        const double d = static_cast<double>(dy.data()[i * c + k]);
-        const double xhat = (static_cast<double>(x.data()[i * c + k]) - mu) * inv;
-        dx->data()[i * c + k] = static_cast<T>(batch_stats ? a / md * (md * d - sd - xhat * sdx) : a * d);
+    }
+    for (Index k = 0; k < c; ++k) {
+      if (dgamma) (*dgamma)[k] += static_cast<T>(sdx[static_cast<std::size_t>(k)]);
+      if (dbeta) (*dbeta)[k] += static_cast<T>(sd[static_cast<std::size_t>(k)]);
+    }
+    if (!dx) return;
+    std::vector<double>& a = scratch(4, c);
+    for (Index k = 0; k < c; ++k) {
+      const std::size_t u = static_cast<std::size_t>(k);
+      a[u] = (gamma ? static_cast<double>((*gamma)[k]) : 1.0) * inv[u];
+    }
+    const double md = static_cast<double>(m);
+    for (Index i = 0; i < m; ++i) {
+      const T* r = x.data() + i * c;
+      const T* e = dy.data() + i * c;
+      T* o = dx->data() + i * c;
+      for (Index k = 0; k < c; ++k) {
+        const std::size_t u = static_cast<std::size_t>(k);
+        const double d = static_cast<double>(e[k]);
+        const double xhat = (static_cast<double>(r[k]) - mu[u]) * inv[u];
+        o[k] = static_cast<T>(batch_stats ? a[u] / md * (md * d - sd[u] - xhat * sdx[u]) : a[u] * d);
       }
     }
   }
@@ -312,6 +392,13 @@ struct SpatialOps<T, Cpu> {
     if (t.size() != n)
       throw ShapeError(std::string(who) + ": output holds " + std::to_string(t.size()) + " values, expected " +
                        std::to_string(n));
+  }
+  /// Per-thread scratch vector `i` of n zeros (its storage is kept: no allocation once it has grown).
+  static std::vector<double>& scratch(int i, Index n) {
+    thread_local std::array<std::vector<double>, 5> v;
+    auto& s = v[static_cast<std::size_t>(i)];
+    s.assign(static_cast<std::size_t>(n), 0.0);
+    return s;
   }
   /// Calls f(b, oy, ox, y0, y1, x0, x1) for every window, [y0, y1) x [x0, x1) being its real rows
   /// and columns (padding cut off; never empty for a geometry from a valid build()).
