@@ -28,6 +28,7 @@
 #include "fastnn/data/mnist.hpp"
 #include "fastnn/fastnn.hpp"
 #include "fastnn/io/onnx.hpp"
+#include "../interop/spatial_models.hpp"
 #include "../test_util.hpp"
 
 namespace fs = std::filesystem;
@@ -276,6 +277,15 @@ TEST(OnnxModels, Write) {
     randomize(m, rng, 0.6);
     write_case(dir, manifest, "dense_stack", m, uniform_input(Shape{n, 4, 5}, rng, -2, 2));
   }
+  // The spatial models (tests/interop/spatial_models.hpp), trained briefly so that the
+  // BatchNormalization layers hold moving statistics: 1,000 inputs each.
+  std::uint64_t seed = 41;
+  for (const spatial_models::Spec& spec : spatial_models::specs()) {
+    const std::unique_ptr<spatial_models::Model> m = spatial_models::trained(spec, seed++);
+    const bool image = spec.name == "fashion_cnn";
+    write_case(dir, manifest, "spatial_" + spec.name, *m,
+               spatial_models::uniform(1000, spec.input, rng, image ? 0.0 : -1.0, 1.0));
+  }
   std::ofstream(dir / "manifest.json") << manifest.dump(1) << "\n";
   std::printf("%zu models in %s\n", manifest.size(), dir.string().c_str());
 }
@@ -381,5 +391,53 @@ TEST(OnnxExport, MaskValueIsWrittenExactlyUnderADecimalCommaLocale) {
     found = true;
   }
   EXPECT_TRUE(found) << "no mask_value initializer in the file";
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, SpatialLayersRefusePerSampleLengths) {
+  const fs::path d = temp_dir("spatial_lengths");
+  const fs::path p = d / "m.onnx";
+  {  // a sequence_lens input into a global pooling
+    Sequential<float> m;
+    m.add<GlobalAveragePooling1D>();
+    m.add<Dense>(DenseOptions(2));
+    m.build({5, 3}, 1);
+    m.layer(0).set_name("my_pool");
+    try {
+      io::export_onnx(m, p.string(), true);
+      FAIL() << "expected UnsupportedError";
+    } catch (const UnsupportedError& e) {
+      EXPECT_NE(std::string(e.what()).find("my_pool"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("lengths"), std::string::npos) << e.what();
+    }
+    io::export_onnx(m, p.string());  // without lengths it exports
+    EXPECT_TRUE(fs::exists(p));
+    fs::remove(p);
+  }
+  {  // lengths from Embedding(mask_zero) into a causal Conv1D
+    Sequential<float> m;
+    m.add<Embedding>(EmbeddingOptions(10, 4).mask_zero(true));
+    m.add<Conv1D>(Conv1DOptions(3, 2).padding(Padding::Causal));
+    m.add<GlobalMaxPooling1D>();
+    m.build({6}, 1);
+    EXPECT_THROW(io::export_onnx(m, p.string()), UnsupportedError);
+  }
+  EXPECT_TRUE(fs::is_empty(d)) << "a failed export left a file in " << d;
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, SpatialLayerOfAnotherClassIsRefused) {
+  // A layer named like a spatial one but not fastnn's class: the registered exporter refuses it.
+  struct FakeConv : fastnn_test::PassThrough<FakeConv, float, Cpu> {
+    std::string type_name() const override { return "Conv2D"; }
+  };
+  const fs::path d = temp_dir("fake_conv");
+  Sequential<float> m;
+  m.add(std::make_unique<FakeConv>());
+  m.add<Flatten>();
+  m.add<Dense>(DenseOptions(2));
+  m.build({3, 3, 2}, 1);
+  EXPECT_THROW(io::export_onnx(m, (d / "m.onnx").string()), UnsupportedError);
+  EXPECT_TRUE(fs::is_empty(d));
   fs::remove_all(d);
 }

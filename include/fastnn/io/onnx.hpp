@@ -19,6 +19,12 @@
 ///   * Embedding: Gather (ids cast to int64), with mask_zero the lengths computed in the graph;
 ///   * Masking: the padded steps zeroed and the lengths computed in the graph;
 ///   * Dropout: nothing (inference); Flatten: Reshape.
+/// Every value in the graph is channels-last, as in fastnn, so Flatten and Dense read the same order.
+/// The layers above are an if-chain over type_name(); any other type is looked up in the exporter
+/// registry (onnx_detail::layer_exporters, register_onnx_exporter), keyed by type name: the
+/// spatial layers (Conv1D/2D, pooling, BatchNormalization, Reshape, Permute, Activation) register
+/// there from io/onnx_spatial.hpp, which fastnn/vision.hpp includes, so that this header does not
+/// compile them for programs without them.
 /// A layer or option ONNX cannot express is an UnsupportedError naming the layer, thrown before
 /// anything is written; the file is written atomically (io/atomic_file.hpp), so a failed export
 /// leaves no file behind.
@@ -30,9 +36,12 @@
 
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastnn/config.hpp"
@@ -415,7 +424,47 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + to_string(merge) + "'");
 }
 
+/// Exports one layer: adds its nodes to `g` reading value `x` (per-sample shape `in`; `lens` the
+/// per-sample lengths value, empty when the graph has none) and returns the layer's output value.
+template <class T>
+using LayerExporter =
+    std::function<std::string(Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape& in,
+                              const std::string& lens)>;
+
+/// The exporters registered by type name, for layers outside the built-in if-chain of export_onnx.
+template <class T>
+class LayerExporters {
+ public:
+  static LayerExporters& instance() {
+    static LayerExporters r;
+    return r;
+  }
+  /// Registers (or replaces) the exporter of `type`.
+  void add(const std::string& type, LayerExporter<T> f) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    exporters_[type] = std::move(f);
+  }
+  /// The exporter of `type`, or an empty function.
+  LayerExporter<T> find(const std::string& type) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = exporters_.find(type);
+    return it == exporters_.end() ? LayerExporter<T>() : it->second;
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::map<std::string, LayerExporter<T>> exporters_;
+};
+
 }  // namespace onnx_detail
+
+/// Registers `f` as the ONNX exporter of layers whose type_name() is `type` (replacing an earlier
+/// one); export_onnx uses it for any type its built-in chain does not handle. Returns true.
+template <class T>
+bool register_onnx_exporter(const std::string& type, onnx_detail::LayerExporter<T> f) {
+  onnx_detail::LayerExporters<T>::instance().add(type, std::move(f));
+  return true;
+}
 
 /// Writes `model` (built, on the CPU) to `path` as ONNX (see the file comment). Throws
 /// UnsupportedError naming the layer it cannot express, before writing anything.
@@ -482,6 +531,8 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
       // identity at inference
     } else if (type == "Flatten") {
       x = g.node("Reshape", {x, g.int64s("shape", {0, -1})}, {});
+    } else if (const LayerExporter<T> f = LayerExporters<T>::instance().find(type)) {
+      x = f(g, l, x, s, lens);
     } else {
       throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + type + ") has no ONNX export");
     }

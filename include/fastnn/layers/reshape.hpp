@@ -95,6 +95,7 @@ class Reshape : public Layer<T, D> {
   std::string type_name() const override { return "Reshape"; }
   LayerConfig config() const override { return options_to_config(opt_); }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<Reshape>(opt_); }
+  const ReshapeOptions& options() const { return opt_; }
 
   Shape build(const Shape& in) override {
     if (in.rank() < 1 || in.numel() <= 0) this->shape_error("a non-empty per-sample shape", in.prepend(-1));
@@ -158,6 +159,7 @@ class Permute : public Layer<T, D> {
   std::string type_name() const override { return "Permute"; }
   LayerConfig config() const override { return options_to_config(opt_); }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<Permute>(opt_); }
+  const PermuteOptions& options() const { return opt_; }
 
   Shape build(const Shape& in) override {
     if (in.rank() != static_cast<int>(perm_.size()) || in.numel() <= 0)
@@ -203,6 +205,7 @@ class ActivationLayer : public Layer<T, D> {
   std::string type_name() const override { return "Activation"; }
   LayerConfig config() const override { return options_to_config(opt_); }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<ActivationLayer>(opt_); }
+  const ActivationOptions& options() const { return opt_; }
 
   Shape build(const Shape& in) override {
     if (in.rank() < 1 || in.numel() <= 0) this->shape_error("a non-empty per-sample shape", in.prepend(-1));
