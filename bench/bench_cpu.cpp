@@ -579,17 +579,6 @@ std::string trim(std::string s) {
   return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
 }
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto c = line.find(':');
-      if (c != std::string::npos) return trim(line.substr(c + 1));
-    }
-  return "unknown";
-}
-
 std::string first_line(const std::string& path) {
   std::ifstream in(path);
   std::string line;
@@ -637,7 +626,7 @@ std::string compile_flags(const char* argv0) {
 }
 
 void add_context(const char* argv0) {
-  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("cpu_model", fastnn::cpu_model_name());
   benchmark::AddCustomContext("cpu_cores_online", std::to_string(sysconf(_SC_NPROCESSORS_ONLN)));
   benchmark::AddCustomContext("hardware_concurrency", std::to_string(std::thread::hardware_concurrency()));
   benchmark::AddCustomContext("fastnn_cpu_isa", std::string(isa_name(cpu_isa())) + " (best on this CPU: " +

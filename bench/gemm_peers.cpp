@@ -40,14 +40,6 @@ struct Shape3 {
   const char* what;
 };
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown";
-}
-
 /// Seconds per call of f, run for about `seconds`.
 double time_call(const std::function<void()>& f, double seconds) {
   f();
@@ -87,7 +79,7 @@ int main(int argc, char** argv) {
     cblas = reinterpret_cast<CblasSgemm>(dlsym(ob, "cblas_sgemm"));
     if (auto st = reinterpret_cast<SetThreads>(dlsym(ob, "openblas_set_num_threads"))) st(1);
   }
-  std::printf("machine: %s, %ld cores online; fastnn path %s (best %s)\n", cpu_model().c_str(),
+  std::printf("machine: %s, %ld cores online; fastnn path %s (best %s)\n", fastnn::cpu_model_name().c_str(),
               sysconf(_SC_NPROCESSORS_ONLN), isa_name(cpu_isa()), isa_name(detected_cpu_isa()));
   std::printf("openblas: %s; onednn %d.%d.%d\n", cblas ? "libopenblas.so.0 (1 thread)" : "not found",
               dnnl_version()->major, dnnl_version()->minor, dnnl_version()->patch);

@@ -88,6 +88,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 from fastnn_safetensors import read_safetensors  # noqa: E402
+from fastnn_peer_env import blas_info, cpu_model, num  # noqa: E402
 
 
 
@@ -201,46 +202,6 @@ class LangId(nn.Module):
         packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
         _, h_n = self.gru(packed)  # [2, B, H]: forward final, backward final (in input order)
         return self.fc(torch.cat((h_n[0], h_n[1]), dim=1))
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def blas_info():
-    """The BLAS library loaded into this process and, for OpenBLAS, its configuration and the kernel (core) it runs.
-
-    Read from the loaded library itself (openblas_get_config / openblas_get_corename through ctypes); the
-    environment's OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are reported next to it."""
-    import ctypes
-    try:
-        with open("/proc/self/maps") as f:
-            libs = sorted({ln.split()[-1] for ln in f if "blas" in ln.rsplit("/", 1)[-1].lower() and "/" in ln})
-    except OSError:
-        libs = []
-    info = {"libraries": libs, "config": None, "core": None,
-            "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}}
-    for lib in libs:
-        try:
-            dll = ctypes.CDLL(lib)
-            corename, config = dll.openblas_get_corename, dll.openblas_get_config
-        except (OSError, AttributeError):
-            continue
-        corename.restype = config.restype = ctypes.c_char_p
-        info["core"], info["config"] = corename().decode(), config().decode()
-        break
-    return info
-
-
-def num(v):
-    return None if v != v else v  # NaN -> null
 
 
 # ---- training --------------------------------------------------------------------------------

@@ -67,21 +67,6 @@ fastnn::Dataset<float> make_data(const fastnn::data::MnistSplit& s, fastnn::Inde
   return make_dataset<float>(x, y, 10);
 }
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) {
-        std::string v = line.substr(colon + 1);
-        v.erase(0, v.find_first_not_of(" \t"));
-        return v;
-      }
-    }
-  return "unknown";
-}
-
 std::string json_number(double v) {
   if (!std::isfinite(v)) return "null";
   char buf[64];
@@ -137,7 +122,7 @@ void write_json(const std::string& path, const Options& o, const std::string& cp
 
 int run(const Options& o) {
   using namespace fastnn;
-  const std::string cpu = cpu_model();
+  const std::string cpu = cpu_model_name();
   const unsigned cores = std::thread::hardware_concurrency();
   std::printf("machine: %s, %u core%s\n", cpu.c_str(), cores, cores == 1 ? "" : "s");
   const data::Mnist d = data::load_mnist(o.data);

@@ -278,21 +278,6 @@ fastnn::Dataset<float> make_data(const std::vector<Sample>& samples, int maxlen)
 
 // ---- machine and JSON -------------------------------------------------------------------------
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind("model name", 0) == 0) {
-      const auto colon = line.find(':');
-      if (colon != std::string::npos) {
-        std::string v = line.substr(colon + 1);
-        v.erase(0, v.find_first_not_of(" \t"));
-        return v;
-      }
-    }
-  return "unknown";
-}
-
 std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
@@ -365,7 +350,7 @@ void write_json(const std::string& path, const Options& o, const Corpus& c, cons
 
 int run(const Options& o) {
   using namespace fastnn;
-  const std::string cpu = cpu_model();
+  const std::string cpu = cpu_model_name();
   const unsigned cores = std::thread::hardware_concurrency();
   std::printf("machine: %s, %u core%s\n", cpu.c_str(), cores, cores == 1 ? "" : "s");
 

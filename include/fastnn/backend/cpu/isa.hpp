@@ -23,6 +23,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
 #include <string>
 
 #include "fastnn/core/error.hpp"
@@ -159,5 +160,20 @@ inline void set_cpu_isa(Isa i) {
 
 /// Drops set_cpu_isa's choice: back to FASTNN_ISA or the detected path.
 inline void reset_cpu_isa() { detail::isa_override().store(-1, std::memory_order_relaxed); }
+
+/// The CPU's model name ("model name" in /proc/cpuinfo, without its leading blanks), or "unknown" where there is
+/// none (benchmarks and examples print it beside their timings).
+inline std::string cpu_model_name() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon == std::string::npos) continue;
+      const auto first = line.find_first_not_of(" \t", colon + 1);
+      return first == std::string::npos ? std::string() : line.substr(first);
+    }
+  return "unknown";
+}
 
 }  // namespace fastnn
