@@ -62,6 +62,9 @@ double act(Activation a, double z) {
     case Activation::Linear: return z;
     case Activation::Tanh: return std::tanh(z);
     case Activation::Relu: return z > 0 ? z : 0;
+    case Activation::Gelu: return 0.5 * z * (1 + std::erf(z / std::sqrt(2.0)));
+    case Activation::Swish: return z / (1 + std::exp(-z));
+    case Activation::Softplus: return std::log(1 + std::exp(z));
     default: ADD_FAILURE() << "reference activation"; return 0;
   }
 }
@@ -134,6 +137,9 @@ const std::vector<ConvCase> kConvCases = {
     {2, 8, 6, 4, 6, 1, 2, 2, 2, 2, 1, 1, Padding::Same, Activation::Linear, false},
     {2, 6, 7, 3, 6, 1, 3, 3, 1, 2, 1, 3, Padding::Same, Activation::Tanh, true},
     {2, 5, 5, 4, 8, 1, 1, 1, 1, 1, 1, 4, Padding::Valid, Activation::Linear, true},
+    {2, 5, 6, 2, 3, 1, 3, 3, 1, 1, 1, 1, Padding::Same, Activation::Gelu, true},
+    {1, 1, 9, 2, 3, 1, 3, 1, 1, 1, 1, 1, Padding::Causal, Activation::Swish, true},
+    {2, 4, 5, 2, 2, 1, 2, 2, 1, 1, 1, 1, Padding::Valid, Activation::Softplus, true},
 };
 
 }  // namespace
@@ -547,10 +553,36 @@ TEST(Rearrange, ReshapePermuteActivation) {
     for (Index i = 0; i < 2; ++i)
       for (Index j = 0; j < 3; ++j)
         for (Index k = 0; k < 4; ++k) EXPECT_EQ(y[((b * 4 + k) * 2 + i) * 3 + j], x[((b * 2 + i) * 3 + j) * 4 + k]);
-  for (Activation a : {Activation::Tanh, Activation::Sigmoid, Activation::Softmax}) {
+  for (Activation a : {Activation::Tanh, Activation::Sigmoid, Activation::Softmax, Activation::Gelu,
+                       Activation::Swish, Activation::Softplus}) {
     ActivationLayer<double> l(a);
     expect_gradients(l, Shape{3, 4}, 2, 53);
   }
+  // gelu, swish and softplus against their definitions (softplus stable at large |x|)
+  for (Activation a : {Activation::Gelu, Activation::Swish, Activation::Softplus}) {
+    ActivationLayer<double> l(a);
+    l.set_name("activation");
+    l.build(Shape{5});
+    Tensor<double, Cpu> x(Shape{1, 5}), y;
+    const double v[] = {-3.0, -0.5, 0.0, 0.7, 4.0};
+    for (Index i = 0; i < 5; ++i) x[i] = v[i];
+    l.forward(x, y, Mode::Infer);
+    for (Index i = 0; i < 5; ++i) EXPECT_NEAR(y[i], act(a, v[i]), 1e-15) << to_string(a) << "(" << v[i] << ")";
+  }
+  {
+    ActivationLayer<double> l(Activation::Softplus);
+    l.build(Shape{2});
+    Tensor<double, Cpu> x(Shape{1, 2}), y;
+    x[0] = 800;
+    x[1] = -800;
+    l.forward(x, y, Mode::Infer);
+    EXPECT_EQ(y[0], 800.0);
+    EXPECT_GE(y[1], 0.0);
+    EXPECT_LT(y[1], 1e-300);
+  }
+  EXPECT_EQ(activation_from_string("gelu"), Activation::Gelu);
+  EXPECT_EQ(activation_from_string("swish"), Activation::Swish);
+  EXPECT_EQ(activation_from_string("softplus"), Activation::Softplus);
   EXPECT_THROW(Reshape<double>(ReshapeOptions({-1, -1})), ArgumentError);
   Reshape<double> bad(ReshapeOptions({5}));
   bad.set_name("reshape");

@@ -39,7 +39,8 @@ TEST_P(DenseGrad, MatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(AllActivations, DenseGrad,
                          ::testing::Values(Activation::Linear, Activation::Relu, Activation::Tanh,
-                                           Activation::Sigmoid, Activation::Softmax),
+                                           Activation::Sigmoid, Activation::Softmax, Activation::Gelu,
+                                           Activation::Swish, Activation::Softplus),
                          [](const ::testing::TestParamInfo<Activation>& i) { return to_string(i.param); });
 
 TEST(DenseGrad, WithoutBias) {

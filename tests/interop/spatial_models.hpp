@@ -59,13 +59,14 @@ inline void grouped(Model& m) {
   m.add<Dense>(DenseOptions(6).activation(Activation::Softmax));
 }
 
-/// (d) The other options: a dilated and a strided Conv2D with non-square kernels and same padding,
+/// (d) The other options: a dilated (gelu) and a strided Conv2D with non-square kernels and same padding,
 /// MaxPooling2D same (asymmetric), Permute, Reshape, MaxPooling1D same, AveragePooling1D
 /// valid with strides 1, BatchNormalization on a sequence, Activation(sigmoid), a grouped Conv1D
-/// without bias, GlobalMaxPooling1D, Dense(softmax).
+/// without bias (swish), Activation(softplus), GlobalMaxPooling1D, Dense(softmax).
 inline void misc(Model& m) {
   using namespace fastnn;
-  m.add<Conv2D>(Conv2DOptions(6, Size2(3, 2)).padding(Padding::Same).dilation_rate(Size2(1, 2)));
+  m.add<Conv2D>(Conv2DOptions(6, Size2(3, 2)).padding(Padding::Same).dilation_rate(Size2(1, 2))
+                    .activation(Activation::Gelu));
   m.add<Conv2D>(Conv2DOptions(6, Size2(2, 3)).padding(Padding::Same).strides(Size2(2, 1))
                     .activation(Activation::Tanh));
   m.add<MaxPooling2D>(Pool2DOptions(Size2(2, 3)).padding(Padding::Same));
@@ -75,7 +76,8 @@ inline void misc(Model& m) {
   m.add<AveragePooling1D>(Pool1DOptions(2).strides(1));
   m.add<BatchNormalization>(BatchNormalizationOptions().momentum(0.7));
   m.add<ActivationLayer>(ActivationOptions(Activation::Sigmoid));
-  m.add<Conv1D>(Conv1DOptions(6, 2).groups(3).use_bias(false).padding(Padding::Same));
+  m.add<Conv1D>(Conv1DOptions(6, 2).groups(3).use_bias(false).padding(Padding::Same).activation(Activation::Swish));
+  m.add<ActivationLayer>(ActivationOptions(Activation::Softplus));
   m.add<GlobalMaxPooling1D>();
   m.add<Dense>(DenseOptions(4).activation(Activation::Softmax));
 }

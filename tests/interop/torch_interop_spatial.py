@@ -245,7 +245,8 @@ class TorchModel:
 
 def activate(torch, name, z):
     fns = {"linear": lambda v: v, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid,
-           "softmax": lambda v: torch.softmax(v, dim=-1)}
+           "softmax": lambda v: torch.softmax(v, dim=-1), "gelu": torch.nn.functional.gelu,
+           "swish": torch.nn.functional.silu, "softplus": torch.nn.functional.softplus}
     if name not in fns:
         raise Unsupported(f"activation {name}")
     return fns[name](z)

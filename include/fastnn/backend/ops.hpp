@@ -31,6 +31,8 @@
 ///   accumulate_column_sums(dY, db)              db += sum_i dY[i, :]
 ///   activate(a, Y)                              Y = a(Y) in place (row softmax for Softmax)
 ///   activation_backward(a, Y, dY)               dY = dL/dz given y = a(z) and dL/dy, in place
+///                                               (not gelu, swish: their derivative needs z)
+///   activation_backward_input(a, Z, dY)         dY *= a'(Z) from the pre-activation Z, in place
 ///   dropout(in, out, key, threshold, scale)     out = in * scale where hash::bits32(key, i)
 ///                                               >= threshold, else 0 (core/hash.hpp)
 ///   fill(t, v)
@@ -72,6 +74,8 @@
 #include <cstdint>
 #include <string>
 
+#include "fastnn/core/activation.hpp"
+
 namespace fastnn {
 
 /// False for every type; makes a static_assert depend on a template parameter.
@@ -103,5 +107,24 @@ enum class MetricKind {
 
 /// The clipping epsilon of the probability-space cross-entropy (Keras's backend epsilon).
 constexpr double kProbabilityEpsilon = 1e-7;
+
+/// A layer's activation on its output y (in place), for layers that apply one after a product (Dense, the
+/// convolutions): where the derivative needs the input (activation_needs_input: gelu, swish) and `keep` is set
+/// (training), the pre-activation is copied into `pre` first, for activation_grad.
+template <class T, class D, class Tn>
+void activate_keeping_input(Activation a, Tn& y, Tn& pre, bool keep) {
+  if (keep && activation_needs_input(a)) {
+    pre.resize(y.shape());
+    copy_into(y, pre);
+  }
+  Ops<T, D>::activate(a, y);
+}
+/// dz = dL/dz from dL/dy in place, for y = a(z) applied by activate_keeping_input: from the kept pre-activation
+/// where the derivative needs it, else from the output y.
+template <class T, class D, class Tn>
+void activation_grad(Activation a, const Tn& y, const Tn& pre, Tn& dz) {
+  if (activation_needs_input(a)) Ops<T, D>::activation_backward_input(a, pre.reshaped(dz.shape()), dz);
+  else Ops<T, D>::activation_backward(a, y, dz);
+}
 
 }  // namespace fastnn

@@ -254,6 +254,14 @@ inline std::string activate(Graph& g, const std::string& x, Activation a) {
     case Activation::HardSigmoid:
       return g.node("HardSigmoid", {x}, {}, {Attr::f("alpha", 0.2f), Attr::f("beta", 0.5f)});
     case Activation::Softmax: return g.node("Softmax", {x}, {}, {Attr::i("axis", -1)});
+    case Activation::Softplus: return g.node("Softplus", {x}, {});
+    case Activation::Swish: return g.node("Mul", {x, g.node("Sigmoid", {x}, {})}, {});
+    case Activation::Gelu: {  // x (1 + erf(x / sqrt(2))) / 2
+      const std::string r = g.floats(g.fresh("inv_sqrt2"), {}, {0.70710678118654752440f});
+      const std::string one = g.floats(g.fresh("one"), {}, {1.0f}), half = g.floats(g.fresh("half"), {}, {0.5f});
+      const std::string e = g.node("Add", {g.node("Erf", {g.node("Mul", {x, r}, {})}, {}), one}, {});
+      return g.node("Mul", {g.node("Mul", {x, e}, {}), half}, {});
+    }
   }
   throw UnsupportedError("export_onnx: activation '" + to_string(a) + "'");
 }

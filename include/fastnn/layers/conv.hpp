@@ -269,7 +269,7 @@ class ConvLayer : public Layer<T, D> {
   }
   Lengths output_lengths() const override { return N == 1 ? out_lengths_ : this->in_lengths_; }
 
-  void forward(const Tn& x, Tn& y, Mode) override {
+  void forward(const Tn& x, Tn& y, Mode mode) override {
     this->require_batch_of_input_shape(x.shape());
     const ConvGeometry g = geometry(x.dim(0));
     y.resize(this->output_shape_.prepend(x.dim(0)));
@@ -278,7 +278,7 @@ class ConvLayer : public Layer<T, D> {
                     this->precision_);
     Tn y2 = y.reshaped(Shape{g.rows(), g.filters});
     if (opt_.use_bias()) O::add_row_vector(y2, this->params_[1].value);
-    if (!emit_pre_) O::activate(opt_.activation(), y2);
+    if (!emit_pre_) activate_keeping_input<T, D>(opt_.activation(), y2, pre_, mode == Mode::Train);
   }
 
   void backward(const Tn& x, const Tn& y, const Tn& dy, Tn* dx) override {
@@ -289,7 +289,7 @@ class ConvLayer : public Layer<T, D> {
       copy_into(dy, dz_);
       if (!emit_pre_ && opt_.activation() != Activation::Linear) {
         Tn d2 = dz_.reshaped(Shape{g.rows(), g.filters});
-        O::activation_backward(opt_.activation(), y.reshaped(d2.shape()), d2);
+        activation_grad<T, D>(opt_.activation(), y.reshaped(d2.shape()), pre_, d2);
       }
       if (masked_) S::mask_steps(dz_, out_lengths_, dz_);
       dz = dz_;
@@ -345,7 +345,7 @@ class ConvLayer : public Layer<T, D> {
   Index h_ = 0, w_ = 0, c_ = 0, oh_ = 0, ow_ = 0, pt_ = 0, pl_ = 0;
   bool emit_pre_ = false, masked_ = false;
   Lengths out_lengths_;
-  Tn col_, dcol_, dz_, xm_;
+  Tn col_, dcol_, dz_, xm_, pre_;  // pre_: the pre-activation, kept in training for gelu and swish
 };
 
 /// Conv1D: [batch, steps, channels] -> [batch, out_steps, filters].

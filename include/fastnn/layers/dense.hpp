@@ -89,14 +89,14 @@ class Dense : public Layer<T, D> {
   void set_emit_preactivation(bool on) override { emit_pre_ = on && opt_.activation() != Activation::Linear; }
   bool emits_preactivation() const override { return emit_pre_; }
 
-  void forward(const Tn& x, Tn& y, Mode) override {
+  void forward(const Tn& x, Tn& y, Mode mode) override {
     this->require_batch_of_input_shape(x.shape());
     const Index rows = x.size() / features();
     y.resize(this->output_shape_.prepend(x.dim(0)));
     Tn y2 = y.reshaped(Shape{rows, opt_.units()});
     O::gemm(false, false, T(1), x.reshaped(Shape{rows, features()}), this->params_[0].value, T(0), y2, this->precision_);
     if (opt_.use_bias()) O::add_row_vector(y2, this->params_[1].value);
-    if (!emit_pre_) O::activate(opt_.activation(), y2);
+    if (!emit_pre_) activate_keeping_input<T, D>(opt_.activation(), y2, pre_, mode == Mode::Train);
   }
 
   void backward(const Tn& x, const Tn& y, const Tn& dy, Tn* dx) override {
@@ -105,7 +105,7 @@ class Dense : public Layer<T, D> {
     if (!emit_pre_ && opt_.activation() != Activation::Linear) {
       dz_.resize(dz.shape());
       copy_into(dy, dz_);
-      O::activation_backward(opt_.activation(), y.reshaped(dz.shape()), dz_);
+      activation_grad<T, D>(opt_.activation(), y.reshaped(dz.shape()), pre_, dz_);
       dz = dz_;
     }
     O::gemm(true, false, T(1), x.reshaped(Shape{rows, features()}), dz, T(1), this->params_[0].grad, this->precision_);
@@ -122,7 +122,7 @@ class Dense : public Layer<T, D> {
 
   DenseOptions opt_;
   bool emit_pre_ = false;
-  Tn dz_;
+  Tn dz_, pre_;  // pre_: the pre-activation, kept in training for gelu and swish
 };
 
 }  // namespace fastnn

@@ -234,7 +234,7 @@ class ActivationLayer : public Layer<T, D> {
     copy_into(dy, *dx);
     if (!emit_pre_) {
       Tn d2 = dx->reshaped(Shape{dx->size() / last(), last()});
-      O::activation_backward(opt_.activation(), y.reshaped(d2.shape()), d2);
+      activation_grad<T, D>(opt_.activation(), y.reshaped(d2.shape()), x, d2);
     }
   }
 

@@ -51,6 +51,14 @@ struct Ops<T, Cpu> {
       case Activation::Tanh: y = y.tanh(); break;
       case Activation::Sigmoid: y = T(1) / (T(1) + (-y).exp()); break;
       case Activation::HardSigmoid: y = (T(0.2) * y + T(0.5)).max(T(0)).min(T(1)); break;
+      case Activation::Gelu:
+        for (Index i = 0; i < Y.size(); ++i) {
+          const T v = Y.data()[i];
+          Y.data()[i] = T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+        }
+        break;
+      case Activation::Swish: y = y / (T(1) + (-y).exp()); break;
+      case Activation::Softplus: y = y.max(T(0)) + (-y.abs()).exp().log1p(); break;
       case Activation::Softmax: {
         auto m = Y.matrix();
         for (Index i = 0; i < m.rows(); ++i) {
@@ -72,6 +80,11 @@ struct Ops<T, Cpu> {
       case Activation::Tanh: d *= T(1) - y * y; break;
       case Activation::Sigmoid: d *= y * (T(1) - y); break;
       case Activation::HardSigmoid: d = (y > T(0) && y < T(1)).select(d * T(0.2), T(0)); break;
+      case Activation::Softplus: d *= T(1) - (-y).exp(); break;  // sigmoid(x) = 1 - exp(-softplus(x))
+      case Activation::Gelu:
+      case Activation::Swish:
+        throw ArgumentError("activation_backward: " + to_string(a) +
+                            "'s derivative needs its input (activation_backward_input)");
       case Activation::Softmax: {
         auto ym = Y.matrix();
         auto dm = dY.matrix();
@@ -81,6 +94,43 @@ struct Ops<T, Cpu> {
         }
         break;
       }
+    }
+  }
+
+  /// dX *= a'(X) from the pre-activation X (every element-wise activation; gelu and swish need it):
+  /// gelu' = Phi(x) + x phi(x), swish' = s (1 + x (1 - s)) with s = sigmoid(x).
+  static void activation_backward_input(Activation a, const Tn& X, Tn& dX) {
+    if (X.size() != dX.size())
+      throw ShapeError("activation_backward_input: " + X.shape().str() + " and " + dX.shape().str());
+    if (a == Activation::Softmax) throw ArgumentError("activation_backward_input: softmax is not element-wise");
+    const T* x = X.data();
+    T* d = dX.data();
+    for (Index i = 0; i < X.size(); ++i) {
+      const T v = x[i];
+      T g = T(1);
+      switch (a) {
+        case Activation::Linear: break;
+        case Activation::Relu: g = v > T(0) ? T(1) : T(0); break;
+        case Activation::Tanh: g = T(1) - std::tanh(v) * std::tanh(v); break;
+        case Activation::Sigmoid: {
+          const T s = T(1) / (T(1) + std::exp(-v));
+          g = s * (T(1) - s);
+          break;
+        }
+        case Activation::HardSigmoid: g = (v > T(-2.5) && v < T(2.5)) ? T(0.2) : T(0); break;
+        case Activation::Gelu:
+          g = T(0.5) * (T(1) + std::erf(v * T(0.70710678118654752440))) +
+              v * T(0.39894228040143267794) * std::exp(T(-0.5) * v * v);
+          break;
+        case Activation::Swish: {
+          const T s = T(1) / (T(1) + std::exp(-v));
+          g = s * (T(1) + v * (T(1) - s));
+          break;
+        }
+        case Activation::Softplus: g = T(1) / (T(1) + std::exp(-v)); break;
+        case Activation::Softmax: break;
+      }
+      d[i] *= g;
     }
   }
 

@@ -105,6 +105,9 @@ __global__ void activate_kernel(int act, T* y, idx_t n) {
         v = v < T(1) ? v : T(1);
         break;
       }
+      case Activation::Gelu: v = T(0.5) * v * (T(1) + erf(v * T(0.70710678118654752440))); break;
+      case Activation::Swish: v = v / (T(1) + dev_exp(-v)); break;
+      case Activation::Softplus: v = (v > T(0) ? v : T(0)) + log1p(dev_exp(v > T(0) ? -v : v)); break;
       default: break;
     }
     y[i] = v;
@@ -135,8 +138,43 @@ __global__ void activation_backward_kernel(int act, const T* y, T* d, idx_t n) {
       case Activation::Tanh: d[i] *= T(1) - v * v; break;
       case Activation::Sigmoid: d[i] *= v * (T(1) - v); break;
       case Activation::HardSigmoid: d[i] = (v > T(0) && v < T(1)) ? d[i] * T(0.2) : T(0); break;
+      case Activation::Softplus: d[i] *= T(1) - dev_exp(-v); break;
       default: break;
     }
+  }
+}
+
+template <class T>
+__global__ void activation_backward_input_kernel(int act, const T* x, T* d, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    const T v = x[i];
+    T g = T(1);
+    switch (static_cast<Activation>(act)) {
+      case Activation::Relu: g = v > T(0) ? T(1) : T(0); break;
+      case Activation::Tanh: {
+        const T t = dev_tanh(v);
+        g = T(1) - t * t;
+        break;
+      }
+      case Activation::Sigmoid: {
+        const T s = T(1) / (T(1) + dev_exp(-v));
+        g = s * (T(1) - s);
+        break;
+      }
+      case Activation::HardSigmoid: g = (v > T(-2.5) && v < T(2.5)) ? T(0.2) : T(0); break;
+      case Activation::Gelu:
+        g = T(0.5) * (T(1) + erf(v * T(0.70710678118654752440))) +
+            v * T(0.39894228040143267794) * dev_exp(T(-0.5) * v * v);
+        break;
+      case Activation::Swish: {
+        const T s = T(1) / (T(1) + dev_exp(-v));
+        g = s * (T(1) + v * (T(1) - s));
+        break;
+      }
+      case Activation::Softplus: g = T(1) / (T(1) + dev_exp(-v)); break;
+      default: break;
+    }
+    d[i] *= g;
   }
 }
 
@@ -709,6 +747,12 @@ void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cud
   activation_backward_kernel<T><<<blocks_for(rows * cols), kThreads, 0, s>>>(act, y, dy, rows * cols);
 }
 
+template <class T>
+void activation_backward_input(int act, const T* x, T* dx, idx_t n, cudaStream_t s) {
+  if (n <= 0 || act == static_cast<int>(Activation::Linear)) return;
+  activation_backward_input_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(act, x, dx, n);
+}
+
 void gather_rows(const void* src, const std::int32_t* idx, idx_t begin, idx_t count, idx_t row_bytes, void* dst,
                  const idx_t* step, cudaStream_t s) {
   if (count <= 0 || row_bytes <= 0) return;
@@ -945,6 +989,7 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
   template void column_sums_add<T>(const T*, T*, idx_t, idx_t, cudaStream_t);                                  \
   template void activate<T>(int, T*, idx_t, idx_t, cudaStream_t);                                              \
   template void activation_backward<T>(int, const T*, T*, idx_t, idx_t, cudaStream_t);                         \
+  template void activation_backward_input<T>(int, const T*, T*, idx_t, cudaStream_t);                          \
   template void softmax_xent<T>(const T*, const std::int32_t*, T*, idx_t, idx_t, T, double*, cudaStream_t);    \
   template void softmax_xent_dense<T>(const T*, const T*, T*, idx_t, idx_t, T, double*, cudaStream_t);         \
   template void sigmoid_xent<T>(const T*, const T*, T*, idx_t, idx_t, T, double*, cudaStream_t);               \

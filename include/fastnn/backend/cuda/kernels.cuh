@@ -39,6 +39,10 @@ void activate(int act, T* y, idx_t rows, idx_t cols, cudaStream_t s);
 template <class T>
 void activation_backward(int act, const T* y, T* dy, idx_t rows, idx_t cols, cudaStream_t s);
 
+/// dx *= a'(x) from the pre-activation x, in place (element-wise activations; gelu and swish need it).
+template <class T>
+void activation_backward_input(int act, const T* x, T* dx, idx_t n, cudaStream_t s);
+
 /// dst row j = src row idx[begin + j] for j < count, rows of `row_bytes` bytes (any element
 /// type). When `step` is not null, begin is read on the device as *step * count (a CUDA graph's
 /// replay takes the next batch).

@@ -73,7 +73,18 @@ struct Ops<T, Cuda> {
     FASTNN_CUDA_CHECK_LAUNCH("activate");
   }
 
+  /// dX *= a'(X) from the pre-activation X (see the CPU's).
+  static void activation_backward_input(Activation a, const Tn& X, Tn& dX) {
+    if (X.size() != dX.size())
+      throw ShapeError("activation_backward_input: " + X.shape().str() + " and " + dX.shape().str());
+    if (a == Activation::Softmax) throw ArgumentError("activation_backward_input: softmax is not element-wise");
+    cuda::kernels::activation_backward_input(static_cast<int>(a), X.data(), dX.data(), X.size(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("activation_backward_input");
+  }
   static void activation_backward(Activation a, const Tn& Y, Tn& dY) {
+    if (activation_needs_input(a))
+      throw ArgumentError("activation_backward: " + to_string(a) +
+                          "'s derivative needs its input (activation_backward_input)");
     if (Y.size() != dY.size())
       throw ShapeError("activation_backward: " + Y.shape().str() + " and " + dY.shape().str());
     cuda::kernels::activation_backward(static_cast<int>(a), Y.data(), dY.data(), rows(Y), cols(Y), cuda::stream());
