@@ -43,7 +43,8 @@ TEST_P(CudaDense, MatchesCpuWithoutBias) {
 
 INSTANTIATE_TEST_SUITE_P(EveryActivation, CudaDense,
                          ::testing::Values(Activation::Linear, Activation::Relu, Activation::Tanh, Activation::Sigmoid,
-                                           Activation::HardSigmoid, Activation::Softmax),
+                                           Activation::HardSigmoid, Activation::Softmax, Activation::Gelu,
+                                           Activation::Swish, Activation::Softplus),
                          [](const auto& info) { return to_string(info.param); });
 
 TEST(CudaDenseDouble, MatchesCpuTightly) {
