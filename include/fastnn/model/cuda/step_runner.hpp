@@ -51,6 +51,7 @@
 
 #include "fastnn/backend/cuda/common.hpp"
 #include "fastnn/backend/cuda/kernels.cuh"
+#include "fastnn/backend/cuda/ops.hpp"
 #include "fastnn/backend/cuda/rnn.hpp"
 #include "fastnn/model/step_runner.hpp"
 #include "fastnn/optim/optimizer.hpp"
