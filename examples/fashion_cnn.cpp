@@ -26,6 +26,8 @@
 #include <fastnn/data/mnist.hpp>
 #include <fastnn/vision.hpp>
 
+#include "example_report.hpp"
+
 #include <CLI/CLI.hpp>
 #include <sys/resource.h>
 
@@ -41,6 +43,12 @@
 #include <thread>
 
 namespace {
+
+using example::EpochPrinter;
+using example::json_number;
+using example::json_string;
+using example::write_file;
+using example::write_json_history;
 
 struct Options {
   int epochs = 10;
@@ -67,57 +75,27 @@ fastnn::Dataset<float> make_data(const fastnn::data::MnistSplit& s, fastnn::Inde
   return make_dataset<float>(x, y, 10);
 }
 
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
 double peak_rss_mb() {
   struct rusage u {};
   getrusage(RUSAGE_SELF, &u);
   return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux: kilobytes
 }
 
-/// One line per epoch, the format of the peers.
-class EpochPrinter : public fastnn::Callback {
- public:
-  void on_epoch_end(const fastnn::EpochLogs& l) override {
-    std::printf("EPOCH %d train_s=%.3f eval_s=%.3f loss=%.6f acc=%.6f val_loss=%.6f val_acc=%.6f\n", l.epoch,
-                l.train_seconds, l.eval_seconds, l.loss, l.accuracy, l.val_loss, l.val_accuracy);
-    std::fflush(stdout);
-  }
-};
-
 void write_json(const std::string& path, const Options& o, const std::string& cpu, unsigned cores,
                 fastnn::Index train_n, fastnn::Index val_n, fastnn::Index params, const fastnn::EvalResult& initial,
                 const fastnn::History& h) {
   std::ostringstream j;
   j.imbue(std::locale::classic());
-  j << "{\n  \"impl\": \"fastnn\",\n  \"machine\": {\"cpu\": \"" << cpu << "\", \"cores\": " << cores << "},\n";
+  j << "{\n  \"impl\": \"fastnn\",\n";
+  j << "  \"machine\": {\"cpu\": " << json_string(cpu) << ", \"cores\": " << cores << "},\n";
   j << "  \"config\": {\"epochs\": " << o.epochs << ", \"batch_size\": " << o.batch_size << ", \"lr\": "
     << json_number(o.lr) << ", \"threads\": " << o.threads << ", \"seed\": " << o.seed << ", \"limit\": " << o.limit
     << "},\n";
   j << "  \"train_samples\": " << train_n << ",\n  \"val_samples\": " << val_n << ",\n  \"params\": " << params
     << ",\n";
-  j << "  \"initial_val_loss\": " << json_number(initial.loss)
-    << ",\n  \"initial_val_accuracy\": " << json_number(initial.accuracy) << ",\n  \"epochs\": [";
-  for (std::size_t i = 0; i < h.epochs.size(); ++i) {
-    const auto& e = h.epochs[i];
-    j << (i ? ",\n    " : "\n    ") << "{\"epoch\": " << e.epoch << ", \"train_seconds\": "
-      << json_number(e.train_seconds) << ", \"eval_seconds\": " << json_number(e.eval_seconds)
-      << ", \"loss\": " << json_number(e.loss) << ", \"accuracy\": " << json_number(e.accuracy)
-      << ", \"val_loss\": " << json_number(e.val_loss) << ", \"val_accuracy\": " << json_number(e.val_accuracy)
-      << "}";
-  }
-  j << (h.epochs.empty() ? "],\n" : "\n  ],\n");
-  j << "  \"final_val_accuracy\": " << json_number(h.epochs.empty() ? NAN : h.last().val_accuracy)
-    << ",\n  \"peak_rss_mb\": " << json_number(peak_rss_mb()) << "\n}\n";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << j.str();
-  out.flush();
-  if (!out) throw fastnn::IoError(path, "--json: cannot write");
+  write_json_history(j, initial, h);
+  j << ",\n  \"peak_rss_mb\": " << json_number(peak_rss_mb()) << "\n}\n";
+  write_file(path, j.str());
 }
 
 int run(const Options& o) {

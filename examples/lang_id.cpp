@@ -41,6 +41,8 @@
 
 #include <fastnn/fastnn.hpp>
 
+#include "example_report.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -61,6 +63,12 @@
 #include <vector>
 
 namespace {
+
+using example::EpochPrinter;
+using example::json_number;
+using example::json_string;
+using example::write_file;
+using example::write_json_history;
 
 struct Options {
   int epochs = 5;
@@ -278,40 +286,6 @@ fastnn::Dataset<float> make_data(const std::vector<Sample>& samples, int maxlen)
 
 // ---- machine and JSON -------------------------------------------------------------------------
 
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-    } else {
-      out += static_cast<char>(c);
-    }
-  }
-  return out + "\"";
-}
-
-std::string json_number(double v) {
-  if (!(v == v) || v > 1e300 || v < -1e300) return "null";
-  char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
-/// One line per epoch, the same format as bench/lang_id_peer.py's.
-class EpochPrinter : public fastnn::Callback {
- public:
-  void on_epoch_end(const fastnn::EpochLogs& l) override {
-    std::printf("EPOCH %d train_s=%.3f eval_s=%.3f loss=%.6f acc=%.6f val_loss=%.6f val_acc=%.6f\n", l.epoch,
-                l.train_seconds, l.eval_seconds, l.loss, l.accuracy, l.val_loss, l.val_accuracy);
-    std::fflush(stdout);
-  }
-};
-
 void write_json(const std::string& path, const Options& o, const Corpus& c, const fastnn::EvalResult& initial,
                 const fastnn::History& h, const std::string& cpu, unsigned cores, fastnn::Index params) {
   std::ostringstream j;
@@ -329,23 +303,9 @@ void write_json(const std::string& path, const Options& o, const Corpus& c, cons
   j << "],\n";
   j << "  \"train_samples\": " << c.train.size() << ",\n  \"val_samples\": " << c.val.size() << ",\n";
   j << "  \"params\": " << params << ",\n";
-  j << "  \"initial_val_loss\": " << json_number(initial.loss)
-    << ",\n  \"initial_val_accuracy\": " << json_number(initial.accuracy) << ",\n";
-  j << "  \"epochs\": [";
-  for (std::size_t i = 0; i < h.epochs.size(); ++i) {
-    const auto& e = h.epochs[i];
-    j << (i ? ",\n    " : "\n    ") << "{\"epoch\": " << e.epoch
-      << ", \"train_seconds\": " << json_number(e.train_seconds)
-      << ", \"eval_seconds\": " << json_number(e.eval_seconds) << ", \"loss\": " << json_number(e.loss)
-      << ", \"accuracy\": " << json_number(e.accuracy) << ", \"val_loss\": " << json_number(e.val_loss)
-      << ", \"val_accuracy\": " << json_number(e.val_accuracy) << "}";
-  }
-  j << (h.epochs.empty() ? "],\n" : "\n  ],\n");
-  j << "  \"final_val_accuracy\": " << json_number(h.epochs.empty() ? NAN : h.last().val_accuracy) << "\n}\n";
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << j.str();
-  out.flush();
-  if (!out) throw fastnn::IoError(path, "--json: cannot write");
+  write_json_history(j, initial, h);
+  j << "\n}\n";
+  write_file(path, j.str());
 }
 
 int run(const Options& o) {
