@@ -7,6 +7,7 @@
 // rank mid-epoch and checks that the job ends, non-zero, within its time limit.
 #include <fastnn/distributed/mpi.hpp>
 #include <fastnn/fastnn.hpp>
+#include <fastnn/graph.hpp>
 #include <fastnn/vision.hpp>
 
 #include <gtest/gtest.h>
@@ -89,30 +90,48 @@ double diff_to_rank0(const Tensor<T, Cpu>& w) {
   return max_abs_diff(w, r0);
 }
 
-// 2 ranks with global batch 15 (shards of 7 and 8 rows) for 20 steps against one process with
-// batch 15, from the same seed: the same weights up to the order of the sums.
+/// A graph: a residual LSTM, a Dense shared by two places, a concatenation, an LSTM and the softmax layer.
 template <class T>
-void two_ranks_match_one(double tol, bool lengths, const std::string& opt = "sgd") {
+std::unique_ptr<Model<T>> graph_model(std::uint64_t seed, const std::string& opt) {
+  auto x = Input<T>({6, 5}, "x");
+  auto h = apply<LSTM>(x, LSTMOptions(5).return_sequences(true));
+  auto shared = std::make_shared<Dense<T>>(DenseOptions(4).activation(Activation::Tanh));
+  auto both = apply<Concatenate>({call(shared, apply<Add>({x, h})), call(shared, x)});
+  auto y = apply<Dense>(apply<LSTM>(both, LSTMOptions(6)), DenseOptions(3).activation(Activation::Softmax));
+  auto m = std::make_unique<Model<T>>(x, y, seed);
+  m->compile(make_optimizer_of<T>(opt), SparseCategoricalCrossentropy(), {"accuracy"});
+  return m;
+}
+
+// 2 ranks with global batch 15 (shards of 7 and 8 rows) for 20 steps against one process with
+// batch 15, from the same seed: the same weights up to the order of the sums. `make()` makes the model, a
+// std::unique_ptr to a Sequential or a graph Model.
+template <class T, class Make>
+void two_ranks_match_one_of(Make make, double tol, bool lengths) {
   const auto data = sample_data<T>(300, 6, 5, 11, lengths);
   const auto val = sample_data<T>(50, 6, 5, 12, lengths);
-  auto dist = small_model<T>(5, 8, opt);
+  auto dist = make();
   const auto opts = FitOptions().epochs(1).batch_size(15).verbose(0);
-  History hd = dist.fit(data, FitOptions(opts).distributed(world()).bucket_bytes(1), &val);
+  History hd = dist->fit(data, FitOptions(opts).distributed(world()).bucket_bytes(1), &val);
   ASSERT_EQ(hd.epochs.size(), 1u);
-  EXPECT_EQ(dist.optimizer()->iterations(), 20);
+  EXPECT_EQ(dist->optimizer()->iterations(), 20);
   // every rank holds the same weights
-  EXPECT_EQ(diff_to_rank0(dist.flat_parameters()), 0.0);
-  auto single = small_model<T>(5, 8, opt);
-  History hs = single.fit(data, opts, &val);
-  const double d = max_abs_diff(dist.flat_parameters(), single.flat_parameters());
+  EXPECT_EQ(diff_to_rank0(dist->flat_parameters()), 0.0);
+  auto single = make();
+  History hs = single->fit(data, opts, &val);
+  const double d = max_abs_diff(dist->flat_parameters(), single->flat_parameters());
   EXPECT_LE(d, tol) << "2 ranks vs 1, max abs weight difference";
-  double moved = max_abs_diff(small_model<T>(5, 8, opt).flat_parameters(), single.flat_parameters());
+  double moved = max_abs_diff(make()->flat_parameters(), single->flat_parameters());
   EXPECT_GT(moved, 100 * tol) << "training changed the weights";
   // the logs are those of the whole data
   EXPECT_NEAR(hd.last().loss, hs.last().loss, 1e3 * tol);
   EXPECT_NEAR(hd.last().val_loss, hs.last().val_loss, 1e3 * tol);
   EXPECT_NEAR(hd.last().val_accuracy, hs.last().val_accuracy, 1e-12);
   if (world().rank() == 0) std::printf("[rank 0] max abs weight difference, 2 ranks vs 1: %.3g\n", d);
+}
+template <class T>
+void two_ranks_match_one(double tol, bool lengths, const std::string& opt = "sgd") {
+  two_ranks_match_one_of<T>([&] { return std::make_unique<Sequential<T>>(small_model<T>(5, 8, opt)); }, tol, lengths);
 }
 
 // A layer that passes its input on, and throws in training on one rank at one step.
@@ -139,6 +158,12 @@ TEST(DataParallel, TwoRanksMatchOneDouble) { two_ranks_match_one<double>(1e-12, 
 TEST(DataParallel, TwoRanksMatchOneVariableLengthsDouble) { two_ranks_match_one<double>(1e-12, true); }
 TEST(DataParallel, TwoRanksMatchOneClippedAdamWCosineFloat) { two_ranks_match_one<float>(1e-5, false, "adamw"); }
 TEST(DataParallel, TwoRanksMatchOneClippedAdamWCosineDouble) { two_ranks_match_one<double>(1e-12, false, "adamw"); }
+TEST(DataParallel, TwoRanksMatchOneOnAGraphFloat) {
+  two_ranks_match_one_of<float>([] { return graph_model<float>(5, "sgd"); }, 1e-5, false);
+}
+TEST(DataParallel, TwoRanksMatchOneOnAGraphDouble) {
+  two_ranks_match_one_of<double>([] { return graph_model<double>(5, "adamw"); }, 1e-12, true);
+}
 
 TEST(DataParallel, EveryRankStartsFromRank0Weights) {
   // different seeds on each rank: fit broadcasts rank 0's weights first

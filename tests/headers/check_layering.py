@@ -61,6 +61,7 @@ RANKS = [
     ("fastnn.hpp", 6),
     ("cuda.hpp", 6),
     ("vision.hpp", 6),
+    ("graph.hpp", 6),
 ]
 
 HEADER_SUFFIXES = (".hpp", ".cuh", ".inl")

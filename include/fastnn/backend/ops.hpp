@@ -36,6 +36,13 @@
 ///   dropout(in, out, key, threshold, scale)     out = in * scale where hash::bits32(key, i)
 ///                                               >= threshold, else 0 (core/hash.hpp)
 ///   fill(t, v)
+///   mul(a, b, y)                                y = a * b elementwise (y may alias a or b)
+///   extremum(largest, a, b, y)                  y = max(a, b) (or min) elementwise
+///   extremum_grad(x, y, dy, taken, dx)          dx = dy where x == y and taken == 0 (then taken = 1),
+///                                               else 0: the first input equal to a max / min takes it
+///   copy_block(rows, width, src, ss, so, dst, ds, do, acc)
+///                                               dst[r ds + do + k] (+)= src[r ss + so + k]: the blocks
+///                                               of a concatenation and of its gradient's split
 ///  data
 ///   gather_rows<U>(src, idx, begin, count, dst) dst[j] = src[idx[begin + j]] for j < count,
 ///                                               rows of any element type U (float, double, int32)

@@ -50,6 +50,10 @@
 #include "fastnn/model/sequential.hpp"
 
 namespace fastnn {
+
+template <class T, class D>
+class Model;
+
 namespace io {
 
 /// Metadata keys and values (see the file comment).
@@ -59,6 +63,8 @@ inline constexpr const char* kVersionKey = "fastnn.version";
 inline constexpr const char* kDtypeKey = "fastnn.dtype";
 inline constexpr const char* kInputShapeKey = "fastnn.input_shape";
 inline constexpr const char* kLayersKey = "fastnn.layers";
+/// A graph model's record (io/graph_weights.hpp): {"inputs": [...], "nodes": [...], "outputs": [...]}.
+inline constexpr const char* kGraphKey = "fastnn.graph";
 inline constexpr const char* kWeightsFormat = "weights";
 inline constexpr const char* kCheckpointFormat = "checkpoint";
 inline constexpr int kFormatVersion = 1;
@@ -76,8 +82,10 @@ struct LayerRecord {
 /// The architecture recorded in a file.
 struct ModelRecord {
   std::string dtype;              ///< "F32", "F64"
-  std::vector<Index> input_shape; ///< per sample
+  std::vector<Index> input_shape; ///< per sample (a graph's first input)
   std::vector<LayerRecord> layers;
+  /// A graph model's inputs, calls and outputs as JSON text (io/graph_weights.hpp); empty for a Sequential.
+  std::string graph;
 };
 
 namespace detail {
@@ -163,6 +171,10 @@ inline void throw_mismatch(const std::string& path, const std::vector<std::strin
 
 }  // namespace detail
 
+/// The architecture of a graph model (defined in io/graph_weights.hpp, included by fastnn/graph.hpp).
+template <class T, class D>
+ModelRecord describe(const Model<T, D>& model);
+
 /// The architecture of a built model, as recorded in its files.
 template <class T, class D>
 ModelRecord describe(const Sequential<T, D>& model) {
@@ -190,6 +202,7 @@ inline void write_model_record(SafetensorsWriter& w, const ModelRecord& rec, con
     layers.push_back({{"name", l.name}, {"type", l.type}, {"config", c}});
   }
   w.set_metadata(kLayersKey, layers.dump());
+  if (!rec.graph.empty()) w.set_metadata(kGraphKey, rec.graph);
 }
 
 /// Whether the file was written by fastnn (has `fastnn.format`).
@@ -251,6 +264,8 @@ inline ModelRecord read_model_record(const SafetensorsReader& r) {
     }
     rec.layers.push_back(std::move(lr));
   }
+  auto g = r.metadata().find(kGraphKey);  // checked in depth where a graph is rebuilt (io/graph_weights.hpp)
+  if (g != r.metadata().end()) rec.graph = detail::parse_metadata_json(path, kGraphKey, g->second, 4).dump();
   return rec;
 }
 
@@ -266,6 +281,11 @@ inline void check_model_record(const std::string& path, const ModelRecord& file,
   if (file.layers.size() != model.layers.size())
     p.push_back(std::to_string(file.layers.size()) + " layers in the file, " + std::to_string(model.layers.size()) +
                 " in the model");
+  if (file.graph != model.graph)
+    p.push_back(file.graph.empty() ? std::string("the file holds a Sequential model, the model is a graph")
+                : model.graph.empty() ? std::string("the file holds a graph model, the model is a Sequential")
+                                      : "the graph differs: the file has " + printable(file.graph.substr(0, 200)) +
+                                            ", the model " + model.graph.substr(0, 200));
   for (std::size_t i = 0; i < file.layers.size() && i < model.layers.size(); ++i) {
     const auto& f = file.layers[i];
     const auto& m = model.layers[i];
@@ -291,9 +311,8 @@ inline void check_model_record(const std::string& path, const ModelRecord& file,
 /// another dtype: MismatchError naming the tensors) and reads them into host tensors, in
 /// named_parameters() order. Tensors named optimizer.* are left to the caller when
 /// `allow_optimizer` is set.
-template <class T, class D>
-std::vector<Tensor<T, Cpu>> stage_parameters(const SafetensorsReader& r, const Sequential<T, D>& model,
-                                             bool allow_optimizer) {
+template <class T, class D, template <class, class> class M>
+std::vector<Tensor<T, Cpu>> stage_parameters(const SafetensorsReader& r, const M<T, D>& model, bool allow_optimizer) {
   using detail::printable;
   const auto params = model.named_parameters();
   std::vector<std::string> p;
@@ -336,8 +355,8 @@ std::vector<Tensor<T, Cpu>> stage_parameters(const SafetensorsReader& r, const S
 
 /// Validates `r` against `model` (architecture when recorded, then every tensor) and returns
 /// the staged parameters; does not touch the model.
-template <class T, class D>
-std::vector<Tensor<T, Cpu>> check_and_stage(const SafetensorsReader& r, const Sequential<T, D>& model) {
+template <class T, class D, template <class, class> class M>
+std::vector<Tensor<T, Cpu>> check_and_stage(const SafetensorsReader& r, const M<T, D>& model) {
   bool optimizer_ok = false;
   if (has_model_record(r)) {
     const ModelRecord rec = read_model_record(r);
@@ -349,8 +368,9 @@ std::vector<Tensor<T, Cpu>> check_and_stage(const SafetensorsReader& r, const Se
 
 /// Writes every parameter of `model` and its architecture to `path` (atomically).
 /// Throws ArgumentError if the model is not built, IoError if the file cannot be written.
-template <class T, class D>
-void save_weights(const Sequential<T, D>& model, const std::string& path) {
+/// M: Sequential or (with fastnn/graph.hpp) Model.
+template <class T, class D, template <class, class> class M>
+void save_weights(const M<T, D>& model, const std::string& path) {
   if (!model.built()) throw ArgumentError("save_weights: call build() first");
   SafetensorsWriter w;
   write_model_record(w, describe(model), kWeightsFormat);
@@ -367,8 +387,8 @@ void save_weights(const Sequential<T, D>& model, const std::string& path) {
 /// Loads weights written by save_weights (or the weights of a checkpoint, or a foreign
 /// safetensors file with matching names and shapes) into the built `model`. All-or-nothing.
 /// Throws IoError, FormatError (malformed file) or MismatchError (another model).
-template <class T, class D>
-void load_weights(Sequential<T, D>& model, const std::string& path) {
+template <class T, class D, template <class, class> class M>
+void load_weights(M<T, D>& model, const std::string& path) {
   if (!model.built()) throw ArgumentError("load_weights: call build() first");
   SafetensorsReader r(path);
   auto host = check_and_stage(r, model);
@@ -387,6 +407,9 @@ Sequential<T, D> load_model(const std::string& path) {
   const ModelRecord rec = read_model_record(r);
   if (rec.dtype != dtype_name(dtype_of<T>()))
     throw MismatchError(path + ": the file holds " + rec.dtype + " weights, the model type is " + dtype_name(dtype_of<T>()));
+  if (!rec.graph.empty())
+    throw MismatchError(path + ": the file holds a graph model; load it with io::load_graph_model "
+                        "(<fastnn/graph.hpp>)");
   Sequential<T, D> model;
   try {
     // Build a throw-away copy of each layer to bound the parameter count by the file size.

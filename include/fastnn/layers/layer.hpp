@@ -103,6 +103,26 @@ class Layer {
   /// not null, writes dL/dx. Requires the preceding forward() in Mode::Train on the same x.
   virtual void backward(const Tensor_& x, const Tensor_& y, const Tensor_& dy, Tensor_* dx) = 0;
 
+  /// Several inputs (the merge layers, layers/merge.hpp; called in a graph, model/graph.hpp). arity(): the number
+  /// of inputs the layer takes, or 0 for any number from 2. A one-input layer's *_inputs functions forward to
+  /// build, forward, backward and set_input_lengths with its one input; a merge layer implements them instead.
+  virtual int arity() const { return 1; }
+  virtual Shape build_inputs(const std::vector<Shape>& shapes) {
+    if (shapes.size() != 1)
+      throw ArgumentError(name_ + " (" + type_name() + "): takes one input, called on " +
+                          std::to_string(shapes.size()));
+    return build(shapes[0]);
+  }
+  virtual void forward_inputs(const std::vector<const Tensor_*>& xs, Tensor_& y, Mode mode) {
+    forward(*xs.at(0), y, mode);
+  }
+  /// dxs[i] is null for an input whose gradient is not needed.
+  virtual void backward_inputs(const std::vector<const Tensor_*>& xs, const Tensor_& y, const Tensor_& dy,
+                               const std::vector<Tensor_*>& dxs) {
+    backward(*xs.at(0), y, dy, dxs.at(0));
+  }
+  virtual void set_inputs_lengths(const std::vector<Lengths>& lengths) { set_input_lengths(lengths.at(0)); }
+
   /// The activation the layer applies last (Linear if none). A loss that undoes it (softmax
   /// for the categorical cross-entropies, sigmoid for the binary one) asks the layer to leave it
   /// out through set_emit_preactivation(true) and computes from the logits.

@@ -274,7 +274,7 @@ class Sequential : public Network<T, D> {
     std::vector<detail::SummaryRow> rows;
     for (const auto& l : layers_)
       rows.push_back({l->name(), l->type_name(), l->output_shape(), l->param_count(), l->trainable(),
-                      non_trainable_numel(l->param_specs())});
+                      non_trainable_numel(l->param_specs()), ""});
     detail::print_summary(os, rows);
     if constexpr (std::is_same<D, Cpu>::value)
       os << "CPU kernels: " << isa_name(isa) << " (best on this CPU: " << isa_name(detected_cpu_isa())

@@ -20,10 +20,13 @@ struct SummaryRow {
   Index params = 0;
   bool trainable = true;
   Index frozen = 0;  ///< parameters never trained, even when the layer is (ParamSpec::trainable)
+  std::string connected;  ///< a graph's "Connected to": the tensors the call reads
 };
 
-/// Keras-style table: layer (type), output shape, parameter count, totals.
-inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows) {
+/// Keras-style table: layer (type), output shape, parameter count, totals; with `connections` (a graph), Keras's
+/// "Connected to" column.
+inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows,
+                          const std::string& model_name = "sequential", bool connections = false) {
   auto pad = [](const std::string& s, std::size_t w) { return s.size() + 1 >= w ? s + " " : s + std::string(w - s.size(), ' '); };
   auto grouped = [](Index n) {
     std::string d = std::to_string(n), r;
@@ -33,16 +36,20 @@ inline void print_summary(std::ostream& os, const std::vector<SummaryRow>& rows)
     }
     return r;
   };
-  const std::string rule(65, '_'), dbl(65, '=');
-  os << "Model: \"sequential\"\n" << rule << "\n";
-  os << pad("Layer (type)", 29) << pad("Output Shape", 26) << "Param #\n" << dbl << "\n";
+  const std::size_t width = connections ? 98 : 65;
+  const std::string rule(width, '_'), dbl(width, '=');
+  os << "Model: \"" << model_name << "\"\n" << rule << "\n";
+  os << pad("Layer (type)", 29) << pad("Output Shape", 26)
+     << (connections ? pad("Param #", 12) + "Connected to\n" : std::string("Param #\n")) << dbl << "\n";
   Index total = 0, trainable = 0;
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
     std::string shape = "(None";
     for (int k = 0; k < r.output_shape.rank(); ++k) shape += ", " + std::to_string(r.output_shape[k]);
     shape += ")";
-    os << pad(r.name + " (" + r.type + ")", 29) << pad(shape, 26) << r.params << "\n";
+    os << pad(r.name + " (" + r.type + ")", 29) << pad(shape, 26);
+    if (connections) os << pad(std::to_string(r.params), 12) << r.connected << "\n";
+    else os << r.params << "\n";
     os << (i + 1 < rows.size() ? rule : dbl) << "\n";
     total += r.params;
     if (r.trainable) trainable += r.params - r.frozen;

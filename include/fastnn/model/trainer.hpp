@@ -71,6 +71,11 @@ class Network {
   virtual Predictor<T, D> make_predictor(bool emit_preactivation) const = 0;
   /// The architecture as text (data-parallel ranks compare it).
   virtual std::string describe() const = 0;
+  /// Hands the step's noise key to the stochastic layers (Dropout). A graph that calls one layer at several places
+  /// gives each further call a key of its own, so that the calls draw different masks.
+  virtual void set_noise_keys(std::uint64_t key) {
+    for (auto* l : layer_list()) l->set_noise_key(key);
+  }
   /// Keras's activity regularisers (Layer::activity_regularizer) in a training step: the trainer sets the scale
   /// (1 / the batch's samples over all ranks) before forward_train, which sums each regularised layer's penalty of
   /// its output times the scale into activity_loss(); backward_train adds the scaled gradient to that output's
@@ -687,7 +692,7 @@ class Trainer {
     if (!stochastic_) return;
     std::uint64_t key = hash::combine(seed_, static_cast<std::uint64_t>(optimizer_->iterations()));
     if (rank > 0) key = hash::combine(key, static_cast<std::uint64_t>(rank));
-    for (auto* l : net.layer_list()) l->set_noise_key(key);
+    net.set_noise_keys(key);
   }
 
   bool regularized(const Net& net) const {

@@ -383,6 +383,40 @@ struct Ops<T, Cpu> {
   static void scale(Tn& t, const Tn& s) { t.array() *= scalar(s, "scale"); }
   /// y += a x.
   static void axpy(T a, const Tn& x, Tn& y) { y.array() += a * x.array(); }
+  /// y = a * b elementwise (y may be a or b).
+  static void mul(const Tn& a, const Tn& b, Tn& y) { y.array() = a.array() * b.array(); }
+  /// y = max(a, b) elementwise (min when not `largest`; y may be a or b).
+  static void extremum(bool largest, const Tn& a, const Tn& b, Tn& y) {
+    if (largest) y.array() = a.array().max(b.array());
+    else y.array() = a.array().min(b.array());
+  }
+  /// The gradient of an elementwise max / min y for one of its inputs x: dx = dy where x == y and `taken` is 0
+  /// (no earlier input took the position), else 0; sets `taken` to 1 where it takes the gradient.
+  static void extremum_grad(const Tn& x, const Tn& y, const Tn& dy, Tn& taken, Tn& dx) {
+    const T* xp = x.data();
+    const T* yp = y.data();
+    const T* gp = dy.data();
+    T* tp = taken.data();
+    T* dp = dx.data();
+    for (Index i = 0; i < x.size(); ++i) {
+      const bool take = tp[i] == T(0) && xp[i] == yp[i];
+      dp[i] = take ? gp[i] : T(0);
+      if (take) tp[i] = T(1);
+    }
+  }
+  /// For r < rows: dst[r * dst_stride + dst_off + k] = (or += with `accumulate`) src[r * src_stride + src_off + k],
+  /// k < width (a concatenation's or split's blocks).
+  static void copy_block(Index rows, Index width, const Tn& src, Index src_stride, Index src_off, Tn& dst,
+                         Index dst_stride, Index dst_off, bool accumulate) {
+    for (Index r = 0; r < rows; ++r) {
+      const T* a = src.data() + r * src_stride + src_off;
+      T* b = dst.data() + r * dst_stride + dst_off;
+      if (accumulate)
+        for (Index k = 0; k < width; ++k) b[k] += a[k];
+      else
+        std::copy(a, a + width, b);
+    }
+  }
 
   static bool all_finite(const Tn& t) { return t.array().isFinite().all(); }
 

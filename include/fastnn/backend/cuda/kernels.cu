@@ -701,6 +701,39 @@ __global__ void scale_by_kernel(T* p, idx_t n, const T* f) {
 }
 
 template <class T>
+__global__ void mul_kernel(const T* a, const T* b, T* y, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) y[i] = a[i] * b[i];
+}
+
+template <class T>
+__global__ void extremum_kernel(bool largest, const T* a, const T* b, T* y, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    const T u = a[i], v = b[i];
+    y[i] = largest ? (u > v ? u : v) : (u < v ? u : v);
+  }
+}
+
+template <class T>
+__global__ void extremum_grad_kernel(const T* x, const T* y, const T* dy, T* taken, T* dx, idx_t n) {
+  FASTNN_GRID_STRIDE(i, n) {
+    const bool take = taken[i] == T(0) && x[i] == y[i];
+    dx[i] = take ? dy[i] : T(0);
+    if (take) taken[i] = T(1);
+  }
+}
+
+template <class T>
+__global__ void copy_block_kernel(idx_t rows, idx_t width, const T* src, idx_t src_stride, idx_t src_off, T* dst,
+                                  idx_t dst_stride, idx_t dst_off, bool accumulate) {
+  FASTNN_GRID_STRIDE(i, rows * width) {
+    const idx_t r = i / width, k = i % width;
+    const T v = src[r * src_stride + src_off + k];
+    T& d = dst[r * dst_stride + dst_off + k];
+    d = accumulate ? d + v : v;
+  }
+}
+
+template <class T>
 __global__ void axpy_kernel(T a, const T* x, T* y, idx_t n) {
   FASTNN_GRID_STRIDE(i, n) y[i] += a * x[i];
 }
@@ -963,6 +996,28 @@ void clip_by_value(T* g, idx_t n, T clip, cudaStream_t s) {
   clip_by_value_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(g, n, clip);
 }
 template <class T>
+void mul(const T* a, const T* b, T* y, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  mul_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(a, b, y, n);
+}
+template <class T>
+void extremum(bool largest, const T* a, const T* b, T* y, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  extremum_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(largest, a, b, y, n);
+}
+template <class T>
+void extremum_grad(const T* x, const T* y, const T* dy, T* taken, T* dx, idx_t n, cudaStream_t s) {
+  if (n <= 0) return;
+  extremum_grad_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(x, y, dy, taken, dx, n);
+}
+template <class T>
+void copy_block(idx_t rows, idx_t width, const T* src, idx_t src_stride, idx_t src_off, T* dst, idx_t dst_stride,
+                idx_t dst_off, bool accumulate, cudaStream_t s) {
+  if (rows <= 0 || width <= 0) return;
+  copy_block_kernel<T><<<blocks_for(rows * width), kThreads, 0, s>>>(rows, width, src, src_stride, src_off, dst,
+                                                                     dst_stride, dst_off, accumulate);
+}
+template <class T>
 void scale(T* p, idx_t n, T f, cudaStream_t s) {
   if (n <= 0) return;
   scale_kernel<T><<<blocks_for(n), kThreads, 0, s>>>(p, n, f);
@@ -986,6 +1041,10 @@ template void fill<std::int64_t>(std::int64_t*, idx_t, std::int64_t, cudaStream_
 
 #define FASTNN_INSTANTIATE_MATH(T)                                                                             \
   template void add_row_vector<T>(T*, const T*, idx_t, idx_t, cudaStream_t);                                   \
+  template void mul<T>(const T*, const T*, T*, idx_t, cudaStream_t);                                           \
+  template void extremum<T>(bool, const T*, const T*, T*, idx_t, cudaStream_t);                                \
+  template void extremum_grad<T>(const T*, const T*, const T*, T*, T*, idx_t, cudaStream_t);                   \
+  template void copy_block<T>(idx_t, idx_t, const T*, idx_t, idx_t, T*, idx_t, idx_t, bool, cudaStream_t);     \
   template void column_sums_add<T>(const T*, T*, idx_t, idx_t, cudaStream_t);                                  \
   template void activate<T>(int, T*, idx_t, idx_t, cudaStream_t);                                              \
   template void activation_backward<T>(int, const T*, T*, idx_t, idx_t, cudaStream_t);                         \

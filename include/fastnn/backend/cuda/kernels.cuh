@@ -119,6 +119,19 @@ void scale_by(T* p, idx_t n, const T* f, cudaStream_t s);
 /// y += a x.
 template <class T>
 void axpy(T a, const T* x, T* y, idx_t n, cudaStream_t s);
+/// y[i] = a[i] b[i] (y may be a or b).
+template <class T>
+void mul(const T* a, const T* b, T* y, idx_t n, cudaStream_t s);
+/// y[i] = max(a[i], b[i]) (min when not `largest`; y may be a or b).
+template <class T>
+void extremum(bool largest, const T* a, const T* b, T* y, idx_t n, cudaStream_t s);
+/// dx[i] = dy[i] where taken[i] == 0 and x[i] == y[i] (then taken[i] = 1), else 0.
+template <class T>
+void extremum_grad(const T* x, const T* y, const T* dy, T* taken, T* dx, idx_t n, cudaStream_t s);
+/// dst[r * dst_stride + dst_off + k] = (+= with accumulate) src[r * src_stride + src_off + k], r < rows, k < width.
+template <class T>
+void copy_block(idx_t rows, idx_t width, const T* src, idx_t src_stride, idx_t src_off, T* dst, idx_t dst_stride,
+                idx_t dst_off, bool accumulate, cudaStream_t s);
 
 /// *flag = 1 if any of p[0..n) is NaN or infinite (flag is left alone otherwise).
 template <class T>

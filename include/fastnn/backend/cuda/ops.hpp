@@ -265,6 +265,32 @@ struct Ops<T, Cuda> {
     cuda::kernels::axpy(a, x.data(), y.data(), y.size(), cuda::stream());
     FASTNN_CUDA_CHECK_LAUNCH("axpy");
   }
+  static void mul(const Tn& a, const Tn& b, Tn& y) {
+    same_size(a, y, "mul");
+    same_size(b, y, "mul");
+    cuda::kernels::mul(a.data(), b.data(), y.data(), y.size(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("mul");
+  }
+  static void extremum(bool largest, const Tn& a, const Tn& b, Tn& y) {
+    same_size(a, y, "extremum");
+    same_size(b, y, "extremum");
+    cuda::kernels::extremum(largest, a.data(), b.data(), y.data(), y.size(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("extremum");
+  }
+  static void extremum_grad(const Tn& x, const Tn& y, const Tn& dy, Tn& taken, Tn& dx) {
+    same_size(x, y, "extremum_grad");
+    same_size(dy, y, "extremum_grad");
+    same_size(taken, y, "extremum_grad");
+    same_size(dx, y, "extremum_grad");
+    cuda::kernels::extremum_grad(x.data(), y.data(), dy.data(), taken.data(), dx.data(), y.size(), cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("extremum_grad");
+  }
+  static void copy_block(Index rows, Index width, const Tn& src, Index src_stride, Index src_off, Tn& dst,
+                         Index dst_stride, Index dst_off, bool accumulate) {
+    cuda::kernels::copy_block(rows, width, src.data(), src_stride, src_off, dst.data(), dst_stride, dst_off,
+                              accumulate, cuda::stream());
+    FASTNN_CUDA_CHECK_LAUNCH("copy_block");
+  }
 
   /// False if any element is NaN or infinite. Waits for the device.
   static bool all_finite(const Tn& t) {

@@ -1,0 +1,458 @@
+// Graph models (model/graph.hpp) and the merge layers (layers/merge.hpp): finite-difference gradients in double,
+// a chain Model against Sequential, shared layers, and the errors raised while the graph is built.
+#include <fastnn/graph.hpp>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <sstream>
+
+#include "test_util.hpp"
+
+using namespace fastnn;
+using fastnn_test::random_tensor;
+
+namespace {
+
+using Sym = SymbolicTensor<double, Cpu>;
+using Tn = Tensor<double, Cpu>;
+
+/// Largest |a - b| over the largest |b| (1 when b is all zero).
+double rel_error(const Tn& a, const Tn& b) {
+  double diff = 0, scale = 0;
+  for (Index i = 0; i < a.size(); ++i) {
+    diff = std::max(diff, std::abs(a[i] - b[i]));
+    scale = std::max(scale, std::abs(b[i]));
+  }
+  return diff / (scale > 0 ? scale : 1.0);
+}
+
+/// L = sum_k sum(w_k * y_k): a linear functional of the outputs, so dL/dy_k = w_k.
+double weighted_sum(const std::vector<Tn>& ys, const std::vector<Tn>& ws) {
+  double s = 0;
+  for (std::size_t k = 0; k < ys.size(); ++k)
+    for (Index i = 0; i < ys[k].size(); ++i) s += ys[k][i] * ws[k][i];
+  return s;
+}
+
+/// Checks every parameter gradient of `m` (train mode, no stochastic layers) against central differences of
+/// L = sum_k sum(w_k * y_k) for random inputs xs and weights w_k.
+void expect_model_gradients(Model<double>& m, const std::vector<Tn>& xs, std::uint64_t seed,
+                            const std::vector<Lengths>& lengths = {}) {
+  Rng rng(seed);
+  Tn& p = m.flat_parameters();
+  for (Index i = 0; i < p.size(); ++i) p[i] += rng.uniform(-0.2, 0.2);  // nonzero biases
+  std::vector<Tn> ws;
+  {
+    const auto& ys = m.forward_train(xs, lengths);
+    for (const auto& y : ys) ws.push_back(random_tensor(y.shape(), rng));
+  }
+  m.backward_train(ws);
+  const Tn analytic = m.flat_gradients().clone();
+  Tn numeric(analytic.shape());
+  const double eps = 1e-6;
+  for (Index i = 0; i < p.size(); ++i) {
+    const double keep = p[i];
+    p[i] = keep + eps;
+    const double up = weighted_sum(m.forward_train(xs, lengths), ws);
+    p[i] = keep - eps;
+    const double down = weighted_sum(m.forward_train(xs, lengths), ws);
+    p[i] = keep;
+    numeric[i] = (up - down) / (2 * eps);
+  }
+  for (const auto& prm : m.named_parameters()) {
+    const Index off = prm.value.data() - p.data();
+    const Tn a = analytic.view(off, Shape{prm.value.size()});
+    const Tn n = numeric.view(off, Shape{prm.value.size()});
+    EXPECT_LT(rel_error(a, n), 1e-6) << prm.name;
+  }
+}
+
+/// Checks a merge layer's input gradients against central differences.
+void expect_merge_gradients(Layer<double, Cpu>& l, const std::vector<Shape>& shapes, Index batch,
+                            std::uint64_t seed) {
+  Rng rng(seed);
+  l.build_inputs(shapes);
+  std::vector<Tn> xs;
+  for (const auto& s : shapes) xs.push_back(random_tensor(s.prepend(batch), rng));
+  std::vector<const Tn*> xp;
+  for (auto& x : xs) xp.push_back(&x);
+  Tn y;
+  l.forward_inputs(xp, y, Mode::Train);
+  const Tn w = random_tensor(y.shape(), rng);
+  std::vector<Tn> dx(xs.size());
+  std::vector<Tn*> dxp;
+  for (auto& d : dx) dxp.push_back(&d);
+  l.backward_inputs(xp, y, w, dxp);
+  const double eps = 1e-6;
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    Tn numeric(xs[k].shape());
+    for (Index i = 0; i < xs[k].size(); ++i) {
+      const double keep = xs[k][i];
+      Tn out;
+      xs[k][i] = keep + eps;
+      l.forward_inputs(xp, out, Mode::Train);
+      const double up = weighted_sum({out}, {w});
+      xs[k][i] = keep - eps;
+      l.forward_inputs(xp, out, Mode::Train);
+      const double down = weighted_sum({out}, {w});
+      xs[k][i] = keep;
+      numeric[i] = (up - down) / (2 * eps);
+    }
+    EXPECT_LT(rel_error(dx[k], numeric), 1e-6) << l.type_name() << " input " << k;
+  }
+}
+
+}  // namespace
+
+TEST(MergeLayers, GradientsMatchFiniteDifferences) {
+  for (MergeOp op : {MergeOp::Add, MergeOp::Subtract, MergeOp::Multiply, MergeOp::Average, MergeOp::Maximum,
+                     MergeOp::Minimum}) {
+    ElementwiseMerge<double> l(op);
+    const std::size_t n = op == MergeOp::Subtract ? 2 : 3;
+    expect_merge_gradients(l, std::vector<Shape>(n, Shape{4, 3}), 2, 7);
+  }
+  Concatenate<double> last;
+  expect_merge_gradients(last, {Shape{4, 3}, Shape{4, 2}, Shape{4, 1}}, 2, 8);
+  Concatenate<double> first(ConcatenateOptions(1));
+  expect_merge_gradients(first, {Shape{2, 3}, Shape{5, 3}}, 3, 9);
+}
+
+TEST(MergeLayers, ValuesAndTies) {
+  Tn a(Shape{1, 3}), b(Shape{1, 3});
+  a[0] = 1, a[1] = 5, a[2] = 2;
+  b[0] = 4, b[1] = 5, b[2] = -1;
+  Maximum<double> mx;
+  mx.build_inputs({Shape{3}, Shape{3}});
+  Tn y;
+  mx.forward_inputs({&a, &b}, y, Mode::Train);
+  EXPECT_EQ(y[0], 4);
+  EXPECT_EQ(y[1], 5);
+  EXPECT_EQ(y[2], 2);
+  Tn dy(Shape{1, 3}), da, db;
+  dy[0] = dy[1] = dy[2] = 1;
+  mx.backward_inputs({&a, &b}, y, dy, {&da, &db});
+  // The tie at position 1 goes to the first input only.
+  EXPECT_EQ(da[0], 0);
+  EXPECT_EQ(da[1], 1);
+  EXPECT_EQ(da[2], 1);
+  EXPECT_EQ(db[0], 1);
+  EXPECT_EQ(db[1], 0);
+  EXPECT_EQ(db[2], 0);
+  Concatenate<double> c;
+  c.build_inputs({Shape{3}, Shape{3}});
+  c.forward_inputs({&a, &b}, y, Mode::Train);
+  ASSERT_EQ(y.shape(), (Shape{1, 6}));
+  EXPECT_EQ(y[2], 2);
+  EXPECT_EQ(y[3], 4);
+}
+
+TEST(MergeLayers, LengthsMergeAsMasks) {
+  Add<double> add;
+  add.build_inputs({Shape{5, 2}, Shape{5, 2}});
+  add.set_inputs_lengths({fastnn_test::make_lengths({3, 5}), fastnn_test::make_lengths({4, 2})});
+  const Lengths out = add.output_lengths();
+  ASSERT_EQ(out.size(), 2);
+  EXPECT_EQ(out[0], 3);
+  EXPECT_EQ(out[1], 2);
+  add.set_inputs_lengths({Lengths(), fastnn_test::make_lengths({4, 2})});
+  EXPECT_EQ(add.output_lengths()[0], 4);
+  EXPECT_EQ(add.output_lengths()[1], 2);
+}
+
+TEST(GraphGradients, ResidualRecurrentStack) {
+  auto x = Input<double>({6, 5}, "x");
+  auto h = apply<LSTM>(x, LSTMOptions(5).return_sequences(true));
+  auto r = apply<Add>({x, h});
+  auto h2 = apply<GRU>(r, GRUOptions(4));
+  auto y = apply<Dense>(h2, DenseOptions(3));
+  Model<double> m(x, y, 3);
+  Rng rng(5);
+  expect_model_gradients(m, {random_tensor(Shape{3, 6, 5}, rng)}, 11);
+  // With lengths: the residual sum keeps them, the GRU stops at each sample's end.
+  expect_model_gradients(m, {random_tensor(Shape{3, 6, 5}, rng)}, 12, {fastnn_test::make_lengths({6, 2, 4})});
+}
+
+TEST(GraphGradients, TwoInputsTwoOutputs) {
+  auto seq = Input<double>({4, 3}, "seq");
+  auto feat = Input<double>({5}, "feat");
+  auto a = apply<SimpleRNN>(seq, SimpleRNNOptions(4));
+  auto b = apply<Dense>(feat, DenseOptions(4).activation(Activation::Tanh));
+  auto both = apply<Concatenate>({a, b});
+  auto main_out = apply<Dense>(both, DenseOptions(3));
+  auto aux_out = apply<Dense>(b, DenseOptions(2).activation(Activation::Sigmoid));
+  auto prod = apply<Multiply>({a, b});
+  auto third = apply<Dense>(apply<Maximum>({prod, a}), DenseOptions(2));
+  Model<double> m({seq, feat}, {main_out, aux_out, third}, 4);
+  EXPECT_EQ(m.num_inputs(), 2u);
+  EXPECT_EQ(m.num_outputs(), 3u);
+  Rng rng(6);
+  expect_model_gradients(m, {random_tensor(Shape{2, 4, 3}, rng), random_tensor(Shape{2, 5}, rng)}, 13);
+}
+
+TEST(GraphGradients, SharedLayerSumsTheGradientsOfItsCalls) {
+  auto left = Input<double>({5}, "left");
+  auto right = Input<double>({5}, "right");
+  auto encoder = std::make_shared<Dense<double>>(DenseOptions(4).activation(Activation::Tanh));
+  auto a = call(encoder, left);
+  auto b = call(encoder, right);
+  auto d = apply<Subtract>({a, b});
+  auto y = apply<Dense>(apply<Multiply>({d, d}), DenseOptions(1));
+  Model<double> m({left, right}, {y}, 5);
+  // One set of weights: the encoder's 5 * 4 + 4 once, the head's 4 + 1.
+  EXPECT_EQ(m.param_count(), 24 + 5);
+  EXPECT_EQ(m.num_layers(), 4u);
+  Rng rng(7);
+  expect_model_gradients(m, {random_tensor(Shape{3, 5}, rng), random_tensor(Shape{3, 5}, rng)}, 14);
+  // A Siamese model on the same input twice has a zero difference, whatever the weights.
+  const auto x = random_tensor(Shape{2, 5}, rng);
+  const auto out = m.predict({x, x});
+  for (Index i = 0; i < out[0].size(); ++i) EXPECT_EQ(out[0][i], m.layer(3).parameters()[1].value[0]);
+}
+
+TEST(GraphGradients, SharedRecurrentLayerOnTwoSequences) {
+  auto p = Input<double>({5, 3}, "p");
+  auto q = Input<double>({4, 3}, "q");  // a shared LSTM runs on sequences of different lengths
+  auto lstm = std::make_shared<LSTM<double>>(LSTMOptions(3));
+  auto y = apply<Dense>(apply<Average>({call(lstm, p), call(lstm, q)}), DenseOptions(2));
+  Model<double> m({p, q}, {y}, 6);
+  Rng rng(8);
+  expect_model_gradients(m, {random_tensor(Shape{2, 5, 3}, rng), random_tensor(Shape{2, 4, 3}, rng)}, 15);
+}
+
+TEST(GraphModel, AChainTrainsBitIdenticallyToSequential) {
+  const auto train = fastnn_test::toy_data<float>(96, 1);
+  auto fit_options = FitOptions().epochs(2).batch_size(16).verbose(0);
+  Sequential<float> s;
+  s.add<LSTM>(LSTMOptions(8));
+  s.add<Dropout>(DropoutOptions(0.3));
+  s.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+  s.build({6, 5}, 42);
+  s.compile(std::make_unique<Adam<float>>(0.01), SparseCategoricalCrossentropy(), {"accuracy"});
+  const History hs = s.fit(train, fit_options);
+
+  auto x = Input<float>({6, 5});
+  auto h = apply<LSTM>(x, LSTMOptions(8));
+  auto y = apply<Dense>(apply<Dropout>(h, DropoutOptions(0.3)), DenseOptions(3).activation(Activation::Softmax));
+  Model<float> m(x, y, 42);
+  m.compile(std::make_unique<Adam<float>>(0.01), SparseCategoricalCrossentropy(), {"accuracy"});
+  EXPECT_TRUE(m.loss_fused());
+  const History hm = m.fit(train, fit_options);
+
+  ASSERT_EQ(s.flat_parameters().size(), m.flat_parameters().size());
+  for (Index i = 0; i < s.flat_parameters().size(); ++i)
+    ASSERT_EQ(s.flat_parameters()[i], m.flat_parameters()[i]) << "parameter element " << i;
+  ASSERT_EQ(hs.epochs.size(), hm.epochs.size());
+  for (std::size_t e = 0; e < hs.epochs.size(); ++e)
+    EXPECT_EQ(hs.epochs[e].loss, hm.epochs[e].loss);
+  const auto ps = s.predict(train.x);
+  const auto pm = m.predict(train.x);
+  for (Index i = 0; i < ps.size(); ++i) ASSERT_EQ(ps[i], pm[i]);
+  EXPECT_EQ(s.evaluate(train).loss, m.evaluate(train).loss);
+}
+
+TEST(GraphModel, ResidualModelLearnsWithTheTrainersControls) {
+  const auto train = fastnn_test::toy_data<float>(192, 2);
+  auto x = Input<float>({6, 5});
+  auto h = apply<LSTM>(x, LSTMOptions(5).return_sequences(true));
+  auto y = apply<Dense>(apply<GRU>(apply<Add>({x, h}), GRUOptions(8)), DenseOptions(3).activation(Activation::Softmax));
+  Model<float> m(x, y, 7);
+  m.compile(std::make_unique<Adam<float>>(AdamOptions().learning_rate(0.02).clipnorm(1.0)), SparseCategoricalCrossentropy(),
+            {"accuracy"});
+  const double before = m.evaluate(train).loss;
+  const History h1 = m.fit(train, FitOptions().epochs(10).batch_size(32).verbose(0));
+  EXPECT_LT(h1.last().loss, before * 0.6);
+  // A frozen layer keeps its weights.
+  m.get_layer("lstm").set_trainable(false);
+  m.compile(std::make_unique<Adam<float>>(0.02), SparseCategoricalCrossentropy(), {"accuracy"});
+  std::vector<float> frozen;
+  for (const auto& p : m.get_layer("lstm").parameters())
+    for (Index i = 0; i < p.value.size(); ++i) frozen.push_back(p.value[i]);
+  m.fit(train, FitOptions().epochs(1).batch_size(32).verbose(0));
+  std::size_t k = 0;
+  for (const auto& p : m.get_layer("lstm").parameters())
+    for (Index i = 0; i < p.value.size(); ++i) ASSERT_EQ(p.value[i], frozen[k++]);
+}
+
+TEST(GraphModel, SharedDropoutDrawsADifferentMaskAtEachCall) {
+  Tn ones(Shape{1, 200});
+  ones.array() = 1;
+  int differ = 0;
+  auto d = Input<double>({200});
+  auto dd = std::make_shared<Dropout<double>>(DropoutOptions(0.5));
+  Model<double> two(d, apply<Subtract>({call(dd, d), call(dd, d)}), 1);
+  two.set_noise_keys(77);
+  const Tn& out = two.forward_train({ones})[0];
+  for (Index i = 0; i < out.size(); ++i) differ += out[i] != 0;
+  EXPECT_GT(differ, 40);  // about half of the 200 positions differ between two independent masks
+}
+
+TEST(GraphModel, SummaryShowsConnections) {
+  auto a = Input<float>({4}, "a");
+  auto b = Input<float>({4}, "b");
+  auto shared = std::make_shared<Dense<float>>(DenseOptions(3));
+  auto y = apply<Add>({call(shared, a), call(shared, b)});
+  Model<float> m({a, b}, {y}, 1, "siamese");
+  std::ostringstream os;
+  m.summary(os);
+  const std::string s = os.str();
+  EXPECT_NE(s.find("Model: \"siamese\""), std::string::npos) << s;
+  EXPECT_NE(s.find("Connected to"), std::string::npos) << s;
+  EXPECT_NE(s.find("dense[1][0]"), std::string::npos) << s;
+  EXPECT_NE(s.find("Total params: 15"), std::string::npos) << s;
+}
+
+TEST(GraphErrors, RaisedWhenTheGraphIsBuilt) {
+  auto x = Input<float>({6, 5}, "x");
+  auto v = Input<float>({7}, "v");
+  // A layer called on a tensor of the wrong shape: the layer, the tensor and the shapes.
+  auto h = apply<LSTM>(x, LSTMOptions(4));
+  try {
+    apply<Add>({h, v});
+    FAIL();
+  } catch (const ShapeError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("add (Add)"), std::string::npos) << m;
+    EXPECT_NE(m.find("input 'v' [7]"), std::string::npos) << m;
+    EXPECT_NE(m.find("[4]"), std::string::npos) << m;
+  }
+  EXPECT_THROW(apply<LSTM>(v, LSTMOptions(3)), ShapeError);
+  EXPECT_THROW(apply<Subtract>({h, h, h}), ShapeError);
+  EXPECT_THROW(apply<Concatenate>({x, v}), ShapeError);
+  auto s1 = Input<float>({6, 2}), s2 = Input<float>({5, 2});
+  try {
+    apply<Add>({s1, s2});
+    FAIL();
+  } catch (const ShapeError& e) {  // sequences of different lengths: both named
+    EXPECT_NE(std::string(e.what()).find("[6, 2]"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("[5, 2]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(apply<Add>(h), ShapeError);  // a merge of one tensor
+  // An input that is not used; an output that depends on an input the model does not list.
+  auto y = apply<Dense>(h, DenseOptions(2));
+  try {
+    Model<float> m({x, v}, {y});
+    FAIL();
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("input 'v' is not used"), std::string::npos) << e.what();
+  }
+  try {
+    Model<float> m(v, y);
+    FAIL();
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("depends on input 'x'"), std::string::npos) << e.what();
+  }
+  // Two layers with one name.
+  auto d1 = std::make_shared<Dense<float>>(DenseOptions(2));
+  auto d2 = std::make_shared<Dense<float>>(DenseOptions(2));
+  d1->set_name("head");
+  d2->set_name("head");
+  auto w = Input<float>({3}, "w");
+  try {
+    Model<float> m(w, apply<Add>({call(d1, w), call(d2, w)}));
+    FAIL();
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("two layers named 'head'"), std::string::npos) << e.what();
+  }
+  // fit() with two inputs says what to use instead.
+  auto w2 = Input<float>({3}, "w2");
+  Model<float> two({w, w2}, {apply<Add>({apply<Dense>(w, DenseOptions(2)), apply<Dense>(w2, DenseOptions(2))})});
+  EXPECT_THROW(two.compile(std::make_unique<SGD<float>>(0.1)), ArgumentError);
+}
+
+namespace {
+
+/// A residual recurrent model with a shared layer, in float.
+std::unique_ptr<Model<float>> residual_model(std::uint64_t seed) {
+  auto x = Input<float>({6, 5}, "x");
+  auto h = apply<LSTM>(x, LSTMOptions(5).return_sequences(true));
+  auto shared = std::make_shared<Dense<float>>(DenseOptions(4).activation(Activation::Tanh));
+  auto both = apply<Concatenate>({call(shared, apply<Add>({x, h})), call(shared, x)});
+  auto y = apply<Dense>(apply<GRU>(both, GRUOptions(6)), DenseOptions(3).activation(Activation::Softmax));
+  return std::make_unique<Model<float>>(x, y, seed);
+}
+
+/// Writes `m`'s weights with `graph` as the recorded graph (a hostile file).
+void write_with_graph(const Model<float>& m, const std::string& path, const std::string& graph) {
+  io::ModelRecord rec = io::describe(m);
+  rec.graph = graph;
+  io::SafetensorsWriter w;
+  io::write_model_record(w, rec, io::kWeightsFormat);
+  const auto params = m.named_parameters();
+  for (const auto& p : params)
+    w.add<float>(p.name, io::detail::to_u64(p.value.shape()), p.value.data());
+  w.write(path);
+}
+
+}  // namespace
+
+TEST(GraphFiles, WeightsRoundTripAndRebuild) {
+  fastnn_test::TempDir dir;
+  auto m = residual_model(3);
+  const std::string path = dir.path() + "/graph.safetensors";
+  io::save_weights(*m, path);
+  Rng rng(4);
+  const auto x = random_tensor<float>(Shape{7, 6, 5}, rng);
+  const auto want = m->predict(x);
+  auto loaded = io::load_graph_model<float>(path);
+  const auto got = loaded->predict(x);
+  for (Index i = 0; i < want.size(); ++i) ASSERT_EQ(want[i], got[i]);
+  auto other = residual_model(9);  // same graph, other weights
+  io::load_weights(*other, path);
+  const auto again = other->predict(x);
+  for (Index i = 0; i < want.size(); ++i) ASSERT_EQ(want[i], again[i]);
+  // Another graph is refused, and so is loading the graph as a Sequential.
+  auto xa = Input<float>({6, 5}, "x");
+  Model<float> chain(xa, apply<Dense>(apply<LSTM>(xa, LSTMOptions(5)), DenseOptions(3)));
+  EXPECT_THROW(io::load_weights(chain, path), MismatchError);
+  EXPECT_THROW(io::load_model<float>(path), MismatchError);
+}
+
+TEST(GraphFiles, ASequentialFileLoadsAsAChain) {
+  const std::string path = std::string(FASTNN_SOURCE_DIR) + "/tests/data/checkpoint-230724e.safetensors";
+  auto seq = io::load_model<float>(path);
+  auto graph = io::load_graph_model<float>(path);
+  EXPECT_EQ(graph->num_layers(), seq.num_layers());
+  const auto x = fastnn_test::toy_data<float>(20, 3).x;
+  const auto a = seq.predict(x);
+  const auto b = graph->predict(x);
+  for (Index i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]);
+}
+
+TEST(GraphFiles, HostileGraphRecordsAreFormatErrorsNamingTheNode) {
+  fastnn_test::TempDir dir;
+  auto m = residual_model(3);
+  const std::string good = io::describe(*m).graph;
+  auto expect_format_error = [&](const std::string& graph, const std::string& needle, const char* what) {
+    const std::string path = dir.path() + "/bad.safetensors";
+    write_with_graph(*m, path, graph);
+    try {
+      io::load_graph_model<float>(path);
+      ADD_FAILURE() << what << ": loaded";
+    } catch (const FormatError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  auto replace = [&](std::string s, const std::string& from, const std::string& to) {
+    const auto at = s.find(from);
+    EXPECT_NE(at, std::string::npos) << from << " in " << s;
+    if (at != std::string::npos) s.replace(at, from.size(), to);
+    return s;
+  };
+  // A cycle: the first node reads the output of a later one.
+  expect_format_error(replace(good, R"({"inbound":["x"],"layer":"lstm"})", R"({"inbound":["gru[0]"],"layer":"lstm"})"),
+                      "nodes[0]", "cycle");
+  expect_format_error(replace(good, R"({"inbound":["x"],"layer":"lstm"})", R"({"inbound":["nope"],"layer":"lstm"})"),
+                      "reads 'nope'", "unknown inbound");
+  expect_format_error(replace(good, R"({"inbound":["x"],"layer":"lstm"})", R"({"inbound":["y"],"layer":"lstm"})"),
+                      "nodes[0]", "missing input");
+  expect_format_error(replace(good, R"("layer":"lstm")", R"("layer":"ghost")"), "ghost", "unknown layer");
+  std::string bomb = "[[[[[[[[1]]]]]]]]";
+  expect_format_error(replace(good, R"("outputs":["dense_1[0]"])", R"("outputs":)" + bomb), "deeper", "depth bomb");
+  std::string many = R"({"inputs":[{"name":"x","shape":[6,5]}],"nodes":[)";
+  for (int i = 0; i < 5000; ++i) many += std::string(i ? "," : "") + R"({"inbound":["x"],"layer":"lstm"})";
+  many += R"(],"outputs":["lstm[0]"]})";
+  expect_format_error(many, "4096", "huge node count");
+  expect_format_error(replace(good, R"("outputs":["dense_1[0]"])", R"("outputs":["dense_1[7]"])"), "outputs[0]",
+                      "unknown output");
+}
