@@ -12,9 +12,9 @@
 //
 // Bias is included on both sides: fastnn runs the Conv2D layer itself (forward = im2col + GEMM +
 // bias row add; backward = dkernel + dbias column sums + dx), which is what Sequential's training
-// step calls, with a linear activation (the example's relu is a separate elementwise pass on both
-// libraries and is left out). The layer's gradients are cleared before each pass (they accumulate),
-// oneDNN's backward primitives overwrite theirs.
+// step calls, configured as in the example (bias, linear activation: its BatchNormalization and ReLU
+// are separate layers, not timed here). The layer's gradients are cleared before each pass (they
+// accumulate); oneDNN's backward primitives overwrite theirs.
 // oneDNN: convolution_forward (forward_training, with bias), convolution_backward_weights (with
 // diff_bias) and, for conv2, convolution_backward_data, every tensor with format_tag::any so that it
 // picks its own layouts. The input, the weights and the output gradient are reordered into those
