@@ -218,6 +218,76 @@ TEST(ConvIsa, EveryPathMatchesReference) {
   EXPECT_GE(paths, 1);
 }
 
+// The CPU convolution runs the batch in chunks of samples and, with set_threads(2), in two halves
+// on two threads: the example's two layers (several chunks per half) and two small cases, with an
+// odd batch, against the same layer run one sample at a time (forward, kernel and bias gradients,
+// input gradient), and two threads against one thread; two threads twice give the same bits.
+TEST(ConvThreads, TwoThreadsAndChunksMatchOneSampleAtATime) {
+  struct Case {
+    Shape in;
+    Conv2DOptions opt;
+  };
+  const std::vector<Case> cases = {
+      {Shape{28, 28, 1}, Conv2DOptions(32, 3).padding(Padding::Same)},
+      {Shape{14, 14, 32}, Conv2DOptions(64, 3).padding(Padding::Same).activation(Activation::Relu)},
+      {Shape{7, 6, 4}, Conv2DOptions(6, Size2(3, 2)).strides(2).groups(2).activation(Activation::Tanh)},
+      {Shape{9, 9, 3}, Conv2DOptions(5, 3).dilation_rate(2).use_bias(false)},
+  };
+  auto rel = [](const Tensor<float, Cpu>& a, const Tensor<float, Cpu>& b) {
+    double diff = 0, scale = 1e-30;
+    for (Index i = 0; i < a.size(); ++i) {
+      diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - static_cast<double>(b[i])));
+      scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+    }
+    return diff / scale;
+  };
+  for (const Case& k : cases) {
+    const Index n = 9;
+    Conv2D<float> one(k.opt), two(k.opt);
+    Rng rng(11);
+    auto s1 = build_standalone(one, k.in, rng);
+    auto s2 = build_standalone(two, k.in, rng);
+    for (Index i = 0; i < s1.first.size(); ++i) s2.first[i] = s1.first[i] = static_cast<float>(rng.uniform(-0.3, 0.3));
+    two.set_threads(2);
+    auto x = random_tensor<float>(k.in.prepend(n), rng);
+    Tensor<float, Cpu> y1, y2, dx1, dx2;
+    one.forward(x, y1, Mode::Train);
+    two.forward(x, y2, Mode::Train);
+    auto dy = random_tensor<float>(y1.shape(), rng);
+    one.backward(x, y1, dy, &dx1);
+    two.backward(x, y2, dy, &dx2);
+    const std::string what = k.in.str();
+    EXPECT_LT(rel(y2, y1), 1e-5) << what;
+    EXPECT_LT(rel(s2.second, s1.second), 1e-5) << what;
+    EXPECT_LT(rel(dx2, dx1), 1e-5) << what;
+    // one sample at a time: one chunk each, the gradients summed over the samples
+    Conv2D<float> single(k.opt);
+    auto s3 = build_standalone(single, k.in, rng);
+    for (Index i = 0; i < s1.first.size(); ++i) s3.first[i] = s1.first[i];
+    Tensor<float, Cpu> ys(y1.shape()), dxs(x.shape()), yb, dxb;
+    const Index in_per = x.size() / n, out_per = y1.size() / n;
+    for (Index b = 0; b < n; ++b) {
+      Tensor<float, Cpu> xb = x.view(b * in_per, k.in.prepend(1)).clone();
+      single.forward(xb, yb, Mode::Train);
+      Tensor<float, Cpu> dyb = dy.view(b * out_per, yb.shape()).clone();
+      single.backward(xb, yb, dyb, &dxb);
+      std::copy(yb.data(), yb.data() + out_per, ys.data() + b * out_per);
+      std::copy(dxb.data(), dxb.data() + in_per, dxs.data() + b * in_per);
+    }
+    EXPECT_LT(rel(y1, ys), 1e-5) << what;
+    EXPECT_LT(rel(s1.second, s3.second), 1e-5) << what;
+    EXPECT_LT(rel(dx1, dxs), 1e-5) << what;
+    // two threads again: the same bits
+    Tensor<float, Cpu> g2 = s2.second.clone(), y3, dx3;
+    s2.second.set_zero();
+    two.forward(x, y3, Mode::Train);
+    two.backward(x, y3, dy, &dx3);
+    for (Index i = 0; i < y2.size(); ++i) ASSERT_EQ(y3[i], y2[i]) << what;
+    for (Index i = 0; i < g2.size(); ++i) ASSERT_EQ(s2.second[i], g2[i]) << what;
+    for (Index i = 0; i < dx2.size(); ++i) ASSERT_EQ(dx3[i], dx2[i]) << what;
+  }
+}
+
 // ---- pooling ----------------------------------------------------------------------------------
 
 namespace {

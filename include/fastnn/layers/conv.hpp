@@ -3,7 +3,10 @@
 /// Conv1D and Conv2D (Keras's names and options), channels-last: [batch, steps, channels] ->
 /// [batch, out_steps, filters] and [batch, h, w, channels] -> [batch, out_h, out_w, filters].
 /// y = a(conv(x, kernel) + bias), computed as im2col + the CPU GEMM (backend/cpu/conv.hpp) on the
-/// CPU and by cuDNN on the GPU (backend/cuda/conv.hpp, through fastnn/vision.hpp).
+/// CPU and by cuDNN on the GPU (backend/cuda/conv.hpp, through fastnn/vision.hpp). On the CPU the
+/// bias is added (and its gradient summed) inside the convolution's chunks, and with
+/// set_threads(n >= 2) the batch is split between the calling thread and one persistent worker
+/// (core/thread.hpp); results are deterministic for a given thread count.
 ///
 /// Weights, in Keras's layout: Conv1D kernel [kernel_size, channels / groups, filters], Conv2D
 /// kernel [kh, kw, channels / groups, filters], bias [filters]. PyTorch's Conv1d / Conv2d weight
@@ -33,6 +36,7 @@
 #include "fastnn/core/activation.hpp"
 #include "fastnn/core/options.hpp"
 #include "fastnn/core/parse.hpp"
+#include "fastnn/core/thread.hpp"
 #include "fastnn/init/initializers.hpp"
 #include "fastnn/layers/layer.hpp"
 
@@ -251,6 +255,12 @@ class ConvLayer : public Layer<T, D> {
     return r;
   }
 
+  /// With n >= 2 on the CPU, the convolutions split the batch over two threads (the caller and a worker).
+  void set_threads(int n) override {
+    Base::set_threads(n);
+    if (kOnCpu && this->threads_ >= 2 && !worker_) worker_ = std::make_unique<detail::Worker>();
+  }
+
   Activation output_activation() const override { return opt_.activation(); }
   void set_emit_preactivation(bool on) override { emit_pre_ = on && opt_.activation() != Activation::Linear; }
   bool emits_preactivation() const override { return emit_pre_; }
@@ -274,10 +284,15 @@ class ConvLayer : public Layer<T, D> {
     const ConvGeometry g = geometry(x.dim(0));
     y.resize(this->output_shape_.prepend(x.dim(0)));
     Tn y4 = y.reshaped(Shape{g.n, g.oh, g.ow, g.filters});
-    S::conv_forward(g, input(x).reshaped(Shape{g.n, g.h, g.w, g.c}), this->params_[0].value, y4, col_,
-                    this->precision_);
     Tn y2 = y.reshaped(Shape{g.rows(), g.filters});
-    if (opt_.use_bias()) O::add_row_vector(y2, this->params_[1].value);
+    const Tn xin = input(x).reshaped(Shape{g.n, g.h, g.w, g.c});
+    if constexpr (kOnCpu) {
+      S::conv_forward_bias(g, xin, this->params_[0].value, opt_.use_bias() ? &this->params_[1].value : nullptr, y4,
+                           ws_, this->precision_, worker());
+    } else {
+      S::conv_forward(g, xin, this->params_[0].value, y4, col_, this->precision_);
+      if (opt_.use_bias()) O::add_row_vector(y2, this->params_[1].value);
+    }
     if (!emit_pre_) activate_keeping_input<T, D>(opt_.activation(), y2, pre_, mode == Mode::Train);
   }
 
@@ -299,10 +314,17 @@ class ConvLayer : public Layer<T, D> {
       dx->resize(x.shape());
       dx4 = dx->reshaped(Shape{g.n, g.h, g.w, g.c});
     }
-    S::conv_backward(g, input(x).reshaped(Shape{g.n, g.h, g.w, g.c}), this->params_[0].value,
-                     dz.reshaped(Shape{g.n, g.oh, g.ow, g.filters}), this->params_[0].grad, dx ? &dx4 : nullptr, col_,
-                     dcol_, this->precision_);
-    if (opt_.use_bias()) O::accumulate_column_sums(dz.reshaped(Shape{g.rows(), g.filters}), this->params_[1].grad);
+    const Tn xin = input(x).reshaped(Shape{g.n, g.h, g.w, g.c});
+    const Tn dz4 = dz.reshaped(Shape{g.n, g.oh, g.ow, g.filters});
+    if constexpr (kOnCpu) {
+      S::conv_backward_bias(g, xin, this->params_[0].value, dz4, this->params_[0].grad,
+                            opt_.use_bias() ? &this->params_[1].grad : nullptr, dx ? &dx4 : nullptr, ws_,
+                            this->precision_, worker());
+    } else {
+      S::conv_backward(g, xin, this->params_[0].value, dz4, this->params_[0].grad, dx ? &dx4 : nullptr, col_, dcol_,
+                       this->precision_);
+      if (opt_.use_bias()) O::accumulate_column_sums(dz.reshaped(Shape{g.rows(), g.filters}), this->params_[1].grad);
+    }
     if (dx && masked_) S::mask_steps(*dx, this->in_lengths_, *dx);
   }
 
@@ -329,7 +351,10 @@ class ConvLayer : public Layer<T, D> {
   }
 
  private:
+  static constexpr bool kOnCpu = std::is_same<D, Cpu>::value;
   static std::string kind() { return N == 1 ? "Conv1D" : "Conv2D"; }
+  /// The worker of set_threads(n >= 2), or null (one thread).
+  detail::Worker* worker() const { return this->threads_ >= 2 ? worker_.get() : nullptr; }
   Size2 kernel() const { return detail::as_size2(opt_.kernel_size()); }
   Size2 strides() const { return detail::as_size2(opt_.strides()); }
   Size2 dilation() const { return detail::as_size2(opt_.dilation_rate()); }
@@ -346,6 +371,8 @@ class ConvLayer : public Layer<T, D> {
   bool emit_pre_ = false, masked_ = false;
   Lengths out_lengths_;
   Tn col_, dcol_, dz_, xm_, pre_;  // pre_: the pre-activation, kept in training for gelu and swish
+  ConvWorkspace<T> ws_;            // the CPU path's per-thread workspaces
+  std::unique_ptr<detail::Worker> worker_;
 };
 
 /// Conv1D: [batch, steps, channels] -> [batch, out_steps, filters].

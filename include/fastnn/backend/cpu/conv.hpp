@@ -5,6 +5,13 @@
 /// (cpu_isa()) and in bfloat16 where the precision asks for it. The im2col matrix of a
 /// convolution with G groups is [n * oh * ow, G, kh, kw, c / G] (row-major), so that group g's
 /// columns form a strided block multiplied with the kernel's columns of that group.
+/// The convolutions run in chunks of a few samples (chunk_samples()): each chunk's im2col block is
+/// built, multiplied and (backward) scattered while it is still in the cache, so the workspaces
+/// hold one chunk, not the whole batch. conv_forward_bias / conv_backward_bias (the layer's path)
+/// also add the bias and sum its gradient chunk by chunk, and with a detail::Worker they split the
+/// batch in two halves, one on the calling thread and one on the worker; the kernel and bias
+/// gradients of the halves are summed in a fixed order, so a given thread count always gives the
+/// same bits.
 
 #include <algorithm>
 #include <array>
@@ -12,6 +19,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastnn/backend/conv.hpp"
@@ -20,8 +28,16 @@
 #include "fastnn/core/lengths.hpp"
 #include "fastnn/core/precision.hpp"
 #include "fastnn/core/tensor.hpp"
+#include "fastnn/core/thread.hpp"
 
 namespace fastnn {
+
+/// The per-thread workspaces of SpatialOps<T, Cpu>::conv_forward_bias / conv_backward_bias:
+/// index 0 is the calling thread's, 1 the worker's (kept between calls: no allocation once grown).
+template <class T>
+struct ConvWorkspace {
+  Tensor<T, Cpu> col[2], dcol[2], dw[2], db[2];
+};
 
 template <class T>
 struct SpatialOps<T, Cpu> {
@@ -29,31 +45,20 @@ struct SpatialOps<T, Cpu> {
 
   /// col [rows, G * kh * kw * cg] from x [n, h, w, c] (zeros where the window leaves the input).
   static void im2col(const ConvGeometry& g, const Tn& x, Tn& col) {
+    col.resize(Shape{g.rows(), g.groups * g.group_cols()});
+    im2col(g, x.data(), col.data());
+  }
+  /// The same on raw storage: out [g.rows(), G * kh * kw * cg] from in [g.n, h, w, c].
+  static void im2col(const ConvGeometry& g, const T* in, T* out) {
     const Index cg = g.c / g.groups, kc = g.group_cols(), width = g.groups * kc;
-    col.resize(Shape{g.rows(), width});
-    T* out = col.data();
-    const T* in = x.data();
+    if (g.groups == 1 && g.dw == 1) {
+      im2col_runs(g, in, out);
+      return;
+    }
     for (Index b = 0; b < g.n; ++b)
       for (Index oy = 0; oy < g.oh; ++oy)
         for (Index ox = 0; ox < g.ow; ++ox) {
           T* row = out + ((b * g.oh + oy) * g.ow + ox) * width;
-          if (g.groups == 1 && g.dw == 1) {
-            // one group, no column dilation: a window row is one contiguous run of kw * c input values
-            const Index x0 = ox * g.sw - g.pl, lo = std::max<Index>(0, -x0), hi = std::min(g.kw, g.w - x0);
-            for (Index i = 0; i < g.kh; ++i) {
-              const Index iy = oy * g.sh - g.pt + i * g.dh;
-              T* dst = row + i * g.kw * g.c;
-              if (iy < 0 || iy >= g.h || hi <= lo) {
-                std::fill(dst, dst + g.kw * g.c, T(0));
-                continue;
-              }
-              std::fill(dst, dst + lo * g.c, T(0));
-              const T* src = in + ((b * g.h + iy) * g.w + x0 + lo) * g.c;
-              std::copy(src, src + (hi - lo) * g.c, dst + lo * g.c);
-              std::fill(dst + hi * g.c, dst + g.kw * g.c, T(0));
-            }
-            continue;
-          }
           for (Index gi = 0; gi < g.groups; ++gi)
             for (Index i = 0; i < g.kh; ++i) {
               const Index iy = oy * g.sh - g.pt + i * g.dh;
@@ -72,10 +77,10 @@ struct SpatialOps<T, Cpu> {
   }
 
   /// dx += col2im(dcol): the adjoint of im2col.
-  static void col2im_add(const ConvGeometry& g, const Tn& dcol, Tn& dx) {
+  static void col2im_add(const ConvGeometry& g, const Tn& dcol, Tn& dx) { col2im_add(g, dcol.data(), dx.data()); }
+  /// The same on raw storage: out [g.n, h, w, c] += col2im(in [g.rows(), G * kh * kw * cg]).
+  static void col2im_add(const ConvGeometry& g, const T* in, T* out) {
     const Index cg = g.c / g.groups, kc = g.group_cols(), width = g.groups * kc;
-    const T* in = dcol.data();
-    T* out = dx.data();
     for (Index b = 0; b < g.n; ++b)
       for (Index oy = 0; oy < g.oh; ++oy)
         for (Index ox = 0; ox < g.ow; ++ox) {
@@ -97,31 +102,94 @@ struct SpatialOps<T, Cpu> {
 
   /// y [n, oh, ow, filters] (sized by the caller) = conv(x, w) with w [kh, kw, c / G, filters] (Keras's layout).
   static void conv_forward(const ConvGeometry& g, const Tn& x, const Tn& w, Tn& y, Tn& col, Precision p) {
-    im2col(g, x, col);
-    const Index kc = g.group_cols(), fg = g.filters / g.groups, width = g.groups * kc;
     check_size(y, g.rows() * g.filters, "conv_forward");
-    for (Index gi = 0; gi < g.groups; ++gi)
-      cpu_gemm(false, false, g.rows(), fg, kc, T(1), col.data() + gi * kc, width, w.data() + gi * fg, g.filters, T(0),
-               y.data() + gi * fg, g.filters, p);
+    forward_samples(g, x.data(), w.data(), nullptr, y.data(), col, p, 0, g.n);
   }
 
   /// dw += dL/dw and, with dx, dx = dL/dx (sized as x by the caller), given dy = dL/dy [n, oh, ow, filters].
   static void conv_backward(const ConvGeometry& g, const Tn& x, const Tn& w, const Tn& dy, Tn& dw, Tn* dx, Tn& col,
                             Tn& dcol, Precision p) {
-    im2col(g, x, col);
-    const Index kc = g.group_cols(), fg = g.filters / g.groups, width = g.groups * kc;
-    for (Index gi = 0; gi < g.groups; ++gi)
-      cpu_gemm(true, false, kc, fg, g.rows(), T(1), col.data() + gi * kc, width, dy.data() + gi * fg, g.filters,
-               T(1), dw.data() + gi * fg, g.filters, p);
-    if (!dx) return;
-    dcol.resize(col.shape());
-    for (Index gi = 0; gi < g.groups; ++gi)
-      cpu_gemm(false, true, g.rows(), kc, fg, T(1), dy.data() + gi * fg, g.filters, w.data() + gi * fg, g.filters,
-               T(0), dcol.data() + gi * kc, width, p);
-    check_size(*dx, x.size(), "conv_backward");
-    dx->set_zero();
-    col2im_add(g, dcol, *dx);
+    if (dx) check_size(*dx, x.size(), "conv_backward");
+    backward_samples(g, x.data(), w.data(), dy.data(), dw.data(), nullptr, dx ? dx->data() : nullptr, col, dcol, p,
+                     0, g.n);
   }
+
+  /// y = conv(x, w) + bias (bias [filters], or none when null), as conv_forward; with a worker the
+  /// batch is split between the calling thread and it (see the file comment).
+  static void conv_forward_bias(const ConvGeometry& g, const Tn& x, const Tn& w, const Tn* bias, Tn& y,
+                                ConvWorkspace<T>& ws, Precision p, detail::Worker* worker = nullptr) {
+    check_size(y, g.rows() * g.filters, "conv_forward");
+    const T* b = bias ? bias->data() : nullptr;
+    if (!worker || g.n < 2) {
+      forward_samples(g, x.data(), w.data(), b, y.data(), ws.col[0], p, 0, g.n);
+      return;
+    }
+    const Index half = (g.n + 1) / 2;
+    struct Job {
+      const ConvGeometry* g;
+      const T *x, *w, *b;
+      T* y;
+      Tn* col;
+      Precision p;
+      Index b0, b1;
+    } job{&g, x.data(), w.data(), b, y.data(), &ws.col[1], p, half, g.n};
+    const Job* j = &job;
+    on_two_threads(*worker, [j] { forward_samples(*j->g, j->x, j->w, j->b, j->y, *j->col, j->p, j->b0, j->b1); },
+                   [&] { forward_samples(g, x.data(), w.data(), b, y.data(), ws.col[0], p, 0, half); });
+  }
+
+  /// dw += dL/dw, db += dL/dbias (when not null; the column sums of dy) and, with dx, dx = dL/dx,
+  /// as conv_backward; with a worker the batch is split between the calling thread and it.
+  static void conv_backward_bias(const ConvGeometry& g, const Tn& x, const Tn& w, const Tn& dy, Tn& dw, Tn* db,
+                                 Tn* dx, ConvWorkspace<T>& ws, Precision p, detail::Worker* worker = nullptr) {
+    if (dx) check_size(*dx, x.size(), "conv_backward");
+    T* pdx = dx ? dx->data() : nullptr;
+    if (!worker || g.n < 2) {
+      backward_samples(g, x.data(), w.data(), dy.data(), dw.data(), db ? db->data() : nullptr, pdx, ws.col[0],
+                       ws.dcol[0], p, 0, g.n);
+      return;
+    }
+    const Index half = (g.n + 1) / 2;
+    for (int t = 0; t < 2; ++t) {
+      ws.dw[t].resize(dw.shape());
+      ws.dw[t].set_zero();
+      if (db) {
+        ws.db[t].resize(db->shape());
+        ws.db[t].set_zero();
+      }
+    }
+    struct Job {
+      const ConvGeometry* g;
+      const T *x, *w, *dy;
+      T *dw, *db, *dx;
+      Tn *col, *dcol;
+      Precision p;
+      Index b0, b1;
+    } job{&g, x.data(), w.data(), dy.data(), ws.dw[1].data(), db ? ws.db[1].data() : nullptr, pdx,
+          &ws.col[1], &ws.dcol[1], p, half, g.n};
+    const Job* j = &job;
+    on_two_threads(
+        *worker,
+        [j] {
+          backward_samples(*j->g, j->x, j->w, j->dy, j->dw, j->db, j->dx, *j->col, *j->dcol, j->p, j->b0, j->b1);
+        },
+        [&] {
+          backward_samples(g, x.data(), w.data(), dy.data(), ws.dw[0].data(), db ? ws.db[0].data() : nullptr, pdx,
+                           ws.col[0], ws.dcol[0], p, 0, half);
+        });
+    // the halves' gradients, always in this order
+    add_sum(dw.data(), ws.dw[0].data(), ws.dw[1].data(), dw.size());
+    if (db) add_sum(db->data(), ws.db[0].data(), ws.db[1].data(), db->size());
+  }
+
+  /// Samples per chunk of the blocked convolution: about kChunkValues values in the chunk's im2col
+  /// block (or its output block, when larger); at least one sample.
+  static Index chunk_samples(const ConvGeometry& g) {
+    const Index per = g.oh * g.ow * std::max(g.groups * g.group_cols(), g.filters);
+    return std::max<Index>(1, std::min<Index>(g.n, kChunkValues / std::max<Index>(per, 1)));
+  }
+  /// The chunk budget of chunk_samples(), in values.
+  static constexpr Index kChunkValues = 64 * 1024;
 
   /// y [n, oh, ow, c] (sized by the caller): each window's maximum or mean over its real elements.
   /// With non-empty `lengths` (1-D: h == 1), sample b's input ends at lengths[b], and its outputs
@@ -388,6 +456,127 @@ struct SpatialOps<T, Cpu> {
   }
 
  private:
+  /// im2col for one group without column dilation: a window row is one run of kw * c input
+  /// values; the windows that lie wholly inside the row are copied by a plain loop (no call per
+  /// run, which dominates when the runs are short, as with one input channel).
+  static void im2col_runs(const ConvGeometry& g, const T* in, T* out) {
+    switch (g.kw * g.c) {  // short runs with a fixed length: no loop overhead per run
+      case 1: return im2col_runs<1>(g, in, out);
+      case 2: return im2col_runs<2>(g, in, out);
+      case 3: return im2col_runs<3>(g, in, out);
+      case 4: return im2col_runs<4>(g, in, out);
+      case 5: return im2col_runs<5>(g, in, out);
+      case 6: return im2col_runs<6>(g, in, out);
+      case 7: return im2col_runs<7>(g, in, out);
+      case 8: return im2col_runs<8>(g, in, out);
+      default: return im2col_runs<0>(g, in, out);
+    }
+  }
+  /// im2col_runs with runs of R values (0: any length, g.kw * g.c).
+  template <int R>
+  static void im2col_runs(const ConvGeometry& g, const T* in, T* out) {
+    const Index run = R > 0 ? R : g.kw * g.c, width = g.kh * run;
+    for (Index b = 0; b < g.n; ++b)
+      for (Index oy = 0; oy < g.oh; ++oy) {
+        T* rows = out + (b * g.oh + oy) * g.ow * width;
+        for (Index i = 0; i < g.kh; ++i) {
+          const Index iy = oy * g.sh - g.pt + i * g.dh;
+          if (iy < 0 || iy >= g.h) {
+            for (Index ox = 0; ox < g.ow; ++ox) {
+              T* dst = rows + ox * width + i * run;
+              std::fill(dst, dst + run, T(0));
+            }
+            continue;
+          }
+          const T* src = in + (b * g.h + iy) * g.w * g.c;
+          for (Index ox = 0; ox < g.ow; ++ox) {
+            T* dst = rows + ox * width + i * run;
+            const Index x0 = ox * g.sw - g.pl;
+            if (x0 >= 0 && x0 + g.kw <= g.w) {
+              const T* s = src + x0 * g.c;
+              for (Index k = 0; k < run; ++k) dst[k] = s[k];
+              continue;
+            }
+            const Index lo = std::max<Index>(0, -x0), hi = std::max(lo, std::min(g.kw, g.w - x0));
+            for (Index k = 0; k < lo * g.c; ++k) dst[k] = T(0);
+            for (Index k = lo * g.c; k < hi * g.c; ++k) dst[k] = src[x0 * g.c + k];
+            for (Index k = hi * g.c; k < run; ++k) dst[k] = T(0);
+          }
+        }
+      }
+  }
+  /// Samples [b0, b1) of conv_forward (+ bias when not null), chunk by chunk.
+  static void forward_samples(const ConvGeometry& g, const T* x, const T* w, const T* bias, T* y, Tn& col,
+                              Precision p, Index b0, Index b1) {
+    const Index kc = g.group_cols(), fg = g.filters / g.groups, width = g.groups * kc, f = g.filters;
+    const Index cs = chunk_samples(g), in_per = g.h * g.w * g.c, out_per = g.oh * g.ow * f;
+    for (Index b = b0; b < b1; b += cs) {
+      ConvGeometry gc = g;
+      gc.n = std::min(cs, b1 - b);
+      col.resize(Shape{gc.rows(), width});
+      im2col(gc, x + b * in_per, col.data());
+      T* yc = y + b * out_per;
+      for (Index gi = 0; gi < g.groups; ++gi)
+        cpu_gemm(false, false, gc.rows(), fg, kc, T(1), col.data() + gi * kc, width, w + gi * fg, f, T(0), yc + gi * fg,
+                 f, p);
+      if (!bias) continue;
+      for (Index r = 0, rows = gc.rows(); r < rows; ++r) {
+        T* o = yc + r * f;
+        for (Index k = 0; k < f; ++k) o[k] += bias[k];
+      }
+    }
+  }
+  /// Samples [b0, b1) of conv_backward: dw += their kernel gradient, db += their bias gradient
+  /// (when not null), dx (when not null) = their input gradient; chunk by chunk.
+  static void backward_samples(const ConvGeometry& g, const T* x, const T* w, const T* dy, T* dw, T* db, T* dx,
+                               Tn& col, Tn& dcol, Precision p, Index b0, Index b1) {
+    const Index kc = g.group_cols(), fg = g.filters / g.groups, width = g.groups * kc, f = g.filters;
+    const Index cs = chunk_samples(g), in_per = g.h * g.w * g.c, out_per = g.oh * g.ow * f;
+    for (Index b = b0; b < b1; b += cs) {
+      ConvGeometry gc = g;
+      gc.n = std::min(cs, b1 - b);
+      const Index rows = gc.rows();
+      const T* dyc = dy + b * out_per;
+      col.resize(Shape{rows, width});
+      im2col(gc, x + b * in_per, col.data());
+      for (Index gi = 0; gi < g.groups; ++gi)
+        cpu_gemm(true, false, kc, fg, rows, T(1), col.data() + gi * kc, width, dyc + gi * fg, f, T(1), dw + gi * fg, f,
+                 p);
+      if (db)
+        for (Index r = 0; r < rows; ++r) {
+          const T* d = dyc + r * f;
+          for (Index k = 0; k < f; ++k) db[k] += d[k];
+        }
+      if (!dx) continue;
+      dcol.resize(Shape{rows, width});
+      for (Index gi = 0; gi < g.groups; ++gi)
+        cpu_gemm(false, true, rows, kc, fg, T(1), dyc + gi * fg, f, w + gi * fg, f, T(0), dcol.data() + gi * kc, width,
+                 p);
+      T* dxc = dx + b * in_per;
+      std::fill(dxc, dxc + gc.n * in_per, T(0));
+      col2im_add(gc, dcol.data(), dxc);
+    }
+  }
+  /// Runs `mine` here and `theirs` on the worker, and waits for both (the worker's error, if any,
+  /// is rethrown after the caller's part is done; the caller's own error wins).
+  template <class Theirs, class Mine>
+  static void on_two_threads(detail::Worker& worker, Theirs&& theirs, Mine&& mine) {
+    worker.run(std::forward<Theirs>(theirs));
+    try {
+      mine();
+    } catch (...) {
+      try {
+        worker.wait();
+      } catch (...) {
+      }
+      throw;
+    }
+    worker.wait();
+  }
+  /// out[i] = (out[i] + a[i]) + b[i]: the two halves' gradients added in a fixed order.
+  static void add_sum(T* out, const T* a, const T* b, Index n) {
+    for (Index i = 0; i < n; ++i) out[i] = (out[i] + a[i]) + b[i];
+  }
   static void check_size(const Tn& t, Index n, const char* who) {
     if (t.size() != n)
       throw ShapeError(std::string(who) + ": output holds " + std::to_string(t.size()) + " values, expected " +
