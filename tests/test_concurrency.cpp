@@ -1,9 +1,10 @@
-// Concurrent inference on one shared model: Sequential::predict and evaluate are const and may be called from
-// any number of threads at once (each call uses workspaces of its own). Every concurrent call
+// Concurrent inference on one shared model: Sequential's and a graph Model's predict and evaluate are const and
+// may be called from any number of threads at once (each call uses workspaces of its own). Every concurrent call
 // must return exactly the bits of a serial call. scripts/test.sh also runs this suite under
 // ThreadSanitizer (build-tsan, -DFASTNN_TSAN=ON), which reports any data race between the calls.
 
 #include <fastnn/fastnn.hpp>
+#include <fastnn/graph.hpp>
 
 #include <gtest/gtest.h>
 
@@ -39,7 +40,8 @@ bool same_bits(const Tensor<float, Cpu>& a, const Tensor<float, Cpu>& b) {
 
 /// Predicts serially once through the const reference, then from kThreads threads
 /// kCallsPerThread times each, and checks that every result has the serial result's bits.
-void expect_concurrent_predictions_identical(const Sequential<float>& cm, const Tensor<float, Cpu>& x,
+template <class M>
+void expect_concurrent_predictions_identical(const M& cm, const Tensor<float, Cpu>& x,
                                              const Shape& expected_shape) {
   const auto ref = cm.predict(x, kBatch);
   ASSERT_EQ(ref.shape(), expected_shape) << ref.shape().str();
@@ -81,6 +83,17 @@ TEST(Concurrency, PredictBidirectionalLstmDenseFromEightThreads) {
   m.build({12, 7}, 42);
   const auto& cm = m;
   expect_concurrent_predictions_identical(cm, random_inputs(7), Shape{kSamples, 5});
+}
+
+TEST(Concurrency, PredictGraphWithResidualAndSharedLayerFromEightThreads) {
+  auto x = Input<float>({12, 7});
+  auto h = apply<LSTM>(x, LSTMOptions(7).return_sequences(true));
+  auto shared = std::make_shared<Dense<float>>(DenseOptions(4).activation(Activation::Tanh));
+  auto both = apply<Concatenate>({call(shared, apply<Add>({x, h})), call(shared, x)});
+  Model<float> m(x, apply<Dense>(apply<Bidirectional>(both, LSTMOptions(6)), DenseOptions(5)), 42);
+  m.set_threads(2);
+  const auto& cm = m;
+  expect_concurrent_predictions_identical(cm, random_inputs(9), Shape{kSamples, 5});
 }
 
 TEST(Concurrency, PredictLstmSequencesDenseFromEightThreads) {

@@ -257,8 +257,8 @@ TEST(GraphModel, ResidualModelLearnsWithTheTrainersControls) {
   auto h = apply<LSTM>(x, LSTMOptions(5).return_sequences(true));
   auto y = apply<Dense>(apply<GRU>(apply<Add>({x, h}), GRUOptions(8)), DenseOptions(3).activation(Activation::Softmax));
   Model<float> m(x, y, 7);
-  m.compile(std::make_unique<Adam<float>>(AdamOptions().learning_rate(0.02).clipnorm(1.0)), SparseCategoricalCrossentropy(),
-            {"accuracy"});
+  m.compile(std::make_unique<Adam<float>>(AdamOptions().learning_rate(0.02).clipnorm(1.0)),
+            SparseCategoricalCrossentropy(), {"accuracy"});
   const double before = m.evaluate(train).loss;
   const History h1 = m.fit(train, FitOptions().epochs(10).batch_size(32).verbose(0));
   EXPECT_LT(h1.last().loss, before * 0.6);
@@ -456,3 +456,4 @@ TEST(GraphFiles, HostileGraphRecordsAreFormatErrorsNamingTheNode) {
   expect_format_error(replace(good, R"("outputs":["dense_1[0]"])", R"("outputs":["dense_1[7]"])"), "outputs[0]",
                       "unknown output");
 }
+

@@ -3,7 +3,8 @@
 /// Opt-in: Keras's functional API (model/graph.hpp: Input, call, apply, Model) and the merge layers
 /// (layers/merge.hpp: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate). Including it registers
 /// the merge layers with LayerRegistry (for float and double, on the CPU and, with FASTNN_WITH_CUDA, on CUDA).
-/// io/graph_weights.hpp saves and loads graph models. A program that builds only Sequential models does not include it and does not compile it.
+/// io/graph_weights.hpp saves and loads graph models. A program that builds only Sequential models does not include
+/// it and does not compile it.
 
 #include "fastnn/fastnn.hpp"
 #include "fastnn/io/graph_weights.hpp"

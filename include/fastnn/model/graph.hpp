@@ -261,6 +261,14 @@ class Model : public Network<T, D> {
     return out;
   }
 
+  /// Keras's predict_on_batch: predict() on one batch (every input's rows).
+  std::vector<Tn> predict_on_batch(const std::vector<Tn>& xs, const std::vector<Lengths>& lengths = {}) const {
+    return predict(xs, std::max<Index>(1, xs.empty() || xs[0].rank() == 0 ? 1 : xs[0].dim(0)), lengths);
+  }
+  Tn predict_on_batch(const Tn& x, const Lengths& lengths = Lengths()) const {
+    return predict(x, std::max<Index>(1, x.rank() ? x.dim(0) : 1), lengths);
+  }
+
   /// Keras-style table with the "Connected to" column.
   void summary(std::ostream& os) const {
     std::vector<detail::SummaryRow> rows;
@@ -344,7 +352,8 @@ class Model : public Network<T, D> {
       const std::size_t out = ni + k;
       if (has_grad_[out]) {
         Layer<T, D>& l = *c.instance;
-        if (l.activity_regularizer().active()) l.add_activity_gradient(acts_[out], grads_t_[out], this->activity_scale_);
+        if (l.activity_regularizer().active())
+          l.add_activity_gradient(acts_[out], grads_t_[out], this->activity_scale_);
         in.clear();
         dx.clear();
         for (std::size_t j = 0; j < c.inputs.size(); ++j) {
