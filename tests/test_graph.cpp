@@ -457,3 +457,24 @@ TEST(GraphFiles, HostileGraphRecordsAreFormatErrorsNamingTheNode) {
                       "unknown output");
 }
 
+
+TEST(GraphModel, TrainsInBf16OnTheCpuWhereSupported) {
+  auto f32 = residual_model(11);
+  auto bf16 = residual_model(11);
+  try {
+    bf16->set_precision(Precision::BF16);
+  } catch (const UnsupportedError& e) {
+    GTEST_SKIP() << e.what();
+  }
+  const auto train = fastnn_test::toy_data<float>(192, 2);
+  const auto a = f32->predict(train.x);
+  const auto b = bf16->predict(train.x);
+  double worst = 0;
+  for (Index i = 0; i < a.size(); ++i) worst = std::max(worst, static_cast<double>(std::abs(a[i] - b[i])));
+  EXPECT_GT(worst, 0.0);   // the products did run in bfloat16
+  EXPECT_LT(worst, 2e-2);  // on probabilities
+  bf16->compile(std::make_unique<Adam<float>>(0.02), SparseCategoricalCrossentropy(), {"accuracy"});
+  const double before = bf16->evaluate(train).loss;
+  const History h = bf16->fit(train, FitOptions().epochs(10).batch_size(32).verbose(0));
+  EXPECT_LT(h.last().loss, before * 0.6);
+}
