@@ -40,6 +40,7 @@
 
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/parse.hpp"
+#include "fastnn/model/executor.hpp"
 #include "fastnn/model/sequential.hpp"
 
 namespace fastnn {
@@ -292,35 +293,20 @@ class Model : public Network<T, D> {
     if (xs.size() != inputs_.size())
       throw ArgumentError("forward_train: the model has " + std::to_string(inputs_.size()) + " inputs, got " +
                           std::to_string(xs.size()));
-    const std::size_t ni = inputs_.size();
-    acts_.resize(ni + calls_.size());
-    lengths_.resize(acts_.size());
-    for (std::size_t i = 0; i < ni; ++i) {
+    static const Lengths none;
+    std::vector<const Tn*> xp;
+    std::vector<const Lengths*> lp;
+    for (std::size_t i = 0; i < xs.size(); ++i) {
       if (xs[i].rank() < 1 || xs[i].shape().drop_front() != inputs_[i]->shape)
         throw ShapeError("forward_train: input '" + inputs_[i]->input_name + "' expected [batch, " +
                          inputs_[i]->shape.str().substr(1) + ", got " + xs[i].shape().str());
-      acts_[i] = xs[i];
-      lengths_[i] = i < lengths.size() ? lengths[i] : Lengths();
+      xp.push_back(&xs[i]);
+      lp.push_back(i < lengths.size() ? &lengths[i] : &none);
     }
-    std::vector<const Tn*> in;
-    std::vector<Lengths> in_lengths;
-    for (std::size_t k = 0; k < calls_.size(); ++k) {
-      Call& c = calls_[k];
-      in.clear();
-      in_lengths.clear();
-      for (int t : c.inputs) {
-        in.push_back(&acts_[static_cast<std::size_t>(t)]);
-        in_lengths.push_back(lengths_[static_cast<std::size_t>(t)]);
-      }
-      Layer<T, D>& l = *c.instance;
-      l.set_trainable(c.node->layer->trainable());
-      l.set_inputs_lengths(in_lengths);
-      l.forward_inputs(in, acts_[ni + k], Mode::Train);
-      lengths_[ni + k] = l.output_lengths();
-      this->activity_loss_ += this->activity_scale_ * l.activity_penalty(acts_[ni + k]);
-    }
+    for (auto& c : calls_) c.instance->set_trainable(c.node->layer->trainable());
+    exec_.forward(xp.data(), lp.data(), this->activity_scale_, this->activity_loss_);
     outs_.clear();
-    for (int t : output_ids_) outs_.push_back(acts_[static_cast<std::size_t>(t)]);
+    for (std::size_t i = 0; i < exec_.num_outputs(); ++i) outs_.push_back(exec_.output(i));
     return outs_;
   }
   /// Zeroes the gradients and runs backward from dys[i] = dL/d(output i) (an empty tensor: the output is not in the
@@ -330,52 +316,10 @@ class Model : public Network<T, D> {
     if (dys.size() != output_ids_.size())
       throw ArgumentError("backward_train: the model has " + std::to_string(output_ids_.size()) +
                           " outputs, got " + std::to_string(dys.size()) + " gradients");
-    const std::size_t ni = inputs_.size();
-    grads_t_.resize(acts_.size());
-    has_grad_.assign(acts_.size(), 0);
+    std::vector<const Tn*> dp_;
+    for (const auto& d : dys) dp_.push_back(&d);
     grads_.set_zero();
-    for (std::size_t i = 0; i < dys.size(); ++i) {
-      if (dys[i].size() == 0) continue;
-      const std::size_t t = static_cast<std::size_t>(output_ids_[i]);
-      if (dys[i].shape() != acts_[t].shape())
-        throw ShapeError("backward_train: the gradient of output " + std::to_string(i) + " is " + dys[i].shape().str() +
-                         ", the output " + acts_[t].shape().str());
-      accumulate(t, dys[i]);
-    }
-    std::vector<int> remaining = calls_per_layer_;
-    std::size_t done = layers_.size();  // layers [done, end) have all their gradients
-    std::vector<const Tn*> in;
-    std::vector<Tn*> dx;
-    scratch_.resize(calls_.size() ? max_inputs_ : 0);
-    for (std::size_t k = calls_.size(); k-- > 0;) {
-      Call& c = calls_[k];
-      const std::size_t out = ni + k;
-      if (has_grad_[out]) {
-        Layer<T, D>& l = *c.instance;
-        if (l.activity_regularizer().active())
-          l.add_activity_gradient(acts_[out], grads_t_[out], this->activity_scale_);
-        in.clear();
-        dx.clear();
-        for (std::size_t j = 0; j < c.inputs.size(); ++j) {
-          const std::size_t t = static_cast<std::size_t>(c.inputs[j]);
-          in.push_back(&acts_[t]);
-          // A tensor read by this call alone takes the gradient in place; others add it up through scratch.
-          if (t < ni) dx.push_back(nullptr);
-          else if (readers_[t] == 1) dx.push_back(&grads_t_[t]);
-          else dx.push_back(&scratch_[j]);
-        }
-        l.backward_inputs(in, acts_[out], grads_t_[out], dx);
-        for (std::size_t j = 0; j < c.inputs.size(); ++j) {
-          const std::size_t t = static_cast<std::size_t>(c.inputs[j]);
-          if (!dx[j]) continue;
-          if (dx[j] == &grads_t_[t]) has_grad_[t] = 1;
-          else accumulate(t, scratch_[j]);
-        }
-      }
-      --remaining[c.layer_index];
-      while (done > 0 && remaining[done - 1] == 0) --done;
-      if (dp) dp->layer_done(grads_, done);
-    }
+    exec_.backward(dp_.data(), this->activity_scale_, grads_, dp);
   }
 
   // ---- Network ------------------------------------------------------------------------------------------------
@@ -401,18 +345,17 @@ class Model : public Network<T, D> {
     xs1_[0] = x;
     ls1_.resize(1);
     ls1_[0] = lengths;
-    const Tn& y = forward_train(xs1_, ls1_)[0];
-    out_lengths = lengths_[static_cast<std::size_t>(output_ids_[0])];
-    return y;
+    forward_train(xs1_, ls1_);
+    out_lengths = exec_.output_lengths(0);
+    return exec_.output(0);
   }
   void backward_train(const Tn& dy, detail::DataParallel<T, D>* dp) override {
-    dys1_.resize(1);
-    dys1_[0] = dy;
-    backward_train(dys1_, dp);
-    dys1_[0] = Tn();
+    const Tn* d[1] = {&dy};
+    grads_.set_zero();
+    exec_.backward(d, this->activity_scale_, grads_, dp);
   }
   void release_input() override {
-    for (std::size_t i = 0; i < inputs_.size() && i < acts_.size(); ++i) acts_[i] = Tn();
+    exec_.release_inputs();
     if (!xs1_.empty()) xs1_[0] = Tn();
   }
   Predictor<T, D> make_predictor(bool emit_preactivation = false) const override {
@@ -620,23 +563,21 @@ class Model : public Network<T, D> {
         throw ShapeError("Model: " + n->layer->name() + " (" + n->layer->type_name() + ") called on " +
                          describe_shapes(shapes) + " needs " + std::to_string(c.instance->param_count()) +
                          " parameters, its first call " + std::to_string(n->layer->param_count()));
-      max_inputs_ = std::max(max_inputs_, c.inputs.size());
       tensor_of[n.get()] = static_cast<int>(inputs_.size() + calls_.size());
       calls_.push_back(std::move(c));
     }
-    calls_per_layer_ = calls_of;
-    readers_.assign(inputs_.size() + calls_.size(), 0);
-    for (const auto& c : calls_)
-      for (int t : c.inputs) ++readers_[static_cast<std::size_t>(t)];
+
     for (const auto& y : outputs) {
       const int t = tensor_of.at(y.node().get());
       if (t < static_cast<int>(inputs_.size()))
         throw ArgumentError("Model: output " + y.describe() + " is an input; pass it through a layer");
       output_ids_.push_back(t);
       outputs_.push_back(y.node());
-      ++readers_[static_cast<std::size_t>(t)];  // the loss reads it too
     }
     output_call_ = output_ids_[0] - static_cast<int>(inputs_.size());
+    std::vector<typename detail::CallExecutor<T, D>::Call> exec_calls;
+    for (const auto& c : calls_) exec_calls.push_back({c.instance.get(), c.inputs, c.layer_index});
+    exec_ = detail::CallExecutor<T, D>(inputs_.size(), std::move(exec_calls), output_ids_, layers_.size());
     Index total = 0;
     for (const auto& l : layers_) {
       offsets_.push_back(total);
@@ -665,16 +606,6 @@ class Model : public Network<T, D> {
     trainer_.built(*this, seed);
   }
 
-  /// Adds `g` into the gradient of tensor t (copies it when t has none yet).
-  void accumulate(std::size_t t, const Tn& g) {
-    if (!has_grad_[t]) {
-      grads_t_[t].resize(g.shape());
-      copy_into(g, grads_t_[t]);
-      has_grad_[t] = 1;
-    } else {
-      O::axpy(T(1), g, grads_t_[t]);
-    }
-  }
   std::string tensor_name(const Node& n) const {
     if (!n.layer) return n.input_name;
     int k = 0;
@@ -702,15 +633,12 @@ class Model : public Network<T, D> {
   std::vector<std::shared_ptr<Layer<T, D>>> layers_;
   std::vector<Index> offsets_;
   std::vector<Call> calls_;
-  std::vector<int> calls_per_layer_;
-  std::vector<int> readers_;  ///< per tensor: how many input slots of calls read it
   std::vector<int> output_ids_;
   int output_call_ = 0;
-  std::size_t max_inputs_ = 1;
   Tn params_, grads_;
-  std::vector<Tn> acts_, grads_t_, scratch_, outs_, xs1_, dys1_;
-  std::vector<Lengths> lengths_, ls1_;
-  std::vector<char> has_grad_;
+  detail::CallExecutor<T, D> exec_;
+  std::vector<Tn> outs_, xs1_;
+  std::vector<Lengths> ls1_;
   std::uint64_t seed_ = 0;
   int threads_ = 1;
   Precision precision_ = Precision::F32;

@@ -20,7 +20,9 @@
 /// as no thread trains or changes it meanwhile. fit() is not for concurrent use.
 ///
 /// Training (fit, train_on_batch, the callbacks, the optimizer and loss) is the Trainer's (model/trainer.hpp),
-/// shared by every kind of model; Sequential is the chain of layers it trains.
+/// shared by every kind of model; Sequential is the chain of layers it trains. Its forward and backward passes are
+/// those of a graph (model/executor.hpp) whose calls form a chain, and predict runs the chain through Predictor's
+/// call graph: the graph Model (model/graph.hpp) runs the same code.
 ///
 /// Saving and loading are free functions above the model (fastnn/io/weights.hpp,
 /// fastnn/io/checkpoint.hpp): io::save_weights(model, path), io::load_checkpoint(model, path).
@@ -45,6 +47,7 @@
 #include "fastnn/losses/loss.hpp"
 #include "fastnn/metrics/metric.hpp"
 #include "fastnn/model/callbacks.hpp"
+#include "fastnn/model/executor.hpp"
 #include "fastnn/model/fit_options.hpp"
 #include "fastnn/model/predictor.hpp"
 #include "fastnn/model/stream.hpp"
@@ -113,6 +116,10 @@ class Sequential : public Network<T, D> {
     }
     Rng rng(seed);
     for (auto& l : layers_) l->initialize(rng);
+    // The training passes run the chain as a call graph: call i reads tensor i (the input, then each output).
+    std::vector<typename detail::CallExecutor<T, D>::Call> calls;
+    for (std::size_t i = 0; i < layers_.size(); ++i) calls.push_back({layers_[i].get(), {static_cast<int>(i)}, i});
+    exec_ = detail::CallExecutor<T, D>(1, std::move(calls), {static_cast<int>(layers_.size())}, layers_.size());
     seed_ = seed;
     built_ = true;
     trainer_.built(*this, seed);  // compiled before build: checks the loss now
@@ -353,37 +360,18 @@ class Sequential : public Network<T, D> {
   Layer<T, D>& output_layer() const override { return *layers_.back(); }
   Layer<T, D>& input_layer() const override { return *layers_.front(); }
   const Tn& forward_train(const Tn& x, const Lengths& lengths, Lengths& out_lengths) override {
-    acts_.resize(layers_.size() + 1);
-    acts_[0] = x;
-    out_lengths = lengths;
-    for (std::size_t i = 0; i < layers_.size(); ++i) {
-      layers_[i]->set_input_lengths(out_lengths);
-      layers_[i]->forward(acts_[i], acts_[i + 1], Mode::Train);
-      out_lengths = layers_[i]->output_lengths();
-      this->activity_loss_ += this->activity_scale_ * layers_[i]->activity_penalty(acts_[i + 1]);
-    }
-    return acts_.back();
+    const Tn* xs[1] = {&x};
+    const Lengths* ls[1] = {&lengths};
+    exec_.forward(xs, ls, this->activity_scale_, this->activity_loss_);
+    out_lengths = exec_.output_lengths(0);
+    return exec_.output(0);
   }
   void backward_train(const Tn& dy, detail::DataParallel<T, D>* dp) override {
-    grads_act_.resize(layers_.size() + 1);
+    const Tn* d[1] = {&dy};
     grads_.set_zero();
-    for (std::size_t i = layers_.size(); i-- > 0;) {
-      const Tn* g = i + 1 == layers_.size() ? &dy : &grads_act_[i + 1];
-      if (layers_[i]->activity_regularizer().active()) {
-        if (g == &dy) {  // the loss's gradient is read-only
-          grads_act_[i + 1].resize(dy.shape());
-          copy_into(dy, grads_act_[i + 1]);
-        }
-        layers_[i]->add_activity_gradient(acts_[i + 1], grads_act_[i + 1], this->activity_scale_);
-        g = &grads_act_[i + 1];
-      }
-      layers_[i]->backward(acts_[i], acts_[i + 1], *g, i == 0 ? nullptr : &grads_act_[i]);
-      if (dp) dp->layer_done(grads_, i);
-    }
+    exec_.backward(d, this->activity_scale_, grads_, dp);
   }
-  void release_input() override {
-    if (!acts_.empty()) acts_[0] = Tn();
-  }
+  void release_input() override { exec_.release_inputs(); }
   std::string describe() const override {
     std::string d;
     for (const auto& l : layers_) {
@@ -411,7 +399,7 @@ class Sequential : public Network<T, D> {
   std::vector<std::unique_ptr<Layer<T, D>>> layers_;
   Shape input_shape_, output_shape_;
   Tn params_, grads_;
-  std::vector<Tn> acts_, grads_act_;
+  detail::CallExecutor<T, D> exec_;
   std::uint64_t seed_ = 0;
   int threads_ = 1;
   Precision precision_ = Precision::F32;
