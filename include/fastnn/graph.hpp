@@ -3,11 +3,12 @@
 /// Opt-in: Keras's functional API (model/graph.hpp: Input, call, apply, Model) and the merge layers
 /// (layers/merge.hpp: Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate). Including it registers
 /// the merge layers with LayerRegistry (for float and double, on the CPU and, with FASTNN_WITH_CUDA, on CUDA).
-/// io/graph_weights.hpp saves and loads graph models. A program that builds only Sequential models does not include
-/// it and does not compile it.
+/// io/graph_weights.hpp saves and loads graph models; io/onnx_graph.hpp exports them to ONNX (io::export_onnx).
+/// A program that builds only Sequential models does not include it and does not compile it.
 
 #include "fastnn/fastnn.hpp"
 #include "fastnn/io/graph_weights.hpp"
+#include "fastnn/io/onnx_graph.hpp"
 #include "fastnn/layers/merge.hpp"
 #include "fastnn/layers/registry.hpp"
 #include "fastnn/model/graph.hpp"

@@ -1,7 +1,8 @@
 // node ort_check.js DIR ORT_NODE_DIR [TOLERANCE]
 // Runs every model of DIR/manifest.json (written by test_onnx_export's OnnxModels.Write) in ONNX
 // Runtime (the onnxruntime-node package in ORT_NODE_DIR) on its recorded inputs and compares the
-// output with fastnn's predict: the largest absolute difference must be within TOLERANCE
+// outputs (every output of a graph model) with fastnn's predict: the largest absolute difference,
+// over all outputs, must be within TOLERANCE
 // (default 1e-5). Prints one line per model; exits 1 if any model fails to load, run or match.
 //
 // node ort_check.js --classifier MODEL.onnx ORT_NODE_DIR
@@ -49,27 +50,43 @@ async function checkClassifier(file) {
   for (const m of manifest) {
     const base = path.join(dir, m.name);
     try {
-      const x = readTyped(`${base}.x.f32`, Float32Array);
-      const want = readTyped(`${base}.y.f32`, Float32Array);
-      if (x.length !== count(m.x_shape) || want.length !== count(m.y_shape))
-        throw new Error(`the recorded inputs or outputs do not match the manifest's shapes`);
+      // A Sequential case: input (and sequence_lens) -> output; a graph case lists its inputs and outputs.
+      const inputs = m.inputs || [{ name: 'input', shape: m.x_shape, file: `${m.name}.x.f32`,
+        lens_name: m.lengths ? 'sequence_lens' : undefined, lens_file: `${m.name}.lens.i32` }];
+      const outputs = m.outputs || [{ name: 'output', shape: m.y_shape, file: `${m.name}.y.f32` }];
+      const feeds = {};
+      for (const i of inputs) {
+        const x = readTyped(path.join(dir, i.file), Float32Array);
+        if (x.length !== count(i.shape)) throw new Error(`the recorded input ${i.name} does not match its shape`);
+        feeds[i.name] = new ort.Tensor('float32', x, i.shape);
+        if (i.lens_name) {
+          const lens = readTyped(path.join(dir, i.lens_file), Int32Array);
+          feeds[i.lens_name] = new ort.Tensor('int32', lens, [i.shape[0]]);
+        }
+      }
       const session = await ort.InferenceSession.create(`${base}.onnx`,
         { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLevel: 'all' });
-      const feeds = { input: new ort.Tensor('float32', x, m.x_shape) };
-      if (m.lengths) feeds.sequence_lens = new ort.Tensor('int32', readTyped(`${base}.lens.i32`, Int32Array), [m.x_shape[0]]);
-      const out = (await session.run(feeds)).output;
-      if (out.dims.join(',') !== m.y_shape.join(','))
-        throw new Error(`ONNX Runtime's output is [${out.dims}], fastnn's [${m.y_shape}]`);
-      let worst = 0, at = 0;
-      for (let i = 0; i < want.length; ++i) {
-        const d = Math.abs(out.data[i] - want[i]);
-        if (!(d <= worst)) { worst = d; at = i; }  // also catches NaN
+      const results = await session.run(feeds);
+      let worst = 0, at = 0, where = '', total = 0, bad = null;
+      for (const o of outputs) {
+        const want = readTyped(path.join(dir, o.file), Float32Array);
+        if (want.length !== count(o.shape)) throw new Error(`the recorded output ${o.name} does not match its shape`);
+        const out = results[o.name];
+        if (!out) throw new Error(`ONNX Runtime returned no output '${o.name}'`);
+        if (out.dims.join(',') !== o.shape.join(','))
+          throw new Error(`ONNX Runtime's output ${o.name} is [${out.dims}], fastnn's [${o.shape}]`);
+        total += want.length;
+        for (let i = 0; i < want.length; ++i) {
+          const d = Math.abs(out.data[i] - want[i]);
+          if (!(d <= worst)) { worst = d; at = i; where = o.name; bad = [out.data[i], want[i]]; }  // also catches NaN
+        }
       }
       const ok = worst <= tol;
       if (!ok) ++failed;
-      console.log(`${ok ? 'ok  ' : 'FAIL'} ${m.name.padEnd(24)} ${m.layers.padEnd(60)} ${m.x_shape[0]} inputs, ` +
-                  `${want.length} outputs, max |ORT - fastnn| = ${worst.toExponential(2)}` +
-                  (ok ? '' : ` at output ${at} (ORT ${out.data[at]}, fastnn ${want[at]}; tolerance ${tol})`));
+      const nIn = inputs.length > 1 ? ` (${inputs.length} inputs, ${outputs.length} outputs)` : '';
+      console.log(`${ok ? 'ok  ' : 'FAIL'} ${m.name.padEnd(24)} ${m.layers.padEnd(60)} ${inputs[0].shape[0]} inputs, ` +
+                  `${total} outputs${nIn}, max |ORT - fastnn| = ${worst.toExponential(2)}` +
+                  (ok ? '' : ` at ${where}[${at}] (ORT ${bad[0]}, fastnn ${bad[1]}; tolerance ${tol})`));
     } catch (e) {
       ++failed;
       console.log(`FAIL ${m.name}: ${e.message || e}`);

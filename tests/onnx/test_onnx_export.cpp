@@ -3,6 +3,9 @@
 // ctest fixture onnx_models). For each model the directory gets NAME.onnx, NAME.x.f32 (the
 // inputs), NAME.lens.i32 (per-sample lengths, for a model with a sequence_lens input) and
 // NAME.y.f32 (fastnn's predict), all little-endian, and manifest.json lists them with shapes.
+// A graph model (several inputs and outputs) has NAME.in<i>.f32 (and NAME.in<i>.lens.i32) per
+// input and NAME.out<k>.f32 per output instead, listed under "inputs" and "outputs" with their
+// ONNX names.
 // tests/onnx/ort_check.js runs each model in ONNX Runtime and compares with NAME.y.f32;
 // tests/onnx/onnx_checker.py runs onnx.checker on each file.
 
@@ -27,6 +30,7 @@
 
 #include "fastnn/data/mnist.hpp"
 #include "fastnn/fastnn.hpp"
+#include "fastnn/graph.hpp"
 #include "fastnn/io/onnx.hpp"
 #include "../interop/spatial_models.hpp"
 #include "../test_util.hpp"
@@ -144,6 +148,129 @@ Tensor<float, Cpu> mnist_inputs(Index n, Rng& rng) {
   }
 }
 
+
+/// Every parameter of a graph model uniform in [-r, r].
+void randomize(Model<float>& m, Rng& rng, double r) {
+  Tensor<float, Cpu>& p = m.flat_parameters();
+  for (Index i = 0; i < p.size(); ++i) p[i] = static_cast<float>(rng.uniform(-r, r));
+}
+
+/// Exports the graph model `m` (with sequence_lens when any lengths are given), runs predict on
+/// xs (and lengths, per input), and records the case.
+void write_graph_case(const fs::path& dir, nlohmann::json& manifest, const std::string& name, const Model<float>& m,
+                      const std::vector<Tensor<float, Cpu>>& xs, const std::vector<Lengths>& lengths = {}) {
+  bool with_lengths = false;
+  for (const Lengths& l : lengths) with_lengths = with_lengths || !l.empty();
+  io::export_onnx(m, (dir / (name + ".onnx")).string(), with_lengths);
+  const std::vector<Tensor<float, Cpu>> ys = m.predict(xs, 128, lengths);
+  nlohmann::json inputs = nlohmann::json::array(), outputs = nlohmann::json::array();
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    const std::string file = name + ".in" + std::to_string(i) + ".f32";
+    write_raw(dir / file, xs[i].data(), xs[i].size());
+    nlohmann::json in = {{"name", m.input_name(i)}, {"shape", dims_of(xs[i].shape())}, {"file", file}};
+    if (with_lengths && m.input_shape(i).rank() >= 2) {  // the export's lengths input: full length when none given
+      Lengths l = i < lengths.size() ? lengths[i] : Lengths();
+      if (l.empty()) {
+        l = Lengths(Shape{xs[i].dim(0)});
+        for (Index k = 0; k < l.size(); ++k) l[k] = static_cast<std::int32_t>(m.input_shape(i)[0]);
+      }
+      const std::string lfile = name + ".in" + std::to_string(i) + ".lens.i32";
+      write_raw(dir / lfile, l.data(), l.size());
+      in["lens_name"] = m.input_name(i) + "_sequence_lens";
+      in["lens_file"] = lfile;
+    }
+    inputs.push_back(in);
+  }
+  std::string layers;
+  for (const auto& rec : m.call_records()) layers += (layers.empty() ? "" : " ") + m.layer(rec.layer).type_name();
+  const std::vector<std::string> out_names = io::onnx_output_names(m);
+  for (std::size_t k = 0; k < ys.size(); ++k) {
+    const std::string file = name + ".out" + std::to_string(k) + ".f32";
+    write_raw(dir / file, ys[k].data(), ys[k].size());
+    outputs.push_back({{"name", out_names.at(k)}, {"shape", dims_of(ys[k].shape())}, {"file", file}});
+  }
+  if (layers.size() > 60) layers = layers.substr(0, 57) + "...";
+  manifest.push_back({{"name", name}, {"layers", layers}, {"inputs", inputs}, {"outputs", outputs},
+                      {"lengths", with_lengths}});
+  std::printf("%-16s %-60s %zu inputs -> %zu outputs%s\n", name.c_str(), layers.c_str(), xs.size(), ys.size(),
+              with_lengths ? " (sequence_lens)" : "");
+}
+
+/// The graph models: a residual BiLSTM stack, two inputs (every merge), two outputs, shared
+/// layers, and variable lengths on two sequence inputs.
+void write_graph_models(const fs::path& dir, nlohmann::json& manifest) {
+  Rng rng(77);
+  const Index n = 200;
+  {  // residual BiLSTM stack
+    auto x = Input<float>({12, 8}, "seq");
+    auto x0 = apply<Dense>(x, DenseOptions(16).activation(Activation::Tanh));
+    auto r1 = apply<Add>({x0, apply<Bidirectional>(x0, LSTMOptions(8).return_sequences(true))});
+    auto r2 = apply<Add>({r1, apply<Bidirectional>(r1, LSTMOptions(8).return_sequences(true))});
+    auto h = apply<Bidirectional>(r2, LSTMOptions(6), MergeMode::Ave);
+    auto y = apply<Dense>(h, DenseOptions(4).activation(Activation::Softmax));
+    Model<float> m({x}, {y}, 5);
+    randomize(m, rng, 0.4);
+    write_graph_case(dir, manifest, "graph_residual_bilstm", m, {uniform_input(Shape{n, 12, 8}, rng)});
+  }
+  {  // two inputs: a sequence and a vector, joined by every merge layer
+    auto a = Input<float>({10, 5}, "a");
+    auto b = Input<float>({7}, "b");
+    auto ha = apply<GRU>(a, GRUOptions(8));
+    auto hb = apply<Dense>(b, DenseOptions(8).activation(Activation::Relu));
+    auto d = apply<Subtract>({ha, hb});
+    auto p = apply<Multiply>({ha, hb, d});
+    auto av = apply<Average>({ha, hb, d});
+    auto mx = apply<Maximum>({ha, hb, p});
+    auto mn = apply<Minimum>({ha, av});
+    auto s = apply<Add>({ha, hb, mx});
+    auto both = apply<Concatenate>({d, p, av, mx, mn, s});
+    auto y = apply<Dense>(both, DenseOptions(3).activation(Activation::Sigmoid));
+    Model<float> m({a, b}, {y}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "graph_two_inputs", m,
+                     {uniform_input(Shape{n, 10, 5}, rng), uniform_input(Shape{n, 7}, rng)});
+  }
+  {  // two outputs: a class per sample and a sequence (Concatenate along the steps axis)
+    auto x = Input<float>({9, 4}, "x");
+    auto h = apply<LSTM>(x, LSTMOptions(6).return_sequences(true));
+    auto cls = apply<Dense>(apply<LSTM>(h, LSTMOptions(5)), DenseOptions(3).activation(Activation::Softmax));
+    auto g = apply<GRU>(x, GRUOptions(6).return_sequences(true));
+    auto seq = apply<Dense>(apply<Concatenate>({h, g}, ConcatenateOptions(1)), DenseOptions(2));
+    Model<float> m({x}, {cls, seq}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "graph_two_outputs", m, {uniform_input(Shape{n, 9, 4}, rng)});
+  }
+  {  // shared layers: one encoder and one Dense called on two inputs; the second call is an output
+    auto a = Input<float>({8, 5}, "left");
+    auto b = Input<float>({8, 5}, "right");
+    auto encoder = std::make_shared<Bidirectional<float>>(GRUOptions(6));
+    auto proj = std::make_shared<Dense<float>>(DenseOptions(4).activation(Activation::Tanh));
+    auto pa = call(proj, call(encoder, a));
+    auto pb = call(proj, call(encoder, b));
+    auto y = apply<Dense>(apply<Concatenate>({pa, pb}), DenseOptions(3).activation(Activation::Softmax));
+    Model<float> m({a, b}, {y, pb}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "graph_shared", m,
+                     {uniform_input(Shape{n, 8, 5}, rng), uniform_input(Shape{n, 8, 5}, rng)});
+  }
+  {  // variable lengths on two sequence inputs (merged: the smaller), and a vector input
+    auto a = Input<float>({10, 4}, "a");
+    auto b = Input<float>({10, 3}, "b");
+    auto c = Input<float>({6}, "c");
+    auto la = apply<LSTM>(a, LSTMOptions(6).return_sequences(true));
+    auto lb = apply<GRU>(b, GRUOptions(6).return_sequences(true));
+    auto h = apply<Bidirectional>(apply<Add>({la, lb}), LSTMOptions(5));
+    auto hb = apply<LSTM>(b, LSTMOptions(4).go_backwards(true));
+    auto hc = apply<Dense>(c, DenseOptions(5).activation(Activation::Relu));
+    auto y = apply<Dense>(apply<Concatenate>({h, hb, hc}), DenseOptions(3).activation(Activation::Softmax));
+    Model<float> m({a, b, c}, {y}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "graph_varlen", m,
+                     {uniform_input(Shape{n, 10, 4}, rng), uniform_input(Shape{n, 10, 3}, rng),
+                      uniform_input(Shape{n, 6}, rng)},
+                     {random_lengths(n, 10, rng), random_lengths(n, 10, rng)});
+  }
+}
 }  // namespace
 
 TEST(OnnxModels, Write) {
@@ -286,6 +413,7 @@ TEST(OnnxModels, Write) {
     write_case(dir, manifest, "spatial_" + spec.name, *m,
                spatial_models::uniform(1000, spec.input, rng, image ? 0.0 : -1.0, 1.0));
   }
+  write_graph_models(dir, manifest);
   std::ofstream(dir / "manifest.json") << manifest.dump(1) << "\n";
   std::printf("%zu models in %s\n", manifest.size(), dir.string().c_str());
 }
@@ -439,5 +567,64 @@ TEST(OnnxExport, SpatialLayerOfAnotherClassIsRefused) {
   m.build({3, 3, 2}, 1);
   EXPECT_THROW(io::export_onnx(m, (d / "m.onnx").string()), UnsupportedError);
   EXPECT_TRUE(fs::is_empty(d));
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, RegistryRefusesAnUnknownLayerTypeNamingTheLayer) {
+  Opaque l;
+  l.set_name("my_opaque");
+  try {
+    io::onnx_detail::LayerExporters<float>::instance().of(l);
+    FAIL() << "expected UnsupportedError";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'my_opaque' (Opaque)"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(io::onnx_detail::LayerExporters<float>::instance().find("Dense"));
+  EXPECT_TRUE(io::onnx_detail::LayerExporters<float>::instance().find("Add"));
+  EXPECT_TRUE(io::onnx_detail::LayerExporters<float>::instance().find("Conv2D"));
+  EXPECT_FALSE(io::onnx_detail::LayerExporters<float>::instance().find("Opaque"));
+}
+
+TEST(OnnxExport, GraphWithAnUnknownLayerIsTypedErrorNamingItAndLeavesNoFile) {
+  const fs::path d = temp_dir("graph_unsupported");
+  auto a = Input<float>({3, 2}, "a");
+  auto b = Input<float>({4}, "b");
+  auto opaque = std::make_shared<Opaque>();
+  opaque->set_name("graph_opaque");
+  auto y = apply<Dense>(apply<Concatenate>({apply<LSTM>(a, LSTMOptions(4)), call(opaque, b)}), DenseOptions(2));
+  Model<float> m({a, b}, {y}, 1);
+  try {
+    io::export_onnx(m, (d / "m.onnx").string());
+    FAIL() << "expected UnsupportedError";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'graph_opaque' (Opaque)"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::is_empty(d)) << "a failed export left a file in " << d;
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, GraphNamesInputsOutputsAndSharesWeights) {
+  const fs::path d = temp_dir("graph_names");
+  auto a = Input<float>({5, 3}, "left");
+  auto b = Input<float>({5, 3}, "right");
+  auto enc = std::make_shared<LSTM<float>>(LSTMOptions(4));
+  enc->set_name("enc");
+  auto y = apply<Add>({call(enc, a), call(enc, b)});
+  auto z = call(enc, b);
+  Model<float> m({a, b}, {y, z, z}, 1);
+  EXPECT_EQ(io::onnx_output_names(m), (std::vector<std::string>{"add", "enc_call2", "enc_call2_1"}));
+  io::export_onnx(m, (d / "m.onnx").string(), true);
+  std::ifstream f(d / "m.onnx", std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  auto count = [&](const std::string& s) {
+    int k = 0;
+    for (std::size_t at = bytes.find(s); at != std::string::npos; at = bytes.find(s, at + 1)) ++k;
+    return k;
+  };
+  // enc.W: one initializer name and one input in each of the three LSTM nodes
+  EXPECT_EQ(count("enc.W"), 4);
+  EXPECT_GE(count("left_sequence_lens"), 2);
+  EXPECT_GE(count("right_sequence_lens"), 2);
+  EXPECT_NE(bytes.find("Min"), std::string::npos);
   fs::remove_all(d);
 }

@@ -20,11 +20,12 @@
 ///   * Masking: the padded steps zeroed and the lengths computed in the graph;
 ///   * Dropout: nothing (inference); Flatten: Reshape.
 /// Every value in the graph is channels-last, as in fastnn, so Flatten and Dense read the same order.
-/// The layers above are an if-chain over type_name(); any other type is looked up in the exporter
-/// registry (onnx_detail::layer_exporters, register_onnx_exporter), keyed by type name: the
-/// spatial layers (Conv1D/2D, pooling, BatchNormalization, Reshape, Permute, Activation) register
-/// there from io/onnx_spatial.hpp, which fastnn/vision.hpp includes, so that this header does not
-/// compile them for programs without them.
+/// Every layer is exported by the exporter registered for its type name (onnx_detail::LayerExporters,
+/// register_onnx_exporter): the layers above are registered here; the spatial layers (Conv1D/2D,
+/// pooling, BatchNormalization, Reshape, Permute, Activation) register from io/onnx_spatial.hpp,
+/// which fastnn/vision.hpp includes, and the merge layers from io/onnx_graph.hpp (the export of
+/// graph models, which fastnn/graph.hpp includes), so that this header does not compile them for
+/// programs without them.
 /// A layer or option ONNX cannot express is an UnsupportedError naming the layer, thrown before
 /// anything is written; the file is written atomically (io/atomic_file.hpp), so a failed export
 /// leaves no file behind.
@@ -165,13 +166,21 @@ class Graph {
     graph_.message_field(1, n);
     return out[0];
   }
-  /// A float initializer of shape `dims`.
+  /// A float initializer of shape `dims`. The same name again with the same values (a layer called
+  /// at several places) is the one initializer; with other values it is an ArgumentError.
   std::string floats(const std::string& name, const std::vector<std::int64_t>& dims, const std::vector<float>& v) {
     Message t;
     t.packed_ints(1, dims);
     t.int_field(2, kFloat);
     t.bytes_field(8, name);
     t.bytes_field(9, std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
+    const auto it = init_index_.find(name);
+    if (it != init_index_.end()) {
+      if (inits_[it->second].bytes() != t.bytes())
+        throw ArgumentError("export_onnx: two different initializers named '" + name + "' (two layers of one name?)");
+      return name;
+    }
+    init_index_[name] = inits_.size();
     inits_.push_back(t);
     return name;
   }
@@ -228,6 +237,7 @@ class Graph {
  private:
   Message graph_;  // nodes (field 1) as they come
   std::vector<Message> inits_, inputs_, outputs_;
+  std::map<std::string, std::size_t> init_index_;  // initializer name -> its index in inits_
   int counter_ = 0;
 };
 
@@ -432,14 +442,39 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + to_string(merge) + "'");
 }
 
-/// Exports one layer: adds its nodes to `g` reading value `x` (per-sample shape `in`; `lens` the
-/// per-sample lengths value, empty when the graph has none) and returns the layer's output value.
+/// Exports one call of a layer: adds its nodes to `g` reading the values `xs` (one per input of
+/// the call; per-sample shapes `in`) and returns the value of the call's output. `lens` is the
+/// per-sample lengths value the call reads (int32 [N]; empty when there are none): an exporter
+/// whose layer makes new lengths (Embedding with mask_zero, Masking) replaces it with them.
 template <class T>
-using LayerExporter =
-    std::function<std::string(Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape& in,
-                              const std::string& lens)>;
+using LayerExporter = std::function<std::string(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
+                                                const std::vector<Shape>& in, std::string& lens)>;
 
-/// The exporters registered by type name, for layers outside the built-in if-chain of export_onnx.
+/// The exporter of a single-input layer: value `x` of per-sample shape `in`, lengths `lens`.
+template <class T>
+using UnaryLayerExporter = std::function<std::string(Graph& g, const Layer<T, Cpu>& l, const std::string& x,
+                                                     const Shape& in, const std::string& lens)>;
+
+/// `f` as a LayerExporter: refuses a call on several inputs.
+template <class T>
+LayerExporter<T> unary_exporter(UnaryLayerExporter<T> f) {
+  return [f = std::move(f)](Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
+                            const std::vector<Shape>& in, std::string& lens) {
+    if (xs.size() != 1 || in.size() != 1)
+      throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + l.type_name() +
+                             ") takes one input, called on " + std::to_string(xs.size()));
+    return f(g, l, xs[0], in[0], lens);
+  };
+}
+
+template <class T>
+class LayerExporters;
+template <class T>
+void add_builtin_exporters(LayerExporters<T>& r);
+
+/// The exporters, keyed by layer type name: the built-in layers' (Dense, the recurrent layers,
+/// Bidirectional, Embedding, Masking, Dropout, Flatten) are there from the start; others register
+/// with register_onnx_exporter (io/onnx_spatial.hpp, io/onnx_graph.hpp).
 template <class T>
 class LayerExporters {
  public:
@@ -458,20 +493,108 @@ class LayerExporters {
     auto it = exporters_.find(type);
     return it == exporters_.end() ? LayerExporter<T>() : it->second;
   }
+  /// The exporter of `l`'s type; UnsupportedError naming the layer when none is registered.
+  LayerExporter<T> of(const Layer<T, Cpu>& l) const {
+    LayerExporter<T> f = find(l.type_name());
+    if (!f) throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + l.type_name() + ") has no ONNX export");
+    return f;
+  }
 
  private:
+  LayerExporters() { add_builtin_exporters(*this); }
   mutable std::mutex mutex_;
   std::map<std::string, LayerExporter<T>> exporters_;
 };
 
+template <class T>
+std::string export_dense(Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape&, const std::string&) {
+  const DenseOptions& o = as_builtin<Dense<T, Cpu>>(l).options();
+  const auto& p = l.parameters();
+  const Tensor<T, Cpu>& k = p[0].value;
+  std::vector<float> kv(k.data(), k.data() + k.size());
+  std::string y = g.node("MatMul", {x, g.floats(l.name() + ".kernel", {k.dim(0), k.dim(1)}, kv)}, {});
+  if (p.size() > 1) {
+    const Tensor<T, Cpu>& b = p[1].value;
+    const std::vector<float> bv(b.data(), b.data() + b.size());
+    y = g.node("Add", {y, g.floats(l.name() + ".bias", {b.dim(0)}, bv)}, {});
+  }
+  return activate(g, y, o.activation());
+}
+
+template <class T>
+std::string export_embedding(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
+                             const std::vector<Shape>&, std::string& lens) {
+  const EmbeddingOptions& o = as_builtin<Embedding<T, Cpu>>(l).options();
+  const Tensor<T, Cpu>& e = l.parameters()[0].value;
+  const std::string ids = g.node("Cast", {xs.at(0)}, {}, {Attr::i("to", kInt64)});
+  const std::string y = g.node("Gather", {g.floats(l.name() + ".embeddings", {e.dim(0), e.dim(1)},
+                                                   std::vector<float>(e.data(), e.data() + e.size())),
+                                          ids},
+                               {}, {Attr::i("axis", 0)});
+  if (o.mask_zero()) {  // lengths: the ids before the first 0 (padding is trailing)
+    const std::string real = g.node("Not", {g.node("Equal", {ids, g.int64s("zero", {0})}, {})}, {});
+    lens = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})}, {},
+                  {Attr::i("keepdims", 0)});
+  }
+  return y;
+}
+
+/// Masking: a step is padding when all its features equal mask_value; its output is zeroed and
+/// the lengths (padding is trailing) count the real steps.
+template <class T>
+std::string export_masking(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
+                           const std::vector<Shape>&, std::string& lens) {
+  const float v = static_cast<float>(as_builtin<Masking<T, Cpu>>(l).options().mask_value());
+  const std::string& x = xs.at(0);
+  const std::string mask_value = g.floats(g.fresh("mask_value"), {}, {v});
+  const std::string differs = g.node("Not", {g.node("Equal", {x, mask_value}, {})}, {});
+  const std::string real = g.node("ReduceMax", {g.node("Cast", {differs}, {}, {Attr::i("to", kFloat)})}, {},
+                                  {Attr::ints("axes", {2}), Attr::i("keepdims", 1)});  // [N, S, 1]
+  const std::string y = g.node("Mul", {x, real}, {});
+  lens = g.node("Cast", {g.node("ReduceSum", {real, g.int64s("axes", {1, 2})}, {}, {Attr::i("keepdims", 0)})}, {},
+                {Attr::i("to", kInt32)});
+  return y;
+}
+
+template <class T>
+void add_builtin_exporters(LayerExporters<T>& r) {
+  r.add("Dense", unary_exporter<T>(export_dense<T>));
+  for (const char* type : {"LSTM", "GRU", "SimpleRNN", "Bidirectional"}) {
+    const bool bi = std::string(type) == "Bidirectional";
+    r.add(type, unary_exporter<T>([bi](Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape& in,
+                                       const std::string& lens) { return recurrent(g, l, x, in, lens, bi); }));
+  }
+  r.add("Embedding", export_embedding<T>);
+  r.add("Masking", export_masking<T>);
+  r.add("Dropout", unary_exporter<T>([](Graph&, const Layer<T, Cpu>&, const std::string& x, const Shape&,
+                                        const std::string&) { return x; }));  // identity at inference
+  r.add("Flatten", unary_exporter<T>([](Graph& g, const Layer<T, Cpu>&, const std::string& x, const Shape&,
+                                        const std::string&) {
+          return g.node("Reshape", {x, g.int64s("shape", {0, -1})}, {});
+        }));
+}
+
+/// Writes the model `g` to `path` atomically.
+inline void write_model(const Graph& g, const std::string& path) {
+  const std::string bytes = g.model("fastnn");
+  AtomicFile f(path);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
+}
+
 }  // namespace onnx_detail
 
 /// Registers `f` as the ONNX exporter of layers whose type_name() is `type` (replacing an earlier
-/// one); export_onnx uses it for any type its built-in chain does not handle. Returns true.
+/// one, built-in ones included); export_onnx looks every layer up by its type name. Returns true.
 template <class T>
 bool register_onnx_exporter(const std::string& type, onnx_detail::LayerExporter<T> f) {
   onnx_detail::LayerExporters<T>::instance().add(type, std::move(f));
   return true;
+}
+/// The same for the exporter of a single-input layer.
+template <class T>
+bool register_onnx_unary_exporter(const std::string& type, onnx_detail::UnaryLayerExporter<T> f) {
+  return register_onnx_exporter<T>(type, onnx_detail::unary_exporter<T>(std::move(f)));
 }
 
 /// Writes `model` (built, on the CPU) to `path` as ONNX (see the file comment). Throws
@@ -492,68 +615,17 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
     lens = "sequence_lens";
   }
   Shape s = model.input_shape();
+  const LayerExporters<T>& exporters = LayerExporters<T>::instance();
   for (std::size_t i = 0; i < model.num_layers(); ++i) {
     const Layer<T, Cpu>& l = model.layer(i);
-    const std::string type = l.type_name();
-    if (type == "Dense") {
-      const DenseOptions& o = as_builtin<Dense<T, Cpu>>(l).options();
-      const auto& p = l.parameters();
-      const Tensor<T, Cpu>& k = p[0].value;
-      std::vector<float> kv(k.data(), k.data() + k.size());
-      x = g.node("MatMul", {x, g.floats(l.name() + ".kernel", {k.dim(0), k.dim(1)}, kv)}, {});
-      if (p.size() > 1) {
-        const Tensor<T, Cpu>& b = p[1].value;
-        const std::vector<float> bv(b.data(), b.data() + b.size());
-        x = g.node("Add", {x, g.floats(l.name() + ".bias", {b.dim(0)}, bv)}, {});
-      }
-      x = activate(g, x, o.activation());
-    } else if (type == "LSTM" || type == "GRU" || type == "SimpleRNN") {
-      x = recurrent(g, l, x, s, lens, false);
-    } else if (type == "Bidirectional") {
-      x = recurrent(g, l, x, s, lens, true);
-    } else if (type == "Embedding") {
-      const EmbeddingOptions& o = as_builtin<Embedding<T, Cpu>>(l).options();
-      const Tensor<T, Cpu>& e = l.parameters()[0].value;
-      const std::string ids = g.node("Cast", {x}, {}, {Attr::i("to", kInt64)});
-      x = g.node("Gather", {g.floats(l.name() + ".embeddings", {e.dim(0), e.dim(1)},
-                                     std::vector<float>(e.data(), e.data() + e.size())),
-                            ids},
-                 {}, {Attr::i("axis", 0)});
-      if (o.mask_zero()) {  // lengths: the ids before the first 0 (padding is trailing)
-        const std::string real = g.node("Not", {g.node("Equal", {ids, g.int64s("zero", {0})}, {})}, {});
-        lens = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})}, {},
-                      {Attr::i("keepdims", 0)});
-      }
-    } else if (type == "Masking") {
-      // A step is padding when all its features equal mask_value; its output is zeroed and the
-      // lengths (padding is trailing) count the real steps.
-      const float v = static_cast<float>(as_builtin<Masking<T, Cpu>>(l).options().mask_value());
-      const std::string mask_value = g.floats(g.fresh("mask_value"), {}, {v});
-      const std::string differs = g.node("Not", {g.node("Equal", {x, mask_value}, {})}, {});
-      const std::string real = g.node("ReduceMax", {g.node("Cast", {differs}, {}, {Attr::i("to", kFloat)})}, {},
-                                      {Attr::ints("axes", {2}), Attr::i("keepdims", 1)});  // [N, S, 1]
-      x = g.node("Mul", {x, real}, {});
-      lens = g.node("Cast", {g.node("ReduceSum", {real, g.int64s("axes", {1, 2})}, {}, {Attr::i("keepdims", 0)})}, {},
-                    {Attr::i("to", kInt32)});
-    } else if (type == "Dropout") {
-      // identity at inference
-    } else if (type == "Flatten") {
-      x = g.node("Reshape", {x, g.int64s("shape", {0, -1})}, {});
-    } else if (const LayerExporter<T> f = LayerExporters<T>::instance().find(type)) {
-      x = f(g, l, x, s, lens);
-    } else {
-      throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + type + ") has no ONNX export");
-    }
+    x = exporters.of(l)(g, l, {x}, {s}, lens);
     s = l.output_shape();
   }
   std::vector<std::int64_t> out_dims{-1};
   for (Index d = 0; d < model.output_shape().rank(); ++d) out_dims.push_back(model.output_shape()[d]);
   g.node("Identity", {x}, {"output"});
   g.io(false, "output", kFloat, out_dims);
-  const std::string bytes = g.model("fastnn");
-  AtomicFile f(path);
-  f.write(bytes.data(), bytes.size());
-  f.commit();
+  write_model(g, path);
 }
 
 }  // namespace io

@@ -193,25 +193,25 @@ std::string export_activation(Graph& g, const Layer<T, Cpu>& l, const std::strin
 
 }  // namespace onnx_detail
 
-/// Registers the spatial layers' ONNX exporters for Sequential<T> (see the file comment);
+/// Registers the spatial layers' ONNX exporters (see the file comment), for Sequential and graph models;
 /// returns true.
 template <class T>
 bool register_spatial_onnx_exporters() {
   using namespace onnx_detail;
-  register_onnx_exporter<T>("Conv1D", export_conv<T, 1>);
-  register_onnx_exporter<T>("Conv2D", export_conv<T, 2>);
-  register_onnx_exporter<T>("MaxPooling1D", export_pool<T, 1, PoolKind::Max>);
-  register_onnx_exporter<T>("MaxPooling2D", export_pool<T, 2, PoolKind::Max>);
-  register_onnx_exporter<T>("AveragePooling1D", export_pool<T, 1, PoolKind::Average>);
-  register_onnx_exporter<T>("AveragePooling2D", export_pool<T, 2, PoolKind::Average>);
-  register_onnx_exporter<T>("GlobalAveragePooling1D", export_global_pool<T, 1, PoolKind::Average>);
-  register_onnx_exporter<T>("GlobalAveragePooling2D", export_global_pool<T, 2, PoolKind::Average>);
-  register_onnx_exporter<T>("GlobalMaxPooling1D", export_global_pool<T, 1, PoolKind::Max>);
-  register_onnx_exporter<T>("GlobalMaxPooling2D", export_global_pool<T, 2, PoolKind::Max>);
-  register_onnx_exporter<T>("BatchNormalization", export_batch_norm<T>);
-  register_onnx_exporter<T>("Reshape", export_reshape<T>);
-  register_onnx_exporter<T>("Permute", export_permute<T>);
-  register_onnx_exporter<T>("Activation", export_activation<T>);
+  register_onnx_unary_exporter<T>("Conv1D", export_conv<T, 1>);
+  register_onnx_unary_exporter<T>("Conv2D", export_conv<T, 2>);
+  register_onnx_unary_exporter<T>("MaxPooling1D", export_pool<T, 1, PoolKind::Max>);
+  register_onnx_unary_exporter<T>("MaxPooling2D", export_pool<T, 2, PoolKind::Max>);
+  register_onnx_unary_exporter<T>("AveragePooling1D", export_pool<T, 1, PoolKind::Average>);
+  register_onnx_unary_exporter<T>("AveragePooling2D", export_pool<T, 2, PoolKind::Average>);
+  register_onnx_unary_exporter<T>("GlobalAveragePooling1D", export_global_pool<T, 1, PoolKind::Average>);
+  register_onnx_unary_exporter<T>("GlobalAveragePooling2D", export_global_pool<T, 2, PoolKind::Average>);
+  register_onnx_unary_exporter<T>("GlobalMaxPooling1D", export_global_pool<T, 1, PoolKind::Max>);
+  register_onnx_unary_exporter<T>("GlobalMaxPooling2D", export_global_pool<T, 2, PoolKind::Max>);
+  register_onnx_unary_exporter<T>("BatchNormalization", export_batch_norm<T>);
+  register_onnx_unary_exporter<T>("Reshape", export_reshape<T>);
+  register_onnx_unary_exporter<T>("Permute", export_permute<T>);
+  register_onnx_unary_exporter<T>("Activation", export_activation<T>);
   return true;
 }
 
