@@ -11,8 +11,9 @@
 // compute but not enforce the fastnn.crc32 checksum, so that mutated inputs reach the code
 // behind it. Each input is written to a temporary file (one per process, reused) and read as
 // a raw safetensors file, as the weights of a fixed small model, as a checkpoint for it (with
-// and without an optimizer) and through load_model. fastnn::Error is the expected way to
-// reject an input; anything else escapes and crashes, as does a broken invariant.
+// and without an optimizer), through load_model, as the weights and checkpoint of a fixed
+// graph model and through load_graph_model (the fastnn.graph record). fastnn::Error is the
+// expected way to reject an input; anything else escapes and crashes, as does a broken invariant.
 
 #include <unistd.h>
 
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "fastnn/fastnn.hpp"
+#include "fastnn/graph.hpp"
 #include "fastnn/io/checkpoint.hpp"
 
 #include "fuzz_model.hpp"
@@ -119,6 +121,34 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   try {
     Sequential<double> m = io::load_model<double>(path);
     check(m.built(), "load_model returns a built model");
+  } catch (const Error&) {
+  }
+
+  // 5. Graph models: weights and checkpoints into the fixed graph, and whatever graph the file records.
+  static Model<float>* graph = fuzz::build_graph_model<float>().release();
+  try {
+    io::load_weights(*graph, path);
+  } catch (const Error&) {
+  }
+  try {
+    io::load_checkpoint(*graph, path);
+    check(graph->epochs_done() >= 0, "epochs_done >= 0");
+  } catch (const Error&) {
+  }
+  try {
+    auto fresh = fuzz::build_graph_model<float>(/*compile=*/false);
+    io::load_checkpoint(*fresh, path);
+    check(fresh->optimizer() != nullptr, "the checkpoint created an optimizer");
+  } catch (const Error&) {
+  }
+  try {
+    auto m = io::load_graph_model<float>(path);
+    check(m && m->num_layers() > 0 && m->num_outputs() > 0, "load_graph_model returns a model");
+  } catch (const Error&) {
+  }
+  try {
+    auto m = io::load_graph_model<double>(path);
+    check(m && m->num_layers() > 0, "load_graph_model returns a model");
   } catch (const Error&) {
   }
   return 0;

@@ -2,7 +2,8 @@
 //   make_safetensors_corpus fuzz/corpus/safetensors
 // Valid files for the fuzz model (fuzz_model.hpp): weights in F32 and F64, checkpoints of SGD,
 // Adam and RMSprop after one epoch, a file without fastnn metadata, another architecture, a
-// file with every dtype; and a few broken ones (truncated, overlapping, bad JSON, bad length).
+// file with every dtype; for the graph model, its weights and an Adam checkpoint after one epoch
+// (fastnn.graph records); and a few broken ones (truncated, overlapping, bad JSON, bad length).
 
 #include <cstdint>
 #include <cstdio>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "fastnn/fastnn.hpp"
+#include "fastnn/graph.hpp"
 #include "fastnn/io/checkpoint.hpp"
 
 #include "fuzz_model.hpp"
@@ -80,6 +82,12 @@ int main(int argc, char** argv) {
     trained_checkpoint<float>(std::make_unique<SGD<float>>(0.1, 0.9, true), dir + "checkpoint_sgd.safetensors");
     trained_checkpoint<float>(std::make_unique<Adam<float>>(0.01), dir + "checkpoint_adam.safetensors");
     trained_checkpoint<float>(std::make_unique<RMSprop<float>>(0.01), dir + "checkpoint_rmsprop.safetensors");
+    {
+      auto g = fuzz::build_graph_model<float>();
+      io::save_weights(*g, dir + "graph_weights_f32.safetensors");
+      io::CheckpointSaver saver(*g, dir + "graph_checkpoint_adam.safetensors");
+      g->fit(tiny_data(), FitOptions().epochs(1).batch_size(4).verbose(0).callback(&saver));
+    }
     {
       Sequential<float> m;
       m.add<Dense>(DenseOptions(4).activation(Activation::Relu));

@@ -24,6 +24,7 @@
 #include "fastnn/data/idx.hpp"
 #include "fastnn/data/mnist.hpp"
 #include "fastnn/fastnn.hpp"
+#include "fastnn/graph.hpp"
 #include "fastnn/io/checkpoint.hpp"
 #include "test_util.hpp"
 
@@ -410,6 +411,144 @@ TEST(Resume, BitIdenticalSgdDouble) { resume_is_bit_identical<double>("sgd", 1, 
 TEST(Resume, BitIdenticalAdamWClippedWithCosineScheduleFloat) { resume_is_bit_identical<float>("adamw", 1, true); }
 TEST(Resume, BitIdenticalAdamWScheduleFromFile) { resume_is_bit_identical<float>("adamw", 1, false); }
 TEST(Resume, BitIdenticalChangedRateFromFile) { resume_is_bit_identical<float>("sgd_changed_rate", 1, false); }
+
+// ---- graph models -----------------------------------------------------------------------------
+
+/// x [6, 5] -> LSTM(5, sequences) -> Add(x, .) -> a Dense(5, tanh) shared by that sum and by x -> Add -> Dropout
+/// -> LSTM(6) -> Dense(3, softmax).
+std::unique_ptr<Model<float>> graph_model(std::uint64_t seed) {
+  auto x = Input<float>({6, 5}, "x");
+  auto h = apply<LSTM>(x, LSTMOptions(5).return_sequences(true));
+  auto shared = std::make_shared<Dense<float>>(DenseOptions(5).activation(Activation::Tanh));
+  auto r = apply<Add>({call(shared, apply<Add>({x, h})), call(shared, x)});
+  auto d = apply<Dropout>(r, DropoutOptions(0.2));
+  auto y = apply<Dense>(apply<LSTM>(d, LSTMOptions(6)), DenseOptions(3).activation(Activation::Softmax));
+  return std::make_unique<Model<float>>(x, y, seed);
+}
+
+Run finish_graph(Model<float>& m, History h) {
+  Run r;
+  r.history = h;
+  const auto& p = m.flat_parameters();
+  for (Index i = 0; i < p.size(); ++i) r.weights.push_back(static_cast<double>(p[i]));
+  for (auto& s : m.optimizer()->state())
+    for (Index i = 0; i < s.second.size(); ++i) r.state.push_back(static_cast<double>(s.second[i]));
+  r.iterations = m.optimizer()->iterations();
+  return r;
+}
+
+/// As resume_is_bit_identical, for a graph model: two epochs in one go against one epoch, a checkpoint, and the
+/// second epoch in a fresh model that loads it.
+void graph_resume_is_bit_identical(bool compile_before_load) {
+  TempDir dir;
+  const Dataset<float, Cpu> train = toy_data<float>(200, 11), val = toy_data<float>(60, 12);
+  auto a = graph_model(7);
+  a->compile(std::make_unique<Adam<float>>(0.01));
+  const Run full = finish_graph(*a, a->fit(train, FitOptions().epochs(2).batch_size(16).verbose(0), &val));
+  ASSERT_EQ(full.history.epochs.size(), 2u);
+
+  auto b = graph_model(7);
+  b->compile(std::make_unique<Adam<float>>(0.01));
+  io::CheckpointSaver saver(*b, dir.file("graph-{epoch}.safetensors"));  // deduces <float, Cpu, Model>
+  const History h1 = b->fit(train, FitOptions().epochs(1).batch_size(16).verbose(0).callback(&saver), &val);
+  EXPECT_EQ(h1.epochs[0].loss, full.history.epochs[0].loss);
+  const std::string ck = dir.file("graph-1.safetensors");
+  ASSERT_TRUE(fs::exists(ck));
+  EXPECT_FALSE(io::read_checkpoint_info(ck).fastnn_version.empty());
+
+  // A restarted process builds the model with the same seed (Dropout's masks derive from the seed the trainer was
+  // built with); its weights are scrambled so that they must come from the checkpoint.
+  auto c = graph_model(7);
+  for (Index i = 0; i < c->flat_parameters().size(); ++i) c->flat_parameters()[i] += 0.5f;
+  if (compile_before_load) c->compile(std::make_unique<Adam<float>>(0.01));
+  const io::CheckpointInfo info = io::load_checkpoint(*c, ck);
+  EXPECT_EQ(info.epochs_done, 1);
+  EXPECT_EQ(c->epochs_done(), 1);
+  EXPECT_EQ(info.optimizer, "Adam");
+  ASSERT_TRUE(info.has_last_epoch);
+  EXPECT_EQ(info.last_epoch.loss, full.history.epochs[0].loss);
+  const Run resumed =
+      finish_graph(*c, c->fit(train, FitOptions().initial_epoch(c->epochs_done()).epochs(2).batch_size(16).verbose(0),
+                              &val));
+  ASSERT_EQ(resumed.history.epochs.size(), 1u);
+  const EpochLogs& x = full.history.epochs[1];
+  const EpochLogs& y = resumed.history.epochs[0];
+  EXPECT_EQ(y.epoch, 2);
+  EXPECT_EQ(x.loss, y.loss);
+  EXPECT_EQ(x.accuracy, y.accuracy);
+  EXPECT_EQ(x.val_loss, y.val_loss);
+  EXPECT_EQ(x.val_accuracy, y.val_accuracy);
+  EXPECT_TRUE(full.weights == resumed.weights) << "weights differ after resuming";
+  EXPECT_TRUE(full.state == resumed.state) << "optimizer state differs after resuming";
+  EXPECT_EQ(full.iterations, resumed.iterations);
+  EXPECT_EQ(c->epochs_done(), 2);
+  EXPECT_LT(x.loss, full.history.epochs[0].loss);
+}
+
+TEST(GraphCheckpoint, ResumeIsBitIdenticalAdamDropout) { graph_resume_is_bit_identical(true); }
+TEST(GraphCheckpoint, ResumeIsBitIdenticalOptimizerFromFile) { graph_resume_is_bit_identical(false); }
+
+TEST(GraphCheckpoint, AGraphCheckpointIsNoSequentialsAndTheReverse) {
+  TempDir dir;
+  const Dataset<float, Cpu> train = toy_data<float>(40, 3);
+  auto g = graph_model(1);
+  g->compile(std::make_unique<SGD<float>>(0.1));
+  g->fit(train, FitOptions().epochs(1).batch_size(20).verbose(0));
+  io::save_checkpoint(*g, dir.file("graph.safetensors"));
+  Sequential<float> s;
+  build(s, 1);
+  s.compile(std::make_unique<SGD<float>>(0.1));
+  s.fit(train, FitOptions().epochs(1).batch_size(20).verbose(0));
+  io::save_checkpoint(s, dir.file("seq.safetensors"));
+
+  Sequential<float> s2;
+  build(s2, 2);
+  const auto before = flat(s2);
+  expect_error<MismatchError>([&] { io::load_checkpoint(s2, dir.file("graph.safetensors")); },
+                              {"graph.safetensors", "the file holds a graph model, the model is a Sequential"});
+  EXPECT_TRUE(flat(s2) == before) << "a refused checkpoint changed the model";
+  auto g2 = graph_model(2);
+  expect_error<MismatchError>([&] { io::load_checkpoint(*g2, dir.file("seq.safetensors")); },
+                              {"seq.safetensors", "the file holds a Sequential model, the model is a graph"});
+  EXPECT_EQ(g2->optimizer(), nullptr);
+  // A Sequential's checkpoint loads into a graph of the same chain only through load_graph_model (weights).
+  auto chain = io::load_graph_model<float>(dir.file("seq.safetensors"));
+  EXPECT_EQ(chain->param_count(), s.param_count());
+  // Another graph: the architecture differs.
+  auto x = Input<float>({6, 5}, "x");
+  Model<float> other(x, apply<Dense>(apply<LSTM>(x, LSTMOptions(4)), DenseOptions(3)));
+  EXPECT_THROW(io::load_checkpoint(other, dir.file("graph.safetensors")), MismatchError);
+}
+
+TEST(GraphCheckpoint, ModelCheckpointWritesGraphWeightsAndCheckpoints) {
+  TempDir dir;
+  const Dataset<float, Cpu> train = toy_data<float>(60, 5), val = toy_data<float>(30, 6);
+  auto g = graph_model(3);
+  g->compile(std::make_unique<Adam<float>>(0.01));
+  io::ModelCheckpoint<float, Cpu, Model> full(*g, dir.file("full-{epoch}.safetensors"),
+                                              io::ModelCheckpointOptions().save_best_only(true));
+  io::ModelCheckpoint weights(*g, dir.file("weights.safetensors"),
+                              io::ModelCheckpointOptions().save_weights_only(true));
+  g->fit(train, FitOptions().epochs(2).batch_size(20).verbose(0).callback(&full).callback(&weights), &val);
+  ASSERT_GE(full.last_saved_epoch(), 1);
+  EXPECT_EQ(weights.last_saved_epoch(), 2);
+  const Tensor<float, Cpu> x = toy_data<float>(10, 8).x;
+  const auto want = g->predict(x);
+  auto rebuilt = io::load_graph_model<float>(dir.file("weights.safetensors"));
+  const auto got = rebuilt->predict(x);
+  for (Index i = 0; i < want.size(); ++i) ASSERT_EQ(want[i], got[i]);
+  // The best-only checkpoint records the callback's best, and a fresh graph resumes from it.
+  auto c = graph_model(4);
+  io::ModelCheckpoint<float, Cpu, Model> again(*c, dir.file("full-{epoch}.safetensors"),
+                                               io::ModelCheckpointOptions().save_best_only(true));
+  const io::CheckpointInfo info =
+      io::load_checkpoint(*c, dir.file("full-" + std::to_string(full.last_saved_epoch()) + ".safetensors"));
+  EXPECT_EQ(info.epochs_done, full.last_saved_epoch());
+  const int next = c->epochs_done() + 1;
+  c->fit(train, FitOptions().initial_epoch(c->epochs_done()).epochs(next).batch_size(20).verbose(0).callback(&again),
+         &val);
+  EXPECT_LE(again.best(), full.best());  // the recorded best carried over (val_loss: lower is better)
+}
 
 // A run stopped by EarlyStopping, killed after an epoch inside its patience window and resumed from that epoch's
 // checkpoint (which records the callback's state), stops at the same epoch with the same weights.

@@ -1,7 +1,9 @@
 #pragma once
 /// \file checkpoint.hpp
-/// Training checkpoints: everything Sequential::fit needs to continue a run exactly where it
-/// stopped, in one safetensors file (see docs/weights-format.md):
+/// Training checkpoints: everything fit() needs to continue a run exactly where it stopped, in one
+/// safetensors file (see docs/weights-format.md). The functions and callbacks take a Sequential or, with
+/// fastnn/graph.hpp (io/graph_weights.hpp), a graph Model; a graph's checkpoint also holds its fastnn.graph
+/// record, and loading one kind's checkpoint into the other kind of model is a MismatchError:
 ///
 ///   tensors    the parameters (as in weights.hpp) and the optimizer's state buffers, each
 ///              flat over the trainable parameters: optimizer.momentum (SGD), optimizer.m and
@@ -240,8 +242,8 @@ inline std::string describe_loss_options(const Loss& l) {
 /// IoError.
 /// `callbacks`, when given, are the run's callbacks: the state of each that has one (Callback::state_name()) is
 /// recorded, and load_checkpoint hands it to the callback of the same name in the next fit().
-template <class T, class D>
-void save_checkpoint(Sequential<T, D>& model, const std::string& path, const EpochLogs* last = nullptr,
+template <class T, class D, template <class, class> class M>
+void save_checkpoint(M<T, D>& model, const std::string& path, const EpochLogs* last = nullptr,
                      const std::vector<Callback*>* callbacks = nullptr) {
   if (!model.built()) throw ArgumentError("save_checkpoint: call build() first");
   Optimizer<T, D>* opt = model.optimizer();
@@ -250,7 +252,7 @@ void save_checkpoint(Sequential<T, D>& model, const std::string& path, const Epo
   write_model_record(w, describe(model), kCheckpointFormat);
   w.set_metadata(kEpochsDoneKey, std::to_string(model.epochs_done()));
   w.set_metadata(kSeedKey, std::to_string(model.seed()));
-  w.set_metadata(kShuffleRngKey, model.shuffle_rng().state());
+  w.set_metadata(kShuffleRngKey, model.trainer().shuffle_rng().state());
   w.set_metadata(kThreadsKey, std::to_string(model.threads()));
   w.set_metadata(kOptimizerTypeKey, opt->type_name());
   nlohmann::json cfg = nlohmann::json::object();
@@ -324,8 +326,8 @@ void save_checkpoint(Sequential<T, D>& model, const std::string& path, const Epo
 /// created; if it has one, its type and every option must equal the recorded ones. All checks
 /// and reads happen before the model is touched: on failure it is unchanged.
 /// Throws IoError, FormatError (malformed file) or MismatchError (another model or optimizer).
-template <class T, class D>
-CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path) {
+template <class T, class D, template <class, class> class M>
+CheckpointInfo load_checkpoint(M<T, D>& model, const std::string& path) {
   if (!model.built()) throw ArgumentError("load_checkpoint: call build() first");
   SafetensorsReader r(path);
   CheckpointInfo info = read_checkpoint_info(r);
@@ -448,7 +450,7 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
     for (std::size_t i = 0; i < model.num_layers(); ++i)
       model.layer(i).set_trainable(std::find(info.non_trainable.begin(), info.non_trainable.end(),
                                              model.layer(i).name()) == info.non_trainable.end());
-    std::vector<Metric> metrics = model.metrics();
+    std::vector<Metric> metrics = model.trainer().metrics();
     if (info.loss != model.loss()) {  // an uncompiled model's default metrics may not suit the recorded loss
       metrics.clear();
       if (info.loss.uses_labels()) metrics.push_back("accuracy");
@@ -460,19 +462,19 @@ CheckpointInfo load_checkpoint(Sequential<T, D>& model, const std::string& path)
   opt->set_iterations(info.iterations);
   opt->set_learning_rate(info.learning_rate);
   if (info.schedule) opt->set_learning_rate(info.schedule);
-  model.set_epochs_done(info.epochs_done);
-  model.shuffle_rng().set_state(r.metadata().at(kShuffleRngKey));
+  model.trainer().set_epochs_done(info.epochs_done);
+  model.trainer().shuffle_rng().set_state(r.metadata().at(kShuffleRngKey));
   model.trainer().set_pending_callback_states(std::move(callback_states));
   return info;
 }
 
 /// A Callback that writes a checkpoint at the end of every epoch (atomically, so the previous
 /// one survives a crash while writing). A "{epoch}" in the path is replaced by the epoch
-/// number, to keep one file per epoch.
-template <class T, class D>
+/// number, to keep one file per epoch. M: Sequential or Model.
+template <class T, class D, template <class, class> class M = Sequential>
 class CheckpointSaver : public Callback {
  public:
-  CheckpointSaver(Sequential<T, D>& model, std::string path) : model_(model), path_(std::move(path)) {
+  CheckpointSaver(M<T, D>& model, std::string path) : model_(model), path_(std::move(path)) {
     if (path_.empty()) throw ArgumentError("CheckpointSaver: empty path");
   }
   /// Runs after the other callbacks at an epoch's end, so that the file records their state for this epoch.
@@ -490,7 +492,7 @@ class CheckpointSaver : public Callback {
   }
 
  private:
-  Sequential<T, D>& model_;
+  M<T, D>& model_;
   std::string path_;
 };
 
@@ -505,11 +507,11 @@ struct ModelCheckpointOptions {
 /// Keras's ModelCheckpoint: at the end of each epoch writes the model to `path` ("{epoch}" is replaced by the
 /// epoch number), atomically: a full checkpoint (as CheckpointSaver) or, with save_weights_only, the weights
 /// (io/weights.hpp). With save_best_only, only when `monitor` improved on the best value so far (mode: auto, min,
-/// max), which checkpoints record so that a resumed run keeps it.
-template <class T, class D>
+/// max), which checkpoints record so that a resumed run keeps it. M: Sequential or Model.
+template <class T, class D, template <class, class> class M = Sequential>
 class ModelCheckpoint : public Callback {
  public:
-  ModelCheckpoint(Sequential<T, D>& model, std::string path, ModelCheckpointOptions o = {})
+  ModelCheckpoint(M<T, D>& model, std::string path, ModelCheckpointOptions o = {})
       : model_(model), saver_(model, std::move(path)), o_(std::move(o)) {
     max_ = fastnn::detail::monitor_maximises(o_.mode(), o_.monitor(), "ModelCheckpoint");
     best_ = max_ ? -INFINITY : INFINITY;
@@ -541,8 +543,8 @@ class ModelCheckpoint : public Callback {
   int last_saved_epoch() const { return last_saved_; }
 
  private:
-  Sequential<T, D>& model_;
-  CheckpointSaver<T, D> saver_;
+  M<T, D>& model_;
+  CheckpointSaver<T, D, M> saver_;
   ModelCheckpointOptions o_;
   bool max_ = false;
   double best_ = INFINITY;
