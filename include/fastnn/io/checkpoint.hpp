@@ -463,6 +463,7 @@ CheckpointInfo load_checkpoint(M<T, D>& model, const std::string& path) {
   opt->set_learning_rate(info.learning_rate);
   if (info.schedule) opt->set_learning_rate(info.schedule);
   model.trainer().set_epochs_done(info.epochs_done);
+  model.trainer().set_seed(info.seed);  // the stochastic layers' masks derive from it
   model.trainer().shuffle_rng().set_state(r.metadata().at(kShuffleRngKey));
   model.trainer().set_pending_callback_states(std::move(callback_states));
   return info;

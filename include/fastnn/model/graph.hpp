@@ -448,7 +448,8 @@ class Model : public Network<T, D> {
   Optimizer<T, D>* optimizer() { return trainer_.optimizer(); }
   const Loss& loss() const { return trainer_.loss(); }
   bool loss_fused() const { return trainer_.loss_fused(); }
-  std::uint64_t seed() const { return seed_; }
+  /// The seed of the constructor, or of the checkpoint loaded since (io::load_checkpoint).
+  std::uint64_t seed() const { return trainer_.seed(); }
   int epochs_done() const { return trainer_.epochs_done(); }
   Trainer<T, D>& trainer() { return trainer_; }
 
@@ -602,7 +603,6 @@ class Model : public Network<T, D> {
     }
     Rng rng(seed);
     for (auto& l : layers_) l->initialize(rng);
-    seed_ = seed;
     trainer_.built(*this, seed);
   }
 
@@ -639,7 +639,6 @@ class Model : public Network<T, D> {
   detail::CallExecutor<T, D> exec_;
   std::vector<Tn> outs_, xs1_;
   std::vector<Lengths> ls1_;
-  std::uint64_t seed_ = 0;
   int threads_ = 1;
   Precision precision_ = Precision::F32;
   Trainer<T, D> trainer_;

@@ -120,7 +120,6 @@ class Sequential : public Network<T, D> {
     std::vector<typename detail::CallExecutor<T, D>::Call> calls;
     for (std::size_t i = 0; i < layers_.size(); ++i) calls.push_back({layers_[i].get(), {static_cast<int>(i)}, i});
     exec_ = detail::CallExecutor<T, D>(1, std::move(calls), {static_cast<int>(layers_.size())}, layers_.size());
-    seed_ = seed;
     built_ = true;
     trainer_.built(*this, seed);  // compiled before build: checks the loss now
   }
@@ -313,7 +312,8 @@ class Sequential : public Network<T, D> {
   const Shape& input_shape() const override { return input_shape_; }
   const Shape& output_shape() const override { return output_shape_; }
   bool built() const { return built_; }
-  std::uint64_t seed() const { return seed_; }
+  /// The seed of build(), or of the checkpoint loaded since (io::load_checkpoint).
+  std::uint64_t seed() const { return trainer_.seed(); }
   /// Epochs completed so far (by fit, or restored from a checkpoint).
   int epochs_done() const { return trainer_.epochs_done(); }
   void set_epochs_done(int n) { trainer_.set_epochs_done(n); }
@@ -335,7 +335,7 @@ class Sequential : public Network<T, D> {
       m.layer(m.num_layers() - 1).set_trainable(l->trainable());
     }
     m.set_threads(threads_);
-    m.build(input_shape_, seed_);
+    m.build(input_shape_, seed());
     copy_into(to_device<D2>(params_), m.flat_parameters());
     if (const Optimizer<T, D>* opt = optimizer()) {
       m.compile(make_optimizer<T, D2>(opt->type_name(), opt->config()), loss(), metrics());
@@ -400,7 +400,6 @@ class Sequential : public Network<T, D> {
   Shape input_shape_, output_shape_;
   Tn params_, grads_;
   detail::CallExecutor<T, D> exec_;
-  std::uint64_t seed_ = 0;
   int threads_ = 1;
   Precision precision_ = Precision::F32;
   bool built_ = false;

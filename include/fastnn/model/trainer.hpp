@@ -393,6 +393,10 @@ class Trainer {
   bool loss_fused() const { return fused_; }
   int epochs_done() const { return epochs_done_; }
   void set_epochs_done(int n) { epochs_done_ = n; }
+  /// The seed the stochastic layers' keys derive from (the model's build seed, or a checkpoint's). Setting it does
+  /// not reseed the shuffling, whose state a checkpoint restores on its own.
+  std::uint64_t seed() const { return seed_; }
+  void set_seed(std::uint64_t s) { seed_ = s; }
   Rng& shuffle_rng() { return shuffle_rng_; }
   const Rng& shuffle_rng() const { return shuffle_rng_; }
   /// A callback's state read from a checkpoint: given to the callback of the same state_name() when the next
