@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "fastnn/backend/cpu/ops.hpp"
 #include "fastnn/backend/ops.hpp"
 #include "fastnn/core/options.hpp"
 #include "fastnn/layers/layer.hpp"
