@@ -9,7 +9,10 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <new>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -25,6 +28,20 @@ using fastnn::testing::build_standalone;
 using fastnn::testing::check_gradients;
 using fastnn_test::make_lengths;
 using fastnn_test::random_tensor;
+
+// Every heap allocation of this program is counted: a Tensor's storage comes with a shared_ptr
+// control block from operator new, so a step that allocates a tensor shows here.
+namespace {
+std::atomic<long> g_allocations{0};
+}  // namespace
+// (Not inlined: GCC would otherwise see free() on the result of operator new at the call sites.)
+[[gnu::noinline]] void* operator new(std::size_t n) {
+  g_allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -149,6 +166,38 @@ TEST(LayerNorm, BackwardAccumulatesParameterGradients) {
     for (Index k = 0; k < 6; ++k) s += dx[row * 6 + k];
     EXPECT_NEAR(s, 0.0, 1e-12);
   }
+}
+
+TEST(LayerNorm, NoAllocationAfterTheFirstStep) {
+  LayerNormalization<float> ln;
+  PositionEmbedding<float> pe(PositionEmbeddingOptions(9));
+  SinePositionEncoding<float> sp;
+  Rng rng(2);
+  auto s1 = build_standalone(ln, Shape{9, 24}, rng, "ln");
+  auto s2 = build_standalone(pe, Shape{9, 24}, rng, "pe");
+  auto s3 = build_standalone(sp, Shape{9, 24}, rng, "sp");
+  auto x = random_tensor<float>(Shape{16, 9, 24}, rng);
+  auto small = random_tensor<float>(Shape{5, 9, 24}, rng);  // a smaller last batch reuses the workspaces
+  Tensor<float, Cpu> y, dy = random_tensor<float>(Shape{16, 9, 24}, rng), dx;
+  Tensor<float, Cpu> dys = random_tensor<float>(Shape{5, 9, 24}, rng);
+  Layer<float, Cpu>* layers[] = {&ln, &pe, &sp};
+  for (Layer<float, Cpu>* l : layers) {  // the first step allocates the workspaces
+    l->forward(x, y, Mode::Train);
+    l->backward(x, y, dy, &dx);
+  }
+  const long before = g_allocations.load();
+  for (int step = 0; step < 3; ++step)
+    for (Layer<float, Cpu>* l : layers) {
+      l->forward(x, y, Mode::Train);
+      l->backward(x, y, dy, &dx);
+      l->forward(small, y, Mode::Train);
+      l->backward(small, y, dys, &dx);
+    }
+  EXPECT_EQ(g_allocations.load() - before, 0);
+  // the counter does count: a fresh output tensor allocates
+  Tensor<float, Cpu> fresh;
+  ln.forward(x, fresh, Mode::Train);
+  EXPECT_GT(g_allocations.load() - before, 0);
 }
 
 TEST(LayerNorm, OptionsNamesAndTypedErrors) {
