@@ -20,7 +20,14 @@ for model in two_views rows; do
 done
 grep -q "bidirectional\[0\]\[0\], bidirectional_1\[0\]\[0\]" <<<"$("$bin" --data "$data" --epochs 1 --limit 128 \
   --units 4 --threads 1 2>&1)" || { echo "FAIL: the concatenation does not read both views"; exit 1; }
+# The auxiliary output: two losses, logged under Keras's names.
+out=$("$bin" --data "$data" --epochs 1 --limit 256 --units 8 --threads 1 --aux-weight 0.3 2>&1)
+rc=$?
+[[ $rc -eq 0 ]] || { echo "$out" | tail -5; echo "FAIL: --aux-weight: exit $rc"; exit 1; }
+grep -q '^outputs: digit_loss [0-9.]* aux_loss [0-9.]* val_digit_loss [0-9.]* val_aux_loss [0-9.]* ' <<<"$out" \
+  || { echo "$out" | tail -5; echo "FAIL: --aux-weight: no per-output losses"; exit 1; }
+grep -q '^final: .* val_acc [0-9.]*$' <<<"$out" || { echo "FAIL: --aux-weight: no final line"; exit 1; }
 bad=$("$bin" --data "$data" --model columns 2>&1)
 rc=$?
 [[ $rc -eq 1 ]] && grep -q "columns" <<<"$bad" || { echo "FAIL: bad --model: exit $rc, $bad"; exit 1; }
-echo "ok   both models trained; a bad --model is exit 1 naming it"
+echo "ok   both models trained, and the graph with an auxiliary output; a bad --model is exit 1 naming it"

@@ -832,6 +832,22 @@ TEST(BadInput, TypedErrorsNameTheLayerAndNumbers) {
   {
     Conv2D<double> c(Conv2DOptions(4, 3));
     EXPECT_THROW(built(c, Shape{8, 3}), ShapeError);
+    // The message names the layer and the shape it got, with the batch axis.
+    auto names_the_shape = [](Layer<double, Cpu>& l) {
+      try {
+        l.build(Shape{8, 3});
+        ADD_FAILURE() << "no error";
+      } catch (const ShapeError& e) {
+        const std::string m = e.what();
+        EXPECT_NE(m.find("(" + l.type_name() + "): expected input [batch, height, width, channels], got [batch, 8, 3]"),
+                  std::string::npos)
+            << m;
+      }
+    };
+    Conv2D<double> named_conv(Conv2DOptions(4, 3));
+    names_the_shape(named_conv);
+    MaxPooling2D<double> named_pool(Pool2DOptions(2));
+    names_the_shape(named_pool);
     Conv1D<double> c1(Conv1DOptions(4, 3));
     EXPECT_THROW(built(c1, Shape{8, 8, 3}), ShapeError);
     GlobalAveragePooling2D<double> g;

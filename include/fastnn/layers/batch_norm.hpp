@@ -59,7 +59,7 @@ class BatchNormalization : public Layer<T, D> {
 
   /// Any per-sample shape; axis must name its last axis (-1, or the rank counting the batch axis).
   Shape build(const Shape& in) override {
-    if (in.rank() < 1 || in.numel() <= 0) this->shape_error("[batch, ..., channels]", in.prepend(-1));
+    if (in.rank() < 1 || in.numel() <= 0) this->shape_error("[batch, ..., channels]", this->batch_shape(in));
     if (opt_.axis() != -1 && opt_.axis() != in.rank())
       throw ArgumentError(this->name_ + " (BatchNormalization): only the last axis is normalised (axis -1 or " +
                           std::to_string(in.rank()) + "), got axis " + std::to_string(opt_.axis()));

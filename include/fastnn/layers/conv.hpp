@@ -203,7 +203,7 @@ class ConvLayer : public Layer<T, D> {
   /// Input [steps, channels] (1-D) or [h, w, channels] (2-D).
   Shape build(const Shape& in) override {
     if (in.rank() != N + 1 || in.numel() <= 0)
-      this->shape_error(N == 1 ? "[batch, steps, channels]" : "[batch, height, width, channels]", in.prepend(-1));
+      this->shape_error(N == 1 ? "[batch, steps, channels]" : "[batch, height, width, channels]", this->batch_shape(in));
     const Index c = in[N];
     if (c % opt_.groups() != 0)
       throw ShapeError(this->name_ + " (" + kind() + "): groups (" + std::to_string(opt_.groups()) +

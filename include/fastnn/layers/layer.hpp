@@ -212,9 +212,9 @@ class Layer {
     return in.rank() == 0 ? "[batch]" : "[batch, " + in.str().substr(1);
   }
   /// Throws ShapeError "<layer>: expected input <what>, got <shape>".
-  [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const {
-    throw ShapeError(name_ + " (" + type_name() + "): expected input " + expected + ", got " +
-                     got.str());
+  [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const { shape_error(expected, got.str()); }
+  [[noreturn]] void shape_error(const std::string& expected, const std::string& got) const {
+    throw ShapeError(name_ + " (" + type_name() + "): expected input " + expected + ", got " + got);
   }
 
   std::string name_;

@@ -71,7 +71,7 @@ class PoolLayer : public Layer<T, D> {
   /// Input [steps, channels] (1-D) or [h, w, channels] (2-D).
   Shape build(const Shape& in) override {
     if (in.rank() != N + 1 || in.numel() <= 0)
-      this->shape_error(N == 1 ? "[batch, steps, channels]" : "[batch, height, width, channels]", in.prepend(-1));
+      this->shape_error(N == 1 ? "[batch, steps, channels]" : "[batch, height, width, channels]", this->batch_shape(in));
     g_.h = N == 1 ? 1 : in[0];
     g_.w = in[N - 1];
     g_.c = g_.filters = in[N];
@@ -168,7 +168,7 @@ class GlobalPoolLayer : public Layer<T, D> {
 
   Shape build(const Shape& in) override {
     if (in.rank() != N + 1 || in.numel() <= 0)
-      this->shape_error(N == 1 ? "[batch, steps, channels]" : "[batch, height, width, channels]", in.prepend(-1));
+      this->shape_error(N == 1 ? "[batch, steps, channels]" : "[batch, height, width, channels]", this->batch_shape(in));
     this->input_shape_ = in;
     this->output_shape_ = Shape{in[N]};
     return this->output_shape_;

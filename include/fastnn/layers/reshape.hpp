@@ -98,7 +98,7 @@ class Reshape : public Layer<T, D> {
   const ReshapeOptions& options() const { return opt_; }
 
   Shape build(const Shape& in) override {
-    if (in.rank() < 1 || in.numel() <= 0) this->shape_error("a non-empty per-sample shape", in.prepend(-1));
+    if (in.rank() < 1 || in.numel() <= 0) this->shape_error("a non-empty per-sample shape", this->batch_shape(in));
     Index known = 1;
     int at = -1;
     std::vector<Index> dims = opt_.target_shape().values;
@@ -208,7 +208,7 @@ class ActivationLayer : public Layer<T, D> {
   const ActivationOptions& options() const { return opt_; }
 
   Shape build(const Shape& in) override {
-    if (in.rank() < 1 || in.numel() <= 0) this->shape_error("a non-empty per-sample shape", in.prepend(-1));
+    if (in.rank() < 1 || in.numel() <= 0) this->shape_error("a non-empty per-sample shape", this->batch_shape(in));
     this->input_shape_ = this->output_shape_ = in;
     return in;
   }

@@ -551,6 +551,9 @@ class Trainer {
       const Shape sample = c.x.shape().drop_front();
       if (sample != in)
         throw ShapeError(what + ": samples of shape " + sample.str() + ", the model was built for " + in.str());
+      if (c.x.dim(0) != d.size())
+        throw ShapeError(what + ": " + std::to_string(c.x.dim(0)) + " samples, the first input " +
+                         std::to_string(d.size()));
       if (c.lengths.rank() > 0) {
         if (in.rank() < 1) throw ShapeError(what + ": lengths given for samples that are not sequences");
         check_lengths(c.lengths, d.size(), in[0], what);
@@ -1231,9 +1234,15 @@ class Trainer {
     }
     return loss;
   }
+  /// The "accuracy" metric; with several outputs, the first output's that has one ("<output>_accuracy").
   static double accuracy_of(const std::vector<MetricValue>& v) {
     for (const auto& m : v)
       if (m.first == "accuracy" || m.first == "acc") return m.second;
+    auto ends_with = [](const std::string& s, const std::string& tail) {
+      return s.size() > tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+    };
+    for (const auto& m : v)
+      if (ends_with(m.first, "_accuracy") || ends_with(m.first, "_acc")) return m.second;
     return NAN;
   }
   static std::string join(const std::vector<std::string>& v) {
