@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <sstream>
 
 #include "test_util.hpp"
@@ -37,8 +38,9 @@ double weighted_sum(const std::vector<Tn>& ys, const std::vector<Tn>& ws) {
 
 /// Checks every parameter gradient of `m` (train mode, no stochastic layers) against central differences of
 /// L = sum_k sum(w_k * y_k) for random inputs xs and weights w_k.
-void expect_model_gradients(Model<double>& m, const std::vector<Tn>& xs, std::uint64_t seed,
-                            const std::vector<Lengths>& lengths = {}) {
+/// Returns the largest relative error over the parameters.
+double expect_model_gradients(Model<double>& m, const std::vector<Tn>& xs, std::uint64_t seed,
+                              const std::vector<Lengths>& lengths = {}) {
   Rng rng(seed);
   Tn& p = m.flat_parameters();
   for (Index i = 0; i < p.size(); ++i) p[i] += rng.uniform(-0.2, 0.2);  // nonzero biases
@@ -60,12 +62,16 @@ void expect_model_gradients(Model<double>& m, const std::vector<Tn>& xs, std::ui
     p[i] = keep;
     numeric[i] = (up - down) / (2 * eps);
   }
+  double worst = 0;
   for (const auto& prm : m.named_parameters()) {
     const Index off = prm.value.data() - p.data();
     const Tn a = analytic.view(off, Shape{prm.value.size()});
     const Tn n = numeric.view(off, Shape{prm.value.size()});
-    EXPECT_LT(rel_error(a, n), 1e-6) << prm.name;
+    const double e = rel_error(a, n);
+    EXPECT_LT(e, 1e-6) << prm.name;
+    worst = std::max(worst, e);
   }
+  return worst;
 }
 
 /// Checks a merge layer's input gradients against central differences.
@@ -477,4 +483,198 @@ TEST(GraphModel, TrainsInBf16OnTheCpuWhereSupported) {
   const double before = bf16->evaluate(train).loss;
   const History h = bf16->fit(train, FitOptions().epochs(10).batch_size(32).verbose(0));
   EXPECT_LT(h.last().loss, before * 0.6);
+}
+
+// ---- nested models: a Model called as a layer of another ------------------------------------------------------
+
+namespace {
+
+/// x + Dense(tanh)(LSTM(x)) on sequences [6, width]: a residual block as a model of its own.
+template <class T>
+std::unique_ptr<Model<T>> residual_block(Index width, std::uint64_t seed, const std::string& name = "block") {
+  auto bx = Input<T>({6, width}, "bx");
+  auto h = apply<LSTM>(bx, LSTMOptions(width).return_sequences(true));
+  auto d = apply<Dense>(h, DenseOptions(width).activation(Activation::Tanh));
+  return std::make_unique<Model<T>>(bx, apply<Add>({bx, d}), seed, name);
+}
+
+/// Two vectors [5] -> Dense(3, tanh)(concatenate): a model with two inputs.
+std::unique_ptr<Model<double>> pair_block(std::uint64_t seed) {
+  auto a = Input<double>({5}, "a");
+  auto b = Input<double>({5}, "b");
+  auto y = apply<Dense>(apply<Concatenate>({a, b}), DenseOptions(3).activation(Activation::Tanh));
+  return std::make_unique<Model<double>>(std::vector<Sym>{a, b}, std::vector<Sym>{y}, seed, "pair");
+}
+
+void print_fd(const char* what, double e) {
+  std::printf("[ fd       ] %s: largest relative error %.3g\n", what, e);
+  ::testing::Test::RecordProperty(what, std::to_string(e));
+}
+
+}  // namespace
+
+TEST(NestedGradients, ResidualBlockInsideAModel) {
+  auto block = residual_block<double>(4, 1);
+  auto x = Input<double>({6, 5}, "x");
+  auto pre = apply<Dense>(x, DenseOptions(4));  // the block's input gradient reaches this layer's weights
+  auto y = apply<Dense>(apply<GRU>(call(*block, pre), GRUOptions(3)), DenseOptions(2));
+  Model<double> m(x, y, 2);
+  EXPECT_EQ(m.num_layers(), 4u);
+  EXPECT_EQ(m.layer(1).param_count(), block->param_count());
+  EXPECT_EQ(m.param_count(), 5 * 4 + 4 + block->param_count() + m.layer(2).param_count() + 3 * 2 + 2);
+  Rng rng(3);
+  print_fd("nested", expect_model_gradients(m, {random_tensor(Shape{3, 6, 5}, rng)}, 21));
+  // With lengths: they flow into the block (the LSTM stops at each end) and out of it (the GRU).
+  print_fd("nested_lengths", expect_model_gradients(m, {random_tensor(Shape{3, 6, 5}, rng)}, 22,
+                                                    {fastnn_test::make_lengths({6, 2, 4})}));
+}
+
+TEST(NestedGradients, AModelCalledTwiceSharesItsWeights) {
+  auto block = residual_block<double>(4, 1);
+  auto x = Input<double>({6, 4}, "x");
+  auto once = call(*block, x);
+  auto twice = call(*block, apply<Dense>(once, DenseOptions(4)));
+  auto y = apply<Dense>(apply<LSTM>(twice, LSTMOptions(2)), DenseOptions(2));
+  Model<double> m(x, y, 3);
+  EXPECT_EQ(m.num_layers(), 4u);  // block, dense, lstm, dense_1: the block's weights once
+  EXPECT_EQ(m.layer(0).param_count(), block->param_count());
+  EXPECT_EQ(m.param_count(), block->param_count() + 4 * 4 + 4 + m.layer(2).param_count() + 2 * 2 + 2);
+  Rng rng(4);
+  print_fd("nested_shared", expect_model_gradients(m, {random_tensor(Shape{2, 6, 4}, rng)}, 23));
+
+  // A model with two inputs, called on (p, q) and on (q, p).
+  auto pair = pair_block(5);
+  auto p = Input<double>({5}, "p");
+  auto q = Input<double>({5}, "q");
+  auto d = apply<Subtract>({call(*pair, {p, q}), call(*pair, {q, p})});
+  Model<double> two({p, q}, {apply<Dense>(apply<Multiply>({d, d}), DenseOptions(1))}, 6);
+  EXPECT_EQ(two.param_count(), 10 * 3 + 3 + 3 + 1);
+  print_fd("nested_two_inputs_shared",
+           expect_model_gradients(two, {random_tensor(Shape{3, 5}, rng), random_tensor(Shape{3, 5}, rng)}, 24));
+  // The same input on both sides: a zero difference, whatever the weights.
+  const auto z = random_tensor(Shape{2, 5}, rng);
+  const auto out = two.predict({z, z});
+  for (Index i = 0; i < out[0].size(); ++i) EXPECT_EQ(out[0][i], two.layer(3).parameters()[1].value[0]);
+}
+
+TEST(NestedModel, PredictsAsTheFlatGraphWithTheSameWeights) {
+  auto block = residual_block<double>(4, 1);
+  auto x = Input<double>({6, 5}, "x");
+  auto pre = apply<Dense>(x, DenseOptions(4));
+  auto y = apply<Dense>(apply<GRU>(call(*block, call(*block, pre)), GRUOptions(3)), DenseOptions(2));
+  Model<double> nested(x, y, 2);
+  // The flat graph: the block's layers called in place, shared between the two places.
+  auto fx = Input<double>({6, 5}, "x");
+  auto fpre = apply<Dense>(fx, DenseOptions(4));
+  auto lstm = std::make_shared<LSTM<double>>(LSTMOptions(4).return_sequences(true));
+  auto dense = std::make_shared<Dense<double>>(DenseOptions(4).activation(Activation::Tanh));
+  auto res = [&](const Sym& in) { return apply<Add>({in, call(dense, call(lstm, in))}); };
+  auto fy = apply<Dense>(apply<GRU>(res(res(fpre)), GRUOptions(3)), DenseOptions(2));
+  Model<double> flat(fx, fy, 9);
+  ASSERT_EQ(nested.param_count(), flat.param_count());
+  // Both lay their parameters out by layer in the order of first calls: the same flat layout.
+  const auto np = nested.named_parameters();
+  const auto fp = flat.named_parameters();
+  ASSERT_EQ(np.size(), fp.size());
+  EXPECT_EQ(np[2].name, "block.lstm.kernel");
+  EXPECT_EQ(fp[2].name, "lstm.kernel");
+  for (std::size_t i = 0; i < np.size(); ++i) EXPECT_EQ(np[i].value.shape(), fp[i].value.shape()) << np[i].name;
+  // The nested model brings the weights it held when it was first called.
+  for (Index i = 0; i < block->param_count(); ++i)
+    ASSERT_EQ(nested.get_layer("block").parameters()[0].value.data()[i], block->flat_parameters()[i]);
+  copy_into(nested.flat_parameters(), flat.flat_parameters());
+  Rng rng(5);
+  const auto xs = random_tensor(Shape{7, 6, 5}, rng);
+  const auto lengths = fastnn_test::make_lengths({6, 1, 3, 6, 2, 5, 4});
+  const Tn a = nested.predict(xs, 3, lengths);
+  const Tn b = flat.predict(xs, 3, lengths);
+  ASSERT_EQ(a.shape(), b.shape());
+  for (Index i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+  const Tn ta = nested.forward_train({xs}, {lengths})[0].clone();
+  const Tn tb = flat.forward_train({xs}, {lengths})[0].clone();
+  for (Index i = 0; i < ta.size(); ++i) ASSERT_EQ(ta[i], tb[i]) << i;
+  EXPECT_GT(rel_error(a, Tn(a.shape())), 0.0);  // not all zero
+}
+
+TEST(NestedModel, TrainsThroughTheTrainer) {
+  const auto train = fastnn_test::toy_data<float>(192, 2);
+  auto block = residual_block<float>(5, 1);
+  auto x = Input<float>({6, 5});
+  auto y = apply<Dense>(apply<GRU>(call(*block, x), GRUOptions(8)), DenseOptions(3).activation(Activation::Softmax));
+  Model<float> m(x, y, 7);
+  m.compile(std::make_unique<Adam<float>>(AdamOptions().learning_rate(0.02).clipnorm(1.0)),
+            SparseCategoricalCrossentropy(), {"accuracy"});
+  const double before = m.evaluate(train).loss;
+  const History h = m.fit(train, FitOptions().epochs(10).batch_size(32).verbose(0));
+  EXPECT_LT(h.last().loss, before * 0.6);
+  // The block's weights moved with the rest, in the outer model's buffer (the inner model keeps its own).
+  const auto& w = m.get_layer("block").parameters();
+  ASSERT_FALSE(w.empty());
+  EXPECT_EQ(w[0].name, "block.lstm.kernel");
+  EXPECT_NE(w[0].value.data()[0], block->flat_parameters()[0]);
+  // predict and evaluate agree.
+  const auto p = m.predict(train.x);
+  EXPECT_EQ(p.shape(), (Shape{192, 3}));
+  EXPECT_NEAR(m.evaluate(train).loss, h.last().loss, 0.5);
+  // A frozen nested model keeps its weights.
+  m.get_layer("block").set_trainable(false);
+  m.compile(std::make_unique<Adam<float>>(0.02), SparseCategoricalCrossentropy(), {"accuracy"});
+  std::vector<float> frozen;
+  for (const auto& prm : w)
+    for (Index i = 0; i < prm.value.size(); ++i) frozen.push_back(prm.value[i]);
+  const std::vector<float> head(m.flat_parameters().data() + m.param_count() - 3,
+                                m.flat_parameters().data() + m.param_count());
+  m.fit(train, FitOptions().epochs(1).batch_size(32).verbose(0));
+  std::size_t k = 0;
+  for (const auto& prm : w)
+    for (Index i = 0; i < prm.value.size(); ++i) ASSERT_EQ(prm.value[i], frozen[k++]);
+  EXPECT_NE(m.flat_parameters()[m.param_count() - 1], head[2]);  // the rest still trains
+}
+
+TEST(NestedModel, SummaryShowsTheNestedModelAsOneRow) {
+  auto block = residual_block<float>(4, 1, "res_block");
+  auto unnamed = residual_block<float>(4, 2, "model");  // the default name: the outer model names it
+  auto x = Input<float>({6, 4}, "x");
+  auto y = apply<Dense>(apply<LSTM>(call(*unnamed, call(*block, call(*block, x))), LSTMOptions(2)), DenseOptions(1));
+  Model<float> m(x, y, 1, "outer");
+  std::ostringstream os;
+  m.summary(os);
+  const std::string s = os.str();
+  EXPECT_NE(s.find("res_block (Functional)"), std::string::npos) << s;
+  EXPECT_NE(s.find("functional (Functional)"), std::string::npos) << s;
+  EXPECT_NE(s.find("res_block[1][0]"), std::string::npos) << s;  // the second call reads the first
+  EXPECT_EQ(s.find("(LSTM)"), s.rfind("(LSTM)")) << s;            // only the outer LSTM has a row
+  EXPECT_NE(s.find("Total params: " + std::to_string(m.param_count())), std::string::npos) << s;
+}
+
+TEST(NestedModel, ErrorsNameTheModel) {
+  auto a = Input<float>({4}, "a");
+  Model<float> two_out(a, apply<Dense>(a, DenseOptions(2)), 1, "two_heads");
+  Model<float> multi({a}, {apply<Dense>(a, DenseOptions(2)), apply<Dense>(a, DenseOptions(3))}, 1, "two_heads");
+  auto x = Input<float>({4}, "x");
+  try {
+    call(multi, x);
+    FAIL();
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("model 'two_heads' has 2 outputs"), std::string::npos) << e.what();
+  }
+  auto v = Input<float>({5}, "v");
+  try {
+    call(two_out, v);
+    FAIL();
+  } catch (const ShapeError& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("two_heads (Functional"), std::string::npos) << m;
+    EXPECT_NE(m.find("[4]"), std::string::npos) << m;
+    EXPECT_NE(m.find("[5]"), std::string::npos) << m;
+  }
+  EXPECT_THROW(call(two_out, {x, x}), ArgumentError);
+  auto r = Input<float>({4}, "r");
+  Model<float> reg(r, apply<Dense>(r, DenseOptions(2).activity_regularizer(init::Regularizer::l2(0.1))), 1, "penalised");
+  try {
+    call(reg, x);
+    FAIL();
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("penalised"), std::string::npos) << e.what();
+  }
 }
