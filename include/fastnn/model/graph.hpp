@@ -926,6 +926,11 @@ class ModelLayer : public Layer<T, D> {
   const std::vector<CallRecord>& call_records() const { return spec_->calls; }
   /// The tensor the output is (0 .. num_model_inputs() - 1: the inputs, then one per call).
   int output_tensor() const { return spec_->output; }
+  /// Layer i as built for its first call and bound to its slice of the parameters (after build_inputs).
+  const Layer<T, D>& built_layer(std::size_t i) const {
+    if (i >= layers_.size() || !layers_[i]) throw ArgumentError(who() + ": built_layer before build");
+    return *layers_[i];
+  }
 
  private:
   struct Spec {
