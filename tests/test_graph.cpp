@@ -650,6 +650,19 @@ TEST(NestedModel, SummaryShowsTheNestedModelAsOneRow) {
   EXPECT_NE(s.find("Total params: " + std::to_string(m.param_count())), std::string::npos) << s;
 }
 
+TEST(NestedModel, InputChecksOfItsLayersApply) {
+  auto t = Input<float>({6}, "tokens");
+  Model<float> enc(t, apply<LSTM>(apply<Embedding>(t, EmbeddingOptions(10, 4)), LSTMOptions(3)), 1, "encoder");
+  auto x = Input<float>({6}, "x");
+  Model<float> m(x, apply<Dense>(call(enc, x), DenseOptions(2)), 1);
+  Tensor<float> ids(Shape{2, 6});
+  ids.set_zero();
+  ASSERT_TRUE(m.input_layer().validates_input());
+  m.input_layer().validate_input(ids, 0);
+  ids[7] = 12;  // sample 1, position 1: outside the vocabulary of 10
+  EXPECT_THROW(m.input_layer().validate_input(ids, 0), ArgumentError);
+}
+
 TEST(NestedModel, ErrorsNameTheModel) {
   auto a = Input<float>({4}, "a");
   Model<float> two_out(a, apply<Dense>(a, DenseOptions(2)), 1, "two_heads");
@@ -730,6 +743,16 @@ TEST(NestedFiles, WeightsAndCheckpointsRoundTripAndRebuild) {
   auto x4 = Input<float>({6, 5}, "x");
   Model<float> narrow(x4, apply<Dense>(call(*block4, apply<Dense>(x4, DenseOptions(4))), DenseOptions(3)));
   EXPECT_THROW(io::load_weights(narrow, path), MismatchError);
+  // So is a block of the same shapes and parameters with another activation inside.
+  auto relu_x = Input<float>({6, 5}, "bx");
+  auto relu_h = apply<LSTM>(relu_x, LSTMOptions(5).return_sequences(true));
+  auto relu_d = apply<Dense>(relu_h, DenseOptions(5).activation(Activation::Relu));
+  Model<float> relu_block(relu_x, apply<Add>({relu_x, relu_d}), 1, "block");
+  auto rx = Input<float>({6, 5}, "x");
+  Model<float> relu(rx, apply<Dense>(apply<LSTM>(call(relu_block, call(relu_block, rx)), LSTMOptions(4)),
+                                     DenseOptions(3).activation(Activation::Softmax)));
+  ASSERT_EQ(relu.param_count(), m->param_count());
+  EXPECT_THROW(io::load_weights(relu, path), MismatchError);
 
   // A checkpoint resumes training bit-identically.
   const auto train = fastnn_test::toy_data<float>(96, 5);

@@ -14,10 +14,23 @@
 /// A node is one call of a layer; a tensor is an input's name or "<layer>[<k>]", the output of the layer's k-th call.
 /// Parameter names are those of a Sequential (`<layer>.<parameter>`), so PyTorch reads them alike.
 ///
+/// A nested model (a Model called as a layer: ModelLayer, type "Functional") is one layer of `fastnn.layers`, its
+/// parameters named `<layer>.<inner layer>.<parameter>`. The node of its first call carries its graph as JSON text,
+/// the same record with the nested model's layers (JSON text keeps each level within the depth limit of 4):
+///
+///   {"layer": "block", "inbound": ["x"], "graph": "{\"inputs\": [...], \"layers\": [{\"name\": \"lstm\",
+///    \"type\": \"LSTM\", \"config\": {...}}, ...], \"nodes\": [...], \"outputs\": [...]}"}
+///
+/// Models nest at most kMaxGraphNesting deep, and a graph makes at most kMaxGraphCalls layer calls counting those
+/// of a nested model at each of its calls.
+///
 /// A hostile record is a FormatError naming the field (`__metadata__.fastnn.graph.nodes[3]`) and the node: a node
 /// reading a tensor that is neither an input nor an earlier node's output (an unknown name, a cycle, a missing input),
 /// an unknown layer, more than kMaxGraphNodes nodes or kMaxGraphInputs inputs, JSON nested deeper than 4, more
-/// parameters than the file holds, or a graph that does not build (wrong shapes, an unused input or layer).
+/// parameters than the file holds, or a graph that does not build (wrong shapes, an unused input or layer). In a
+/// nested graph the field goes on (`...nodes[0].graph.nodes[2]`); models nested deeper than kMaxGraphNesting (a
+/// depth bomb), a graph on a layer that is no model, or a model's first call without its graph are FormatErrors
+/// naming the node.
 
 #include <cstdint>
 #include <map>

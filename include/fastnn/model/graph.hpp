@@ -23,6 +23,9 @@
 /// the order they were made (a topological order); backward runs them in reverse and sums the
 /// gradients of a tensor read by several calls.
 ///
+/// A built Model is itself a layer of other models (Keras's nested models): call(block, x) runs it through a
+/// ModelLayer (see there), whose weights are one layer's in the outer model's buffer, shared by all its calls.
+///
 /// A Model with one input and one output trains through the same Trainer as Sequential (fit,
 /// evaluate, train_on_batch, the callbacks, clipping, schedules, frozen layers). Several inputs
 /// and outputs run through predict(std::vector) and, for a loop of one's own, forward_train /
@@ -703,12 +706,23 @@ class ModelLayer : public Layer<T, D> {
   }
 
   std::string type_name() const override { return "Functional"; }
-  /// The inputs' shapes, the layers and the output (the whole graph is in the graph record of weights files).
+  /// The inputs' shapes and the calls as Model::describe() writes them: "<layer>=<type>(<config>)<-<tensors>; ...",
+  /// and the output tensor (weights files record the graph apart, see io/graph_weights.hpp).
   LayerConfig config() const override {
-    std::string in, layers;
+    std::string in, calls;
     for (const auto& s : spec_->input_shapes) in += (in.empty() ? "" : ", ") + s.str();
-    for (const auto& l : spec_->layers) layers += (layers.empty() ? "" : ", ") + l->name();
-    return {{"inputs", in}, {"layers", layers}, {"calls", std::to_string(spec_->calls.size())}};
+    for (const auto& c : spec_->calls) {
+      const Layer<T, D>& l = *spec_->layers[c.layer];
+      calls += (calls.empty() ? "" : "; ") + l.name() + "=" + l.type_name() + "(";
+      bool first = true;
+      for (const auto& kv : l.config()) {
+        calls += (first ? "" : ", ") + kv.first + "=" + kv.second;
+        first = false;
+      }
+      calls += std::string(l.trainable() ? "" : ", trainable=false") + ")<-";
+      for (std::size_t j = 0; j < c.inputs.size(); ++j) calls += (j ? "," : "") + std::to_string(c.inputs[j]);
+    }
+    return {{"inputs", in}, {"calls", calls}, {"output", std::to_string(spec_->output)}};
   }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::unique_ptr<Base>(new ModelLayer(spec_)); }
 
@@ -883,6 +897,17 @@ class ModelLayer : public Layer<T, D> {
     return false;
   }
 
+  /// The checks of the layers that read the (first) input.
+  void validate_input(const Tensor<T, Cpu>& x, Index first_sample = 0) const override {
+    for (std::size_t k = 0; k < instances_.size(); ++k)
+      if (reads_first_input(k) && instances_[k]->validates_input()) instances_[k]->validate_input(x, first_sample);
+  }
+  bool validates_input() const override {
+    for (std::size_t k = 0; k < spec_->calls.size(); ++k)
+      if (reads_first_input(k) && spec_->layers[spec_->calls[k].layer]->validates_input()) return true;
+    return false;
+  }
+
   bool stochastic() const override {
     for (const auto& l : spec_->layers)
       if (l->stochastic()) return true;
@@ -947,6 +972,10 @@ class ModelLayer : public Layer<T, D> {
   std::string who() const {
     return (this->name_.empty() ? std::string("functional") : this->name_) + " (Functional, model '" +
            spec_->model_name + "')";
+  }
+  bool reads_first_input(std::size_t k) const {
+    const auto& in = spec_->calls[k].inputs;
+    return std::find(in.begin(), in.end(), 0) != in.end();
   }
   void require_built(const char* what) const {
     if (instances_.size() != spec_->calls.size() || spec_->calls.empty())
