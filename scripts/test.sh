@@ -11,13 +11,14 @@ cd "$(dirname "$0")/.."
 quick=0
 [[ "${1:-}" == "--quick" ]] && quick=1
 jobs=$(nproc)
+stage() { echo "== [$(date -u +%T)] $*"; }  # each stage with its start time, for the stage times
 scripts/install-deps.sh
 scripts/fetch-onnxruntime.sh
 scripts/fetch-mnist.sh data || echo "test.sh: MNIST unavailable; the tests that need it will skip"
 
 cuda=OFF
 if [[ -x /usr/local/cuda/bin/nvcc || -n "$(command -v nvcc || true)" ]]; then cuda=ON; fi
-echo "== main build (Release, FASTNN_CUDA=$cuda)"
+stage "main build (Release, FASTNN_CUDA=$cuda)"
 # The benchmarks are built (so a change that breaks them still fails CI) at -O0: no test runs them,
 # and -O0 compiles them in about 60% of the time of -O3 (bench/results/ci-build-time-2026-12-04.md).
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFASTNN_CUDA="$cuda" -DCMAKE_COMPILE_WARNING_AS_ERROR=ON \
@@ -25,7 +26,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DFASTNN_CUDA="$cuda" -DCMAKE_COM
 cmake --build build -j"$jobs"
 (cd build && ctest --output-on-failure -j"$jobs")
 if [[ $cuda == ON ]]; then
-  echo "== mnist_bilstm --device cuda must fail cleanly without a GPU (or train when one exists)"
+  stage "mnist_bilstm --device cuda must fail cleanly without a GPU (or train when one exists)"
   if ! build/examples/mnist_bilstm --device cuda --epochs 0 --data data >/tmp/fastnn-cuda-check.log 2>&1; then
     grep -q "CUDA device" /tmp/fastnn-cuda-check.log && echo "ok: $(tail -1 /tmp/fastnn-cuda-check.log)" \
       || { cat /tmp/fastnn-cuda-check.log; exit 1; }
@@ -33,14 +34,14 @@ if [[ $cuda == ON ]]; then
 fi
 ((quick)) && exit 0
 
-echo "== sanitizer build (ASan + UBSan): the suites that parse input, the kernels, the examples on bad input"
+stage "sanitizer build (ASan + UBSan): the suites that parse input, the kernels, the examples on bad input"
 # -O1 -g1 (line tables only): half the compile time of -O2 -g, and reports still name file and line.
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
   -DFASTNN_SANITIZE=ON -DFASTNN_NATIVE=OFF -DFASTNN_BUILD_BENCHMARKS=OFF -DFASTNN_BUILD_EXAMPLES=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --output-on-failure -j"$jobs")
 
-echo "== ThreadSanitizer build, the Concurrency tests (concurrent predict on one const model)"
+stage "ThreadSanitizer build, the Concurrency tests (concurrent predict on one const model)"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFASTNN_TSAN=ON -DFASTNN_NATIVE=OFF \
   -DFASTNN_BUILD_BENCHMARKS=OFF -DFASTNN_BUILD_EXAMPLES=OFF -DFASTNN_CUDA=OFF >/dev/null
 # ThreadSanitizer aborts at start-up with "FATAL: ThreadSanitizer: unexpected memory mapping" on
@@ -61,7 +62,7 @@ export TSAN_OPTIONS='halt_on_error=1 second_deadlock_stack=1'
 unset TSAN_OPTIONS
 
 if [[ -x scripts/run-fuzzers.sh ]]; then
-  echo "== fuzzers (libFuzzer + ASan + UBSan), ${FASTNN_FUZZ_SECONDS:-60} s each"
+  stage "fuzzers (libFuzzer + ASan + UBSan), ${FASTNN_FUZZ_SECONDS:-60} s each"
   scripts/run-fuzzers.sh "${FASTNN_FUZZ_SECONDS:-60}"
 fi
-echo "test.sh: all stages passed"
+echo "test.sh: all stages passed at $(date -u +%T)"

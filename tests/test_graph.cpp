@@ -229,6 +229,284 @@ TEST(GraphGradients, SharedRecurrentLayerOnTwoSequences) {
   expect_model_gradients(m, {random_tensor(Shape{2, 5, 3}, rng), random_tensor(Shape{2, 4, 3}, rng)}, 15);
 }
 
+// ---- several inputs and outputs through the trainer ---------------------------------------------------------
+
+/// Inputs a [6] and b [4] -> Dense(8, tanh) -> outputs "digit" (Dense(3, softmax)) and "aux" (Dense(2)).
+std::unique_ptr<Model<double>> two_head_model() {
+  auto a = Input<double>({6}, "a");
+  auto b = Input<double>({4}, "b");
+  auto h = apply<Dense>(apply<Concatenate>({a, b}), DenseOptions(8).activation(Activation::Tanh));
+  auto digit = std::make_shared<Dense<double, Cpu>>(DenseOptions(3).activation(Activation::Softmax));
+  digit->set_name("digit");
+  auto aux = std::make_shared<Dense<double, Cpu>>(DenseOptions(2));
+  aux->set_name("aux");
+  return std::make_unique<Model<double>>(std::vector<Sym>{a, b}, std::vector<Sym>{call(digit, h), call(aux, h)}, 5);
+}
+
+struct TwoHeadData {
+  Tn xa, xb, t;
+  Tensor<std::int32_t, Cpu> y;
+  NamedDataset<double> named() const {  // columns deliberately in another order than the model's
+    NamedDataset<double> d;
+    d.targets("aux", t).input("b", xb).labels("digit", y, 3).input("a", xa);
+    return d;
+  }
+};
+TwoHeadData two_head_data(Index n, std::uint64_t seed) {
+  Rng rng(seed);
+  TwoHeadData d{random_tensor(Shape{n, 6}, rng), random_tensor(Shape{n, 4}, rng), Tn(Shape{n, 2}),
+                Tensor<std::int32_t, Cpu>(Shape{n})};
+  for (Index i = 0; i < n; ++i) {
+    const double s = d.xa[i * 6] + d.xb[i * 4];
+    d.y[i] = s < -0.3 ? 0 : s < 0.3 ? 1 : 2;
+    d.t[i * 2] = 0.5 * d.xa[i * 6 + 1];
+    d.t[i * 2 + 1] = d.xb[i * 4 + 2] - d.xa[i * 6 + 3];
+  }
+  return d;
+}
+void compile_two_heads(Model<double>& m, double lr = 0.1) {
+  m.compile(std::make_unique<SGD<double>>(lr), {{"digit", SparseCategoricalCrossentropy()}, {"aux", MeanSquaredError()}},
+            {{"digit", {"accuracy"}}, {"aux", {"mae"}}}, {{"aux", 0.5}});
+}
+
+TEST(MultiOutputModel, EvaluateIsTheWeightedSumOfEachOutputsLoss) {
+  auto m = two_head_model();
+  compile_two_heads(*m);
+  const auto d = two_head_data(23, 3);
+  const EvalResult r = m->evaluate(d.named(), 7);
+  // The same quantities from predict, by hand.
+  const auto ys = m->predict({d.xa, d.xb});
+  double ce = 0, acc = 0, mse = 0, mae = 0;
+  const Index n = d.y.size();
+  for (Index i = 0; i < n; ++i) {
+    ce -= std::log(ys[0][i * 3 + d.y[i]]);
+    Index best = 0;
+    for (Index c = 1; c < 3; ++c)
+      if (ys[0][i * 3 + c] > ys[0][i * 3 + best]) best = c;
+    acc += best == d.y[i];
+    for (Index j = 0; j < 2; ++j) {
+      const double e = ys[1][i * 2 + j] - d.t[i * 2 + j];
+      mse += e * e / 2;
+      mae += std::abs(e) / 2;
+    }
+  }
+  ce /= n, acc /= n, mse /= n, mae /= n;
+  EXPECT_NEAR(r.metric("digit_loss"), ce, 1e-12);
+  EXPECT_NEAR(r.metric("digit_accuracy"), acc, 1e-12);
+  EXPECT_NEAR(r.metric("aux_loss"), mse, 1e-12);
+  EXPECT_NEAR(r.metric("aux_mae"), mae, 1e-12);
+  EXPECT_NEAR(r.loss, ce + 0.5 * mse, 1e-12);
+}
+
+TEST(MultiOutputModel, AStepFollowsTheGradientOfTheWeightedLoss) {
+  // SGD(1) without momentum moves the weights by minus the gradient of the total loss, which evaluate() gives
+  // in double: compare that step against central differences of it.
+  auto m = two_head_model();
+  compile_two_heads(*m, 1.0);
+  const auto d = two_head_data(9, 4);
+  const auto data = d.named();
+  Tn& p = m->flat_parameters();
+  Rng rng(8);
+  for (Index i = 0; i < p.size(); ++i) p[i] += rng.uniform(-0.2, 0.2);
+  const Tn w0 = p.clone();
+  Tn numeric(p.shape());
+  const double eps = 1e-6;
+  for (Index i = 0; i < p.size(); ++i) {
+    p[i] = w0[i] + eps;
+    const double up = m->evaluate(data, 9).loss;
+    p[i] = w0[i] - eps;
+    const double down = m->evaluate(data, 9).loss;
+    p[i] = w0[i];
+    numeric[i] = (up - down) / (2 * eps);
+  }
+  const BatchResult r = m->train_on_batch(data);
+  Tn step(p.shape());
+  for (Index i = 0; i < p.size(); ++i) step[i] = w0[i] - p[i];
+  EXPECT_LT(rel_error(step, numeric), 1e-6);
+  EXPECT_GT(r.metric("aux_loss"), 0.0);
+  // The same step without the auxiliary output's weight differs: the weight is in the gradient.
+  auto m2 = two_head_model();
+  m2->compile(std::make_unique<SGD<double>>(1.0),
+              {{"digit", SparseCategoricalCrossentropy()}, {"aux", MeanSquaredError()}});
+  copy_into(w0, m2->flat_parameters());
+  m2->train_on_batch(data);
+  EXPECT_GT(rel_error(m2->flat_parameters(), p), 1e-3);
+}
+
+TEST(MultiOutputModel, FitLogsEachOutputUnderKerasNames) {
+  auto m = two_head_model();
+  compile_two_heads(*m);
+  const auto train = two_head_data(96, 5).named();
+  const auto val = two_head_data(32, 6).named();
+  EarlyStopping stop(EarlyStoppingOptions().monitor("val_aux_loss").patience(50));
+  const History h = m->fit(train, FitOptions().epochs(6).batch_size(16).verbose(0).callback(&stop), &val);
+  ASSERT_EQ(h.epochs.size(), 6u);
+  for (const auto& e : h.epochs) {
+    EXPECT_NEAR(e.loss, e.metric("digit_loss") + 0.5 * e.metric("aux_loss"), 1e-12);
+    EXPECT_NEAR(e.val_loss, e.metric("val_digit_loss") + 0.5 * e.metric("val_aux_loss"), 1e-12);
+    for (const char* name : {"digit_accuracy", "aux_mae", "val_digit_accuracy", "val_aux_mae"})
+      EXPECT_TRUE(std::isfinite(e.metric(name))) << name;
+  }
+  EXPECT_LT(h.last().loss, h.epochs.front().loss);
+  EXPECT_LT(h.last().metric("aux_loss"), h.epochs.front().metric("aux_loss"));
+  // The validation numbers are evaluate()'s.
+  const EvalResult r = m->evaluate(val, 16);
+  EXPECT_NEAR(r.loss, h.last().val_loss, 1e-12);
+  EXPECT_NEAR(r.metric("digit_accuracy"), h.last().metric("val_digit_accuracy"), 1e-12);
+  // A monitor that this run does not log.
+  EarlyStopping wrong(EarlyStoppingOptions().monitor("val_accuracy"));
+  try {
+    m->fit(train, FitOptions().epochs(1).verbose(0).callback(&wrong), &val);
+    ADD_FAILURE() << "no error";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("val_digit_accuracy"), std::string::npos) << e.what();
+  }
+}
+
+TEST(MultiOutputModel, NamesThatDoNotMatchAreErrorsNamingBoth) {
+  auto m = two_head_model();
+  compile_two_heads(*m);
+  const auto d = two_head_data(8, 7);
+  NamedDataset<double> wrong;
+  wrong.input("a", d.xa).input("c", d.xb).labels("digit", d.y, 3).targets("aux", d.t);
+  try {
+    m->fit(wrong, FitOptions().epochs(1).verbose(0));
+    ADD_FAILURE() << "no error";
+  } catch (const ArgumentError& e) {
+    const std::string w = e.what();
+    EXPECT_NE(w.find("inputs [a, c]"), std::string::npos) << w;
+    EXPECT_NE(w.find("the model's inputs [a, b] and outputs [digit, aux]"), std::string::npos) << w;
+  }
+  NamedDataset<double> missing;
+  missing.input("a", d.xa).input("b", d.xb).labels("digit", d.y, 3);
+  EXPECT_THROW(m->evaluate(missing), ArgumentError);
+  NamedDataset<double> ragged;
+  ragged.input("a", d.xa);
+  EXPECT_THROW(ragged.input("b", d.xb.rows(0, 5)), ShapeError);
+  // Wrong target shapes name the output.
+  NamedDataset<double> bad_targets;
+  bad_targets.input("a", d.xa).input("b", d.xb).labels("digit", d.y, 3).targets("aux", d.xb);
+  try {
+    m->evaluate(bad_targets);
+    ADD_FAILURE() << "no error";
+  } catch (const ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("output 'aux'"), std::string::npos) << e.what();
+  }
+  // compile: every output needs a loss, and only outputs take one.
+  EXPECT_THROW(m->compile(std::make_unique<SGD<double>>(0.1), {{"digit", SparseCategoricalCrossentropy()}}),
+               ArgumentError);
+  try {
+    m->compile(std::make_unique<SGD<double>>(0.1),
+               {{"digit", SparseCategoricalCrossentropy()}, {"aux", MeanSquaredError()}, {"dense", MeanSquaredError()}});
+    ADD_FAILURE() << "no error";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("'dense', which is not an output (the outputs are digit, aux)"),
+              std::string::npos)
+        << e.what();
+  }
+  // One loss for a model of two outputs, and one-output data for it.
+  EXPECT_THROW(m->compile(std::make_unique<SGD<double>>(0.1), MeanSquaredError()), ArgumentError);
+  compile_two_heads(*m);
+  EXPECT_THROW(m->fit(d.named(), FitOptions().epochs(1).verbose(0).class_weight({{0, 2.0}})), ArgumentError);
+}
+
+TEST(MultiOutputModel, CheckpointsRecordEveryLossAndResumeBitIdentically) {
+  fastnn_test::TempDir dir;
+  const std::string path = dir.path() + "/two.safetensors";
+  const auto train = two_head_data(64, 9).named();
+  const auto opts = FitOptions().batch_size(16).verbose(0);
+  auto a = two_head_model();
+  compile_two_heads(*a);
+  const History h = a->fit(train, FitOptions(opts).epochs(2));
+  io::save_checkpoint(*a, path, &h.last());
+  a->fit(train, FitOptions(opts).epochs(3).initial_epoch(2));
+  auto b = two_head_model();
+  compile_two_heads(*b);
+  io::load_checkpoint(*b, path);
+  EXPECT_EQ(b->epochs_done(), 2);
+  b->fit(train, FitOptions(opts).epochs(3).initial_epoch(2));
+  for (Index i = 0; i < a->flat_parameters().size(); ++i) ASSERT_EQ(a->flat_parameters()[i], b->flat_parameters()[i]);
+  // A model compiled with another loss weight, or not compiled, does not take it.
+  auto c = two_head_model();
+  c->compile(std::make_unique<SGD<double>>(0.1), {{"digit", SparseCategoricalCrossentropy()}, {"aux", MeanSquaredError()}},
+             {{"digit", {"accuracy"}}, {"aux", {"mae"}}});
+  EXPECT_THROW(io::load_checkpoint(*c, path), MismatchError);
+  auto u = two_head_model();
+  try {
+    io::load_checkpoint(*u, path);
+    ADD_FAILURE() << "no error";
+  } catch (const ArgumentError& e) {
+    EXPECT_NE(std::string(e.what()).find("aux: MeanSquaredError() * 0.5"), std::string::npos) << e.what();
+  }
+}
+
+TEST(GraphStream, ACausalGraphStepsAsItsFullForward) {
+  // Two sequence inputs, a residual LSTM, a per-step Dense, merges along the features, a per-step output and a
+  // last-state output.
+  auto x = Input<double>({6, 3}, "x");
+  auto z = Input<double>({6, 4}, "z");
+  auto h = apply<LSTM>(x, LSTMOptions(4).return_sequences(true));
+  auto a = apply<Add>({h, apply<Dense>(x, DenseOptions(4).activation(Activation::Tanh)), z});
+  auto g = apply<GRU>(apply<Concatenate>({a, x}), GRUOptions(5).return_sequences(true));
+  auto per_step = apply<Dense>(g, DenseOptions(2));
+  auto last = apply<LSTM>(apply<Multiply>({a, z}), LSTMOptions(3));
+  Model<double> m({x, z}, {per_step, last}, 3);
+  Rng rng(5);
+  const Index B = 3, S = 6;
+  const Tn xs = random_tensor(Shape{B, S, 3}, rng), zs = random_tensor(Shape{B, S, 4}, rng);
+  const auto full = m.predict({xs, zs});
+  auto stream = m.make_stream(B);
+  double worst = 0;
+  for (Index t = 0; t < S; ++t) {
+    Tn xt(Shape{B, 3}), zt(Shape{B, 4});
+    for (Index b = 0; b < B; ++b) {
+      for (Index j = 0; j < 3; ++j) xt[b * 3 + j] = xs[(b * S + t) * 3 + j];
+      for (Index j = 0; j < 4; ++j) zt[b * 4 + j] = zs[(b * S + t) * 4 + j];
+    }
+    stream.step({xt, zt});
+    // The per-step output at step t, and the last-state output of the prefix [0, t].
+    Lengths prefix(Shape{B});
+    for (Index b = 0; b < B; ++b) prefix[b] = static_cast<std::int32_t>(t + 1);
+    const auto upto = m.predict({xs, zs}, 128, {prefix, prefix});
+    for (Index b = 0; b < B; ++b) {
+      for (Index j = 0; j < 2; ++j)
+        worst = std::max(worst, std::abs(stream.output(0)[b * 2 + j] - full[0][(b * S + t) * 2 + j]));
+      for (Index j = 0; j < 3; ++j)
+        worst = std::max(worst, std::abs(stream.output(1)[b * 3 + j] - upto[1][b * 3 + j]));
+    }
+  }
+  EXPECT_LT(worst, 1e-12);
+  // reset() starts every stream again.
+  stream.reset();
+  EXPECT_THROW(stream.step(xs), ArgumentError);  // two inputs: a list
+}
+
+TEST(GraphStream, LayersThatNeedTheWholeSequenceAreRefusedNamingThem) {
+  auto x = Input<double>({6, 3}, "x");
+  auto bi = std::make_shared<Bidirectional<double, Cpu>>(LSTMOptions(2).return_sequences(true));
+  bi->set_name("both_ways");
+  Model<double> m(x, apply<Dense>(call(bi, x), DenseOptions(2)), 1);
+  try {
+    m.make_stream(1);
+    ADD_FAILURE() << "no error";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'both_ways'"), std::string::npos) << e.what();
+  }
+  auto y = Input<double>({6, 3}, "y");
+  auto cat = std::make_shared<Concatenate<double, Cpu>>(ConcatenateOptions(1));
+  cat->set_name("over_steps");
+  Model<double> m2(y, apply<LSTM>(call(cat, {y, y}), LSTMOptions(2)), 1);
+  try {
+    m2.make_stream(1);
+    ADD_FAILURE() << "no error";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'over_steps'"), std::string::npos) << e.what();
+  }
+  // Along the features it streams.
+  Model<double> m3(y, apply<LSTM>(apply<Concatenate>({y, y}), LSTMOptions(2)), 1);
+  EXPECT_NO_THROW(m3.make_stream(2));
+}
+
 TEST(GraphModel, AChainTrainsBitIdenticallyToSequential) {
   const auto train = fastnn_test::toy_data<float>(96, 1);
   auto fit_options = FitOptions().epochs(2).batch_size(16).verbose(0);

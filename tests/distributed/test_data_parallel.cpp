@@ -134,6 +134,56 @@ void two_ranks_match_one(double tol, bool lengths, const std::string& opt = "sgd
   two_ranks_match_one_of<T>([&] { return std::make_unique<Sequential<T>>(small_model<T>(5, 8, opt)); }, tol, lengths);
 }
 
+/// Two outputs of one LSTM: "digit" (softmax over the classes) and "aux" (Dense(2) regressing the mean of the first
+/// two features over the steps), with per-output losses and a loss weight.
+template <class T>
+std::unique_ptr<Model<T>> two_output_model(std::uint64_t seed) {
+  auto x = Input<T>({6, 5}, "x");
+  auto h = apply<LSTM>(x, LSTMOptions(6));
+  auto digit = std::make_shared<Dense<T>>(DenseOptions(3).activation(Activation::Softmax));
+  digit->set_name("digit");
+  auto aux = std::make_shared<Dense<T>>(DenseOptions(2));
+  aux->set_name("aux");
+  auto m = std::make_unique<Model<T>>(std::vector<SymbolicTensor<T, Cpu>>{x},
+                                      std::vector<SymbolicTensor<T, Cpu>>{call(digit, h), call(aux, h)}, seed);
+  m->compile(make_optimizer_of<T>("adamw"), {{"digit", SparseCategoricalCrossentropy()}, {"aux", MeanSquaredError()}},
+             {{"digit", {"accuracy"}}}, {{"aux", 0.3}});
+  return m;
+}
+template <class T>
+NamedDataset<T, Cpu> two_output_data(const Dataset<T, Cpu>& d) {
+  const Index n = d.size(), steps = d.x.dim(1), f = d.x.dim(2);
+  Tensor<T, Cpu> t(Shape{n, 2});
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < 2; ++j) {
+      T s = 0;
+      for (Index k = 0; k < steps; ++k) s += d.x.data()[(i * steps + k) * f + j];
+      t[i * 2 + j] = s / static_cast<T>(steps);
+    }
+  NamedDataset<T, Cpu> named;
+  named.input("x", d.x, d.lengths).labels("digit", d.labels, 3).targets("aux", t);
+  return named;
+}
+// 2 ranks against one process on a model of two outputs, as two_ranks_match_one_of.
+template <class T>
+void two_ranks_match_one_with_two_outputs(double tol) {
+  const auto data = two_output_data(sample_data<T>(300, 6, 5, 11, true));
+  const auto val = two_output_data(sample_data<T>(50, 6, 5, 12, true));
+  auto dist = two_output_model<T>(5);
+  const auto opts = FitOptions().epochs(1).batch_size(15).verbose(0);
+  History hd = dist->fit(data, FitOptions(opts).distributed(world()).bucket_bytes(1), &val);
+  EXPECT_EQ(diff_to_rank0(dist->flat_parameters()), 0.0);
+  auto single = two_output_model<T>(5);
+  History hs = single->fit(data, opts, &val);
+  const double d = max_abs_diff(dist->flat_parameters(), single->flat_parameters());
+  EXPECT_LE(d, tol) << "2 ranks vs 1, max abs weight difference";
+  EXPECT_GT(max_abs_diff(two_output_model<T>(5)->flat_parameters(), single->flat_parameters()), 100 * tol);
+  for (const char* name : {"digit_loss", "aux_loss", "val_digit_loss", "val_aux_loss", "val_digit_accuracy"})
+    EXPECT_NEAR(hd.last().metric(name), hs.last().metric(name), 1e3 * tol) << name;
+  EXPECT_NEAR(hd.last().loss, hs.last().loss, 1e3 * tol);
+  if (world().rank() == 0) std::printf("[rank 0] two outputs: max abs weight difference, 2 ranks vs 1: %.3g\n", d);
+}
+
 // A layer that passes its input on, and throws in training on one rank at one step.
 template <class T, class D>
 class ThrowOnRank : public fastnn_test::PassThrough<ThrowOnRank<T, D>, T, D> {
@@ -164,6 +214,9 @@ TEST(DataParallel, TwoRanksMatchOneOnAGraphFloat) {
 TEST(DataParallel, TwoRanksMatchOneOnAGraphDouble) {
   two_ranks_match_one_of<double>([] { return graph_model<double>(5, "adamw"); }, 1e-12, true);
 }
+
+TEST(DataParallel, TwoRanksMatchOneWithTwoOutputsFloat) { two_ranks_match_one_with_two_outputs<float>(1e-5); }
+TEST(DataParallel, TwoRanksMatchOneWithTwoOutputsDouble) { two_ranks_match_one_with_two_outputs<double>(1e-12); }
 
 TEST(DataParallel, EveryRankStartsFromRank0Weights) {
   // different seeds on each rank: fit broadcasts rank 0's weights first

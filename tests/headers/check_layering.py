@@ -62,6 +62,7 @@ RANKS = [
     ("cuda.hpp", 6),
     ("vision.hpp", 6),
     ("graph.hpp", 6),
+    ("transformer.hpp", 6),
 ]
 
 HEADER_SUFFIXES = (".hpp", ".cuh", ".inl")

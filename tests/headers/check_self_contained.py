@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import sys
 import tempfile
 
@@ -202,6 +203,7 @@ def compile_one(args, rel, lines):
     """Compiles one header's translation unit. Returns (rel, ok, output)."""
     tu = write_tu(args.work_dir, rel, lines, args.cuda, args.table_name)
     cmd = compile_command(args, tu)
+    start = time.monotonic()
     try:
         p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=args.timeout,
                            universal_newlines=True, errors="replace")
@@ -212,6 +214,8 @@ def compile_one(args, rel, lines):
         ok, out = False, "error: cannot run %s: %s\n" % (cmd[0], e)
     with open(tu_base(args.work_dir, rel) + ".log", "w") as f:
         f.write(" ".join(cmd) + "\n" + out)
+    if args.verbose:
+        print("%6.1f s  fastnn/%s" % (time.monotonic() - start, rel), flush=True)
     return rel, ok, out
 
 

@@ -32,6 +32,7 @@
 #include "fastnn/fastnn.hpp"
 #include "fastnn/graph.hpp"
 #include "fastnn/io/onnx.hpp"
+#include "fastnn/transformer.hpp"
 #include "../interop/spatial_models.hpp"
 #include "../test_util.hpp"
 
@@ -433,6 +434,32 @@ TEST(OnnxModels, Write) {
     const bool image = spec.name == "fashion_cnn";
     write_case(dir, manifest, "spatial_" + spec.name, *m,
                spatial_models::uniform(1000, spec.input, rng, image ? 0.0 : -1.0, 1.0));
+  }
+  // The Transformer layers (fastnn/transformer.hpp): LayerNormalization as ONNX LayerNormalization
+  // (with and without center, scale), with and without per-sample lengths; the position layers
+  // (Gather of the table / a constant, Expand) added to their input in a graph model.
+  {
+    Sequential<float> m;
+    m.add<Dense>(DenseOptions(16));
+    m.add<LayerNormalization>(LayerNormalizationOptions());
+    m.add<GRU>(GRUOptions(8).return_sequences(true));
+    m.add<LayerNormalization>(LayerNormalizationOptions().epsilon(1e-5).center(false));
+    m.add<LayerNormalization>(LayerNormalizationOptions().scale(false));
+    m.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
+    m.build({12, 6}, 3);
+    randomize(m, rng, 0.5);
+    write_case(dir, manifest, "layer_norm", m, uniform_input(Shape{n, 12, 6}, rng, -2, 2));
+    write_case(dir, manifest, "layer_norm_len", m, uniform_input(Shape{n, 12, 6}, rng, -2, 2),
+               random_lengths(n, 12, rng));
+  }
+  {
+    auto x = Input<float>({8, 6}, "x");
+    auto h = apply<Add>({x, apply<PositionEmbedding>(x, PositionEmbeddingOptions(10)),
+                         apply<SinePositionEncoding>(x, SinePositionEncodingOptions())});
+    auto y = apply<Dense>(apply<LayerNormalization>(h, LayerNormalizationOptions()), DenseOptions(4));
+    Model<float> m({x}, {y}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "transformer_positions", m, {uniform_input(Shape{n, 8, 6}, rng)});
   }
   write_graph_models(dir, manifest);
   std::ofstream(dir / "manifest.json") << manifest.dump(1) << "\n";

@@ -120,6 +120,131 @@ struct Dataset {
   }
 };
 
+/// A dataset for a model of several inputs and outputs (model/graph.hpp), Keras's fit(x={name: ...},
+/// y={name: ...}): named input columns (features [N, input shape...] and optional lengths) and named output
+/// columns (class labels or float targets, as in Dataset), all of N samples, and optional per-sample weights.
+/// Model::fit matches the names against the model's inputs (Input names) and outputs (the names of the layers
+/// that make them); a name the model does not have, or one it has that is missing, is an ArgumentError naming
+/// both lists. A Dataset is the one-input, one-output case (NamedDataset::of).
+template <class T = float, class D = Cpu>
+struct NamedDataset {
+  struct InputColumn {
+    std::string name;
+    Tensor<T, D> x;   ///< [N, input shape...]
+    Lengths lengths;  ///< [N] real lengths (host), or empty: full length
+  };
+  struct OutputColumn {
+    std::string name;
+    Tensor<std::int32_t, D> labels;  ///< [N, ...] class indices, or empty
+    Tensor<T, D> targets;            ///< [N, output shape...], or empty
+    int num_classes = 0;
+    bool has_labels() const { return labels.rank() > 0; }
+    bool has_targets() const { return targets.rank() > 0; }
+    Shape target_shape() const { return has_labels() ? labels.shape().drop_front() : targets.shape().drop_front(); }
+  };
+  std::vector<InputColumn> inputs;
+  std::vector<OutputColumn> outputs;
+  Tensor<double, Cpu> sample_weights;  ///< [N] per-sample loss weights (host), or empty: all 1
+
+  /// Adds input `name`: x [N, ...] and optional lengths. ShapeError when N differs from the columns before.
+  NamedDataset& input(const std::string& name, const Tensor<T, D>& x, const Lengths& lengths = Lengths()) {
+    if (x.rank() < 1) throw ShapeError("NamedDataset::input '" + name + "': features of shape " + x.shape().str());
+    check_count("input '" + name + "'", x.dim(0));
+    if (lengths.rank() > 0) {
+      if (x.rank() < 2)
+        throw ShapeError("NamedDataset::input '" + name + "': lengths for samples " + x.shape().str() +
+                         " that are not sequences");
+      check_lengths(lengths, x.dim(0), x.dim(1), "NamedDataset::input '" + name + "'");
+    }
+    inputs.push_back({name, x, lengths});
+    return *this;
+  }
+  /// Adds output `name` with class labels [N, ...] below num_classes (ArgumentError naming a sample's bad label).
+  NamedDataset& labels(const std::string& name, const Tensor<std::int32_t, D>& y, int num_classes) {
+    if (y.rank() < 1) throw ShapeError("NamedDataset::labels '" + name + "': labels of shape " + y.shape().str());
+    if (num_classes <= 0)
+      throw ArgumentError("NamedDataset::labels '" + name + "': num_classes must be positive, got " +
+                          std::to_string(num_classes));
+    check_count("output '" + name + "'", y.dim(0));
+    const auto h = to_device<Cpu>(y);
+    const Index per = h.size() / (h.dim(0) ? h.dim(0) : 1);
+    for (Index i = 0; i < h.size(); ++i)
+      if (h[i] < 0 || h[i] >= num_classes)
+        throw ArgumentError("NamedDataset::labels '" + name + "': label " + std::to_string(h[i]) + " of sample " +
+                            std::to_string(i / per) + " is not in [0, " + std::to_string(num_classes) + ")");
+    OutputColumn c;
+    c.name = name;
+    c.labels = y;
+    c.num_classes = num_classes;
+    outputs.push_back(std::move(c));
+    return *this;
+  }
+  /// Adds output `name` with float targets [N, output shape...].
+  NamedDataset& targets(const std::string& name, const Tensor<T, D>& t) {
+    if (t.rank() < 2) throw ShapeError("NamedDataset::targets '" + name + "': targets of shape " + t.shape().str());
+    check_count("output '" + name + "'", t.dim(0));
+    OutputColumn c;
+    c.name = name;
+    c.targets = t;
+    outputs.push_back(std::move(c));
+    return *this;
+  }
+  NamedDataset& with_sample_weights(const Tensor<double, Cpu>& w) {
+    if (w.rank() != 1 || w.dim(0) != size())
+      throw ArgumentError("NamedDataset::with_sample_weights: " + std::to_string(w.size()) + " weights for " +
+                          std::to_string(size()) + " samples");
+    for (Index i = 0; i < w.size(); ++i)
+      if (!(w[i] >= 0) || !std::isfinite(w[i]))
+        throw ArgumentError("NamedDataset::with_sample_weights: the weight of sample " + std::to_string(i) + " is " +
+                            std::to_string(w[i]) + " (must be finite and >= 0)");
+    sample_weights = w;
+    return *this;
+  }
+
+  Index size() const {
+    if (!inputs.empty()) return inputs[0].x.dim(0);
+    if (!outputs.empty()) return outputs[0].has_labels() ? outputs[0].labels.dim(0) : outputs[0].targets.dim(0);
+    return 0;
+  }
+  bool has_sample_weights() const { return sample_weights.rank() > 0; }
+  /// Samples [begin, end) (views, no copy).
+  NamedDataset slice(Index begin, Index end) const {
+    if (begin < 0 || end > size() || begin > end)
+      throw ArgumentError("NamedDataset::slice: [" + std::to_string(begin) + ", " + std::to_string(end) + ") of " +
+                          std::to_string(size()) + " samples");
+    NamedDataset d;
+    for (const auto& c : inputs)
+      d.inputs.push_back({c.name, c.x.rows(begin, end), c.lengths.rank() ? c.lengths.rows(begin, end) : Lengths()});
+    for (const auto& c : outputs) {
+      OutputColumn o = c;
+      if (c.has_labels()) o.labels = c.labels.rows(begin, end);
+      if (c.has_targets()) o.targets = c.targets.rows(begin, end);
+      d.outputs.push_back(std::move(o));
+    }
+    if (has_sample_weights()) d.sample_weights = sample_weights.rows(begin, end);
+    return d;
+  }
+  /// The one-input, one-output dataset `d` as columns without names (views, no copy).
+  static NamedDataset of(const Dataset<T, D>& d) {
+    NamedDataset n;
+    n.inputs.push_back({std::string(), d.x, d.lengths});
+    OutputColumn o;
+    o.labels = d.labels;
+    o.targets = d.targets;
+    o.num_classes = d.num_classes;
+    n.outputs.push_back(std::move(o));
+    n.sample_weights = d.sample_weights;
+    return n;
+  }
+
+ private:
+  void check_count(const std::string& what, Index n) const {
+    if ((!inputs.empty() || !outputs.empty()) && n != size())
+      throw ShapeError("NamedDataset: " + what + " has " + std::to_string(n) + " samples, the columns before it " +
+                       std::to_string(size()));
+  }
+};
+
 /// A classification dataset from features x [N, ...] and class labels [N, ...] (one per sample,
 /// or one per step of a sequence). Throws ShapeError when the sample counts differ and
 /// ArgumentError naming the sample (and position) of a label outside [0, num_classes) or of a

@@ -60,6 +60,9 @@ inline constexpr const char* kOptimizerIterationsKey = "fastnn.optimizer.iterati
 inline constexpr const char* kLastEpochKey = "fastnn.last_epoch";
 inline constexpr const char* kLossTypeKey = "fastnn.loss.type";
 inline constexpr const char* kLossConfigKey = "fastnn.loss.config";
+/// A model of several outputs: each output's name, loss and weight (Trainer::describe_losses), which must equal the
+/// loading model's.
+inline constexpr const char* kLossesKey = "fastnn.losses";
 inline constexpr const char* kNonTrainableKey = "fastnn.non_trainable";
 inline constexpr const char* kCallbacksKey = "fastnn.callbacks";
 inline constexpr const char* kOptimizerLearningRateKey = "fastnn.optimizer.learning_rate";
@@ -265,6 +268,7 @@ void save_checkpoint(M<T, D>& model, const std::string& path, const EpochLogs* l
     for (const auto& kv : sc->config()) sj["config"][kv.first] = kv.second;
     w.set_metadata(kOptimizerScheduleKey, sj.dump());
   }
+  if (model.trainer().num_losses() > 1) w.set_metadata(kLossesKey, model.trainer().describe_losses());
   w.set_metadata(kLossTypeKey, model.loss().type_name());
   nlohmann::json lc = nlohmann::json::object();
   for (const auto& kv : model.loss().config()) lc[kv.first] = kv.second;
@@ -336,8 +340,17 @@ CheckpointInfo load_checkpoint(M<T, D>& model, const std::string& path) {
   // The optimizer: the model's own (which must match) or one made from the file.
   std::unique_ptr<Optimizer<T, D>> fresh;
   Optimizer<T, D>* opt = model.optimizer();
+  const auto losses_it = r.metadata().find(kLossesKey);
+  const std::string file_losses = losses_it == r.metadata().end() ? std::string() : losses_it->second;
+  if (!opt && !file_losses.empty())
+    throw ArgumentError("load_checkpoint: " + path + " holds a model of several outputs (" +
+                        detail::printable(file_losses) + "); compile the model with those losses before loading it");
   if (opt) {
     std::vector<std::string> p;
+    const std::string model_losses = model.trainer().num_losses() > 1 ? model.trainer().describe_losses() : "";
+    if (file_losses != model_losses)
+      p.push_back("losses: " + (file_losses.empty() ? std::string("one") : detail::printable(file_losses)) +
+                  " in the file, " + (model_losses.empty() ? std::string("one") : model_losses) + " in the model");
     if (opt->type_name() != info.optimizer) {
       p.push_back("optimizer: " + detail::printable(info.optimizer) + " in the file, " + opt->type_name() + " in the model");
     } else {

@@ -207,6 +207,10 @@ class Layer {
     if (x.rank() != input_shape_.rank() + 1 || x.drop_front() != input_shape_)
       shape_error("[batch, " + input_shape_.str().substr(1), x);
   }
+  /// Per-sample shape `in` with the batch axis in front, as text: [batch, 6, 4].
+  static std::string batch_shape(const Shape& in) {
+    return in.rank() == 0 ? "[batch]" : "[batch, " + in.str().substr(1);
+  }
   /// Throws ShapeError "<layer>: expected input <what>, got <shape>".
   [[noreturn]] void shape_error(const std::string& expected, const Shape& got) const {
     throw ShapeError(name_ + " (" + type_name() + "): expected input " + expected + ", got " +

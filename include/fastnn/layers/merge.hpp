@@ -227,6 +227,8 @@ class Concatenate : public MergeLayer<T, D> {
     if (opt.axis() == 0) throw ArgumentError("Concatenate: axis 0 is the batch axis; use -1 or 1, 2, ...");
   }
   std::string type_name() const override { return "Concatenate"; }
+  /// Along the features of a sequence (not its steps axis): one step at a time in a stream.
+  bool per_step() const override { return axis_ != 0; }
   LayerConfig config() const override { return options_to_config(opt_); }
   std::unique_ptr<Base> clone_unbuilt() const override { return std::make_unique<Concatenate>(opt_); }
   const ConcatenateOptions& options() const { return opt_; }

@@ -26,10 +26,20 @@
 /// A built Model is itself a layer of other models (Keras's nested models): call(block, x) runs it through a
 /// ModelLayer (see there), whose weights are one layer's in the outer model's buffer, shared by all its calls.
 ///
-/// A Model with one input and one output trains through the same Trainer as Sequential (fit,
-/// evaluate, train_on_batch, the callbacks, clipping, schedules, frozen layers). Several inputs
-/// and outputs run through predict(std::vector) and, for a loop of one's own, forward_train /
-/// backward_train on lists of tensors.
+/// Every Model trains through the same Trainer as Sequential (fit, evaluate, train_on_batch, the
+/// callbacks, clipping, schedules, frozen layers, data-parallel). With several inputs or outputs,
+/// the data is a NamedDataset (data/dataset.hpp) whose names are the model's, and compile takes
+/// one loss per output, with metrics and loss weights, keyed by the output's name:
+///
+///   model.compile(std::make_unique<Adam<float>>(1e-3),
+///                 {{"digit", SparseCategoricalCrossentropy()}, {"aux", MeanSquaredError()}},
+///                 {{"digit", {"accuracy"}}}, /*loss_weights=*/{{"aux", 0.2}});
+///   NamedDataset<float> d;
+///   d.input("rows", x).input("cols", xt).labels("digit", y, 10).targets("aux", t);
+///   model.fit(d, FitOptions().epochs(3));   // logs loss, digit_loss, digit_accuracy, aux_loss
+///
+/// predict(std::vector) returns every output; forward_train / backward_train on lists of tensors
+/// serve a loop of one's own.
 
 #include <algorithm>
 #include <atomic>
@@ -220,6 +230,51 @@ class Model : public Network<T, D> {
     return trainer_.evaluate(*this, data, batch_size);
   }
 
+  // ---- Keras's API for several inputs and outputs ---------------------------------------------------------------
+  /// One loss per output, keyed by the output's name (the name of the layer that makes it), with optional metrics
+  /// and loss weights (Keras's loss_weights; 1 where not given) per output. The total loss is the weighted sum of
+  /// the outputs' mean losses; fit and evaluate log each output's loss and metrics as "<output>_loss" and
+  /// "<output>_<metric>" (and "val_..."). ArgumentError naming an output the model does not have, or one without
+  /// a loss.
+  void compile(std::unique_ptr<Optimizer<T, D>> opt, const std::map<std::string, Loss>& losses,
+               const std::map<std::string, std::vector<Metric>>& metrics = {},
+               const std::map<std::string, double>& loss_weights = {}) {
+    std::vector<typename Trainer<T, D>::OutputSpec> specs(outputs_.size());
+    std::string names;
+    for (std::size_t k = 0; k < outputs_.size(); ++k) names += (k ? ", " : "") + output_name_at(k);
+    auto check_names = [&](const auto& m, const char* what) {
+      for (const auto& kv : m) {
+        bool found = false;
+        for (std::size_t k = 0; k < outputs_.size(); ++k) found = found || output_name_at(k) == kv.first;
+        if (!found)
+          throw ArgumentError(std::string("Model::compile: ") + what + " for '" + kv.first +
+                              "', which is not an output (the outputs are " + names + ")");
+      }
+    };
+    check_names(losses, "a loss");
+    check_names(metrics, "metrics");
+    check_names(loss_weights, "a loss weight");
+    for (std::size_t k = 0; k < outputs_.size(); ++k) {
+      const std::string name = output_name_at(k);
+      auto l = losses.find(name);
+      if (l == losses.end()) throw ArgumentError("Model::compile: no loss for output '" + name + "'");
+      specs[k].loss = l->second;
+      auto m = metrics.find(name);
+      if (m != metrics.end()) specs[k].metrics = m->second;
+      auto w = loss_weights.find(name);
+      if (w != loss_weights.end()) specs[k].weight = w->second;
+    }
+    trainer_.compile(this, std::move(opt), std::move(specs));
+  }
+  /// Keras's fit with named inputs and outputs (data/dataset.hpp NamedDataset); the names must be the model's.
+  History fit(const NamedDataset<T, D>& train, const FitOptions& o, const NamedDataset<T, D>* val = nullptr) {
+    return trainer_.fit(*this, train, o, val);
+  }
+  EvalResult evaluate(const NamedDataset<T, D>& data, Index batch_size = 128) const {
+    return trainer_.evaluate(*this, data, batch_size);
+  }
+  BatchResult train_on_batch(const NamedDataset<T, D>& batch) { return trainer_.train_on_batch(*this, batch); }
+
   /// The output [N, output shape...] of a one-input, one-output model. Const and thread-safe, as Sequential's.
   Tn predict(const Tn& x, Index batch_size = 128, const Lengths& lengths = Lengths()) const {
     require_single("predict");
@@ -273,6 +328,12 @@ class Model : public Network<T, D> {
     return predict(x, std::max<Index>(1, x.rank() ? x.dim(0) : 1), lengths);
   }
 
+  /// A stream over this model's weights for `batch` sequences fed one step at a time (model/stream.hpp): every
+  /// input is a sequence, and the layers run causally (forward recurrent layers, per-step layers and merges);
+  /// UnsupportedError naming the first layer that needs the whole sequence (Bidirectional, go_backwards, Flatten,
+  /// a Concatenate over the steps). Const: any number of threads may each run their own streams.
+  Stream<T, D> make_stream(Index batch = 1) const { return Stream<T, D>(call_graph(), params_, batch); }
+
   /// Keras-style table with the "Connected to" column.
   void summary(std::ostream& os) const {
     std::vector<detail::SummaryRow> rows;
@@ -306,8 +367,7 @@ class Model : public Network<T, D> {
       xp.push_back(&xs[i]);
       lp.push_back(i < lengths.size() ? &lengths[i] : &none);
     }
-    for (auto& c : calls_) c.instance->set_trainable(c.node->layer->trainable());
-    exec_.forward(xp.data(), lp.data(), this->activity_scale_, this->activity_loss_);
+    forward_train_all(xp.data(), lp.data());
     outs_.clear();
     for (std::size_t i = 0; i < exec_.num_outputs(); ++i) outs_.push_back(exec_.output(i));
     return outs_;
@@ -361,12 +421,37 @@ class Model : public Network<T, D> {
     exec_.release_inputs();
     if (!xs1_.empty()) xs1_[0] = Tn();
   }
+  std::size_t num_inputs() const override { return inputs_.size(); }
+  std::size_t num_outputs() const override { return outputs_.size(); }
+  const Shape& input_shape_at(std::size_t i) const override { return inputs_.at(i)->shape; }
+  const Shape& output_shape_at(std::size_t k) const override { return outputs_.at(k)->shape; }
+  Layer<T, D>& input_layer_at(std::size_t i) const override {
+    for (const auto& c : calls_)
+      for (int t : c.inputs)
+        if (t == static_cast<int>(i)) return *c.instance;
+    return *calls_.front().instance;
+  }
+  Layer<T, D>& output_layer_at(std::size_t k) const override { return *calls_[output_call(k)].instance; }
+  std::string input_name_at(std::size_t i) const override { return inputs_.at(i)->input_name; }
+  std::string output_name_at(std::size_t k) const override { return calls_[output_call(k)].node->layer->name(); }
+  bool output_read_by_layers(std::size_t k) const override {
+    for (const auto& c : calls_)
+      for (int t : c.inputs)
+        if (t == output_ids_.at(k)) return true;
+    return false;
+  }
+  void forward_train_all(const Tn* const* xs, const Lengths* const* lengths) override {
+    for (auto& c : calls_) c.instance->set_trainable(c.node->layer->trainable());
+    exec_.forward(xs, lengths, this->activity_scale_, this->activity_loss_);
+  }
+  const Tn& train_output(std::size_t k) const override { return exec_.output(k); }
+  const Lengths& train_output_lengths(std::size_t k) const override { return exec_.output_lengths(k); }
+  void backward_train_all(const Tn* const* dys, detail::DataParallel<T, D>* dp) override {
+    grads_.set_zero();
+    exec_.backward(dys, this->activity_scale_, grads_, dp);
+  }
   Predictor<T, D> make_predictor(bool emit_preactivation = false) const override {
-    detail::CallGraph<T, D> g;
-    for (const auto& in : inputs_) g.input_shapes.push_back(in->shape);
-    for (const auto& c : calls_) g.calls.push_back({c.node->layer.get(), offsets_[c.layer_index], c.inputs});
-    g.outputs = output_ids_;
-    return Predictor<T, D>(g, params_, threads_, emit_preactivation);
+    return Predictor<T, D>(call_graph(), params_, threads_, emit_preactivation);
   }
   std::string describe() const override {
     std::string d;
@@ -428,8 +513,6 @@ class Model : public Network<T, D> {
     trainer_.reset_workspaces();
   }
   Precision precision() const { return precision_; }
-  std::size_t num_inputs() const { return inputs_.size(); }
-  std::size_t num_outputs() const { return outputs_.size(); }
   const std::string& input_name(std::size_t i) const { return inputs_.at(i)->input_name; }
   /// The layers, each once, in the order of their parameters.
   std::size_t num_layers() const { return layers_.size(); }
@@ -627,6 +710,16 @@ class Model : public Network<T, D> {
     std::string s;
     for (const auto& x : shapes) s += (s.empty() ? "" : ", ") + x.str();
     return s;
+  }
+  detail::CallGraph<T, D> call_graph() const {
+    detail::CallGraph<T, D> g;
+    for (const auto& in : inputs_) g.input_shapes.push_back(in->shape);
+    for (const auto& c : calls_) g.calls.push_back({c.node->layer.get(), offsets_[c.layer_index], c.inputs});
+    g.outputs = output_ids_;
+    return g;
+  }
+  std::size_t output_call(std::size_t k) const {
+    return static_cast<std::size_t>(output_ids_.at(k) - static_cast<int>(inputs_.size()));
   }
   void require_single(const char* what) const {
     if (inputs_.size() != 1 || outputs_.size() != 1)

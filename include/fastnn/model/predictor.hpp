@@ -60,6 +60,20 @@ struct CallGraph {
   std::vector<int> outputs;
 };
 
+/// The call graph of a chain (Sequential): call k reads tensor k, the layers' parameters follow each other.
+template <class T, class D>
+CallGraph<T, D> chain_graph(const std::vector<const Layer<T, D>*>& layers, const Shape& input_shape) {
+  CallGraph<T, D> g;
+  g.input_shapes = {input_shape};
+  Index off = 0;
+  for (std::size_t i = 0; i < layers.size(); ++i) {
+    g.calls.push_back({layers[i], off, {static_cast<int>(i)}});
+    off += layers[i]->param_count();
+  }
+  g.outputs = {static_cast<int>(layers.size())};
+  return g;
+}
+
 /// A replica of `src` built for the per-sample shapes of its inputs and bound to `params` from `offset` on.
 template <class T, class D>
 std::unique_ptr<Layer<T, D>> bound_call_replica(const Layer<T, D>& src, const std::vector<Shape>& shapes,
@@ -150,21 +164,19 @@ class Predictor {
   /// The layers' activity regularisers' penalties (Layer::activity_regularizer) of the last forward()'s outputs,
   /// summed over the batch (not divided by its size); 0 without any.
   double activity_penalty() const { return penalty_; }
-  /// The lengths of the last forward()'s first output (empty when it has no padded steps axis).
-  const Lengths& output_lengths() const { return lengths_[static_cast<std::size_t>(outputs_.at(0))]; }
+  /// The lengths of the last forward()'s output i (empty when it has no padded steps axis).
+  const Lengths& output_lengths(std::size_t i = 0) const { return lengths_[static_cast<std::size_t>(outputs_.at(i))]; }
+  /// The call that makes output i leaves out its activation (evaluation, when the loss of that output fuses it).
+  void emit_preactivation(std::size_t i) {
+    const int k = outputs_.at(i) - static_cast<int>(input_shapes_.size());
+    if (k >= 0 && layers_[static_cast<std::size_t>(k)]->output_activation() != Activation::Linear)
+      layers_[static_cast<std::size_t>(k)]->set_emit_preactivation(true);
+  }
   const Shape& input_shape() const { return input_shapes_.at(0); }
 
  private:
   static detail::CallGraph<T, D> chain(const std::vector<const Layer<T, D>*>& layers, const Shape& input_shape) {
-    detail::CallGraph<T, D> g;
-    g.input_shapes = {input_shape};
-    Index off = 0;
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      g.calls.push_back({layers[i], off, {static_cast<int>(i)}});
-      off += layers[i]->param_count();
-    }
-    g.outputs = {static_cast<int>(layers.size())};
-    return g;
+    return detail::chain_graph(layers, input_shape);
   }
 
   void run(const Tn* const* xs, const Lengths* const* lengths) {

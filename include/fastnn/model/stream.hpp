@@ -13,10 +13,11 @@
 /// (which the full forward returns after the last step). x_t is [batch, input shape without the
 /// steps axis]; the output has the model's output shape without its steps axis.
 ///
-/// A stream can run a model whose layers before the last recurrent layer work per step (Dense,
-/// Dropout, Embedding, Masking) or are recurrent and run forwards; anything else (Bidirectional,
-/// go_backwards, Flatten over the steps) needs the whole sequence and is refused with
-/// UnsupportedError when the stream is made. Masking and mask_zero have nothing to mask in a
+/// A stream can run a model (a Sequential, or a graph Model of sequence inputs) whose layers before
+/// its last recurrent layers work per step (Dense, Dropout, Embedding, Masking, merges along the
+/// features) or are recurrent and run forwards; anything else (Bidirectional, go_backwards, Flatten
+/// or a Concatenate over the steps) needs the whole sequence and is refused with UnsupportedError
+/// when the stream is made. Masking and mask_zero have nothing to mask in a
 /// stream (every step is real). The stream shares the parameters' storage: training the model
 /// while a stream runs is a data race.
 
@@ -40,66 +41,85 @@ class Stream {
   /// [steps, ...]) bound to `params`, for `batch` streams. Throws UnsupportedError when a layer
   /// cannot run one step at a time (see the file comment).
   Stream(const std::vector<const Layer<T, D>*>& layers, const Shape& input_shape, const Tn& params, Index batch)
-      : batch_(batch) {
+      : Stream(detail::chain_graph(layers, input_shape), params, batch) {}
+
+  /// The calls of a graph (model/graph.hpp) bound to `params`, for `batch` streams. Every input is a sequence
+  /// [steps, ...]; a call runs one step if it is a forward recurrent layer or works per step (Dense, Dropout,
+  /// Embedding, Masking, the merge layers along any axis but the steps), and is refused otherwise while its input
+  /// still has the steps axis.
+  Stream(const detail::CallGraph<T, D>& g, const Tn& params, Index batch) : batch_(batch) {
     if (batch <= 0) throw ArgumentError("make_stream: batch must be positive, got " + std::to_string(batch));
-    if (input_shape.rank() < 1) throw UnsupportedError("make_stream: the model's input " + input_shape.str() + " is not a sequence");
-    Shape s = input_shape;
-    s[0] = 1;
-    bool timed = true;  // the activations still have the steps axis (of length 1)
-    Index off = 0;
-    for (const Layer<T, D>* src : layers) {
+    std::vector<Shape> shapes;
+    for (const Shape& in : g.input_shapes) {
+      if (in.rank() < 1) throw UnsupportedError("make_stream: the model's input " + in.str() + " is not a sequence");
+      Shape one = in;
+      one[0] = 1;
+      shapes.push_back(one);
+      step_shapes_.push_back(in.drop_front());
+      timed_.push_back(true);  // the activations still have the steps axis (of length 1)
+    }
+    ni_ = g.input_shapes.size();
+    Index bound = 0;
+    for (const auto& c : g.calls) {
+      const Layer<T, D>* src = c.layer;
       const auto* rs = dynamic_cast<const RecurrentLayer<T, D>*>(src);
+      bool timed = false;
+      std::vector<Shape> in;
+      for (int t : c.inputs) {
+        timed = timed || timed_.at(static_cast<std::size_t>(t));
+        in.push_back(shapes.at(static_cast<std::size_t>(t)));
+      }
       if (timed && !rs && !src->per_step())
         throw UnsupportedError("make_stream: layer '" + src->name() + "' (" + src->type_name() +
-                               ") needs the whole sequence; a stream runs recurrent layers and per-step layers "
-                               "(Dense, Dropout, Embedding, Masking) one step at a time");
+                               ") needs the whole sequence; a stream runs forward recurrent layers and per-step "
+                               "layers (Dense, Dropout, Embedding, Masking, merges along the features) one step at "
+                               "a time");
       if (rs && rs->go_backwards())
         throw UnsupportedError("make_stream: layer '" + src->name() + "' runs backwards and needs the whole sequence");
-      auto l = detail::bound_replica(*src, s, params, off);
+      Shape out;
+      auto l = detail::bound_call_replica(*src, in, params, c.param_offset, out);
+      bound = std::max(bound, c.param_offset + l->param_count());
       auto* r = dynamic_cast<RecurrentLayer<T, D>*>(l.get());
       Entry e;
+      e.inputs = c.inputs;
       e.recurrent = r != nullptr && timed;
+      bool out_timed = timed;
       if (e.recurrent) {
         e.state = r->make_state(batch);
         e.sequences = r->return_sequences();
-        timed = e.sequences;
+        out_timed = e.sequences;
       }
       e.layer = std::move(l);
       entries_.push_back(std::move(e));
+      shapes.push_back(out);
+      timed_.push_back(out_timed);
     }
-    detail::require_all_parameters_bound("make_stream", off, params.size());
-    step_shape_ = input_shape.drop_front();
-    acts_.resize(entries_.size() + 1);
+    detail::require_all_parameters_bound("make_stream", bound, params.size());
+    outputs_ = g.outputs;
+    acts_.resize(ni_ + entries_.size());
   }
 
   /// Advances every stream by one step: x_t [batch, input shape without steps]. Returns the
   /// output [batch, output shape without steps], valid until the next call.
   const Tn& step(const Tn& x_t) {
-    if (x_t.rank() < 1 || x_t.dim(0) != batch_ || x_t.shape().drop_front() != step_shape_)
-      throw ShapeError("Stream::step: expected input [" + std::to_string(batch_) +
-                       (step_shape_.rank() ? ", " + step_shape_.str().substr(1) : std::string("]")) + ", got " +
-                       x_t.shape().str());
-    // the input as a sequence of one step
-    Shape one = step_shape_.prepend(1).prepend(batch_);
-    Tn cur = x_t.reshaped(one);
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-      Entry& e = entries_[i];
-      Tn& out = acts_[i + 1];
-      if (e.recurrent) {
-        auto* r = static_cast<RecurrentLayer<T, D>*>(e.layer.get());
-        Tn x2 = cur.reshaped(Shape{batch_, cur.size() / batch_});
-        r->step(x2, out, e.state);
-        if (e.sequences) out = out.reshaped(Shape{batch_, 1, r->units()});
-      } else {
-        e.layer->forward(cur, out, Mode::Infer);
-      }
-      cur = out;
-    }
-    // drop the steps axis of length 1 if the output still has it
-    Tn& y = acts_.back();
-    if (timed_output()) y = y.reshaped(y.shape().drop_front().drop_front().prepend(batch_));
-    return y;
+    if (ni_ != 1) throw ArgumentError("Stream::step: the model has " + std::to_string(ni_) + " inputs; pass a list");
+    const Tn* xs[1] = {&x_t};
+    run(xs);
+    return output(0);
   }
+  /// Advances every stream by one step of every input (xs[i]: [batch, input i's shape without steps]); read the
+  /// outputs with output(k).
+  void step(const std::vector<Tn>& xs) {
+    if (xs.size() != ni_)
+      throw ArgumentError("Stream::step: the model has " + std::to_string(ni_) + " inputs, got " +
+                          std::to_string(xs.size()));
+    std::vector<const Tn*> xp;
+    for (const auto& x : xs) xp.push_back(&x);
+    run(xp.data());
+  }
+  /// Output k of the last step: [batch, output shape without steps].
+  const Tn& output(std::size_t k) const { return outs_.at(k); }
+  std::size_t num_outputs() const { return outputs_.size(); }
 
   /// Returns every stream to the zero initial state.
   void reset() {
@@ -109,19 +129,52 @@ class Stream {
   Index batch() const { return batch_; }
 
  private:
-  bool timed_output() const {
-    for (auto it = entries_.rbegin(); it != entries_.rend(); ++it)
-      if (it->recurrent) return it->sequences;
-    return true;
+  void run(const Tn* const* xs) {
+    for (std::size_t i = 0; i < ni_; ++i) {
+      const Tn& x_t = *xs[i];
+      const Shape& want = step_shapes_[i];
+      if (x_t.rank() < 1 || x_t.dim(0) != batch_ || x_t.shape().drop_front() != want)
+        throw ShapeError("Stream::step: expected input " + (ni_ > 1 ? std::to_string(i) + " " : std::string()) + "[" +
+                         std::to_string(batch_) + (want.rank() ? ", " + want.str().substr(1) : std::string("]")) +
+                         ", got " + x_t.shape().str());
+      acts_[i] = x_t.reshaped(want.prepend(1).prepend(batch_));  // a sequence of one step
+    }
+    for (std::size_t k = 0; k < entries_.size(); ++k) {
+      Entry& e = entries_[k];
+      Tn& out = acts_[ni_ + k];
+      if (e.recurrent) {
+        auto* r = static_cast<RecurrentLayer<T, D>*>(e.layer.get());
+        const Tn& cur = acts_[static_cast<std::size_t>(e.inputs[0])];
+        Tn x2 = cur.reshaped(Shape{batch_, cur.size() / batch_});
+        r->step(x2, out, e.state);
+        if (e.sequences) out = out.reshaped(Shape{batch_, 1, r->units()});
+      } else {
+        in_.clear();
+        for (int t : e.inputs) in_.push_back(&acts_[static_cast<std::size_t>(t)]);
+        e.layer->forward_inputs(in_, out, Mode::Infer);
+      }
+    }
+    // each output without its steps axis of length 1
+    outs_.resize(outputs_.size());
+    for (std::size_t k = 0; k < outputs_.size(); ++k) {
+      const auto t = static_cast<std::size_t>(outputs_[k]);
+      const Tn& y = acts_[t];
+      outs_[k] = timed_[t] ? y.reshaped(y.shape().drop_front().drop_front().prepend(batch_)) : y;
+    }
   }
   struct Entry {
     std::unique_ptr<Layer<T, D>> layer;
+    std::vector<int> inputs;
     bool recurrent = false, sequences = false;
     RnnState<T, D> state;
   };
   std::vector<Entry> entries_;
-  std::vector<Tn> acts_;
-  Shape step_shape_;
+  std::vector<Tn> acts_, outs_;
+  std::vector<const Tn*> in_;
+  std::vector<Shape> step_shapes_;
+  std::vector<bool> timed_;  ///< per tensor: it still has the steps axis (of length 1)
+  std::vector<int> outputs_;
+  std::size_t ni_ = 0;
   Index batch_ = 1;
 };
 

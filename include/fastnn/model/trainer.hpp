@@ -71,6 +71,28 @@ class Network {
   virtual Predictor<T, D> make_predictor(bool emit_preactivation) const = 0;
   /// The architecture as text (data-parallel ranks compare it).
   virtual std::string describe() const = 0;
+  // ---- several inputs and outputs (a graph Model); the defaults describe one of each ----------------------
+  virtual std::size_t num_inputs() const { return 1; }
+  virtual std::size_t num_outputs() const { return 1; }
+  virtual const Shape& input_shape_at(std::size_t) const { return input_shape(); }
+  virtual const Shape& output_shape_at(std::size_t) const { return output_shape(); }
+  /// The first layer that reads input i, and the layer that makes output k.
+  virtual Layer<T, D>& input_layer_at(std::size_t) const { return input_layer(); }
+  virtual Layer<T, D>& output_layer_at(std::size_t) const { return output_layer(); }
+  /// Keras's names of input i (its Input's) and output k (its layer's); empty for a one-input, one-output model.
+  virtual std::string input_name_at(std::size_t) const { return std::string(); }
+  virtual std::string output_name_at(std::size_t) const { return std::string(); }
+  /// Whether output k is also read by a layer (then the loss cannot absorb its activation).
+  virtual bool output_read_by_layers(std::size_t) const { return false; }
+  /// The training forward pass over every input (xs[i], lengths[i]); read the outputs with train_output(k).
+  virtual void forward_train_all(const Tn* const* xs, const Lengths* const* lengths) {
+    out1_ = &forward_train(*xs[0], *lengths[0], out_lengths1_);
+  }
+  virtual const Tn& train_output(std::size_t) const { return *out1_; }
+  virtual const Lengths& train_output_lengths(std::size_t) const { return out_lengths1_; }
+  /// backward_train from dys[k] = dL/d(output k).
+  virtual void backward_train_all(const Tn* const* dys, detail::DataParallel<T, D>* dp) { backward_train(*dys[0], dp); }
+
   /// Hands the step's noise key to the stochastic layers (Dropout). A graph that calls one layer at several places
   /// gives each further call a key of its own, so that the calls draw different masks.
   virtual void set_noise_keys(std::uint64_t key) {
@@ -99,6 +121,10 @@ class Network {
 
  protected:
   double activity_scale_ = 0, activity_loss_ = 0;
+
+ private:
+  const Tn* out1_ = nullptr;
+  Lengths out_lengths1_;
 };
 
 /// The per-batch results of train_on_batch and test_on_batch: the batch's mean loss and metrics.
@@ -112,6 +138,7 @@ class Trainer {
   using DP = detail::DataParallel<T, D>;
 
  public:
+  using Columns = NamedDataset<T, D>;
   Trainer() = default;
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
@@ -120,9 +147,34 @@ class Trainer {
 
   // ---- configuration -------------------------------------------------------------------------
   void compile(Net* net, std::unique_ptr<Optimizer<T, D>> opt, const Loss& loss, std::vector<Metric> metrics) {
+    std::vector<OutputSpec> one(1);
+    one[0].loss = loss;
+    one[0].metrics = std::move(metrics);
+    compile(net, std::move(opt), std::move(one));
+  }
+  /// One loss (with its weight) and metrics per output of the network, in the network's output order; the total
+  /// loss is the weighted sum of the outputs' mean losses (Keras's loss_weights).
+  struct OutputSpec {
+    Loss loss = SparseCategoricalCrossentropy();
+    std::vector<Metric> metrics;
+    double weight = 1;
+  };
+  void compile(Net* net, std::unique_ptr<Optimizer<T, D>> opt, std::vector<OutputSpec> outputs) {
     if (!opt) throw ArgumentError("compile: no optimizer");
-    loss_ = loss;
-    metrics_ = std::move(metrics);
+    if (outputs.empty()) throw ArgumentError("compile: no loss");
+    heads_.clear();
+    Index slot = 0;
+    for (auto& o : outputs) {
+      if (!(o.weight >= 0) || !std::isfinite(o.weight))
+        throw ArgumentError("compile: loss weight " + format_number(o.weight) + " (must be finite and >= 0)");
+      Head h;
+      h.loss = o.loss;
+      h.metrics = std::move(o.metrics);
+      h.weight = o.weight;
+      h.slot = slot;
+      slot += 1 + static_cast<Index>(h.metrics.size());
+      heads_.push_back(std::move(h));
+    }
     optimizer_ = std::move(opt);
     if (net) {
       configure(*net, true);
@@ -147,9 +199,20 @@ class Trainer {
   // ---- training --------------------------------------------------------------------------------
   /// Keras's fit: see Sequential::fit.
   History fit(Net& net, const Dataset<T, D>& train_in, const FitOptions& o, const Dataset<T, D>* val_in) {
+    const Columns train = Columns::of(train_in);
+    if (!val_in) return fit(net, train, o, nullptr);
+    const Columns val = Columns::of(*val_in);
+    return fit(net, train, o, &val);
+  }
+  /// fit on named columns (several inputs and outputs; their names are matched against the network's).
+  History fit(Net& net, const Columns& train_named, const FitOptions& o, const Columns* val_named) {
     require_compiled(net, "fit");
-    Dataset<T, D> train = train_in, held_out;
-    const Dataset<T, D>* val = val_in;
+    const Columns train_in = match_names(net, train_named, "training data");
+    Columns val_matched;
+    if (val_named) val_matched = match_names(net, *val_named, "validation data");
+    const Columns* val_in = val_named ? &val_matched : nullptr;
+    Columns train = train_in, held_out;
+    const Columns* val = val_in;
     if (!(o.validation_split_ >= 0 && o.validation_split_ < 1))
       throw ArgumentError("fit: validation_split must be in [0, 1), got " + format_number(o.validation_split_));
     if (o.validation_split_ > 0) {
@@ -189,7 +252,7 @@ class Trainer {
     const bool writer = !dp || dp->rank() == 0;  // logs and runs the callbacks
     const Index n = train.size();
     const long steps = static_cast<long>((n + o.batch_size_ - 1) / o.batch_size_);
-    const double rows_per_sample = static_cast<double>(rows_per_sample_(net));
+    const double rows_per_sample = static_cast<double>(rows_per_sample_(net, 0));
     std::vector<Callback*> ordered;  // those that write checkpoints last: they record the others' state
     for (auto* c : o.callbacks_)
       if (!c->writes_checkpoints()) ordered.push_back(c);
@@ -216,8 +279,9 @@ class Trainer {
     // Lengths known only per batch (from the data or from a mask) change the work of every step, and a layer
     // that checks its input on the host (Embedding's ids) reads every batch back: such a step runs eagerly.
     // So does a data-parallel step (it talks to other ranks), a weighted one and one with regularisers.
-    const bool capturable = !dp && optimizer_->capturable() && !stochastic_ && !train.has_lengths() &&
-                            !host_checks_ && row_weights_.empty() && !regularized(net);
+    const bool capturable = !dp && optimizer_->capturable() && !stochastic_ && !has_lengths(train) &&
+                            !host_checks_ && row_weights_.empty() && !regularized(net) && heads_.size() == 1 &&
+                            train.inputs.size() == 1;
     for (int epoch = o.initial_epoch_; epoch < o.epochs_ && !ctx.stop_training; ++epoch) {
       ctx.epoch = epoch + 1;
       run_callbacks(dp.get(), "on_epoch_begin at epoch " + std::to_string(epoch + 1), [&] {
@@ -234,7 +298,7 @@ class Trainer {
       copy_from_host(perm_host, train_index_);
       bar.begin_epoch(epoch + 1, o.epochs_, steps);
       begin_stats();
-      double seen = 0;  // loss rows so far this epoch (this rank's, when data-parallel)
+      std::vector<double> seen(heads_.size(), 0.0);  // each output's loss rows so far this epoch (this rank's)
       for (long s = 0; s < steps && !ctx.stop_training; ++s) {
         if (batch_hooks)
           run_callbacks(dp.get(), "on_train_batch_begin", [&] {
@@ -246,23 +310,30 @@ class Trainer {
         if (dp) {
           step_body(net, sd, dp.get());
         } else {
-          const detail::StepKey key{train.x.data(), train.labels.data(), train.targets.data(), train_index_.data(),
-                                    count,          o.batch_size_,       o.check_finite_};
-          step_rows_ = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
+          const auto& out0 = train.outputs[0];
+          const detail::StepKey key{train.inputs[0].x.data(), out0.labels.data(), out0.targets.data(),
+                                    train_index_.data(),      count,             o.batch_size_,
+                                    o.check_finite_};
+          heads_[0].rows = static_cast<double>(count) * rows_per_sample;  // a masked step counts its real rows
           if (!runner_.step(key, s, capturable, *optimizer_, [&] { step_body(net, sd, nullptr); }))
             step_body(net, sd, nullptr);
         }
-        seen += step_rows_;
+        for (std::size_t k = 0; k < heads_.size(); ++k) seen[k] += heads_[k].rows;
         if ((bar.due() || s + 1 == steps) && bar.wants_updates()) {
           if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
-          const auto h = to_device<Cpu>(stats_);
-          bar.update(s + 1, (h[0] + reg_sum_) / seen, metric_values(h, seen));  // rank 0's own rows
+          auto h = to_device<Cpu>(stats_);
+          std::vector<MetricValue> values;
+          const double loss = means(h, seen, reg_sum_, values);
+          bar.update(s + 1, loss, values);  // rank 0's own rows
         }
         if (batch_hooks) {
           BatchLogs bl;
           bl.batch = s;
           bl.size = count;
-          if (batch_logs) bl.loss = (to_device<Cpu>(stats_)[0] + reg_sum_) / seen;
+          if (batch_logs) {
+            std::vector<MetricValue> values;
+            bl.loss = means(to_device<Cpu>(stats_), seen, reg_sum_, values);
+          }
           run_callbacks(dp.get(), "on_train_batch_end", [&] {
             for (auto* c : ordered) c->on_train_batch_end(s, bl);
           });
@@ -272,19 +343,18 @@ class Trainer {
       if (o.check_finite_) O::throw_if_nonfinite(epoch + 1);
       if (dp) share_layer_statistics(net, *dp);
       auto h = to_device<Cpu>(stats_);
-      h[0] += reg_sum_;
-      if (dp) reduce_sums(dp->comm(), h, seen);  // the sums of every rank
+      double reg = reg_sum_;
+      if (dp) reduce_sums(dp->comm(), h, seen, reg);  // the sums of every rank
       EpochLogs logs;
       logs.epoch = epoch + 1;
-      logs.loss = h[0] / seen;
-      logs.metrics = metric_values(h, seen);
+      logs.loss = means(h, seen, reg, logs.metrics);
       logs.accuracy = accuracy_of(logs.metrics);
       auto t1 = std::chrono::steady_clock::now();
       logs.train_seconds = std::chrono::duration<double>(t1 - t0).count();
       if (val) {
         // fit keeps one evaluation workspace across epochs: evaluating allocates nothing after the first epoch
         // (a captured training step stays valid)
-        if (!eval_ws_) eval_ws_ = std::make_unique<EvalWorkspace>(net.make_predictor(fused_));
+        if (!eval_ws_) eval_ws_ = std::make_unique<EvalWorkspace>(eval_predictor(net));
         EvalResult r;
         if (dp) {
           const auto part = dp->shard(val->size());
@@ -316,11 +386,15 @@ class Trainer {
 
   /// The checked dataset of one batch for train_on_batch / compute_gradients, its rows in order (`order`, and
   /// batch_index_ on the device), the sample weights set and the step's sums zeroed.
-  Dataset<T, D> one_batch(const Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
-                          const Lengths& lengths, const Tensor<double, Cpu>& sample_weight, const char* what,
-                          std::vector<std::int32_t>& order) {
+  Columns one_batch(const Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                    const Lengths& lengths, const Tensor<double, Cpu>& sample_weight, const char* what,
+                    std::vector<std::int32_t>& order) {
     require_compiled(net, what);
-    Dataset<T, D> d = batch_dataset(x, labels, targets, lengths, sample_weight);
+    return one_batch(net, Columns::of(batch_dataset(x, labels, targets, lengths, sample_weight)), what, order);
+  }
+  Columns one_batch(const Net& net, const Columns& named, const char* what, std::vector<std::int32_t>& order) {
+    require_compiled(net, what);
+    Columns d = match_names(net, named, what);
     check_dataset(net, d, what);
     row_weights_ = sample_weights_of(d, {}, what);
     const Index n = d.size();
@@ -340,18 +414,26 @@ class Trainer {
                              const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
     check_layout(net, "train_on_batch");
     std::vector<std::int32_t> order;
-    Dataset<T, D> d = one_batch(net, x, labels, targets, lengths, sample_weight, "train_on_batch", order);
+    return train_step(net, one_batch(net, x, labels, targets, lengths, sample_weight, "train_on_batch", order), order);
+  }
+  /// One training step on the checked batch `d` (rows in `order`); its loss and metrics.
+  BatchResult train_step(Net& net, const Columns& d, const std::vector<std::int32_t>& order) {
     const Index n = d.size();
     StepData sd{&d, &batch_index_, order.data(), 0, n, true, epochs_done_ + 1, 1};
     step_body(net, sd, nullptr);
     O::throw_if_nonfinite(epochs_done_ + 1);
-    auto h = to_device<Cpu>(stats_);
-    h[0] += reg_sum_;
+    std::vector<double> rows;
+    for (const auto& h : heads_) rows.push_back(h.rows);
     BatchResult r;
-    r.loss = h[0] / step_rows_;
-    r.metrics = metric_values(h, step_rows_);
+    r.loss = means(to_device<Cpu>(stats_), rows, reg_sum_, r.metrics);
     r.accuracy = accuracy_of(r.metrics);
     return r;
+  }
+  /// train_on_batch on named columns (several inputs and outputs).
+  BatchResult train_on_batch(Net& net, const Columns& batch) {
+    check_layout(net, "train_on_batch");
+    std::vector<std::int32_t> order;
+    return train_step(net, one_batch(net, batch, "train_on_batch", order), order);
   }
 
   /// Forward, loss and backward on one batch without an optimizer step: afterwards every parameter's `grad`
@@ -360,17 +442,21 @@ class Trainer {
   double compute_gradients(Net& net, const Tn& x, const Tensor<std::int32_t, D>& labels, const Tn& targets,
                            const Lengths& lengths, const Tensor<double, Cpu>& sample_weight) {
     std::vector<std::int32_t> order;
-    Dataset<T, D> d = one_batch(net, x, labels, targets, lengths, sample_weight, "compute_gradients", order);
+    const Columns d = one_batch(net, x, labels, targets, lengths, sample_weight, "compute_gradients", order);
     const Index n = d.size();
     gather(net, d, batch_index_, 0, n, order.data());
     set_noise_key(net, 0);
     net.set_activity_scale(1.0 / static_cast<double>(n));
-    Lengths out;
-    const Tn& y = net.forward_train(batch_, batch_lengths_, out);
-    step_rows_ = loss_rows(net, n, out);
-    loss_and_backward(net, y, T(1) / static_cast<T>(step_rows_), out, nullptr);
-    add_regularization(net, step_rows_);
-    return (to_device<Cpu>(stats_)[0] + reg_sum_) / step_rows_;
+    forward(net);
+    std::vector<double> rows;
+    for (std::size_t k = 0; k < heads_.size(); ++k) {
+      heads_[k].rows = loss_rows(net, k, n, heads_[k].lengths);
+      rows.push_back(heads_[k].rows);
+    }
+    loss_and_backward(net, rows.data(), nullptr);
+    add_regularization(net, heads_[0].rows);
+    std::vector<MetricValue> values;
+    return means(to_device<Cpu>(stats_), rows, reg_sum_, values);
   }
   /// One optimizer step from the gradients as they are now (see compute_gradients).
   void apply_gradients(Net& net) {
@@ -382,15 +468,38 @@ class Trainer {
   // ---- evaluation ------------------------------------------------------------------------------
   /// Mean loss and metrics on `data`, in inference mode. Const and thread-safe.
   EvalResult evaluate(const Net& net, const Dataset<T, D>& data, Index batch_size) const {
-    EvalWorkspace ws(net.make_predictor(fused_));
-    return evaluate_with(net, ws, data, batch_size);
+    return evaluate(net, Columns::of(data), batch_size);
+  }
+  /// evaluate on named columns: the total loss, and with several outputs each output's loss and metrics under
+  /// Keras's names ("out_loss", "out_accuracy").
+  EvalResult evaluate(const Net& net, const Columns& data, Index batch_size) const {
+    EvalWorkspace ws(eval_predictor(net));
+    return evaluate_with(net, ws, match_names(net, data, "evaluation data"), batch_size);
   }
 
   // ---- state -----------------------------------------------------------------------------------
   Optimizer<T, D>* optimizer() const { return optimizer_.get(); }
-  const Loss& loss() const { return loss_; }
-  const std::vector<Metric>& metrics() const { return metrics_; }
-  bool loss_fused() const { return fused_; }
+  /// The (first) output's loss and metrics, and whether the loss absorbs its layer's activation.
+  const Loss& loss() const { return heads_[0].loss; }
+  const std::vector<Metric>& metrics() const { return heads_[0].metrics; }
+  bool loss_fused() const { return heads_[0].fused; }
+  std::size_t num_losses() const { return heads_.size(); }
+  /// Every output's name, loss (with its options) and weight, as text: what a checkpoint records of a model of
+  /// several outputs.
+  std::string describe_losses() const {
+    std::string s;
+    for (std::size_t k = 0; k < heads_.size(); ++k) {
+      s += (k ? "; " : "") + (k < output_names_.size() ? output_names_[k] : std::string()) + ": " +
+           heads_[k].loss.type_name() + "(";
+      bool first = true;
+      for (const auto& kv : heads_[k].loss.config()) {
+        s += (first ? "" : ", ") + kv.first + "=" + kv.second;
+        first = false;
+      }
+      s += ") * " + format_number(heads_[k].weight);
+    }
+    return s;
+  }
   int epochs_done() const { return epochs_done_; }
   void set_epochs_done(int n) { epochs_done_ = n; }
   /// The seed the stochastic layers' keys derive from (the model's build seed, or a checkpoint's). Setting it does
@@ -432,42 +541,88 @@ class Trainer {
     return d;
   }
 
-  /// Checks `d` against the network: sample shape, lengths, ids, labels or targets as the loss needs them.
-  void check_dataset(const Net& net, const Dataset<T, D>& d, const char* what) const {
-    const Shape& in = net.input_shape();
-    const Shape& out = net.output_shape();
-    if (d.sample_shape() != in)
-      throw ShapeError(std::string(what) + ": samples of shape " + d.sample_shape().str() +
-                       ", the model was built for " + in.str());
-    if (d.has_lengths()) {
-      if (in.rank() < 1) throw ShapeError(std::string(what) + ": lengths given for samples that are not sequences");
-      check_lengths(d.lengths, d.size(), in[0], what);
+  /// Checks `d` (columns in the network's order) against the network: sample shapes, lengths, ids, labels or
+  /// targets as each output's loss needs them.
+  void check_dataset(const Net& net, const Columns& d, const char* what_) const {
+    for (std::size_t i = 0; i < d.inputs.size(); ++i) {
+      const auto& c = d.inputs[i];
+      const std::string what = std::string(what_) + (c.name.empty() ? "" : ", input '" + c.name + "'");
+      const Shape& in = net.input_shape_at(i);
+      const Shape sample = c.x.shape().drop_front();
+      if (sample != in)
+        throw ShapeError(what + ": samples of shape " + sample.str() + ", the model was built for " + in.str());
+      if (c.lengths.rank() > 0) {
+        if (in.rank() < 1) throw ShapeError(what + ": lengths given for samples that are not sequences");
+        check_lengths(c.lengths, d.size(), in[0], what);
+      }
+      const Layer<T, D>& first = net.input_layer_at(i);
+      if (first.validates_input()) first.validate_input(on_host(c.x), 0);
     }
-    const Layer<T, D>& first = net.input_layer();
-    if (first.validates_input()) first.validate_input(on_host(d.x), 0);
-    if (loss_.uses_labels()) {
-      if (!d.has_labels())
-        throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs class labels, the data has " +
-                            (d.has_targets() ? "float targets" : "none"));
-      const Shape want = out.rank() ? out.drop_back() : Shape{};
-      if (d.labels.dim(0) != d.size() || d.target_shape() != want)
-        throw ShapeError(std::string(what) + ": labels " + d.labels.shape().str() + " for " + std::to_string(d.size()) +
-                         " samples; the model's output " + out.str() + " needs [N" +
-                         (want.rank() ? ", " + want.str().substr(1) : std::string("]")));
-      if (d.num_classes > out[out.rank() - 1])
-        throw ShapeError(std::string(what) + ": " + std::to_string(d.num_classes) + " classes, the model outputs " +
-                         out.str());
-    } else {
-      if (!d.has_targets())
-        throw ArgumentError(std::string(what) + ": the loss " + loss_.type_name() + " needs float targets, the data has " +
-                            (d.has_labels() ? "class labels" : "none"));
-      if (d.targets.dim(0) != d.size() || d.target_shape() != out)
-        throw ShapeError(std::string(what) + ": targets " + d.targets.shape().str() + " for " +
-                         std::to_string(d.size()) + " samples; the model's output is " + out.str() + " per sample");
+    for (std::size_t k = 0; k < d.outputs.size(); ++k) {
+      const auto& c = d.outputs[k];
+      const Loss& loss = heads_[k].loss;
+      const std::string what = std::string(what_) + (c.name.empty() ? "" : ", output '" + c.name + "'");
+      const Shape& out = net.output_shape_at(k);
+      if (loss.uses_labels()) {
+        if (!c.has_labels())
+          throw ArgumentError(what + ": the loss " + loss.type_name() + " needs class labels, the data has " +
+                              (c.has_targets() ? "float targets" : "none"));
+        const Shape want = out.rank() ? out.drop_back() : Shape{};
+        if (c.labels.dim(0) != d.size() || c.target_shape() != want)
+          throw ShapeError(what + ": labels " + c.labels.shape().str() + " for " + std::to_string(d.size()) +
+                           " samples; the model's output " + out.str() + " needs [N" +
+                           (want.rank() ? ", " + want.str().substr(1) : std::string("]")));
+        if (c.num_classes > out[out.rank() - 1])
+          throw ShapeError(what + ": " + std::to_string(c.num_classes) + " classes, the model outputs " + out.str());
+      } else {
+        if (!c.has_targets())
+          throw ArgumentError(what + ": the loss " + loss.type_name() + " needs float targets, the data has " +
+                              (c.has_labels() ? "class labels" : "none"));
+        if (c.targets.dim(0) != d.size() || c.target_shape() != out)
+          throw ShapeError(what + ": targets " + c.targets.shape().str() + " for " + std::to_string(d.size()) +
+                           " samples; the model's output is " + out.str() + " per sample");
+      }
     }
     if (d.has_sample_weights() && d.sample_weights.size() != d.size())
-      throw ArgumentError(std::string(what) + ": " + std::to_string(d.sample_weights.size()) + " sample weights for " +
-                          std::to_string(d.size()) + " samples");
+      throw ArgumentError(std::string(what_) + ": " + std::to_string(d.sample_weights.size()) +
+                          " sample weights for " + std::to_string(d.size()) + " samples");
+  }
+
+  /// `d`'s columns in the network's order. A one-input, one-output network takes one column of each whatever its
+  /// name; otherwise every name must match (Keras's dicts of inputs and outputs). ArgumentError naming both lists.
+  Columns match_names(const Net& net, const Columns& d, const char* what) const {
+    const std::size_t ni = net.num_inputs(), no = net.num_outputs();
+    if (no != heads_.size())
+      throw ArgumentError(std::string(what) + ": the model has " + std::to_string(no) + " outputs and was compiled "
+                          "with " + std::to_string(heads_.size()) + " losses; call compile() again");
+    if (ni == 1 && no == 1 && d.inputs.size() == 1 && d.outputs.size() == 1) return d;
+    auto names = [](const auto& cols) {
+      std::string s;
+      for (const auto& c : cols) s += (s.empty() ? "" : ", ") + (c.name.empty() ? std::string("(unnamed)") : c.name);
+      return "[" + s + "]";
+    };
+    std::string want_in, want_out;
+    for (std::size_t i = 0; i < ni; ++i) want_in += (i ? ", " : "") + net.input_name_at(i);
+    for (std::size_t k = 0; k < no; ++k) want_out += (k ? ", " : "") + net.output_name_at(k);
+    const std::string mismatch = std::string(what) + ": the data's inputs " + names(d.inputs) + " and outputs " +
+                                 names(d.outputs) + " do not match the model's inputs [" + want_in +
+                                 "] and outputs [" + want_out + "]";
+    Columns r;
+    r.sample_weights = d.sample_weights;
+    if (d.inputs.size() != ni || d.outputs.size() != no) throw ArgumentError(mismatch);
+    for (std::size_t i = 0; i < ni; ++i) {
+      const auto it = std::find_if(d.inputs.begin(), d.inputs.end(),
+                                   [&](const auto& c) { return c.name == net.input_name_at(i); });
+      if (it == d.inputs.end()) throw ArgumentError(mismatch);
+      r.inputs.push_back(*it);
+    }
+    for (std::size_t k = 0; k < no; ++k) {
+      const auto it = std::find_if(d.outputs.begin(), d.outputs.end(),
+                                   [&](const auto& c) { return c.name == net.output_name_at(k); });
+      if (it == d.outputs.end()) throw ArgumentError(mismatch);
+      r.outputs.push_back(*it);
+    }
+    return r;
   }
 
  private:
@@ -475,13 +630,42 @@ class Trainer {
   struct EvalWorkspace {
     explicit EvalWorkspace(Predictor<T, D> p) : predictor(std::move(p)) {}
     Predictor<T, D> predictor;
-    Tensor<std::int32_t, D> index, labels;
-    Tn x, targets, scratch;
+    Tensor<std::int32_t, D> index;
+    std::vector<Tensor<std::int32_t, D>> labels;  ///< per output
+    std::vector<Tn> x, targets;                    ///< per input; per output
+    std::vector<Lengths> lengths;                  ///< per input
+    Tn scratch;
     Tensor<double, D> stats;
   };
+  /// What the trainer keeps for one output: its loss and metrics, and the buffers of a step.
+  struct Head {
+    Loss loss = SparseCategoricalCrossentropy();
+    std::vector<Metric> metrics{Metric("accuracy")};
+    std::vector<Metric::Kind> kinds;
+    double weight = 1;
+    Index slot = 0;  ///< its loss sum's index in the stats; its metrics' follow
+    bool fused = false;
+    Activation fused_activation = Activation::Linear;
+    Tensor<std::int32_t, D> labels;
+    Tn targets, dy;
+    Lengths lengths;  ///< the output's lengths in the last training forward pass
+    double rows = 0;  ///< the loss rows of the last training step (this rank's)
+  };
+  /// A predictor for evaluation: each output whose loss absorbs its activation leaves it out.
+  Predictor<T, D> eval_predictor(const Net& net) const {
+    Predictor<T, D> p = net.make_predictor(false);
+    for (std::size_t k = 0; k < heads_.size(); ++k)
+      if (heads_[k].fused) p.emit_preactivation(k);
+    return p;
+  }
+  static bool has_lengths(const Columns& d) {
+    for (const auto& c : d.inputs)
+      if (c.lengths.rank() > 0) return true;
+    return false;
+  }
   /// One step of an epoch: samples order[begin, begin + count) of `data` (order: the host copy of `index`).
   struct StepData {
-    const Dataset<T, D>* data;
+    const Columns* data;
     const Tensor<std::int32_t, D>* index;
     const std::int32_t* order;
     Index begin, count;
@@ -513,33 +697,50 @@ class Trainer {
   /// metric cannot take the model's output and targets.
   void configure(Net& net, bool strict) {
     eval_ws_.reset();
-    Layer<T, D>& last = net.output_layer();
-    const Activation a = last.output_activation();
-    fused_ = a != Activation::Linear && a == loss_.fusable_activation();
-    if (strict && fused_ && last.activity_regularizer().active())
-      throw ArgumentError("compile: the output layer '" + last.name() + "' has an activity_regularizer (" +
-                          last.activity_regularizer().text() + ") and its " + to_string(a) + " is fused into " +
-                          loss_.type_name() + ", which does not support it; regularise a hidden layer's output");
-    if (a != Activation::Linear) last.set_emit_preactivation(fused_);
-    fused_activation_ = fused_ ? a : Activation::Linear;
-    metric_kinds_.clear();
-    const Shape& out = net.output_shape();
-    const Index units = out.rank() ? out[out.rank() - 1] : 1;
-    for (const auto& m : metrics_) metric_kinds_.push_back(m.resolve(loss_, units));
-    if (strict && !fused_ && !loss_.accepts_unfused_output())
-      throw ArgumentError("compile: " + loss_.type_name() +
-                          "(from_logits=false) needs a last layer with softmax activation (fused with the loss); the "
-                          "last layer '" + last.name() + "' applies " + to_string(a) + "; or use from_logits=true");
+    output_names_.clear();
+    for (std::size_t k = 0; k < net.num_outputs(); ++k) output_names_.push_back(net.output_name_at(k));
+    if (strict && heads_.size() != net.num_outputs())
+      throw ArgumentError("compile: the model has " + std::to_string(net.num_outputs()) + " outputs, given " +
+                          std::to_string(heads_.size()) + " losses");
+    for (std::size_t k = 0; k < heads_.size() && k < net.num_outputs(); ++k) {
+      Head& h = heads_[k];
+      Layer<T, D>& last = net.output_layer_at(k);
+      const Activation a = last.output_activation();
+      h.fused = a != Activation::Linear && a == h.loss.fusable_activation() && !net.output_read_by_layers(k);
+      if (strict && h.fused && last.activity_regularizer().active())
+        throw ArgumentError("compile: the output layer '" + last.name() + "' has an activity_regularizer (" +
+                            last.activity_regularizer().text() + ") and its " + to_string(a) + " is fused into " +
+                            h.loss.type_name() + ", which does not support it; regularise a hidden layer's output");
+      if (a != Activation::Linear) last.set_emit_preactivation(h.fused);
+      h.fused_activation = h.fused ? a : Activation::Linear;
+      h.kinds.clear();
+      const Shape& out = net.output_shape_at(k);
+      const Index units = out.rank() ? out[out.rank() - 1] : 1;
+      for (const auto& m : h.metrics) h.kinds.push_back(m.resolve(h.loss, units));
+      if (strict && !h.fused && !h.loss.accepts_unfused_output())
+        throw ArgumentError("compile: " + h.loss.type_name() +
+                            "(from_logits=false) needs a last layer with softmax activation (fused with the loss); "
+                            "the last layer '" + last.name() + "' applies " + to_string(a) +
+                            (a == Activation::Softmax ? " but its output is also read by another layer" : "") +
+                            "; or use from_logits=true");
+    }
+  }
+  /// The name under which output k's loss and metric m are logged: m alone with one output, else Keras's
+  /// "<output>_<m>".
+  std::string logged_name(std::size_t k, const std::string& m) const {
+    return heads_.size() == 1 ? m : output_names_.at(k) + "_" + m;
   }
 
   TrainingContext make_context(Net& net, const FitOptions& o, bool has_val) {
     TrainingContext c;
-    c.logged.push_back("loss");
-    for (const auto& m : metrics_) c.logged.push_back(m.name());
-    if (has_val || o.validation_split_ > 0) {
-      c.logged.push_back("val_loss");
-      for (const auto& m : metrics_) c.logged.push_back("val_" + m.name());
+    std::vector<std::string> names{"loss"};
+    for (std::size_t k = 0; k < heads_.size(); ++k) {
+      if (heads_.size() > 1) names.push_back(logged_name(k, "loss"));
+      for (const auto& m : heads_[k].metrics) names.push_back(logged_name(k, m.name()));
     }
+    c.logged = names;
+    if (has_val || o.validation_split_ > 0)
+      for (const auto& n : names) c.logged.push_back("val_" + n);
     Optimizer<T, D>* opt = optimizer_.get();
     c.learning_rate = [opt] { return opt->learning_rate(); };
     c.set_learning_rate = [opt](double lr) { opt->set_learning_rate(lr); };
@@ -585,13 +786,17 @@ class Trainer {
 
   /// Per-sample loss weights of `d` (its sample weights times the class weights of its labels), or empty when
   /// every weight is 1. ArgumentError naming the class that does not exist, or a bad weight.
-  std::vector<double> sample_weights_of(const Dataset<T, D>& d, const std::map<int, double>& class_weight,
+  std::vector<double> sample_weights_of(const Columns& all, const std::map<int, double>& class_weight,
                                         const char* what) const {
-    if (!d.has_sample_weights() && class_weight.empty()) return {};
-    std::vector<double> w(static_cast<std::size_t>(d.size()), 1.0);
-    if (d.has_sample_weights())
-      for (Index i = 0; i < d.size(); ++i) w[static_cast<std::size_t>(i)] = d.sample_weights[i];
+    if (!all.has_sample_weights() && class_weight.empty()) return {};
+    std::vector<double> w(static_cast<std::size_t>(all.size()), 1.0);
+    if (all.has_sample_weights())
+      for (Index i = 0; i < all.size(); ++i) w[static_cast<std::size_t>(i)] = all.sample_weights[i];
     if (!class_weight.empty()) {
+      if (all.outputs.size() != 1)
+        throw ArgumentError(std::string(what) + ": class_weight is for a model of one output; this one has " +
+                            std::to_string(all.outputs.size()) + " (weight the samples instead)");
+      const auto& d = all.outputs[0];
       if (!d.has_labels() || d.labels.rank() != 1)
         throw ArgumentError(std::string(what) + ": class_weight needs one class label per sample (labels [N]), the "
                             "data has " + (d.has_labels() ? "labels " + d.labels.shape().str() : "float targets"));
@@ -604,7 +809,7 @@ class Trainer {
                               format_number(kv.second) + " (must be finite and >= 0)");
       }
       const auto labels = to_device<Cpu>(d.labels);
-      for (Index i = 0; i < d.size(); ++i) {
+      for (Index i = 0; i < all.size(); ++i) {
         auto it = class_weight.find(labels[i]);
         if (it != class_weight.end()) w[static_cast<std::size_t>(i)] *= it->second;
       }
@@ -612,8 +817,9 @@ class Trainer {
     return w;
   }
 
+  Index stats_size() const { return heads_.back().slot + 1 + static_cast<Index>(heads_.back().metrics.size()); }
   void begin_stats() {
-    stats_.resize(Shape{1 + static_cast<Index>(metrics_.size())});
+    stats_.resize(Shape{stats_size()});
     stats_.set_zero();
     reg_sum_ = 0;
     O::reset_nonfinite();
@@ -631,30 +837,29 @@ class Trainer {
     }
     const std::string where = "epoch " + std::to_string(s.epoch) + ", batch " + std::to_string(s.batch);
     std::string error;
-    Lengths lengths;
-    const Tn* y = nullptr;
-    double ctrl[2] = {0, 0};  // this rank's loss rows; whether it failed
+    const std::size_t nh = heads_.size();
+    ctrl_.assign(nh + 1, 0.0);  // this rank's loss rows of each output; whether it failed
     net.set_activity_scale(1.0 / static_cast<double>(s.count));  // Keras: per sample of the whole batch
     try {
       if (local > 0) {
         gather(net, *s.data, *s.index, s.begin + first, local, s.order + s.begin + first);
         set_noise_key(net, dp ? dp->rank() : 0);
-        y = &net.forward_train(batch_, batch_lengths_, lengths);
-        ctrl[0] = loss_rows(net, local, lengths);
+        forward(net);
+        for (std::size_t k = 0; k < nh; ++k) ctrl_[k] = loss_rows(net, k, local, heads_[k].lengths);
       }
     } catch (const std::exception& e) {
       if (!dp) throw;
       error = e.what();
-      ctrl[1] = 1;
+      ctrl_[nh] = 1;
     }
-    step_rows_ = ctrl[0];  // this rank's rows, before the sum over the ranks
+    for (std::size_t k = 0; k < nh; ++k) heads_[k].rows = ctrl_[k];  // this rank's rows, before the sum
     if (dp) {
-      dp->comm().allreduce_host(ctrl, 2);
-      if (ctrl[1] > 0) dp->fail("the forward pass at " + where, error);
+      dp->comm().allreduce_host(ctrl_.data(), ctrl_.size());
+      if (ctrl_[nh] > 0) dp->fail("the forward pass at " + where, error);
     }
     double flags[2] = {0, 0};  // failed; non-finite loss
     try {
-      if (local > 0) loss_and_backward(net, *y, T(1) / static_cast<T>(ctrl[0]), lengths, dp);
+      if (local > 0) loss_and_backward(net, ctrl_.data(), dp);
       else net.flat_gradients().set_zero();
       if (dp && s.check && local > 0 && !std::isfinite(to_device<Cpu>(stats_)[0])) flags[1] = 1;
     } catch (const std::exception& e) {
@@ -669,7 +874,7 @@ class Trainer {
       dp->comm().allreduce_host(flags, 2);
       if (flags[0] > 0) dp->fail("the backward pass at " + where, error);
     }
-    add_regularization(net, step_rows_);  // after the sum: every rank adds the same weight penalty once
+    add_regularization(net, heads_[0].rows);  // after the sum: every rank adds the same weight penalty once
     if (dp) {
       if (s.check && (flags[1] > 0 || !O::all_finite(grads))) throw_nonfinite(net, flags[1] > 0, s.epoch, s.batch);
     } else if (s.check && !O::step_finite(stats_, 0, grads, s.batch)) {
@@ -718,29 +923,50 @@ class Trainer {
   }
 
   /// Rows order[0, count) (= index[begin, begin + count)) of the data into the batch buffers.
-  void gather(Net& net, const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count,
+  void gather(Net& net, const Columns& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count,
               const std::int32_t* order) {
     net.release_input();  // so that resize() can reuse batch_'s storage in place
-    gather_into(data, idx, begin, count, batch_, labels_, targets_);
-    batch_lengths_ = data.has_lengths() ? gather_lengths(data.lengths, order, count) : Lengths();
+    batch_.resize(data.inputs.size());
+    batch_lengths_.resize(data.inputs.size());
+    for (std::size_t i = 0; i < data.inputs.size(); ++i) {
+      const auto& c = data.inputs[i];
+      gather_rows(c.x, idx, begin, count, batch_[i]);
+      batch_lengths_[i] = c.lengths.rank() ? gather_lengths(c.lengths, order, count) : Lengths();
+    }
+    for (std::size_t k = 0; k < data.outputs.size(); ++k)
+      gather_targets(data.outputs[k], idx, begin, count, heads_[k].labels, heads_[k].targets);
     batch_weights_.clear();
     if (!row_weights_.empty())
       for (Index j = 0; j < count; ++j) batch_weights_.push_back(row_weights_[static_cast<std::size_t>(order[j])]);
   }
 
-  /// Rows idx[begin, begin + count) of the data into x and labels or targets.
-  static void gather_into(const Dataset<T, D>& data, const Tensor<std::int32_t, D>& idx, Index begin, Index count,
-                          Tn& x, Tensor<std::int32_t, D>& labels, Tn& targets) {
-    x.resize(data.sample_shape().prepend(count));
-    O::gather_rows(data.x, idx, begin, count, x);
-    if (data.has_labels()) {
-      labels.resize(data.target_shape().prepend(count));
-      O::gather_rows(data.labels, idx, begin, count, labels);
+  /// Rows idx[begin, begin + count) of x [N, ...] into out.
+  static void gather_rows(const Tn& x, const Tensor<std::int32_t, D>& idx, Index begin, Index count, Tn& out) {
+    out.resize(x.shape().drop_front().prepend(count));
+    O::gather_rows(x, idx, begin, count, out);
+  }
+  /// Rows idx[begin, begin + count) of an output column into labels or targets.
+  static void gather_targets(const typename Columns::OutputColumn& c, const Tensor<std::int32_t, D>& idx,
+                             Index begin, Index count, Tensor<std::int32_t, D>& labels, Tn& targets) {
+    if (c.has_labels()) {
+      labels.resize(c.target_shape().prepend(count));
+      O::gather_rows(c.labels, idx, begin, count, labels);
     }
-    if (data.has_targets()) {
-      targets.resize(data.target_shape().prepend(count));
-      O::gather_rows(data.targets, idx, begin, count, targets);
+    if (c.has_targets()) {
+      targets.resize(c.target_shape().prepend(count));
+      O::gather_rows(c.targets, idx, begin, count, targets);
     }
+  }
+  /// The training forward pass over the gathered batch; each output's lengths into its head.
+  void forward(Net& net) {
+    xptr_.clear();
+    lptr_.clear();
+    for (std::size_t i = 0; i < batch_.size(); ++i) {
+      xptr_.push_back(&batch_[i]);
+      lptr_.push_back(&batch_lengths_[i]);
+    }
+    net.forward_train_all(xptr_.data(), lptr_.data());
+    for (std::size_t k = 0; k < heads_.size(); ++k) heads_[k].lengths = net.train_output_lengths(k);
   }
   /// lengths[order[j]] for j < count.
   static Lengths gather_lengths(const Lengths& lengths, const std::int32_t* order, Index count) {
@@ -749,34 +975,43 @@ class Trainer {
     return l;
   }
 
-  /// Loss rows per sample: the output's elements grouped by its last axis.
-  static Index rows_per_sample_(const Net& net) {
-    const Shape& out = net.output_shape();
+  /// Loss rows per sample of output k: its elements grouped by its last axis.
+  static Index rows_per_sample_(const Net& net, std::size_t k) {
+    const Shape& out = net.output_shape_at(k);
     if (out.rank() == 0) return 1;
     return out.numel() / out[out.rank() - 1];
   }
-  /// Whether the output [batch, steps, ...] has padded steps to leave out of the loss.
-  static bool masks_steps(const Net& net, const Lengths& lengths) {
-    const Shape& out = net.output_shape();
+  /// Whether output k [batch, steps, ...] has padded steps to leave out of the loss.
+  static bool masks_steps(const Net& net, std::size_t k, const Lengths& lengths) {
+    const Shape& out = net.output_shape_at(k);
     return !lengths.empty() && out.rank() >= 2 && !all_full_length(lengths, out[0]);
   }
-  /// Loss rows of a batch of `count` samples: every row, or only the real steps' rows.
-  static double loss_rows(const Net& net, Index count, const Lengths& lengths) {
-    if (!masks_steps(net, lengths)) return static_cast<double>(count) * static_cast<double>(rows_per_sample_(net));
+  /// Loss rows of output k for a batch of `count` samples: every row, or only the real steps' rows.
+  static double loss_rows(const Net& net, std::size_t k, Index count, const Lengths& lengths) {
+    if (!masks_steps(net, k, lengths))
+      return static_cast<double>(count) * static_cast<double>(rows_per_sample_(net, k));
     double steps = 0;
     for (Index b = 0; b < lengths.size(); ++b) steps += lengths[b];
-    return steps * static_cast<double>(rows_per_sample_(net) / net.output_shape()[0]);
+    return steps * static_cast<double>(rows_per_sample_(net, k) / net.output_shape_at(k)[0]);
   }
 
-  /// The loss of output y (gradient scaled by `scale`, and by each sample's weight) into dy_, then backward.
-  void loss_and_backward(Net& net, const Tn& y, T scale, const Lengths& lengths, DP* dp) {
-    dy_.resize(y.shape());
-    if (batch_weights_.empty()) {
-      accumulate(net, y, labels_, targets_, &dy_, scale, scratch_, stats_, lengths);
-    } else {
-      accumulate_weighted(net, y, scale, lengths);
+  /// Each output's loss (its gradient scaled by the output's weight over its loss rows `rows[k]` of the whole batch,
+  /// and by each sample's weight) into its dy, then backward from all of them.
+  void loss_and_backward(Net& net, const double* rows, DP* dp) {
+    dyptr_.clear();
+    for (std::size_t k = 0; k < heads_.size(); ++k) {
+      Head& h = heads_[k];
+      const Tn& y = net.train_output(k);
+      const T scale = static_cast<T>(h.weight) / static_cast<T>(rows[k]);
+      h.dy.resize(y.shape());
+      if (batch_weights_.empty()) {
+        accumulate(net, k, y, h.labels, h.targets, &h.dy, scale, scratch_, stats_, h.lengths);
+      } else {
+        accumulate_weighted(net, k, y, scale);
+      }
+      dyptr_.push_back(&h.dy);
     }
-    net.backward_train(dy_, dp);
+    net.backward_train_all(dyptr_.data(), dp);
   }
 
   /// Sample b's rows of t [B, ...]: its first `len` steps when the output's steps are masked, else its row.
@@ -790,58 +1025,62 @@ class Trainer {
     return t.view(b * S * per_step, sh);
   }
 
-  /// Loss and metrics of output y into stats; with per-step outputs of sequences of different lengths only each
+  /// Loss and metrics of output k (y) into stats; with per-step outputs of sequences of different lengths only each
   /// sample's real steps count, as with Keras's masked losses: padded steps get no loss, no metric value and a
   /// zero gradient.
-  void accumulate(const Net& net, const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy,
-                  T grad_scale, Tn& scratch, Tensor<double, D>& stats, const Lengths& lengths) const {
-    if (!masks_steps(net, lengths)) {
-      accumulate_rows(y, labels, targets, dy, grad_scale, scratch, stats);
+  void accumulate(const Net& net, std::size_t k, const Tn& y, const Tensor<std::int32_t, D>& labels,
+                  const Tn& targets, Tn* dy, T grad_scale, Tn& scratch, Tensor<double, D>& stats,
+                  const Lengths& lengths) const {
+    if (!masks_steps(net, k, lengths)) {
+      accumulate_rows(k, y, labels, targets, dy, grad_scale, scratch, stats);
       return;
     }
     if (dy) O::fill(*dy, T(0));
-    const Index B = y.dim(0), S = net.output_shape()[0];
+    const Index B = y.dim(0), S = net.output_shape_at(k)[0];
     for (Index b = 0; b < B; ++b) {
       const Index len = lengths[b];
       Tn dyb = dy ? sample_rows(*dy, b, B, S, len, true) : Tn();
-      accumulate_rows(sample_rows(y, b, B, S, len, true), sample_rows(labels, b, B, S, len, true),
+      accumulate_rows(k, sample_rows(y, b, B, S, len, true), sample_rows(labels, b, B, S, len, true),
                       sample_rows(targets, b, B, S, len, true), dy ? &dyb : nullptr, grad_scale, scratch, stats);
     }
   }
-  void accumulate_rows(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy, T grad_scale,
-                       Tn& scratch, Tensor<double, D>& stats) const {
-    detail::accumulate_loss(loss_, y, labels, targets, fused_, dy, grad_scale, stats, 0);
-    accumulate_metrics(y, labels, targets, scratch, stats);
+  void accumulate_rows(std::size_t k, const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn* dy,
+                       T grad_scale, Tn& scratch, Tensor<double, D>& stats) const {
+    const Head& h = heads_[k];
+    detail::accumulate_loss(h.loss, y, labels, targets, h.fused, dy, grad_scale, stats, h.slot);
+    accumulate_metrics(k, y, labels, targets, scratch, stats);
   }
-  void accumulate_metrics(const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets, Tn& scratch,
-                          Tensor<double, D>& stats) const {
-    for (std::size_t i = 0; i < metric_kinds_.size(); ++i)
-      detail::accumulate_metric(metric_kinds_[i], y, labels, targets, fused_, fused_activation_, scratch, stats,
-                                static_cast<Index>(i) + 1);
+  void accumulate_metrics(std::size_t k, const Tn& y, const Tensor<std::int32_t, D>& labels, const Tn& targets,
+                          Tn& scratch, Tensor<double, D>& stats) const {
+    const Head& h = heads_[k];
+    for (std::size_t i = 0; i < h.kinds.size(); ++i)
+      detail::accumulate_metric(h.kinds[i], y, labels, targets, h.fused, h.fused_activation, scratch, stats,
+                                h.slot + static_cast<Index>(i) + 1);
   }
-  /// Weighted samples: sample b's loss sum (and gradient) times its weight; metrics unweighted.
-  void accumulate_weighted(const Net& net, const Tn& y, T scale, const Lengths& lengths) {
-    const bool masked = masks_steps(net, lengths);
-    const Index B = y.dim(0), S = net.output_shape().rank() ? net.output_shape()[0] : 1;
-    O::fill(dy_, T(0));
+  /// Weighted samples: sample b's loss sum (and gradient) of output k times its weight; metrics unweighted.
+  void accumulate_weighted(const Net& net, std::size_t k, const Tn& y, T scale) {
+    Head& h = heads_[k];
+    const bool masked = masks_steps(net, k, h.lengths);
+    const Index B = y.dim(0), S = net.output_shape_at(k).rank() ? net.output_shape_at(k)[0] : 1;
+    O::fill(h.dy, T(0));
     wstats_.resize(Shape{B});
     wstats_.set_zero();
     for (Index b = 0; b < B; ++b) {
-      const Index len = masked ? lengths[b] : 0;
-      Tn dyb = sample_rows(dy_, b, B, S, len, masked);
+      const Index len = masked ? h.lengths[b] : 0;
+      Tn dyb = sample_rows(h.dy, b, B, S, len, masked);
       const T w = static_cast<T>(batch_weights_[static_cast<std::size_t>(b)]);
       const Tn yb = sample_rows(y, b, B, S, len, masked);
-      const auto lb = sample_rows(labels_, b, B, S, len, masked);
-      const Tn tb = sample_rows(targets_, b, B, S, len, masked);
-      detail::accumulate_loss(loss_, yb, lb, tb, fused_, &dyb, scale * w, wstats_, b);
-      accumulate_metrics(yb, lb, tb, scratch_, stats_);
+      const auto lb = sample_rows(h.labels, b, B, S, len, masked);
+      const Tn tb = sample_rows(h.targets, b, B, S, len, masked);
+      detail::accumulate_loss(h.loss, yb, lb, tb, h.fused, &dyb, scale * w, wstats_, b);
+      accumulate_metrics(k, yb, lb, tb, scratch_, stats_);
     }
     const auto per_sample = to_device<Cpu>(wstats_);
     double sum = 0;
     for (Index b = 0; b < B; ++b) sum += batch_weights_[static_cast<std::size_t>(b)] * per_sample[b];
-    auto h = to_device<Cpu>(stats_);
-    h[0] += sum;
-    copy_from_host(h, stats_);
+    auto hs = to_device<Cpu>(stats_);
+    hs[h.slot] += sum;
+    copy_from_host(hs, stats_);
   }
 
   [[noreturn]] void throw_nonfinite(const Net& net, bool loss, int epoch, long batch) const {
@@ -864,8 +1103,12 @@ class Trainer {
 
   /// What every rank must agree on: the model, and the run.
   std::string describe_run(const Net& net) const {
+    std::string losses;
+    for (const auto& h : heads_)
+      losses += (losses.empty() ? "" : ", ") + h.loss.type_name() +
+                (heads_.size() > 1 ? "*" + format_number(h.weight) : std::string());
     std::string d = net.describe() + "; " + std::to_string(net.parameter_layout().size()) + " tensors; loss " +
-                    loss_.type_name() + "; optimizer " + optimizer_->type_name() + "(";
+                    losses + "; optimizer " + optimizer_->type_name() + "(";
     bool first = true;
     for (const auto& kv : optimizer_->config()) {
       d += (first ? "" : ", ") + kv.first + "=" + kv.second;
@@ -876,7 +1119,7 @@ class Trainer {
 
   /// The start of a data-parallel fit: every rank checks that the others run the same model on the same data
   /// sizes, then takes rank 0's weights, optimizer state, rate and shuffle RNG.
-  void start_data_parallel(Net& net, DP& dp, const Dataset<T, D>& train, const Dataset<T, D>* val,
+  void start_data_parallel(Net& net, DP& dp, const Columns& train, const Columns* val,
                            const FitOptions& o) {
     const std::string run = "batch_size " + std::to_string(o.batch_size_) + ", epochs " + std::to_string(o.epochs_) +
                             ", initial_epoch " + std::to_string(o.initial_epoch_) + ", shuffle " +
@@ -902,18 +1145,20 @@ class Trainer {
     dp.plan(ranges, off);
   }
 
-  /// Sums [loss, metrics...] and the row count `rows` over the ranks of `comm`, in place.
-  static void reduce_sums(Communicator& comm, Tensor<double, Cpu>& sums, double& rows) {
+  /// Sums the stats, each output's row count `rows` and the penalty `reg` over the ranks of `comm`, in place.
+  static void reduce_sums(Communicator& comm, Tensor<double, Cpu>& sums, std::vector<double>& rows, double& reg) {
     std::vector<double> v(sums.data(), sums.data() + sums.size());
-    v.push_back(rows);
+    v.insert(v.end(), rows.begin(), rows.end());
+    v.push_back(reg);
     comm.allreduce_host(v.data(), v.size());
-    std::copy(v.begin(), v.end() - 1, sums.data());
-    rows = v.back();
+    std::copy(v.begin(), v.begin() + sums.size(), sums.data());
+    std::copy(v.begin() + sums.size(), v.end() - 1, rows.begin());
+    reg = v.back();
   }
 
   /// Rows [first, last) of `data` (all of it by default); with `comm`, each rank passes its share and the sums of
   /// every rank are reduced.
-  EvalResult evaluate_with(const Net& net, EvalWorkspace& ws, const Dataset<T, D>& data, Index batch_size,
+  EvalResult evaluate_with(const Net& net, EvalWorkspace& ws, const Columns& data, Index batch_size,
                            Index first = 0, Index last = -1, Communicator* comm = nullptr) const {
     check_dataset(net, data, "evaluation data");
     if (batch_size <= 0) throw ArgumentError("evaluate: batch_size must be positive");
@@ -926,38 +1171,65 @@ class Trainer {
       ws.index.resize(Shape{n});
       copy_from_host(ih, ws.index);
     }
-    ws.stats.resize(Shape{1 + static_cast<Index>(metrics_.size())});
+    const std::size_t nh = heads_.size();
+    ws.x.resize(data.inputs.size());
+    ws.lengths.resize(data.inputs.size());
+    ws.labels.resize(nh);
+    ws.targets.resize(nh);
+    ws.stats.resize(Shape{stats_size()});
     ws.stats.set_zero();
-    double total = 0;     // loss rows
+    std::vector<double> total(nh, 0.0);  // loss rows of each output
     double activity = 0;  // the activity regularisers' penalties per sample, times the loss rows (as in training)
     for (Index begin = first; begin < last; begin += batch_size) {
       const Index count = std::min(batch_size, last - begin);
-      gather_into(data, ws.index, begin, count, ws.x, ws.labels, ws.targets);
-      const Tn& y = ws.predictor.forward(ws.x, slice_lengths(data.lengths, begin, count));
-      const Lengths& lengths = ws.predictor.output_lengths();
-      accumulate(net, y, ws.labels, ws.targets, nullptr, T(0), ws.scratch, ws.stats, lengths);
-      const double rows = loss_rows(net, count, lengths);
-      total += rows;
-      activity += ws.predictor.activity_penalty() / static_cast<double>(count) * rows;
+      for (std::size_t i = 0; i < data.inputs.size(); ++i) {
+        gather_rows(data.inputs[i].x, ws.index, begin, count, ws.x[i]);
+        ws.lengths[i] = slice_lengths(data.inputs[i].lengths, begin, count);
+      }
+      for (std::size_t k = 0; k < nh; ++k)
+        gather_targets(data.outputs[k], ws.index, begin, count, ws.labels[k], ws.targets[k]);
+      ws.predictor.forward(ws.x, ws.lengths);
+      for (std::size_t k = 0; k < nh; ++k) {
+        const Lengths& lengths = ws.predictor.output_lengths(k);
+        accumulate(net, k, ws.predictor.output(k), ws.labels[k], ws.targets[k], nullptr, T(0), ws.scratch, ws.stats,
+                   lengths);
+        total[k] += loss_rows(net, k, count, lengths);
+      }
+      activity += ws.predictor.activity_penalty() / static_cast<double>(count) * loss_rows(
+                      net, 0, count, ws.predictor.output_lengths(0));
     }
     auto h = to_device<Cpu>(ws.stats);
-    h[0] += activity;
     double reg = 0;  // Keras adds the weight penalties to the evaluated loss too
     for (const auto* l : net.layer_list())
       if (l->has_regularizers()) reg += const_cast<Layer<T, D>*>(l)->regularization_loss(false);
-    if (comm) reduce_sums(*comm, h, total);
+    if (comm) reduce_sums(*comm, h, total, activity);
     EvalResult r;
-    r.loss = h[0] / total + reg;
-    r.metrics = metric_values(h, total);
+    r.loss = means(h, total, activity, r.metrics) + reg;
     r.accuracy = accuracy_of(r.metrics);
     return r;
   }
 
-  std::vector<MetricValue> metric_values(const Tensor<double, Cpu>& h, double total) const {
-    std::vector<MetricValue> v;
-    for (std::size_t i = 0; i < metrics_.size(); ++i)
-      v.push_back({metrics_[i].name(), h[static_cast<Index>(i) + 1] / total});
-    return v;
+  /// The mean loss (each output's mean loss times its weight, summed, plus the penalties `reg` per loss row of the
+  /// first output) from the summed stats `h` and each output's loss rows; the metrics into `values` (with several
+  /// outputs, each output's loss and metrics under Keras's names).
+  double means(const Tensor<double, Cpu>& h, const std::vector<double>& rows, double reg,
+               std::vector<MetricValue>& values) const {
+    values.clear();
+    if (heads_.size() == 1) {
+      for (std::size_t i = 0; i < heads_[0].metrics.size(); ++i)
+        values.push_back({heads_[0].metrics[i].name(), h[static_cast<Index>(i) + 1] / rows[0]});
+      return (h[0] + reg) / rows[0];
+    }
+    double loss = reg / rows[0];
+    for (std::size_t k = 0; k < heads_.size(); ++k) {
+      const Head& hd = heads_[k];
+      const double mean = h[hd.slot] / rows[k];
+      loss += hd.weight * mean;
+      values.push_back({logged_name(k, "loss"), mean});
+      for (std::size_t i = 0; i < hd.metrics.size(); ++i)
+        values.push_back({logged_name(k, hd.metrics[i].name()), h[hd.slot + static_cast<Index>(i) + 1] / rows[k]});
+    }
+    return loss;
   }
   static double accuracy_of(const std::vector<MetricValue>& v) {
     for (const auto& m : v)
@@ -971,12 +1243,14 @@ class Trainer {
   }
 
   std::unique_ptr<Optimizer<T, D>> optimizer_;
-  Loss loss_ = SparseCategoricalCrossentropy();
-  std::vector<Metric> metrics_{Metric("accuracy")};
-  std::vector<Metric::Kind> metric_kinds_;
+  std::vector<Head> heads_ = std::vector<Head>(1);  ///< per output (SparseCategoricalCrossentropy until compile)
+  std::vector<std::string> output_names_;
   std::vector<ParamRange> layout_;  ///< the parameter layout the optimizer was attached with
-  Tn batch_, targets_, scratch_, dy_;
-  Tensor<std::int32_t, D> labels_;
+  std::vector<Tn> batch_;  ///< the training batch of each input
+  Tn scratch_;
+  std::vector<const Tn*> xptr_, dyptr_;
+  std::vector<const Lengths*> lptr_;
+  std::vector<double> ctrl_;  ///< a step's loss rows per output and failure flag (summed over the ranks)
   Tensor<std::int32_t, D> train_index_;  ///< fit's shuffled sample order
   Tensor<std::int32_t, D> batch_index_;  ///< train_on_batch's order (0..n-1)
   Tensor<double, D> stats_;              ///< [loss, metrics...] sums of the epoch
@@ -988,11 +1262,8 @@ class Trainer {
   std::uint64_t seed_ = 0;
   bool stochastic_ = false;   ///< a layer draws random numbers in training (Dropout)
   bool host_checks_ = false;  ///< a layer reads its input on the host (Embedding, Masking)
-  Lengths batch_lengths_;     ///< the lengths of the training batch (from the data)
-  double step_rows_ = 0;      ///< loss rows of the last training step
+  std::vector<Lengths> batch_lengths_;  ///< the lengths of the training batch of each input (from the data)
   int epochs_done_ = 0;
-  bool fused_ = false;
-  Activation fused_activation_ = Activation::Linear;
   std::unique_ptr<EvalWorkspace> eval_ws_;  ///< fit's validation workspace
   std::map<std::string, CallbackState> pending_states_;
   detail::StepRunner<D> runner_;  // device hook (model/step_runner.hpp)

@@ -1464,6 +1464,139 @@ FASTNN_INSTANTIATE_SPATIAL(double)
 
 #undef FASTNN_INSTANTIATE_SPATIAL
 
+// Layer normalisation: a block of 32 x kLnWarps threads, one warp per row (rows grid-strided).
+namespace {
+
+constexpr int kLnWarps = 8;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <class T>
+__global__ void ln_forward_kernel(const T* x, T eps, const T* gamma, const T* beta, T* y, T* mean, T* rstd, idx_t m,
+                                  idx_t c) {
+  const int lane = static_cast<int>(threadIdx.x);
+  for (idx_t i = static_cast<idx_t>(blockIdx.x) * kLnWarps + threadIdx.y; i < m;
+       i += static_cast<idx_t>(gridDim.x) * kLnWarps) {
+    const T* r = x + i * c;
+    double n = 0, mu = 0, q = 0;
+    for (idx_t k = lane; k < c; k += 32) {  // Welford's update over this lane's elements
+      const double v = static_cast<double>(r[k]);
+      n += 1;
+      const double d = v - mu;
+      mu += d / n;
+      q += d * (v - mu);
+    }
+    for (int off = 16; off > 0; off >>= 1) {  // Chan et al.: merge two partitions
+      const double nb = __shfl_xor_sync(kFullMask, n, off);
+      const double mb = __shfl_xor_sync(kFullMask, mu, off);
+      const double qb = __shfl_xor_sync(kFullMask, q, off);
+      const double nt = n + nb;
+      if (nt > 0) {
+        const double d = mb - mu;
+        mu += d * nb / nt;
+        q += qb + d * d * n * nb / nt;
+        n = nt;
+      }
+    }
+    mu = __shfl_sync(kFullMask, mu, 0);  // lane 0's result for every lane (the merge order differs by lane)
+    q = __shfl_sync(kFullMask, q, 0);
+    const double rs = 1.0 / sqrt(q / static_cast<double>(c) + static_cast<double>(eps));
+    T* o = y + i * c;
+    for (idx_t k = lane; k < c; k += 32) {
+      const double v = (static_cast<double>(r[k]) - mu) * rs;
+      o[k] = static_cast<T>(v * (gamma ? static_cast<double>(gamma[k]) : 1.0) +
+                            (beta ? static_cast<double>(beta[k]) : 0.0));
+    }
+    if (lane == 0) {
+      mean[i] = static_cast<T>(mu);
+      rstd[i] = static_cast<T>(rs);
+    }
+  }
+}
+
+template <class T>
+__global__ void ln_backward_input_kernel(const T* x, const T* mean, const T* rstd, const T* gamma, const T* dy, T* dx,
+                                         idx_t m, idx_t c) {
+  const int lane = static_cast<int>(threadIdx.x);
+  for (idx_t i = static_cast<idx_t>(blockIdx.x) * kLnWarps + threadIdx.y; i < m;
+       i += static_cast<idx_t>(gridDim.x) * kLnWarps) {
+    const T* r = x + i * c;
+    const T* d = dy + i * c;
+    const double mu = static_cast<double>(mean[i]), rs = static_cast<double>(rstd[i]);
+    double sg = 0, sgx = 0;
+    for (idx_t k = lane; k < c; k += 32) {
+      const double g = static_cast<double>(d[k]) * (gamma ? static_cast<double>(gamma[k]) : 1.0);
+      sg += g;
+      sgx += g * (static_cast<double>(r[k]) - mu) * rs;
+    }
+    for (int off = 16; off > 0; off >>= 1) {  // a + b == b + a: every lane ends with the same sums
+      sg += __shfl_xor_sync(kFullMask, sg, off);
+      sgx += __shfl_xor_sync(kFullMask, sgx, off);
+    }
+    const double mg = sg / static_cast<double>(c), mgx = sgx / static_cast<double>(c);
+    T* o = dx + i * c;
+    for (idx_t k = lane; k < c; k += 32) {
+      const double g = static_cast<double>(d[k]) * (gamma ? static_cast<double>(gamma[k]) : 1.0);
+      o[k] = static_cast<T>(rs * (g - mg - (static_cast<double>(r[k]) - mu) * rs * mgx));
+    }
+  }
+}
+
+// dgamma, dbeta: the column sums of dy xhat and dy, as bn_backward_kernel's (kBnCols x kBnRows threads).
+template <class T>
+__global__ void ln_backward_params_kernel(const T* x, const T* mean, const T* rstd, const T* dy, T* dgamma, T* dbeta,
+                                          idx_t m, idx_t c) {
+  __shared__ double part[kBnRows][kBnCols];
+  __shared__ double out[kBnCols];
+  const idx_t k = static_cast<idx_t>(blockIdx.x) * kBnCols + threadIdx.x;
+  double sd = 0, sdx = 0;
+  if (k < c)
+    for (idx_t i = threadIdx.y; i < m; i += kBnRows) {
+      const double d = static_cast<double>(dy[i * c + k]);
+      sd += d;
+      sdx += d * (static_cast<double>(x[i * c + k]) - static_cast<double>(mean[i])) * static_cast<double>(rstd[i]);
+    }
+  sd = bn_block_sum(sd, part, out);
+  sdx = bn_block_sum(sdx, part, out);
+  if (threadIdx.y != 0 || k >= c) return;
+  if (dgamma) dgamma[k] += static_cast<T>(sdx);
+  if (dbeta) dbeta[k] += static_cast<T>(sd);
+}
+
+inline unsigned ln_row_blocks(idx_t m) {
+  idx_t b = (m + kLnWarps - 1) / kLnWarps;
+  if (b > 65535) b = 65535;  // the row loop covers the rest
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+}  // namespace
+
+template <class T>
+void layer_norm_forward(const T* x, T eps, const T* gamma, const T* beta, T* y, T* mean, T* rstd, idx_t m, idx_t c,
+                        cudaStream_t s) {
+  if (m <= 0 || c <= 0) return;
+  ln_forward_kernel<T><<<ln_row_blocks(m), dim3(32, kLnWarps), 0, s>>>(x, eps, gamma, beta, y, mean, rstd, m, c);
+}
+
+template <class T>
+void layer_norm_backward(const T* x, const T* mean, const T* rstd, const T* gamma, const T* dy, T* dgamma, T* dbeta,
+                         T* dx, idx_t m, idx_t c, cudaStream_t s) {
+  if (m <= 0 || c <= 0) return;
+  if (dx) ln_backward_input_kernel<T><<<ln_row_blocks(m), dim3(32, kLnWarps), 0, s>>>(x, mean, rstd, gamma, dy, dx,
+                                                                                      m, c);
+  if (dgamma || dbeta)
+    ln_backward_params_kernel<T><<<static_cast<unsigned>((c + kBnCols - 1) / kBnCols), dim3(kBnCols, kBnRows), 0, s>>>(
+        x, mean, rstd, dy, dgamma, dbeta, m, c);
+}
+
+template void layer_norm_forward<float>(const float*, float, const float*, const float*, float*, float*, float*, idx_t,
+                                        idx_t, cudaStream_t);
+template void layer_norm_forward<double>(const double*, double, const double*, const double*, double*, double*,
+                                         double*, idx_t, idx_t, cudaStream_t);
+template void layer_norm_backward<float>(const float*, const float*, const float*, const float*, const float*, float*,
+                                         float*, float*, idx_t, idx_t, cudaStream_t);
+template void layer_norm_backward<double>(const double*, const double*, const double*, const double*, const double*,
+                                          double*, double*, double*, idx_t, idx_t, cudaStream_t);
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace fastnn

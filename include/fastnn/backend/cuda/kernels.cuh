@@ -307,6 +307,21 @@ template <class T>
 void batch_norm_backward(const T* x, const T* mean, const T* var, T eps, const T* gamma, const T* dy, T* dgamma,
                          T* dbeta, T* dx, idx_t m, idx_t c, bool batch_stats, cudaStream_t s);
 
+/// Layer normalisation of the rows of x [m, c], fused: one warp per row computes the row's mean and
+/// biased variance in one pass (Welford's update per lane in double, the lanes merged by Chan et al.'s
+/// formula), then writes y = (x - mean) rstd gamma + beta (gamma 1, beta 0 when null), mean[i] and
+/// rstd[i] = 1 / sqrt(var + eps).
+template <class T>
+void layer_norm_forward(const T* x, T eps, const T* gamma, const T* beta, T* y, T* mean, T* rstd, idx_t m, idx_t c,
+                        cudaStream_t s);
+
+/// Gradients of layer_norm_forward given dy: dx (when not null) written by one warp per row,
+/// rstd (g - mean(g) - xhat mean(g xhat)) with g = dy gamma and sums in double; dgamma += sum dy xhat
+/// and dbeta += sum dy (when not null) over the rows, per column in a fixed order (deterministic).
+template <class T>
+void layer_norm_backward(const T* x, const T* mean, const T* rstd, const T* gamma, const T* dy, T* dgamma, T* dbeta,
+                         T* dx, idx_t m, idx_t c, cudaStream_t s);
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace fastnn
