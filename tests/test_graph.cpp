@@ -1032,6 +1032,17 @@ TEST(NestedFiles, WeightsAndCheckpointsRoundTripAndRebuild) {
   ASSERT_EQ(relu.param_count(), m->param_count());
   EXPECT_THROW(io::load_weights(relu, path), MismatchError);
 
+  // A frozen layer inside the nested model stays frozen.
+  auto frozen_block = residual_block<float>(5, 2);
+  frozen_block->get_layer("dense").set_trainable(false);
+  auto fx = Input<float>({6, 5}, "x");
+  Model<float> with_frozen(fx, apply<Dense>(call(*frozen_block, fx), DenseOptions(3)), 2);
+  io::save_weights(with_frozen, dir.path() + "/frozen.safetensors");
+  auto frozen_loaded = io::load_graph_model<float>(dir.path() + "/frozen.safetensors");
+  for (const auto* mm : {&with_frozen, frozen_loaded.get()})
+    for (const auto& prm : mm->named_parameters())
+      EXPECT_EQ(prm.trainable, prm.name.rfind("block.dense.", 0) != 0) << prm.name;
+
   // A checkpoint resumes training bit-identically.
   const auto train = fastnn_test::toy_data<float>(96, 5);
   m->compile(std::make_unique<Adam<float>>(0.01), SparseCategoricalCrossentropy(), {"accuracy"});

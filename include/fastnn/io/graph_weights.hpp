@@ -16,7 +16,8 @@
 ///
 /// A nested model (a Model called as a layer: ModelLayer, type "Functional") is one layer of `fastnn.layers`, its
 /// parameters named `<layer>.<inner layer>.<parameter>`. The node of its first call carries its graph as JSON text,
-/// the same record with the nested model's layers (JSON text keeps each level within the depth limit of 4):
+/// the same record with the nested model's layers ("trainable": false on a frozen one; JSON text keeps each level
+/// within the depth limit of 4):
 ///
 ///   {"layer": "block", "inbound": ["x"], "graph": "{\"inputs\": [...], \"layers\": [{\"name\": \"lstm\",
 ///    \"type\": \"LSTM\", \"config\": {...}}, ...], \"nodes\": [...], \"outputs\": [...]}"}
@@ -103,7 +104,9 @@ nlohmann::json nested_graph_record(const ModelLayer<T, D>& m) {
   for (std::size_t i = 0; i < m.num_model_layers(); ++i) {
     const Layer<T, D>& l = m.model_layer(i);
     layers.push_back(&l);
-    records.push_back({{"name", l.name()}, {"type", l.type_name()}, {"config", l.config()}});
+    nlohmann::json rec = {{"name", l.name()}, {"type", l.type_name()}, {"config", l.config()}};
+    if (!l.trainable()) rec["trainable"] = false;
+    records.push_back(rec);
   }
   nlohmann::json g = graph_record(names, shapes, layers, m.call_records(), {m.output_tensor()});
   g["layers"] = records;
@@ -263,7 +266,7 @@ class GraphLoader {
       throw fail(at, "the graph of '" + detail::printable(name) + "' has no \"layers\": [1 to " +
                          std::to_string(kMaxGraphNodes) + " {\"name\", \"type\", \"config\"}]");
     std::vector<LayerRecord> records;
-    std::set<std::string> seen;
+    std::set<std::string> seen, frozen;
     for (std::size_t i = 0; i < g["layers"].size(); ++i) {
       const auto& l = g["layers"][i];
       const std::string lw = at + ".layers[" + std::to_string(i) + "]";
@@ -275,6 +278,10 @@ class GraphLoader {
       r.type = l["type"].get<std::string>();
       if (r.name.empty() || r.name.size() > 256) throw fail(lw, "a layer name of 1 to 256 characters");
       if (!seen.insert(r.name).second) throw fail(lw, "layer '" + detail::printable(r.name) + "' is listed twice");
+      if (l.contains("trainable")) {
+        if (!l["trainable"].is_boolean()) throw fail(lw, "\"trainable\" is not true or false");
+        if (!l["trainable"].get<bool>()) frozen.insert(r.name);
+      }
       for (const auto& kv : l["config"].items()) {
         if (!kv.value().is_string()) throw fail(lw, "config value '" + detail::printable(kv.key()) + "' is not text");
         r.config[kv.key()] = kv.value().get<std::string>();
@@ -285,6 +292,7 @@ class GraphLoader {
     calls = build(g, records, at, depth, inputs, outputs);
     try {
       Model<T, D> m(inputs, outputs, 0, name);
+      for (const auto& f : frozen) m.get_layer(f).set_trainable(false);
       auto layer = m.as_layer();
       layer->set_name(name);
       return layer;
