@@ -271,6 +271,27 @@ void write_graph_models(const fs::path& dir, nlohmann::json& manifest) {
                       uniform_input(Shape{n, 6}, rng)},
                      {random_lengths(n, 10, rng), random_lengths(n, 10, rng)});
   }
+  {  // nested models (inlined): a residual block called twice, a model nesting it, and a two-input model;
+     // variable lengths flow through them
+    auto bx = Input<float>({10, 8}, "bx");
+    auto bh = apply<LSTM>(bx, LSTMOptions(8).return_sequences(true));
+    Model<float> block(bx, apply<Add>({bx, apply<Dense>(bh, DenseOptions(8).activation(Activation::Tanh))}), 3,
+                       "block");
+    auto wx = Input<float>({10, 8}, "wx");
+    Model<float> wrapper(wx, apply<Dense>(call(block, wx), DenseOptions(8)), 4, "wrapper");
+    auto pa = Input<float>({8}, "pa");
+    auto pb = Input<float>({8}, "pb");
+    Model<float> pair({pa, pb}, {apply<Dense>(apply<Subtract>({pa, pb}), DenseOptions(3))}, 5, "pair");
+    auto x = Input<float>({10, 5}, "x");
+    auto h = call(block, call(block, apply<Dense>(x, DenseOptions(8))));
+    auto last = apply<GRU>(call(wrapper, h), GRUOptions(8));
+    auto first = apply<GRU>(h, GRUOptions(8).go_backwards(true));
+    auto y = apply<Concatenate>({call(pair, {last, first}), call(pair, {first, last})});
+    Model<float> m({x}, {apply<Dense>(y, DenseOptions(3).activation(Activation::Softmax))}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "graph_nested", m, {uniform_input(Shape{n, 10, 5}, rng)},
+                     {random_lengths(n, 10, rng)});
+  }
 }
 }  // namespace
 
@@ -625,6 +646,24 @@ TEST(OnnxExport, GraphWithAnUnknownLayerIsTypedErrorNamingItAndLeavesNoFile) {
     FAIL() << "expected UnsupportedError";
   } catch (const UnsupportedError& e) {
     EXPECT_NE(std::string(e.what()).find("'graph_opaque' (Opaque)"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(fs::is_empty(d)) << "a failed export left a file in " << d;
+  fs::remove_all(d);
+}
+
+TEST(OnnxExport, NestedModelWithAnUnknownLayerIsTypedErrorNamingIt) {
+  const fs::path d = temp_dir("nested_unsupported");
+  auto b = Input<float>({4}, "b");
+  auto opaque = std::make_shared<Opaque>();
+  opaque->set_name("inner_opaque");
+  Model<float> inner(b, apply<Dense>(call(opaque, b), DenseOptions(2)), 1, "inner");
+  auto x = Input<float>({4}, "x");
+  Model<float> m(x, apply<Dense>(call(inner, x), DenseOptions(2)), 1);
+  try {
+    io::export_onnx(m, (d / "m.onnx").string());
+    FAIL() << "expected UnsupportedError";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'inner.inner_opaque' (Opaque)"), std::string::npos) << e.what();
   }
   EXPECT_TRUE(fs::is_empty(d)) << "a failed export left a file in " << d;
   fs::remove_all(d);

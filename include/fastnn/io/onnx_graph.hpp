@@ -20,6 +20,10 @@
 /// predict(): a call reads the lengths of its inputs (elementwise Min when several inputs carry
 /// them), Embedding(mask_zero) and Masking make new ones.
 ///
+/// A nested model (model/graph.hpp: a Model called as a layer) is inlined: its layers' calls are exported in its
+/// call order at each call of the model, named "<model>.<layer>", so that its weights are one set of initializers
+/// however often it is called; lengths flow into it per input and out of it as out of its output's call.
+///
 /// The merge layers (layers/merge.hpp) register here: Add -> Add, Subtract -> Sub, Multiply -> Mul
 /// (chained over the inputs in order, as fastnn sums them), Average -> Sum then Div by the input
 /// count, Maximum -> Max, Minimum -> Min, Concatenate(axis) -> Concat on the per-sample axis + 1
@@ -84,6 +88,58 @@ inline std::vector<std::int64_t> batch_dims(const Shape& s) {
   std::vector<std::int64_t> d{-1};
   for (Index i = 0; i < s.rank(); ++i) d.push_back(s[i]);
   return d;
+}
+
+/// The calls of nested model `m` (model/graph.hpp: ModelLayer, built) inlined into `g`: its layers export as if
+/// they were the outer model's, named `prefix` + their name (so that their initializers are "<model>.<layer>.*",
+/// shared by every call of the model). `xs`, `in`, `in_lens`: the values, shapes and lengths of its inputs.
+/// Returns the output's value; `out_lens` and `out_shape` receive its lengths and shape.
+template <class T>
+std::string export_nested(Graph& g, const ModelLayer<T, Cpu>& m, const std::string& prefix,
+                          const std::vector<std::string>& xs, const std::vector<Shape>& in,
+                          const std::vector<std::string>& in_lens, std::string& out_lens, Shape& out_shape) {
+  std::vector<std::string> value = xs, lens = in_lens;
+  std::vector<Shape> shape = in;
+  const LayerExporters<T>& exporters = LayerExporters<T>::instance();
+  for (const auto& rec : m.call_records()) {
+    const Layer<T, Cpu>& l = m.built_layer(rec.layer);
+    std::vector<std::string> cx, ls;
+    std::vector<Shape> cin;
+    for (int t : rec.inputs) {
+      const std::size_t k = static_cast<std::size_t>(t);
+      cx.push_back(value.at(k));
+      cin.push_back(shape.at(k));
+      if (!lens[k].empty() && std::find(ls.begin(), ls.end(), lens[k]) == ls.end()) ls.push_back(lens[k]);
+    }
+    std::string call_lens;
+    Shape out;
+    if (const auto* nested = dynamic_cast<const ModelLayer<T, Cpu>*>(&l)) {
+      std::vector<std::string> per_input;
+      for (int t : rec.inputs) per_input.push_back(lens.at(static_cast<std::size_t>(t)));
+      value.push_back(export_nested(g, *nested, prefix + l.name() + ".", cx, cin, per_input, call_lens, out));
+    } else {
+      // A copy named prefix + name, holding the layer's weights.
+      auto r = l.clone_unbuilt();
+      r->set_name(prefix + l.name());
+      out = r->build_inputs(cin);
+      Tensor<T, Cpu> w(Shape{r->param_count()});
+      Index off = 0;
+      for (const auto& p : l.parameters()) {
+        Tensor<T, Cpu> dst = w.view(off, p.value.shape());
+        copy_into(p.value, dst);
+        off += p.value.size();
+      }
+      r->bind_parameters(w, w);
+      call_lens = ls.empty() ? std::string() : ls.size() == 1 ? ls[0] : g.node("Min", ls, {});
+      value.push_back(exporters.of(*r)(g, *r, cx, cin, call_lens));
+    }
+    lens.push_back(call_lens);
+    shape.push_back(out);
+  }
+  const std::size_t o = static_cast<std::size_t>(m.output_tensor());
+  out_lens = lens.at(o);
+  out_shape = shape.at(o);
+  return value.at(o);
 }
 
 }  // namespace onnx_detail
@@ -158,7 +214,6 @@ void export_onnx(const Model<T, Cpu>& model, const std::string& path, bool seque
   const auto records = model.call_records();
   for (const auto& rec : records) {
     const Layer<T, Cpu>& l = model.layer(rec.layer);
-    const LayerExporter<T> f = exporters.of(l);
     std::vector<std::string> xs, ls;
     std::vector<Shape> in;
     for (int t : rec.inputs) {
@@ -167,6 +222,17 @@ void export_onnx(const Model<T, Cpu>& model, const std::string& path, bool seque
       in.push_back(shape.at(k));
       if (!lens[k].empty() && std::find(ls.begin(), ls.end(), lens[k]) == ls.end()) ls.push_back(lens[k]);
     }
+    if (const auto* nested = dynamic_cast<const ModelLayer<T, Cpu>*>(&l)) {  // inlined, its inputs' lengths apart
+      std::vector<std::string> per_input;
+      for (int t : rec.inputs) per_input.push_back(lens.at(static_cast<std::size_t>(t)));
+      std::string out_lens;
+      Shape out;
+      value.push_back(export_nested(g, *nested, l.name() + ".", xs, in, per_input, out_lens, out));
+      lens.push_back(out_lens);
+      shape.push_back(out);
+      continue;
+    }
+    const LayerExporter<T> f = exporters.of(l);
     // A step is real where it is real in every input: the smallest of the inputs' lengths.
     std::string call_lens = ls.empty() ? std::string() : ls.size() == 1 ? ls[0] : g.node("Min", ls, {});
     value.push_back(f(g, l, xs, in, call_lens));

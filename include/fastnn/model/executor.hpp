@@ -6,7 +6,8 @@
 ///
 /// Tensors 0 .. inputs - 1 are the inputs; call k's output is tensor inputs + k. Backward runs the calls in reverse,
 /// hands each call the gradient of its output, and sums the gradients of a tensor read by several calls (or read by
-/// a call and by the loss). A call reading a model input gets no input gradient to compute. The layers' parameter
+/// a call and by the loss). A call reading a model input gets no input gradient to compute, unless the executor
+/// runs a model nested in another (set_input_gradients: then input_gradient(i) is dL/d(input i)). The layers' parameter
 /// gradients accumulate (Layer::backward), so the calls of one layer add up in its one gradient buffer. With a
 /// data-parallel context, a layer's gradients are handed to the sum as soon as all of its calls are done, and
 /// layers [i, end) are reported together once they all are (the buckets cover contiguous layers).
@@ -74,6 +75,12 @@ class CallExecutor {
     }
   }
   const Tn& output(std::size_t i) const { return acts_[static_cast<std::size_t>(outputs_.at(i))]; }
+  /// Whether backward() computes the gradients of the inputs too (a model nested in another needs them).
+  void set_input_gradients(bool on) { input_grads_ = on; }
+  /// dL/d(input i) after backward() with set_input_gradients(true); null when no call that got a gradient reads it.
+  const Tn* input_gradient(std::size_t i) const {
+    return i < ni_ && i < has_grad_.size() && has_grad_[i] ? &grads_t_[i] : nullptr;
+  }
   const Lengths& output_lengths(std::size_t i) const { return lengths_[static_cast<std::size_t>(outputs_.at(i))]; }
   std::size_t num_outputs() const { return outputs_.size(); }
 
@@ -105,7 +112,7 @@ class CallExecutor {
           const std::size_t t = static_cast<std::size_t>(c.inputs[j]);
           in_.push_back(&acts_[t]);
           // A tensor read by this call alone takes the gradient in place; others add it up through scratch.
-          if (t < ni_) dx_.push_back(nullptr);
+          if (t < ni_ && !input_grads_) dx_.push_back(nullptr);
           else if (readers_[t] == 1) dx_.push_back(&grads_t_[t]);
           else dx_.push_back(&scratch_[j]);
         }
@@ -145,6 +152,7 @@ class CallExecutor {
   std::vector<int> outputs_;
   std::vector<int> calls_per_layer_, remaining_, readers_;
   std::size_t max_inputs_ = 1;
+  bool input_grads_ = false;
   std::vector<Tn> acts_, grads_t_, scratch_;
   std::vector<Lengths> lengths_, in_lengths_;
   std::vector<const Tn*> in_;

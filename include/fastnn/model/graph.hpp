@@ -23,6 +23,9 @@
 /// the order they were made (a topological order); backward runs them in reverse and sums the
 /// gradients of a tensor read by several calls.
 ///
+/// A built Model is itself a layer of other models (Keras's nested models): call(block, x) runs it through a
+/// ModelLayer (see there), whose weights are one layer's in the outer model's buffer, shared by all its calls.
+///
 /// Every Model trains through the same Trainer as Sequential (fit, evaluate, train_on_batch, the
 /// callbacks, clipping, schedules, frozen layers, data-parallel). With several inputs or outputs,
 /// the data is a NamedDataset (data/dataset.hpp) whose names are the model's, and compile takes
@@ -535,6 +538,11 @@ class Model : public Network<T, D> {
   std::uint64_t seed() const { return trainer_.seed(); }
   int epochs_done() const { return trainer_.epochs_done(); }
   Trainer<T, D>& trainer() { return trainer_; }
+  /// The name given to the constructor ("model" by default).
+  const std::string& name() const { return name_; }
+  /// The layer that runs this model inside another (a ModelLayer, made at the first call and the same afterwards,
+  /// so that every call of the model in other models shares its weights): call(model, x).
+  std::shared_ptr<Layer<T, D>> as_layer() const;
 
  private:
   struct Call {
@@ -735,6 +743,382 @@ class Model : public Network<T, D> {
   int threads_ = 1;
   Precision precision_ = Precision::F32;
   Trainer<T, D> trainer_;
+  mutable std::shared_ptr<Layer<T, D>> as_layer_;
 };
+
+
+/// Keras's nested models: a Model called as a layer of another model, call(model, x) or call(model, {a, b}). The
+/// outer model holds the nested model's weights in its one flat buffer, as one layer's (type "Functional", one row
+/// of summary()), named "<layer>.<inner layer>.<parameter>"; every call of the same model shares them and their
+/// gradients add up. A ModelLayer keeps the nested model's graph (its inputs, calls and output) with unbuilt copies
+/// of its layers; built, it runs them as the Model does (one copy per call, bound to the layer's slice of the
+/// buffer) and, in training, propagates the gradient to its inputs. initialize() puts in the weights the model held
+/// when it was first called, so that a trained model keeps them.
+///
+/// A nested model has one output (UnsupportedError naming the model otherwise), and its layers carry no activity
+/// regularizer (its penalty would not reach the outer model's loss: UnsupportedError naming the layer).
+template <class T, class D = Cpu>
+class ModelLayer : public Layer<T, D> {
+  using Tn = Tensor<T, D>;
+  using Base = Layer<T, D>;
+
+ public:
+  /// One call of the nested graph (numbered as Model::call_records()).
+  struct CallRecord {
+    std::size_t layer;
+    std::vector<int> inputs;
+    int call_index;
+  };
+
+  explicit ModelLayer(const Model<T, D>& model) {
+    auto s = std::make_shared<Spec>();
+    s->model_name = model.name();
+    const std::string who = "model '" + model.name() + "'";
+    if (model.num_outputs() != 1)
+      throw UnsupportedError("call: " + who + " has " + std::to_string(model.num_outputs()) +
+                             " outputs; a model called as a layer must have one output");
+    for (std::size_t i = 0; i < model.num_inputs(); ++i) {
+      s->input_shapes.push_back(model.input_shape(i));
+      s->input_names.push_back(model.input_name(i));
+    }
+    for (std::size_t i = 0; i < model.num_layers(); ++i) {
+      const Layer<T, D>& l = model.layer(i);
+      if (l.activity_regularizer().active())
+        throw UnsupportedError("call: " + who + ": layer '" + l.name() + "' (" + l.type_name() +
+                               ") has an activity regularizer, which a model called as a layer does not support");
+      std::shared_ptr<Layer<T, D>> c = l.clone_unbuilt();
+      c->set_name(l.name());
+      c->set_trainable(l.trainable());
+      s->layers.push_back(std::move(c));
+    }
+    for (const auto& c : model.call_records()) s->calls.push_back({c.layer, c.inputs, c.call_index});
+    s->output = model.output_tensors().at(0);
+    s->weights = model.flat_parameters().clone();
+    spec_ = std::move(s);
+    if (model.name() != "model") this->set_name(model.name());  // the default name: the outer model names it
+  }
+
+  std::string type_name() const override { return "Functional"; }
+  /// The inputs' shapes and the calls as Model::describe() writes them: "<layer>=<type>(<config>)<-<tensors>; ...",
+  /// and the output tensor (weights files record the graph apart, see io/graph_weights.hpp).
+  LayerConfig config() const override {
+    std::string in, calls;
+    for (const auto& s : spec_->input_shapes) in += (in.empty() ? "" : ", ") + s.str();
+    for (const auto& c : spec_->calls) {
+      const Layer<T, D>& l = *spec_->layers[c.layer];
+      calls += (calls.empty() ? "" : "; ") + l.name() + "=" + l.type_name() + "(";
+      bool first = true;
+      for (const auto& kv : l.config()) {
+        calls += (first ? "" : ", ") + kv.first + "=" + kv.second;
+        first = false;
+      }
+      calls += std::string(l.trainable() ? "" : ", trainable=false") + ")<-";
+      for (std::size_t j = 0; j < c.inputs.size(); ++j) calls += (j ? "," : "") + std::to_string(c.inputs[j]);
+    }
+    return {{"inputs", in}, {"calls", calls}, {"output", std::to_string(spec_->output)}};
+  }
+  std::unique_ptr<Base> clone_unbuilt() const override { return std::unique_ptr<Base>(new ModelLayer(spec_)); }
+
+  int arity() const override { return static_cast<int>(spec_->input_shapes.size()); }
+  Shape build(const Shape& input_shape) override { return build_inputs({input_shape}); }
+  Shape build_inputs(const std::vector<Shape>& shapes) override {
+    const Spec& s = *spec_;
+    if (shapes.size() != s.input_shapes.size())
+      throw ArgumentError(who() + ": takes " + std::to_string(s.input_shapes.size()) + " input" +
+                          (s.input_shapes.size() == 1 ? "" : "s") + ", called on " + std::to_string(shapes.size()));
+    for (std::size_t i = 0; i < shapes.size(); ++i)
+      if (shapes[i] != s.input_shapes[i])
+        throw ShapeError(who() + ": input '" + s.input_names[i] + "' expected " + s.input_shapes[i].str() +
+                         ", got " + shapes[i].str());
+    layers_.clear();
+    layers_.resize(s.layers.size());
+    instances_.clear();
+    std::vector<Shape> t = shapes;
+    for (const auto& c : s.calls) {
+      std::vector<Shape> in;
+      for (int k : c.inputs) in.push_back(t.at(static_cast<std::size_t>(k)));
+      const Layer<T, D>& proto = *s.layers.at(c.layer);
+      if (!layers_[c.layer]) {
+        layers_[c.layer] = proto.clone_unbuilt();
+        layers_[c.layer]->set_name(proto.name());
+        layers_[c.layer]->build_inputs(in);
+      }
+      auto inst = proto.clone_unbuilt();
+      inst->set_name(proto.name());
+      t.push_back(inst->build_inputs(in));
+      instances_.push_back(std::move(inst));
+    }
+    std::vector<typename detail::CallExecutor<T, D>::Call> calls;
+    for (std::size_t k = 0; k < s.calls.size(); ++k) calls.push_back({instances_[k].get(), s.calls[k].inputs,
+                                                                      s.calls[k].layer});
+    exec_ = detail::CallExecutor<T, D>(shapes.size(), std::move(calls), {s.output}, s.layers.size());
+    exec_.set_input_gradients(true);
+    set_trainable(this->trainable());
+    set_threads(this->threads_);
+    set_precision(this->precision());
+    this->input_shape_ = shapes[0];
+    this->output_shape_ = t.at(static_cast<std::size_t>(s.output));
+    return this->output_shape_;
+  }
+  /// The inner layers' parameters, in the order of the layers, named "<inner layer>.<parameter>"; those of a
+  /// frozen inner layer are not trainable.
+  std::vector<ParamSpec> param_specs() const override {
+    std::vector<ParamSpec> v;
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      for (const auto& p : layers_[i]->param_specs())
+        v.push_back({layers_[i]->name() + "." + p.name, p.shape, p.trainable && spec_->layers[i]->trainable()});
+    return v;
+  }
+  void bind_parameters(const Tn& values, const Tn& grads) override {
+    this->params_.clear();
+    offsets_.clear();
+    Index off = 0;
+    for (std::size_t i = 0; i < layers_.size(); ++i) {
+      const Index n = layers_[i]->param_count();
+      if (off + n > values.size() || off + n > grads.size()) break;
+      layers_[i]->bind_parameters(values.view(off, Shape{n}), grads.view(off, Shape{n}));
+      offsets_.push_back(off);
+      off += n;
+      const bool trainable = spec_->layers[i]->trainable();
+      for (const auto& p : layers_[i]->parameters())
+        this->params_.push_back({this->qualified(p.name), p.value, p.grad, p.trainable && trainable});
+    }
+    if (offsets_.size() != layers_.size() || off != values.size() || off != grads.size())
+      throw ShapeError(who() + ": bound buffers hold " + std::to_string(values.size()) +
+                       " values, the layer declares " + std::to_string(this->param_count()));
+    for (std::size_t k = 0; k < instances_.size(); ++k) {
+      const std::size_t i = spec_->calls[k].layer;
+      const Index n = layers_[i]->param_count();
+      instances_[k]->bind_parameters(values.view(offsets_[i], Shape{n}), grads.view(offsets_[i], Shape{n}));
+    }
+    values_ = values;
+  }
+  /// The weights the model held when it was first called (or, without them, its layers' own initialisers).
+  void initialize(Rng& rng) override {
+    if (spec_->weights.size() == values_.size() && values_.size() > 0) {
+      copy_into(spec_->weights, values_);
+      return;
+    }
+    for (auto& l : layers_) l->initialize(rng);
+  }
+  double regularization_loss(bool accumulate_grad) override {
+    double s = 0;
+    for (auto& l : layers_) s += l->regularization_loss(accumulate_grad);
+    return s;
+  }
+  bool has_regularizers() const override {
+    for (const auto& l : spec_->layers)
+      if (l->has_regularizers()) return true;
+    return false;
+  }
+
+  void forward(const Tn& x, Tn& y, Mode mode) override { forward_inputs({&x}, y, mode); }
+  void backward(const Tn& x, const Tn& y, const Tn& dy, Tn* dx) override {
+    backward_inputs({&x}, y, dy, {dx});
+  }
+  void forward_inputs(const std::vector<const Tn*>& xs, Tn& y, Mode mode) override {
+    require_built("forward");
+    const std::size_t ni = spec_->input_shapes.size();
+    if (xs.size() != ni) throw ArgumentError(who() + ": forward on " + std::to_string(xs.size()) + " inputs");
+    for (std::size_t i = 0; i < ni; ++i)
+      if (xs[i]->rank() < 1 || xs[i]->shape().drop_front() != spec_->input_shapes[i])
+        throw ShapeError(who() + ": input '" + spec_->input_names[i] + "' expected [batch, " +
+                         spec_->input_shapes[i].str().substr(1) + ", got " + xs[i]->shape().str());
+    lengths_.resize(ni);
+    std::vector<const Lengths*> lp;
+    for (const auto& l : lengths_) lp.push_back(&l);
+    const Tn* out = nullptr;
+    if (mode == Mode::Train) {
+      double unused = 0;
+      exec_.forward(xs.data(), lp.data(), 0.0, unused);
+      out = &exec_.output(0);
+      out_lengths_ = exec_.output_lengths(0);
+    } else {
+      acts_.resize(ni + instances_.size());
+      act_lengths_.resize(acts_.size());
+      for (std::size_t i = 0; i < ni; ++i) {
+        acts_[i] = *xs[i];
+        act_lengths_[i] = lengths_[i];
+      }
+      std::vector<const Tn*> in;
+      std::vector<Lengths> in_lengths;
+      for (std::size_t k = 0; k < instances_.size(); ++k) {
+        in.clear();
+        in_lengths.clear();
+        for (int t : spec_->calls[k].inputs) {
+          in.push_back(&acts_[static_cast<std::size_t>(t)]);
+          in_lengths.push_back(act_lengths_[static_cast<std::size_t>(t)]);
+        }
+        instances_[k]->set_inputs_lengths(in_lengths);
+        instances_[k]->forward_inputs(in, acts_[ni + k], mode);
+        act_lengths_[ni + k] = instances_[k]->output_lengths();
+      }
+      out = &acts_[static_cast<std::size_t>(spec_->output)];
+      out_lengths_ = act_lengths_[static_cast<std::size_t>(spec_->output)];
+      for (std::size_t i = 0; i < ni; ++i) acts_[i] = Tn();
+    }
+    y.resize(out->shape());
+    copy_into(*out, y);
+  }
+  void backward_inputs(const std::vector<const Tn*>& xs, const Tn& y, const Tn& dy,
+                       const std::vector<Tn*>& dxs) override {
+    (void)y;
+    require_built("backward");
+    const Tn* d[1] = {&dy};
+    exec_.backward(d, 0.0, unused_grads_, nullptr);
+    for (std::size_t i = 0; i < dxs.size() && i < xs.size(); ++i) {
+      if (!dxs[i]) continue;
+      const Tn* g = exec_.input_gradient(i);
+      if (g) {
+        dxs[i]->resize(g->shape());
+        copy_into(*g, *dxs[i]);
+      } else {
+        dxs[i]->resize(xs[i]->shape());
+        dxs[i]->set_zero();
+      }
+    }
+  }
+  void set_input_lengths(const Lengths& lengths) override { set_inputs_lengths({lengths}); }
+  void set_inputs_lengths(const std::vector<Lengths>& lengths) override {
+    lengths_ = lengths;
+    this->in_lengths_ = lengths.empty() ? Lengths() : lengths[0];
+  }
+  Lengths output_lengths() const override { return out_lengths_; }
+  bool produces_lengths() const override {
+    for (const auto& l : spec_->layers)
+      if (l->produces_lengths()) return true;
+    return false;
+  }
+
+  /// The checks of the layers that read the (first) input.
+  void validate_input(const Tensor<T, Cpu>& x, Index first_sample = 0) const override {
+    for (std::size_t k = 0; k < instances_.size(); ++k)
+      if (reads_first_input(k) && instances_[k]->validates_input()) instances_[k]->validate_input(x, first_sample);
+  }
+  bool validates_input() const override {
+    for (std::size_t k = 0; k < spec_->calls.size(); ++k)
+      if (reads_first_input(k) && spec_->layers[spec_->calls[k].layer]->validates_input()) return true;
+    return false;
+  }
+
+  bool stochastic() const override {
+    for (const auto& l : spec_->layers)
+      if (l->stochastic()) return true;
+    return false;
+  }
+  /// Every call of the nested graph draws from its own key derived from `key`.
+  void set_noise_key(std::uint64_t key) override {
+    for (std::size_t k = 0; k < instances_.size(); ++k)
+      instances_[k]->set_noise_key(hash::combine(key, static_cast<std::uint64_t>(k)));
+  }
+  void set_threads(int n) override {
+    Base::set_threads(n);
+    for (auto& l : layers_)
+      if (l) l->set_threads(this->threads_);
+    for (auto& l : instances_) l->set_threads(this->threads_);
+  }
+  void set_precision(Precision p) override {
+    Base::set_precision(p);
+    for (auto& l : layers_)
+      if (l) l->set_precision(p);
+    for (auto& l : instances_) l->set_precision(p);
+  }
+  /// A frozen nested model freezes all its layers; a trainable one keeps the flags its layers had in the model.
+  void set_trainable(bool on) override {
+    Base::set_trainable(on);
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      if (layers_[i]) layers_[i]->set_trainable(on && spec_->layers[i]->trainable());
+    for (std::size_t k = 0; k < instances_.size(); ++k)
+      instances_[k]->set_trainable(on && spec_->layers[spec_->calls[k].layer]->trainable());
+  }
+
+  // ---- the nested graph (io/graph_weights.hpp records it) --------------------------------------------------
+  /// The name of the model it was made from.
+  const std::string& model_name() const { return spec_->model_name; }
+  std::size_t num_model_inputs() const { return spec_->input_shapes.size(); }
+  const std::string& model_input_name(std::size_t i) const { return spec_->input_names.at(i); }
+  const Shape& model_input_shape(std::size_t i) const { return spec_->input_shapes.at(i); }
+  /// The nested model's layers (unbuilt, with their names, options and trainable flags), in parameter order.
+  std::size_t num_model_layers() const { return spec_->layers.size(); }
+  const Layer<T, D>& model_layer(std::size_t i) const { return *spec_->layers.at(i); }
+  const std::vector<CallRecord>& call_records() const { return spec_->calls; }
+  /// The tensor the output is (0 .. num_model_inputs() - 1: the inputs, then one per call).
+  int output_tensor() const { return spec_->output; }
+  /// Layer i as built for its first call and bound to its slice of the parameters (after build_inputs).
+  const Layer<T, D>& built_layer(std::size_t i) const {
+    if (i >= layers_.size() || !layers_[i]) throw ArgumentError(who() + ": built_layer before build");
+    return *layers_[i];
+  }
+
+ private:
+  struct Spec {
+    std::string model_name;
+    std::vector<Shape> input_shapes;
+    std::vector<std::string> input_names;
+    std::vector<std::shared_ptr<const Layer<T, D>>> layers;
+    std::vector<CallRecord> calls;
+    int output = 0;
+    Tn weights;  ///< the model's weights when it was first called (initialize())
+  };
+  explicit ModelLayer(std::shared_ptr<const Spec> s) : spec_(std::move(s)) {}
+
+  std::string who() const {
+    return (this->name_.empty() ? std::string("functional") : this->name_) + " (Functional, model '" +
+           spec_->model_name + "')";
+  }
+  bool reads_first_input(std::size_t k) const {
+    const auto& in = spec_->calls[k].inputs;
+    return std::find(in.begin(), in.end(), 0) != in.end();
+  }
+  void require_built(const char* what) const {
+    if (instances_.size() != spec_->calls.size() || spec_->calls.empty())
+      throw ArgumentError(who() + ": " + what + " before build");
+  }
+
+  std::shared_ptr<const Spec> spec_;
+  std::vector<std::unique_ptr<Layer<T, D>>> layers_;     ///< built for their first call, bound to the parameters
+  std::vector<std::unique_ptr<Layer<T, D>>> instances_;  ///< one per call
+  std::vector<Index> offsets_;
+  Tn values_, unused_grads_;
+  detail::CallExecutor<T, D> exec_;
+  std::vector<Lengths> lengths_, act_lengths_;
+  Lengths out_lengths_;
+  std::vector<Tn> acts_;
+};
+
+template <class T, class D>
+std::shared_ptr<Layer<T, D>> Model<T, D>::as_layer() const {
+  if (!as_layer_) as_layer_ = std::make_shared<ModelLayer<T, D>>(*this);
+  return as_layer_;
+}
+
+/// Calls `model` as a layer (a nested model, see ModelLayer): every call of the same model shares its weights.
+template <class T, class D>
+SymbolicTensor<T, D> call(const Model<T, D>& model, const std::vector<SymbolicTensor<T, D>>& inputs) {
+  return call(model.as_layer(), inputs);
+}
+template <class T, class D>
+SymbolicTensor<T, D> call(const Model<T, D>& model, const SymbolicTensor<T, D>& x) {
+  return call(model.as_layer(), std::vector<SymbolicTensor<T, D>>{x});
+}
+template <class T, class D>
+SymbolicTensor<T, D> call(const Model<T, D>& model, std::initializer_list<SymbolicTensor<T, D>> xs) {
+  return call(model.as_layer(), std::vector<SymbolicTensor<T, D>>(xs));
+}
+template <class T, class D>
+SymbolicTensor<T, D> call(const std::shared_ptr<Model<T, D>>& model, const std::vector<SymbolicTensor<T, D>>& inputs) {
+  if (!model) throw ArgumentError("call: no model");
+  return call(*model, inputs);
+}
+template <class T, class D>
+SymbolicTensor<T, D> call(const std::shared_ptr<Model<T, D>>& model, const SymbolicTensor<T, D>& x) {
+  if (!model) throw ArgumentError("call: no model");
+  return call(*model, x);
+}
+template <class T, class D>
+SymbolicTensor<T, D> call(const std::shared_ptr<Model<T, D>>& model, std::initializer_list<SymbolicTensor<T, D>> xs) {
+  if (!model) throw ArgumentError("call: no model");
+  return call(*model, std::vector<SymbolicTensor<T, D>>(xs));
+}
 
 }  // namespace fastnn
