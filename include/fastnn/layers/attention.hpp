@@ -177,6 +177,7 @@ class MultiHeadAttention : public Layer<T, D> {
       m.causal = opt_.use_causal_mask();
       m.threshold = mode == Mode::Train ? threshold_ : 0;
       m.key = key_;
+      m.scale = 1.0 / (1.0 - opt_.dropout());
       const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
       kernel_.forward(dims(batch), weights(), m, xs[0]->data(), k.data(), xs[1]->data(), y.data(), this->precision_);
     } else {

@@ -63,6 +63,7 @@ struct AttentionMask {
   bool causal = false;
   std::uint32_t threshold = 0;  ///< dropout: keep iff bits32(key, i) >= threshold; 0 keeps all
   std::uint64_t key = 0;
+  double scale = 1;  ///< dropout: the kept probabilities' factor, 1 / (1 - rate)
 };
 
 template <class T>
@@ -145,9 +146,7 @@ class CpuAttention {
   }
 
  private:
-  T dropout_scale() const {
-    return m_.threshold ? static_cast<T>(4294967296.0 / (4294967296.0 - static_cast<double>(m_.threshold))) : T(1);
-  }
+  T dropout_scale() const { return m_.threshold ? static_cast<T>(m_.scale) : T(1); }
   Index query_length(Index b) const { return m_.query_lengths ? m_.query_lengths[b] : d_.tq; }
   Index key_length(Index b) const { return m_.key_lengths ? m_.key_lengths[b] : d_.tk; }
   /// The number of keys row i of sample b attends to.
