@@ -1001,38 +1001,69 @@ TEST(MultiHeadAttention, CausalOutputAtStepTIsThePrefixRun) {
   EXPECT_GT(std::fabs(yf[0] - y[0]), 1e-6);
 }
 
+TEST(MultiHeadAttention, TwoThreadsGiveTheSameBits) {
+  const auto opts = MultiHeadAttentionOptions(3, 4).value_dim(5).dropout(0.25).use_causal_mask(true);
+  Rng rng(41);
+  MultiHeadAttention<float> one(opts), two(opts);
+  auto st = build_mha(one, {Shape{6, 8}, Shape{6, 8}}, rng);
+  two.set_name("mha");
+  two.build_inputs({Shape{6, 8}, Shape{6, 8}});
+  Tensor<float, Cpu> g2 = Tensor<float, Cpu>::zeros(st.second.shape());
+  two.bind_parameters(st.first, g2);
+  two.set_threads(2);
+  auto q = random_tensor<float>(Shape{5, 6, 8}, rng), v = random_tensor<float>(Shape{5, 6, 8}, rng);
+  auto dy = random_tensor<float>(Shape{5, 6, 8}, rng);
+  const std::vector<Lengths> lens = {make_lengths({6, 3, 1, 5, 2}), make_lengths({6, 3, 1, 5, 2})};
+  Tensor<float, Cpu> y1, y2, dq1, dq2, dv1, dv2;
+  for (auto* l : {&one, &two}) {
+    l->set_inputs_lengths(lens);
+    l->set_noise_key(3);
+  }
+  one.forward_inputs({&q, &v}, y1, Mode::Train);
+  two.forward_inputs({&q, &v}, y2, Mode::Train);
+  one.backward_inputs({&q, &v}, y1, dy, {&dq1, &dv1});
+  two.backward_inputs({&q, &v}, y2, dy, {&dq2, &dv2});
+  for (Index i = 0; i < y1.size(); ++i) ASSERT_EQ(y1[i], y2[i]) << i;
+  for (Index i = 0; i < dq1.size(); ++i) ASSERT_EQ(dq1[i], dq2[i]) << i;
+  for (Index i = 0; i < dv1.size(); ++i) ASSERT_EQ(dv1[i], dv2[i]) << i;
+  for (Index i = 0; i < g2.size(); ++i) ASSERT_EQ(st.second[i], g2[i]) << i;
+}
+
 TEST(MultiHeadAttention, NoAllocationAfterTheFirstStep) {
-  MultiHeadAttention<float> l(MultiHeadAttentionOptions(4, 8).value_dim(6).dropout(0.2).use_causal_mask(true));
-  Rng rng(2);
-  auto st = build_mha(l, {Shape{9, 24}, Shape{9, 24}}, rng);
-  auto x = random_tensor<float>(Shape{16, 9, 24}, rng);
-  auto small = random_tensor<float>(Shape{5, 9, 24}, rng);
-  const Lengths big_l = make_lengths(std::vector<std::int32_t>(16, 7));
-  const Lengths small_l = make_lengths({9, 1, 4, 8, 2});
-  Tensor<float, Cpu> y, dy = random_tensor<float>(Shape{16, 9, 24}, rng), dq, dv;
-  Tensor<float, Cpu> dys = random_tensor<float>(Shape{5, 9, 24}, rng);
-  std::vector<const Tensor<float, Cpu>*> xb = {&x, &x}, xs = {&small, &small};
-  std::vector<Tensor<float, Cpu>*> dxs = {&dq, &dv};
-  const std::vector<Lengths> lb = {big_l, big_l}, ls = {small_l, small_l};
-  l.set_inputs_lengths(lb);
-  l.set_noise_key(1);
-  l.forward_inputs(xb, y, Mode::Train);
-  l.backward_inputs(xb, y, dy, dxs);
-  const long before = g_allocations.load();
-  for (int step = 0; step < 3; ++step) {
-    l.set_noise_key(static_cast<std::uint64_t>(step));
+  for (int threads : {1, 2}) {
+    MultiHeadAttention<float> l(MultiHeadAttentionOptions(4, 8).value_dim(6).dropout(0.2).use_causal_mask(true));
+    l.set_threads(threads);
+    Rng rng(2);
+    auto st = build_mha(l, {Shape{9, 24}, Shape{9, 24}}, rng);
+    auto x = random_tensor<float>(Shape{16, 9, 24}, rng);
+    auto small = random_tensor<float>(Shape{5, 9, 24}, rng);
+    const Lengths big_l = make_lengths(std::vector<std::int32_t>(16, 7));
+    const Lengths small_l = make_lengths({9, 1, 4, 8, 2});
+    Tensor<float, Cpu> y, dy = random_tensor<float>(Shape{16, 9, 24}, rng), dq, dv;
+    Tensor<float, Cpu> dys = random_tensor<float>(Shape{5, 9, 24}, rng);
+    std::vector<const Tensor<float, Cpu>*> xb = {&x, &x}, xs = {&small, &small};
+    std::vector<Tensor<float, Cpu>*> dxs = {&dq, &dv};
+    const std::vector<Lengths> lb = {big_l, big_l}, ls = {small_l, small_l};
     l.set_inputs_lengths(lb);
+    l.set_noise_key(1);
     l.forward_inputs(xb, y, Mode::Train);
     l.backward_inputs(xb, y, dy, dxs);
-    l.set_inputs_lengths(ls);
-    l.forward_inputs(xs, y, Mode::Train);
-    l.backward_inputs(xs, y, dys, dxs);
+    const long before = g_allocations.load();
+    for (int step = 0; step < 3; ++step) {
+      l.set_noise_key(static_cast<std::uint64_t>(step));
+      l.set_inputs_lengths(lb);
+      l.forward_inputs(xb, y, Mode::Train);
+      l.backward_inputs(xb, y, dy, dxs);
+      l.set_inputs_lengths(ls);
+      l.forward_inputs(xs, y, Mode::Train);
+      l.backward_inputs(xs, y, dys, dxs);
+    }
+    EXPECT_EQ(g_allocations.load() - before, 0) << threads << " threads";
+    Tensor<float, Cpu> fresh;
+    l.set_inputs_lengths(lb);
+    l.forward_inputs(xb, fresh, Mode::Train);
+    EXPECT_GT(g_allocations.load() - before, 0);
   }
-  EXPECT_EQ(g_allocations.load() - before, 0);
-  Tensor<float, Cpu> fresh;
-  l.set_inputs_lengths(lb);
-  l.forward_inputs(xb, fresh, Mode::Train);
-  EXPECT_GT(g_allocations.load() - before, 0);
 }
 
 TEST(MultiHeadAttention, TypedErrorsNameTheLayerAndShapes) {

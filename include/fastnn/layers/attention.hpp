@@ -144,6 +144,12 @@ class MultiHeadAttention : public Layer<T, D> {
     }
   }
 
+  /// With 2 or more, the (sample, head) pairs run on two threads (the results do not change).
+  void set_threads(int n) override {
+    Base::set_threads(n);
+    kernel_.set_threads(n);
+  }
+
   bool stochastic() const override { return threshold_ > 0; }
   void set_name(const std::string& n) override {
     Base::set_name(n);

@@ -9,13 +9,13 @@
 /// Forward:
 ///   Q = (q Wq + bq) / sqrt(kd)   [B Tq, H kd]     one GEMM over the whole batch
 ///   K = k Wk + bk, V = v Wv + bv [B Tk, H kd], [B Tk, H vd]
-///   per sample b and head h, on one [Tq, Tk] workspace:
+///   per sample b and head h, on one [Tq, Tk] workspace per thread (one thread, or two: set_threads):
 ///     S = Q_bh K_bh^T, P = masked softmax of S's rows, Pd = dropout(P), O_bh = Pd V_bh
 ///   y = O Wo + bo, and y = 0 at the padded query steps.
 /// The softmax of row i runs over the keys j < n_i, n_i = key length (min i + 1 when causal); the
 /// others get probability 0. Its log-sum-exp is kept per row ([B, H, Tq]), so that backward()
 /// recomputes P from S instead of storing B H [Tq, Tk] matrices: one score matrix and one gradient
-/// matrix per call exist at any time. Padded query rows are all zero, so they take no gradient.
+/// matrix per thread exist at any time. Padded query rows are all zero, so they take no gradient.
 /// Dropout keeps element ((b H + h) Tq + i) Tk + j of P iff hash::bits32(key, index) >= threshold
 /// (the rule of Ops::dropout), recomputed in backward().
 ///
@@ -26,12 +26,14 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 
 #include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/lengths.hpp"
 #include "fastnn/core/precision.hpp"
 #include "fastnn/core/tensor.hpp"
+#include "fastnn/core/thread.hpp"
 
 namespace fastnn {
 namespace detail {
@@ -69,8 +71,14 @@ struct AttentionMask {
 template <class T>
 class CpuAttention {
   using Tn = Tensor<T, Cpu>;
+  struct Scratch {
+    Tn s, gs;
+  };
 
  public:
+  /// With n >= 2, the (sample, head) pairs are split between the calling thread and one worker thread.
+  void set_threads(int n) { threads_ = n < 1 ? 1 : n; }
+
   /// Runs the forward pass (see the file comment) into y [B, Tq, O], keeping what backward() needs.
   void forward(const AttentionDims& d, const AttentionWeights<T>& w, const AttentionMask& m, const T* q, const T* k,
                const T* v, T* y, Precision p) {
@@ -82,21 +90,13 @@ class CpuAttention {
     vp_.resize(Shape{d.batch * d.tk, hv});
     o_.resize(Shape{d.batch * d.tq, hv});
     lse_.resize(Shape{d.batch * d.heads * d.tq});
-    s_.resize(Shape{d.tq, d.tk});
+    for (int i = 0; i < (threads_ >= 2 ? 2 : 1); ++i) scratch_[i].s.resize(Shape{d.tq, d.tk});
     const T inv = T(1) / std::sqrt(static_cast<T>(d.key_dim));
     project(d.batch * d.tq, d.fq, hk, q, w.wq, w.bq, qp_.data(), p);
     qp_.array() *= inv;
     project(d.batch * d.tk, d.fk, hk, k, w.wk, w.bk, kp_.data(), p);
     project(d.batch * d.tk, d.fv, hv, v, w.wv, w.bv, vp_.data(), p);
-    const T scale = dropout_scale();
-    for (Index b = 0; b < d.batch; ++b)
-      for (Index h = 0; h < d.heads; ++h) {
-        scores(b, h, p);
-        softmax_forward(b, h, scale);
-        cpu_gemm(false, false, d.tq, d.value_dim, d.tk, T(1), s_.data(), d.tk,
-                 vp_.data() + b * d.tk * hv + h * d.value_dim, hv, T(0), o_.data() + b * d.tq * hv + h * d.value_dim,
-                 hv, p);
-      }
+    run_pairs(false, p);
     project(d.batch * d.tq, hv, d.out, o_.data(), w.wo, w.bo, y, p);
     zero_padded_queries(y, d.out);
   }
@@ -115,30 +115,12 @@ class CpuAttention {
     dkp_.resize(Shape{nk, hk});
     dvp_.resize(Shape{nk, hv});
     do_.resize(Shape{nq, hv});
-    gs_.resize(Shape{d.tq, d.tk});
+    for (int i = 0; i < (threads_ >= 2 ? 2 : 1); ++i) scratch_[i].gs.resize(Shape{d.tq, d.tk});
     // output projection
     cpu_gemm(true, false, hv, d.out, nq, T(1), o_.data(), hv, dy_.data(), d.out, T(1), g.wo, d.out, p);
     if (g.bo) column_sums(dy_.data(), nq, d.out, g.bo);
     cpu_gemm(false, true, nq, hv, d.out, T(1), dy_.data(), d.out, w.wo, d.out, T(0), do_.data(), hv, p);
-    const T inv = T(1) / std::sqrt(static_cast<T>(d.key_dim));
-    const T scale = dropout_scale();
-    for (Index b = 0; b < d.batch; ++b)
-      for (Index h = 0; h < d.heads; ++h) {
-        const Index qo = b * d.tq * hk + h * d.key_dim, ko = b * d.tk * hk + h * d.key_dim;
-        const Index vo = b * d.tk * hv + h * d.value_dim, oo = b * d.tq * hv + h * d.value_dim;
-        scores(b, h, p);
-        probabilities(b, h);  // s_ = P
-        dropped(b, h, scale);  // gs_ = Pd
-        cpu_gemm(true, false, d.tk, d.value_dim, d.tq, T(1), gs_.data(), d.tk, do_.data() + oo, hv, T(0),
-                 dvp_.data() + vo, hv, p);
-        cpu_gemm(false, true, d.tq, d.tk, d.value_dim, T(1), do_.data() + oo, hv, vp_.data() + vo, hv, T(0),
-                 gs_.data(), d.tk, p);
-        softmax_backward(b, h, scale);  // gs_ = dS
-        cpu_gemm(false, false, d.tq, d.key_dim, d.tk, inv, gs_.data(), d.tk, kp_.data() + ko, hk, T(0),
-                 dqp_.data() + qo, hk, p);
-        cpu_gemm(true, false, d.tk, d.key_dim, d.tq, T(1), gs_.data(), d.tk, qp_.data() + qo, hk, T(0),
-                 dkp_.data() + ko, hk, p);
-      }
+    run_pairs(true, p);
     // input projections
     project_backward(nq, d.fq, hk, q, w.wq, dqp_.data(), g.wq, g.bq, dq, false, p);
     project_backward(nk, d.fk, hk, k, w.wk, dkp_.data(), g.wk, g.bk, dk, false, p);
@@ -147,6 +129,59 @@ class CpuAttention {
 
  private:
   T dropout_scale() const { return m_.threshold ? static_cast<T>(m_.scale) : T(1); }
+
+  /// Runs every (sample, head) pair, forward or backward: all on this thread, or with threads >= 2 the second
+  /// half on the worker (each pair writes its own slices and uses its thread's scratch, so the results do not
+  /// depend on the split).
+  void run_pairs(bool back, Precision p) {
+    const Index n = d_.batch * d_.heads;
+    back_ = back;
+    precision_ = p;
+    if (threads_ < 2 || n < 2) {
+      run_range(0, 0, n);
+      return;
+    }
+    if (!worker_) worker_ = std::make_unique<Worker>();
+    split_ = n / 2;
+    worker_->run([this] { run_range(1, split_, d_.batch * d_.heads); });
+    run_range(0, 0, split_);
+    worker_->wait();
+  }
+  void run_range(int slot, Index lo, Index hi) {
+    Scratch& sc = scratch_[slot];
+    for (Index t = lo; t < hi; ++t) {
+      if (back_) backward_pair(t / d_.heads, t % d_.heads, sc);
+      else forward_pair(t / d_.heads, t % d_.heads, sc);
+    }
+  }
+  void forward_pair(Index b, Index h, Scratch& sc) {
+    const Index hv = d_.heads * d_.value_dim;
+    scores(b, h, sc);
+    softmax_forward(b, h, sc);
+    cpu_gemm(false, false, d_.tq, d_.value_dim, d_.tk, T(1), sc.s.data(), d_.tk,
+             vp_.data() + b * d_.tk * hv + h * d_.value_dim, hv, T(0), o_.data() + b * d_.tq * hv + h * d_.value_dim,
+             hv, precision_);
+  }
+  void backward_pair(Index b, Index h, Scratch& sc) {
+    const AttentionDims& d = d_;
+    const Precision p = precision_;
+    const Index hk = d.heads * d.key_dim, hv = d.heads * d.value_dim;
+    const Index qo = b * d.tq * hk + h * d.key_dim, ko = b * d.tk * hk + h * d.key_dim;
+    const Index vo = b * d.tk * hv + h * d.value_dim, oo = b * d.tq * hv + h * d.value_dim;
+    const T inv = T(1) / std::sqrt(static_cast<T>(d.key_dim));
+    scores(b, h, sc);
+    probabilities(b, h, sc);  // s = P
+    dropped(b, h, sc);        // gs = Pd
+    cpu_gemm(true, false, d.tk, d.value_dim, d.tq, T(1), sc.gs.data(), d.tk, do_.data() + oo, hv, T(0),
+             dvp_.data() + vo, hv, p);
+    cpu_gemm(false, true, d.tq, d.tk, d.value_dim, T(1), do_.data() + oo, hv, vp_.data() + vo, hv, T(0),
+             sc.gs.data(), d.tk, p);
+    softmax_backward(b, h, sc);  // gs = dS
+    cpu_gemm(false, false, d.tq, d.key_dim, d.tk, inv, sc.gs.data(), d.tk, kp_.data() + ko, hk, T(0),
+             dqp_.data() + qo, hk, p);
+    cpu_gemm(true, false, d.tk, d.key_dim, d.tq, T(1), sc.gs.data(), d.tk, qp_.data() + qo, hk, T(0),
+             dkp_.data() + ko, hk, p);
+  }
   Index query_length(Index b) const { return m_.query_lengths ? m_.query_lengths[b] : d_.tq; }
   Index key_length(Index b) const { return m_.key_lengths ? m_.key_lengths[b] : d_.tk; }
   /// The number of keys row i of sample b attends to.
@@ -183,19 +218,20 @@ class CpuAttention {
       std::fill(y + (b * d_.tq + query_length(b)) * width, y + (b + 1) * d_.tq * width, T(0));
   }
 
-  /// s_ = Q_bh K_bh^T (Q already scaled by 1 / sqrt(kd)).
-  void scores(Index b, Index h, Precision p) {
+  /// sc.s = Q_bh K_bh^T (Q already scaled by 1 / sqrt(kd)).
+  void scores(Index b, Index h, Scratch& sc) {
     const Index hk = d_.heads * d_.key_dim;
     cpu_gemm(false, true, d_.tq, d_.tk, d_.key_dim, T(1), qp_.data() + b * d_.tq * hk + h * d_.key_dim, hk,
-             kp_.data() + b * d_.tk * hk + h * d_.key_dim, hk, T(0), s_.data(), d_.tk, p);
+             kp_.data() + b * d_.tk * hk + h * d_.key_dim, hk, T(0), sc.s.data(), d_.tk, precision_);
   }
 
-  /// s_ = dropout(masked softmax(s_)) in place, keeping each row's log-sum-exp in lse_.
-  void softmax_forward(Index b, Index h, T scale) {
+  /// sc.s = dropout(masked softmax(sc.s)) in place, keeping each row's log-sum-exp in lse_.
+  void softmax_forward(Index b, Index h, Scratch& sc) {
+    const T scale = dropout_scale();
     const Index lq = query_length(b), tk = d_.tk;
     T* lse = lse_.data() + (b * d_.heads + h) * d_.tq;
     for (Index i = 0; i < d_.tq; ++i) {
-      T* r = s_.data() + i * tk;
+      T* r = sc.s.data() + i * tk;
       if (i >= lq) {
         std::fill(r, r + tk, T(0));
         lse[i] = T(0);
@@ -218,35 +254,37 @@ class CpuAttention {
     }
   }
 
-  /// s_ = P from the scores in s_ and the kept log-sum-exp (0 where masked and on padded query rows).
-  void probabilities(Index b, Index h) {
+  /// sc.s = P from the scores in sc.s and the kept log-sum-exp (0 where masked and on padded query rows).
+  void probabilities(Index b, Index h, Scratch& sc) {
     const Index lq = query_length(b), tk = d_.tk;
     const T* lse = lse_.data() + (b * d_.heads + h) * d_.tq;
     for (Index i = 0; i < d_.tq; ++i) {
-      T* r = s_.data() + i * tk;
+      T* r = sc.s.data() + i * tk;
       const Index n = i < lq ? keys_of_row(b, i) : 0;
       for (Index j = 0; j < n; ++j) r[j] = std::exp(r[j] - lse[i]);
       std::fill(r + n, r + tk, T(0));
     }
   }
 
-  /// gs_ = dropout(s_) (a copy without dropout).
-  void dropped(Index b, Index h, T scale) {
+  /// sc.gs = dropout(sc.s) (a copy without dropout).
+  void dropped(Index b, Index h, Scratch& sc) {
     if (!m_.threshold) {
-      std::copy(s_.data(), s_.data() + s_.size(), gs_.data());
+      std::copy(sc.s.data(), sc.s.data() + sc.s.size(), sc.gs.data());
       return;
     }
+    const T scale = dropout_scale();
     for (Index i = 0; i < d_.tq; ++i)
       for (Index j = 0; j < d_.tk; ++j)
-        gs_.data()[i * d_.tk + j] = kept(b, h, i, j) ? s_.data()[i * d_.tk + j] * scale : T(0);
+        sc.gs.data()[i * d_.tk + j] = kept(b, h, i, j) ? sc.s.data()[i * d_.tk + j] * scale : T(0);
   }
 
-  /// gs_ = dS from gs_ = dPd and s_ = P: dP = dropout(dPd), dS = P (dP - sum_j P dP).
-  void softmax_backward(Index b, Index h, T scale) {
+  /// sc.gs = dS from sc.gs = dPd and sc.s = P: dP = dropout(dPd), dS = P (dP - sum_j P dP).
+  void softmax_backward(Index b, Index h, Scratch& sc) {
+    const T scale = dropout_scale();
     const Index lq = query_length(b), tk = d_.tk;
     for (Index i = 0; i < d_.tq; ++i) {
-      T* g = gs_.data() + i * tk;
-      const T* pr = s_.data() + i * tk;
+      T* g = sc.gs.data() + i * tk;
+      const T* pr = sc.s.data() + i * tk;
       const Index n = i < lq ? keys_of_row(b, i) : 0;
       if (m_.threshold)
         for (Index j = 0; j < n; ++j) g[j] = kept(b, h, i, j) ? g[j] * scale : T(0);
@@ -259,8 +297,14 @@ class CpuAttention {
 
   AttentionDims d_;
   AttentionMask m_;
-  Tn qp_, kp_, vp_, o_, lse_, s_;
-  Tn dy_, dqp_, dkp_, dvp_, do_, gs_;
+  Tn qp_, kp_, vp_, o_, lse_;
+  Tn dy_, dqp_, dkp_, dvp_, do_;
+  Scratch scratch_[2];  // one per thread: the scores or probabilities, and their gradient
+  int threads_ = 1;
+  std::unique_ptr<Worker> worker_;
+  bool back_ = false;
+  Precision precision_ = Precision::F32;
+  Index split_ = 0;
 };
 
 }  // namespace detail
