@@ -879,6 +879,37 @@ TEST(MultiHeadAttention, MatchesAReferenceAndDropoutChangesOnlyTraining) {
   EXPECT_GT(d1i, 1e-3);
 }
 
+TEST(MultiHeadAttention, FloatIsStableOnLargeScores) {
+  // Inputs up to 60, so scores far beyond exp's float range: the max-shifted softmax stays finite and agrees with
+  // double.
+  const auto opts = MultiHeadAttentionOptions(2, 4).use_causal_mask(true);
+  Rng rng(17);
+  MultiHeadAttention<double> ld(opts);
+  auto sd = build_mha(ld, {Shape{5, 6}, Shape{5, 6}}, rng);
+  MultiHeadAttention<float> lf(opts);
+  lf.set_name("mha");
+  lf.build_inputs({Shape{5, 6}, Shape{5, 6}});
+  Tensor<float, Cpu> wf(sd.first.shape()), gf = Tensor<float, Cpu>::zeros(sd.first.shape());
+  for (Index i = 0; i < wf.size(); ++i) wf[i] = static_cast<float>(sd.first[i]);
+  lf.bind_parameters(wf, gf);
+  auto xd = random_tensor(Shape{2, 5, 6}, rng, -60, 60);
+  Tensor<float, Cpu> xf(xd.shape());
+  for (Index i = 0; i < xd.size(); ++i) xf[i] = static_cast<float>(xd[i]);
+  Tensor<double, Cpu> yd;
+  Tensor<float, Cpu> yf;
+  ld.forward_inputs({&xd, &xd}, yd, Mode::Infer);
+  lf.forward_inputs({&xf, &xf}, yf, Mode::Infer);
+  double worst = 0, scale = 0;
+  for (Index i = 0; i < yd.size(); ++i) {
+    ASSERT_TRUE(std::isfinite(yf[i])) << i;
+    worst = std::max(worst, std::fabs(yd[i] - static_cast<double>(yf[i])));
+    scale = std::max(scale, std::fabs(yd[i]));
+  }
+  std::printf("  MultiHeadAttention float vs double on large scores: max abs difference %.3g (outputs up to %.3g)\n",
+              worst, scale);
+  EXPECT_LT(worst, 1e-3 * scale);
+}
+
 TEST(MultiHeadAttention, MaskedEqualsUnpadded) {
   // A padded batch with query and key lengths against each sample alone at its own lengths: real outputs, the
   // gradients of every input at its real steps and the parameter gradients agree; padded query steps output 0;
