@@ -880,8 +880,7 @@ TEST(MultiHeadAttention, MatchesAReferenceAndDropoutChangesOnlyTraining) {
 }
 
 TEST(MultiHeadAttention, FloatIsStableOnLargeScores) {
-  // Inputs up to 60, so scores far beyond exp's float range: the max-shifted softmax stays finite and agrees with
-  // double.
+  // Inputs up to 60, so large scores: the max-shifted softmax stays finite in float and agrees with double.
   const auto opts = MultiHeadAttentionOptions(2, 4).use_causal_mask(true);
   Rng rng(17);
   MultiHeadAttention<double> ld(opts);
