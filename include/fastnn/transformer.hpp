@@ -1,7 +1,8 @@
 #pragma once
 /// \file transformer.hpp
 /// The Transformer layers, opt-in: LayerNormalization (layers/layer_norm.hpp), PositionEmbedding
-/// and SinePositionEncoding (layers/position.hpp). Including this header also adds them to the
+/// and SinePositionEncoding (layers/position.hpp), MultiHeadAttention (layers/attention.hpp; CPU
+/// only: on Cuda its build throws UnsupportedError). Including this header also adds them to the
 /// layer registry for float and double (layers/transformer_registry.hpp) before main() runs, so
 /// that models holding them save, load and print like the others, and their ONNX exporters to
 /// io::export_onnx (io/onnx_transformer.hpp). When FASTNN_WITH_CUDA is defined (the fastnn::cuda
@@ -13,6 +14,7 @@
 
 #include "fastnn/fastnn.hpp"
 #include "fastnn/io/onnx_transformer.hpp"
+#include "fastnn/layers/attention.hpp"
 #include "fastnn/layers/layer_norm.hpp"
 #include "fastnn/layers/position.hpp"
 #include "fastnn/layers/transformer_registry.hpp"

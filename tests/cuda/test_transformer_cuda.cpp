@@ -4,7 +4,7 @@
 // for LayerNormalization with and without center and scale on rows shorter than a warp, of a
 // warp, longer, and long (1000), on rows with a large mean, and in double; PositionEmbedding and
 // SinePositionEncoding; and a model moved to the GPU with Sequential::to<Cuda>(). Skipped
-// without a CUDA device.
+// without a CUDA device. MultiHeadAttention has no GPU path: its build on Cuda is an UnsupportedError.
 
 #include "cuda_test_util.hpp"
 
@@ -99,6 +99,23 @@ TEST(CudaTransformerModel, MovedModelPredictsAsTheCpu) {
   const Tensor<float, Cpu> y = m.predict(x);
   const Tensor<float, Cuda> yg = g.predict(to_device<Cuda>(x));
   EXPECT_TRUE(close(y, yg, kRtolFloat));
+}
+
+}  // namespace
+
+namespace {
+
+// MultiHeadAttention has no GPU implementation: building it on Cuda is an UnsupportedError naming the layer
+// (no device is touched, so this runs without a GPU too).
+TEST(CudaMultiHeadAttention, BuildIsUnsupportedAndNamesTheLayer) {
+  fastnn::MultiHeadAttention<float, fastnn::Cuda> l(fastnn::MultiHeadAttentionOptions(2, 4));
+  l.set_name("att");
+  try {
+    l.build_inputs({fastnn::Shape{4, 8}, fastnn::Shape{4, 8}});
+    ADD_FAILURE() << "no error";
+  } catch (const fastnn::UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("att (MultiHeadAttention)"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

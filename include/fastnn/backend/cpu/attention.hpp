@@ -1,0 +1,311 @@
+#pragma once
+/// \file attention.hpp
+/// The CPU computation of MultiHeadAttention (layers/attention.hpp): `detail::CpuAttention<T>`.
+///
+/// Shapes: query q [B, Tq, Fq], key k [B, Tk, Fk], value v [B, Tk, Fv]; H heads, key_dim kd,
+/// value_dim vd, output width O. Kernels are row-major [F, H * kd] (Keras's [F, H, kd]) and
+/// [H * vd, O] (Keras's [H, vd, O]).
+///
+/// Forward:
+///   Q = (q Wq + bq) / sqrt(kd)   [B Tq, H kd]     one GEMM over the whole batch
+///   K = k Wk + bk, V = v Wv + bv [B Tk, H kd], [B Tk, H vd]
+///   per sample b and head h, on one [Tq, Tk] workspace per thread (one thread, or two: set_threads):
+///     S = Q_bh K_bh^T, P = masked softmax of S's rows, Pd = dropout(P), O_bh = Pd V_bh
+///   y = O Wo + bo, and y = 0 at the padded query steps.
+/// The softmax of row i runs over the keys j < n_i, n_i = key length (min i + 1 when causal); the
+/// others get probability 0. Its log-sum-exp is kept per row ([B, H, Tq]), so that backward()
+/// recomputes P from S instead of storing B H [Tq, Tk] matrices: one score matrix and one gradient
+/// matrix per thread exist at any time. Padded query rows are all zero, so they take no gradient.
+/// Dropout keeps element ((b H + h) Tq + i) Tk + j of P iff hash::bits32(key, index) >= threshold
+/// (the rule of Ops::dropout), recomputed in backward().
+///
+/// Every product runs on cpu_gemm (backend/cpu/gemm.hpp); workspaces are tensors that grow to the
+/// largest batch and are then reused, so a step after the first allocates nothing.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+
+#include "fastnn/backend/cpu/gemm.hpp"
+#include "fastnn/core/hash.hpp"
+#include "fastnn/core/lengths.hpp"
+#include "fastnn/core/precision.hpp"
+#include "fastnn/core/tensor.hpp"
+#include "fastnn/core/thread.hpp"
+
+namespace fastnn {
+namespace detail {
+
+/// Sizes of one MultiHeadAttention call (see the file comment).
+struct AttentionDims {
+  Index batch = 0, tq = 0, tk = 0, heads = 0, key_dim = 0, value_dim = 0;
+  Index fq = 0, fk = 0, fv = 0, out = 0;
+};
+
+/// Weights of MultiHeadAttention; biases are null without use_bias.
+template <class T>
+struct AttentionWeights {
+  const T *wq = nullptr, *bq = nullptr, *wk = nullptr, *bk = nullptr, *wv = nullptr, *bv = nullptr;
+  const T *wo = nullptr, *bo = nullptr;
+};
+
+/// Gradients of the weights (accumulated into); biases null without use_bias.
+template <class T>
+struct AttentionGrads {
+  T *wq = nullptr, *bq = nullptr, *wk = nullptr, *bk = nullptr, *wv = nullptr, *bv = nullptr;
+  T *wo = nullptr, *bo = nullptr;
+};
+
+/// The masking and dropout of one call.
+struct AttentionMask {
+  const std::int32_t* query_lengths = nullptr;  ///< [B], null: full length
+  const std::int32_t* key_lengths = nullptr;    ///< [B], null: full length
+  bool causal = false;
+  std::uint32_t threshold = 0;  ///< dropout: keep iff bits32(key, i) >= threshold; 0 keeps all
+  std::uint64_t key = 0;
+  double scale = 1;  ///< dropout: the kept probabilities' factor, 1 / (1 - rate)
+};
+
+template <class T>
+class CpuAttention {
+  using Tn = Tensor<T, Cpu>;
+  struct Scratch {
+    Tn s, gs;
+  };
+
+ public:
+  /// With n >= 2, the (sample, head) pairs are split between the calling thread and one worker thread.
+  void set_threads(int n) { threads_ = n < 1 ? 1 : n; }
+
+  /// Runs the forward pass (see the file comment) into y [B, Tq, O], keeping what backward() needs.
+  void forward(const AttentionDims& d, const AttentionWeights<T>& w, const AttentionMask& m, const T* q, const T* k,
+               const T* v, T* y, Precision p) {
+    d_ = d;
+    m_ = m;
+    const Index hk = d.heads * d.key_dim, hv = d.heads * d.value_dim;
+    qp_.resize(Shape{d.batch * d.tq, hk});
+    kp_.resize(Shape{d.batch * d.tk, hk});
+    vp_.resize(Shape{d.batch * d.tk, hv});
+    o_.resize(Shape{d.batch * d.tq, hv});
+    lse_.resize(Shape{d.batch * d.heads * d.tq});
+    for (int i = 0; i < (threads_ >= 2 ? 2 : 1); ++i) scratch_[i].s.resize(Shape{d.tq, d.tk});
+    const T inv = T(1) / std::sqrt(static_cast<T>(d.key_dim));
+    project(d.batch * d.tq, d.fq, hk, q, w.wq, w.bq, qp_.data(), p);
+    qp_.array() *= inv;
+    project(d.batch * d.tk, d.fk, hk, k, w.wk, w.bk, kp_.data(), p);
+    project(d.batch * d.tk, d.fv, hv, v, w.wv, w.bv, vp_.data(), p);
+    run_pairs(false, p);
+    project(d.batch * d.tq, hv, d.out, o_.data(), w.wo, w.bo, y, p);
+    zero_padded_queries(y, d.out);
+  }
+
+  /// Given dy [B, Tq, O], accumulates the weight gradients into g and writes the input gradients dq, dk, dv
+  /// (each may be null). With `dk == dv` (key and value the same tensor) both contributions are summed there.
+  void backward(const AttentionWeights<T>& w, const AttentionGrads<T>& g, const T* q, const T* k, const T* v,
+                const T* dy, T* dq, T* dk, T* dv, Precision p) {
+    const AttentionDims& d = d_;
+    const Index hk = d.heads * d.key_dim, hv = d.heads * d.value_dim;
+    const Index nq = d.batch * d.tq, nk = d.batch * d.tk;
+    dy_.resize(Shape{nq, d.out});
+    std::copy(dy, dy + nq * d.out, dy_.data());
+    zero_padded_queries(dy_.data(), d.out);
+    dqp_.resize(Shape{nq, hk});
+    dkp_.resize(Shape{nk, hk});
+    dvp_.resize(Shape{nk, hv});
+    do_.resize(Shape{nq, hv});
+    for (int i = 0; i < (threads_ >= 2 ? 2 : 1); ++i) scratch_[i].gs.resize(Shape{d.tq, d.tk});
+    // output projection
+    cpu_gemm(true, false, hv, d.out, nq, T(1), o_.data(), hv, dy_.data(), d.out, T(1), g.wo, d.out, p);
+    if (g.bo) column_sums(dy_.data(), nq, d.out, g.bo);
+    cpu_gemm(false, true, nq, hv, d.out, T(1), dy_.data(), d.out, w.wo, d.out, T(0), do_.data(), hv, p);
+    run_pairs(true, p);
+    // input projections
+    project_backward(nq, d.fq, hk, q, w.wq, dqp_.data(), g.wq, g.bq, dq, false, p);
+    project_backward(nk, d.fk, hk, k, w.wk, dkp_.data(), g.wk, g.bk, dk, false, p);
+    project_backward(nk, d.fv, hv, v, w.wv, dvp_.data(), g.wv, g.bv, dv, dv != nullptr && dv == dk, p);
+  }
+
+ private:
+  T dropout_scale() const { return m_.threshold ? static_cast<T>(m_.scale) : T(1); }
+
+  /// Runs every (sample, head) pair, forward or backward: all on this thread, or with threads >= 2 the second
+  /// half on the worker (each pair writes its own slices and uses its thread's scratch, so the results do not
+  /// depend on the split).
+  void run_pairs(bool back, Precision p) {
+    const Index n = d_.batch * d_.heads;
+    back_ = back;
+    precision_ = p;
+    if (threads_ < 2 || n < 2) {
+      run_range(0, 0, n);
+      return;
+    }
+    if (!worker_) worker_ = std::make_unique<Worker>();
+    split_ = n / 2;
+    worker_->run([this] { run_range(1, split_, d_.batch * d_.heads); });
+    run_range(0, 0, split_);
+    worker_->wait();
+  }
+  void run_range(int slot, Index lo, Index hi) {
+    Scratch& sc = scratch_[slot];
+    for (Index t = lo; t < hi; ++t) {
+      if (back_) backward_pair(t / d_.heads, t % d_.heads, sc);
+      else forward_pair(t / d_.heads, t % d_.heads, sc);
+    }
+  }
+  void forward_pair(Index b, Index h, Scratch& sc) {
+    const Index hv = d_.heads * d_.value_dim;
+    scores(b, h, sc);
+    softmax_forward(b, h, sc);
+    cpu_gemm(false, false, d_.tq, d_.value_dim, d_.tk, T(1), sc.s.data(), d_.tk,
+             vp_.data() + b * d_.tk * hv + h * d_.value_dim, hv, T(0), o_.data() + b * d_.tq * hv + h * d_.value_dim,
+             hv, precision_);
+  }
+  void backward_pair(Index b, Index h, Scratch& sc) {
+    const AttentionDims& d = d_;
+    const Precision p = precision_;
+    const Index hk = d.heads * d.key_dim, hv = d.heads * d.value_dim;
+    const Index qo = b * d.tq * hk + h * d.key_dim, ko = b * d.tk * hk + h * d.key_dim;
+    const Index vo = b * d.tk * hv + h * d.value_dim, oo = b * d.tq * hv + h * d.value_dim;
+    const T inv = T(1) / std::sqrt(static_cast<T>(d.key_dim));
+    scores(b, h, sc);
+    probabilities(b, h, sc);  // s = P
+    dropped(b, h, sc);        // gs = Pd
+    cpu_gemm(true, false, d.tk, d.value_dim, d.tq, T(1), sc.gs.data(), d.tk, do_.data() + oo, hv, T(0),
+             dvp_.data() + vo, hv, p);
+    cpu_gemm(false, true, d.tq, d.tk, d.value_dim, T(1), do_.data() + oo, hv, vp_.data() + vo, hv, T(0),
+             sc.gs.data(), d.tk, p);
+    softmax_backward(b, h, sc);  // gs = dS
+    cpu_gemm(false, false, d.tq, d.key_dim, d.tk, inv, sc.gs.data(), d.tk, kp_.data() + ko, hk, T(0),
+             dqp_.data() + qo, hk, p);
+    cpu_gemm(true, false, d.tk, d.key_dim, d.tq, T(1), sc.gs.data(), d.tk, qp_.data() + qo, hk, T(0),
+             dkp_.data() + ko, hk, p);
+  }
+  Index query_length(Index b) const { return m_.query_lengths ? m_.query_lengths[b] : d_.tq; }
+  Index key_length(Index b) const { return m_.key_lengths ? m_.key_lengths[b] : d_.tk; }
+  /// The number of keys row i of sample b attends to.
+  Index keys_of_row(Index b, Index i) const {
+    const Index n = key_length(b);
+    return m_.causal ? std::min(n, i + 1) : n;
+  }
+  bool kept(Index b, Index h, Index i, Index j) const {
+    const auto idx = static_cast<std::uint64_t>(((b * d_.heads + h) * d_.tq + i) * d_.tk + j);
+    return hash::bits32(m_.key, idx) >= m_.threshold;
+  }
+
+  /// out [rows, n] = x [rows, f] W [f, n] (+ bias).
+  static void project(Index rows, Index f, Index n, const T* x, const T* w, const T* bias, T* out, Precision p) {
+    cpu_gemm(false, false, rows, n, f, T(1), x, f, w, n, T(0), out, n, p);
+    if (!bias) return;
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < n; ++c) out[r * n + c] += bias[c];
+  }
+  /// dW += x^T dout, db += column sums of dout, dx = dout W^T (added to dx when `add`).
+  static void project_backward(Index rows, Index f, Index n, const T* x, const T* w, const T* dout, T* dw, T* db,
+                               T* dx, bool add, Precision p) {
+    cpu_gemm(true, false, f, n, rows, T(1), x, f, dout, n, T(1), dw, n, p);
+    if (db) column_sums(dout, rows, n, db);
+    if (dx) cpu_gemm(false, true, rows, f, n, T(1), dout, n, w, n, add ? T(1) : T(0), dx, f, p);
+  }
+  static void column_sums(const T* x, Index rows, Index n, T* acc) {
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < n; ++c) acc[c] += x[r * n + c];
+  }
+  void zero_padded_queries(T* y, Index width) const {
+    if (!m_.query_lengths) return;
+    for (Index b = 0; b < d_.batch; ++b)
+      std::fill(y + (b * d_.tq + query_length(b)) * width, y + (b + 1) * d_.tq * width, T(0));
+  }
+
+  /// sc.s = Q_bh K_bh^T (Q already scaled by 1 / sqrt(kd)).
+  void scores(Index b, Index h, Scratch& sc) {
+    const Index hk = d_.heads * d_.key_dim;
+    cpu_gemm(false, true, d_.tq, d_.tk, d_.key_dim, T(1), qp_.data() + b * d_.tq * hk + h * d_.key_dim, hk,
+             kp_.data() + b * d_.tk * hk + h * d_.key_dim, hk, T(0), sc.s.data(), d_.tk, precision_);
+  }
+
+  /// sc.s = dropout(masked softmax(sc.s)) in place, keeping each row's log-sum-exp in lse_.
+  void softmax_forward(Index b, Index h, Scratch& sc) {
+    const T scale = dropout_scale();
+    const Index lq = query_length(b), tk = d_.tk;
+    T* lse = lse_.data() + (b * d_.heads + h) * d_.tq;
+    for (Index i = 0; i < d_.tq; ++i) {
+      T* r = sc.s.data() + i * tk;
+      if (i >= lq) {
+        std::fill(r, r + tk, T(0));
+        lse[i] = T(0);
+        continue;
+      }
+      const Index n = keys_of_row(b, i);
+      T mx = r[0];
+      for (Index j = 1; j < n; ++j) mx = std::max(mx, r[j]);
+      T sum = 0;
+      for (Index j = 0; j < n; ++j) {
+        r[j] = std::exp(r[j] - mx);
+        sum += r[j];
+      }
+      const T rs = T(1) / sum;
+      for (Index j = 0; j < n; ++j) r[j] *= rs;
+      std::fill(r + n, r + tk, T(0));
+      lse[i] = mx + std::log(sum);
+      if (m_.threshold)
+        for (Index j = 0; j < n; ++j) r[j] = kept(b, h, i, j) ? r[j] * scale : T(0);
+    }
+  }
+
+  /// sc.s = P from the scores in sc.s and the kept log-sum-exp (0 where masked and on padded query rows).
+  void probabilities(Index b, Index h, Scratch& sc) {
+    const Index lq = query_length(b), tk = d_.tk;
+    const T* lse = lse_.data() + (b * d_.heads + h) * d_.tq;
+    for (Index i = 0; i < d_.tq; ++i) {
+      T* r = sc.s.data() + i * tk;
+      const Index n = i < lq ? keys_of_row(b, i) : 0;
+      for (Index j = 0; j < n; ++j) r[j] = std::exp(r[j] - lse[i]);
+      std::fill(r + n, r + tk, T(0));
+    }
+  }
+
+  /// sc.gs = dropout(sc.s) (a copy without dropout).
+  void dropped(Index b, Index h, Scratch& sc) {
+    if (!m_.threshold) {
+      std::copy(sc.s.data(), sc.s.data() + sc.s.size(), sc.gs.data());
+      return;
+    }
+    const T scale = dropout_scale();
+    for (Index i = 0; i < d_.tq; ++i)
+      for (Index j = 0; j < d_.tk; ++j)
+        sc.gs.data()[i * d_.tk + j] = kept(b, h, i, j) ? sc.s.data()[i * d_.tk + j] * scale : T(0);
+  }
+
+  /// sc.gs = dS from sc.gs = dPd and sc.s = P: dP = dropout(dPd), dS = P (dP - sum_j P dP).
+  void softmax_backward(Index b, Index h, Scratch& sc) {
+    const T scale = dropout_scale();
+    const Index lq = query_length(b), tk = d_.tk;
+    for (Index i = 0; i < d_.tq; ++i) {
+      T* g = sc.gs.data() + i * tk;
+      const T* pr = sc.s.data() + i * tk;
+      const Index n = i < lq ? keys_of_row(b, i) : 0;
+      if (m_.threshold)
+        for (Index j = 0; j < n; ++j) g[j] = kept(b, h, i, j) ? g[j] * scale : T(0);
+      T dot = 0;
+      for (Index j = 0; j < n; ++j) dot += pr[j] * g[j];
+      for (Index j = 0; j < n; ++j) g[j] = pr[j] * (g[j] - dot);
+      std::fill(g + n, g + tk, T(0));
+    }
+  }
+
+  AttentionDims d_;
+  AttentionMask m_;
+  Tn qp_, kp_, vp_, o_, lse_;
+  Tn dy_, dqp_, dkp_, dvp_, do_;
+  Scratch scratch_[2];  // one per thread: the scores or probabilities, and their gradient
+  int threads_ = 1;
+  std::unique_ptr<Worker> worker_;
+  bool back_ = false;
+  Precision precision_ = Precision::F32;
+  Index split_ = 0;
+};
+
+}  // namespace detail
+}  // namespace fastnn
