@@ -381,8 +381,7 @@ class Model : public Network<T, D> {
                           " outputs, got " + std::to_string(dys.size()) + " gradients");
     std::vector<const Tn*> dp_;
     for (const auto& d : dys) dp_.push_back(&d);
-    grads_.set_zero();
-    exec_.backward(dp_.data(), this->activity_scale_, grads_, dp);
+    backward_train_all(dp_.data(), dp);
   }
 
   // ---- Network ------------------------------------------------------------------------------------------------
@@ -414,8 +413,7 @@ class Model : public Network<T, D> {
   }
   void backward_train(const Tn& dy, detail::DataParallel<T, D>* dp) override {
     const Tn* d[1] = {&dy};
-    grads_.set_zero();
-    exec_.backward(d, this->activity_scale_, grads_, dp);
+    backward_train_all(d, dp);
   }
   void release_input() override {
     exec_.release_inputs();

@@ -422,10 +422,8 @@ class Trainer {
     StepData sd{&d, &batch_index_, order.data(), 0, n, true, epochs_done_ + 1, 1};
     step_body(net, sd, nullptr);
     O::throw_if_nonfinite(epochs_done_ + 1);
-    std::vector<double> rows;
-    for (const auto& h : heads_) rows.push_back(h.rows);
     BatchResult r;
-    r.loss = means(to_device<Cpu>(stats_), rows, reg_sum_, r.metrics);
+    r.loss = means(to_device<Cpu>(stats_), head_rows(), reg_sum_, r.metrics);
     r.accuracy = accuracy_of(r.metrics);
     return r;
   }
@@ -448,11 +446,8 @@ class Trainer {
     set_noise_key(net, 0);
     net.set_activity_scale(1.0 / static_cast<double>(n));
     forward(net);
-    std::vector<double> rows;
-    for (std::size_t k = 0; k < heads_.size(); ++k) {
-      heads_[k].rows = loss_rows(net, k, n, heads_[k].lengths);
-      rows.push_back(heads_[k].rows);
-    }
+    for (std::size_t k = 0; k < heads_.size(); ++k) heads_[k].rows = loss_rows(net, k, n, heads_[k].lengths);
+    const std::vector<double> rows = head_rows();
     loss_and_backward(net, rows.data(), nullptr);
     add_regularization(net, heads_[0].rows);
     std::vector<MetricValue> values;
@@ -820,6 +815,12 @@ class Trainer {
     return w;
   }
 
+  /// Each output's loss rows of the last training step.
+  std::vector<double> head_rows() const {
+    std::vector<double> v;
+    for (const auto& h : heads_) v.push_back(h.rows);
+    return v;
+  }
   Index stats_size() const { return heads_.back().slot + 1 + static_cast<Index>(heads_.back().metrics.size()); }
   void begin_stats() {
     stats_.resize(Shape{stats_size()});
@@ -1192,14 +1193,16 @@ class Trainer {
       for (std::size_t k = 0; k < nh; ++k)
         gather_targets(data.outputs[k], ws.index, begin, count, ws.labels[k], ws.targets[k]);
       ws.predictor.forward(ws.x, ws.lengths);
+      double rows0 = 0;  // the first output's loss rows of this batch
       for (std::size_t k = 0; k < nh; ++k) {
         const Lengths& lengths = ws.predictor.output_lengths(k);
         accumulate(net, k, ws.predictor.output(k), ws.labels[k], ws.targets[k], nullptr, T(0), ws.scratch, ws.stats,
                    lengths);
-        total[k] += loss_rows(net, k, count, lengths);
+        const double rows = loss_rows(net, k, count, lengths);
+        if (k == 0) rows0 = rows;
+        total[k] += rows;
       }
-      activity += ws.predictor.activity_penalty() / static_cast<double>(count) * loss_rows(
-                      net, 0, count, ws.predictor.output_lengths(0));
+      activity += ws.predictor.activity_penalty() / static_cast<double>(count) * rows0;
     }
     auto h = to_device<Cpu>(ws.stats);
     double reg = 0;  // Keras adds the weight penalties to the evaluated loss too
