@@ -4,6 +4,7 @@
     build/examples/lang_id --epochs 0 --write-split split.tsv --init-weights-out init.safetensors
     /usr/bin/python3 bench/lang_id_peer.py --split split.tsv --init-weights init.safetensors \
         --epochs 5 --threads 1 --json torch.json
+    # the same with --model transformer given to both
 
 Use Debian's python3-torch through /usr/bin/python3. The data is not re-derived here: --split is
 the TSV file that `lang_id --write-split` wrote (lines `train|val<TAB>label<TAB>word`); a word is
@@ -23,12 +24,22 @@ package). Mapping (Keras GRU gate order z, r, h; torch r, z, n; reset_after=True
   bidirectional.forward_gru.bias [2, 3H]            -> gru.bias_ih_l0 = row 0, gru.bias_hh_l0 = row 1 (permuted)
   bidirectional.backward_gru.*                      -> the same with the _reverse suffix
   dense.kernel [2H, 9], dense.bias [9]              -> linear.weight = kernel.T, linear.bias
-Without it, --init chooses the random initial weights, drawn from --seed: `keras` (the default)
+
+Without --init-weights, --init chooses the random initial weights, drawn from --seed: `keras` (the default)
 Keras's initialisation: uniform(-0.05, 0.05) embedding, glorot_uniform kernels, orthogonal
 recurrent kernels, zero biases; `torch` PyTorch's own default initialisation of nn.Embedding
 (N(0, 1), padding row 0 zero), nn.GRU (every weight and bias U(-1/sqrt(H), 1/sqrt(H))) and
 nn.Linear (kaiming_uniform(a=sqrt(5)) weight, U(-1/sqrt(2H), 1/sqrt(2H)) bias), left untouched
 (lang_id --init torch draws from the same distributions).
+
+--model transformer (lang_id --model transformer; d = --embed-dim, default 64): nn.Embedding(257, d) plus a
+learned position table nn.Embedding(maxlen, d) at positions 0..maxlen-1 -> nn.TransformerEncoder of --blocks
+nn.TransformerEncoderLayer(d, --heads, --ff, dropout=--dropout, activation="gelu", layer_norm_eps=1e-3,
+batch_first=True, norm_first=False) with src_key_padding_mask (true beyond each word's length) -> the mean over
+the real steps -> nn.Linear(d, 9). --init-weights mapping: embedding.embeddings -> embedding.weight,
+position_embedding.embeddings -> position.weight, the blocks enc<b>_* -> encoder.layers[b] as in
+python/fastnn_torch_transformer.py (docs/weights-format.md), dense.kernel.T / dense.bias -> fc. Without
+--init-weights the transformer takes --init torch only (PyTorch's own defaults, untouched).
 
 It prints the BLAS library torch runs on and, for OpenBLAS, the kernel it chose (`BLAS ...` line,
 "blas" in --json); OpenBLAS reads OPENBLAS_CORETYPE at load time, so run the peer without it to
@@ -47,6 +58,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 CLASSES = 9
 LANGUAGES = ["english", "german", "french", "spanish", "italian", "portuguese", "dutch", "swedish", "polish"]
@@ -59,8 +71,14 @@ def parse_args(argv):
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--maxlen", type=int, default=20, help="padded length; every word must fit (as lang_id's --maxlen)")
-    p.add_argument("--units", type=int, default=64)
-    p.add_argument("--embed-dim", type=int, default=32)
+    p.add_argument("--model", choices=("bigru", "transformer"), default="bigru")
+    p.add_argument("--units", type=int, default=64, help="bigru: GRU units per direction")
+    p.add_argument("--embed-dim", type=int, default=0,
+                   help="byte embedding size, the transformer's width d (0: 32 for bigru, 64 for transformer)")
+    p.add_argument("--heads", type=int, default=4, help="transformer: attention heads")
+    p.add_argument("--ff", type=int, default=128, help="transformer: feed-forward width")
+    p.add_argument("--blocks", type=int, default=2, help="transformer: encoder layers")
+    p.add_argument("--dropout", type=float, default=0.1, help="transformer: dropout rate")
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OpenMP/BLAS threads)")
     p.add_argument("--seed", type=int, default=42, help="shuffling (and the weights without --init-weights)")
@@ -70,8 +88,17 @@ def parse_args(argv):
     p.add_argument("--json", default="", help="write a JSON summary")
     p.add_argument("--no-shuffle", action="store_true", help="train in the split file's order every epoch")
     a = p.parse_args(argv)
-    if a.epochs < 0 or a.threads < 1 or a.batch_size < 1 or a.maxlen < 1 or a.units < 1 or a.embed_dim < 1:
-        p.error("--epochs must be >= 0; --threads, --batch-size, --maxlen, --units and --embed-dim >= 1")
+    if a.embed_dim == 0:
+        a.embed_dim = 64 if a.model == "transformer" else 32
+    if (a.epochs < 0 or a.threads < 1 or a.batch_size < 1 or a.maxlen < 1 or a.units < 1 or a.embed_dim < 1
+            or a.heads < 1 or a.ff < 1 or a.blocks < 1 or not 0 <= a.dropout < 1):
+        p.error("--epochs must be >= 0; --threads, --batch-size, --maxlen, --units, --embed-dim, --heads, --ff and "
+                "--blocks >= 1; --dropout in [0, 1)")
+    if a.model == "transformer" and a.embed_dim % a.heads:
+        p.error(f"--embed-dim {a.embed_dim} is not divisible by --heads {a.heads}")
+    if a.model == "transformer" and not a.init_weights and a.init != "torch":
+        p.error("--model transformer needs --init-weights (lang_id --model transformer --init-weights-out) or "
+                "--init torch (PyTorch's own defaults)")
     if a.init_weights and a.init == "torch":
         p.error("--init torch and --init-weights exclude each other (the weights file gives the initial weights)")
     return a
@@ -89,6 +116,10 @@ from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python"))
 from fastnn_safetensors import read_safetensors  # noqa: E402
 from fastnn_peer_env import blas_info, cpu_model, num  # noqa: E402
+from fastnn_torch_transformer import load_encoder_layer  # noqa: E402
+
+# TransformerEncoder's inference path with a padding mask warns once that nested tensors are a prototype.
+warnings.filterwarnings("ignore", message="The PyTorch API of nested tensors")
 
 
 
@@ -204,6 +235,56 @@ class LangId(nn.Module):
         return self.fc(torch.cat((h_n[0], h_n[1]), dim=1))
 
 
+class LangIdTransformer(nn.Module):
+    """Embedding + learned positions -> TransformerEncoder (post-norm, gelu) -> masked mean -> Linear."""
+
+    def __init__(self, d, heads, ff, blocks, dropout, maxlen, classes=CLASSES, vocab=257):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, d, padding_idx=0)
+        self.position = nn.Embedding(maxlen, d)
+        layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=dropout, activation="gelu", layer_norm_eps=1e-3,
+                                           batch_first=True, norm_first=False)
+        self.encoder = nn.TransformerEncoder(layer, blocks)
+        self.fc = nn.Linear(d, classes)
+
+    def load_fastnn(self, path):
+        w, meta = read_safetensors(path, np)
+        d = self.embedding.weight.shape[1]
+
+        def get(name, shape):
+            if name not in w:
+                die(f"{path}: no tensor '{name}' (has: {', '.join(sorted(w))})")
+            a = w[name]
+            if list(a.shape) != list(shape):
+                die(f"{path}: '{name}' is {list(a.shape)}, expected {list(shape)} (same --embed-dim/--maxlen as "
+                    f"lang_id?)")
+            return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+        with torch.no_grad():
+            self.embedding.weight.copy_(get("embedding.embeddings", list(self.embedding.weight.shape)))
+            self.position.weight.copy_(get("position_embedding.embeddings", list(self.position.weight.shape)))
+            copied = self.embedding.weight.numel() + self.position.weight.numel()
+            for b, layer in enumerate(self.encoder.layers):
+                copied += load_encoder_layer(layer, w, f"enc{b}_", np, torch)
+            self.fc.weight.copy_(get("dense.kernel", [d, CLASSES]).t())
+            self.fc.bias.copy_(get("dense.bias", [CLASSES]))
+            copied += self.fc.weight.numel() + self.fc.bias.numel()
+        in_file = sum(int(a.size) for a in w.values())
+        if copied != in_file:
+            die(f"{path}: the model took {copied} of the file's {in_file} values (same --blocks as lang_id?)")
+        return meta
+
+    def forward(self, tokens, lengths):
+        steps = tokens.shape[1]
+        pad = torch.arange(steps)[None, :] >= lengths[:, None]  # [B, T], true at padded steps
+        x = self.embedding(tokens) + self.position.weight[:steps]
+        h = self.encoder(x, src_key_padding_mask=pad)
+        # In eval mode torch's nested-tensor path returns only the batch's longest length of steps (zeros beyond
+        # each word's length); in training all `steps`.
+        real = (~pad[:, :h.shape[1]]).unsqueeze(-1).to(h.dtype)
+        return self.fc((h * real).sum(1) / lengths[:, None].to(h.dtype))
+
+
 # ---- training --------------------------------------------------------------------------------
 def main():
     a = ARGS
@@ -219,7 +300,11 @@ def main():
     xtr, ltr, ytr = data["train"]
     xva, lva, yva = data["val"]
 
-    model = LangId(a.embed_dim, a.units)  # PyTorch's default initialisation, drawn from torch.manual_seed(--seed)
+    # PyTorch's default initialisation, drawn from torch.manual_seed(--seed)
+    if a.model == "transformer":
+        model = LangIdTransformer(a.embed_dim, a.heads, a.ff, a.blocks, a.dropout, a.maxlen)
+    else:
+        model = LangId(a.embed_dim, a.units)
     if a.init_weights:
         try:
             model.load_fastnn(a.init_weights)
@@ -238,7 +323,7 @@ def main():
     print(f"machine: {cpu}, {cores} cores", flush=True)
     print(f"CONFIG torch={torch.__version__} numpy={np.__version__} python={platform.python_version()} "
           f"threads={torch.get_num_threads()} params={nparams} train={xtr.shape[0]} val={xva.shape[0]} "
-          f"batch={a.batch_size} lr={a.lr} seed={a.seed} init={init}", flush=True)
+          f"batch={a.batch_size} lr={a.lr} seed={a.seed} init={init} model={a.model}", flush=True)
     blas = blas_info()
     print(f"BLAS core={blas['core'] or 'unknown'} config={blas['config'] or 'not OpenBLAS'} "
           f"libraries={','.join(blas['libraries']) or 'none found'} "
@@ -290,7 +375,9 @@ def main():
             "impl": "pytorch",
             "machine": {"cpu": cpu, "cores": cores},
             "config": {"epochs": a.epochs, "batch_size": a.batch_size, "maxlen": a.maxlen, "threads": a.threads,
-                       "seed": a.seed, "units": a.units, "embed_dim": a.embed_dim, "lr": a.lr, "split": a.split,
+                       "seed": a.seed, "model": a.model, "embed_dim": a.embed_dim, "lr": a.lr, "split": a.split,
+                       **({"heads": a.heads, "ff": a.ff, "blocks": a.blocks, "dropout": a.dropout}
+                          if a.model == "transformer" else {"units": a.units}),
                        "init_weights": a.init_weights, "init": init, "shuffle": not a.no_shuffle,
                        "torch": torch.__version__},
             "blas": blas,

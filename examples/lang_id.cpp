@@ -23,15 +23,27 @@
 // `train|val<TAB>label<TAB>word` (bench/lang_id_peer.py trains on that file).
 //
 // Input: token = byte value + 1 (1..256), padded at the end with 0 to --maxlen steps.
-// Model: Embedding(257, embed_dim, mask_zero) -> Bidirectional(GRU(units)) (concat) ->
-// Dense(9, softmax); SparseCategoricalCrossentropy, Adam (--lr, epsilon 1e-7), batch 128,
-// shuffled each epoch. The padded steps are masked: each direction's final state is the state
-// after the word's last (first) real byte.
+// Model (--model):
+//   bigru (the default)  Embedding(257, embed_dim, mask_zero) -> Bidirectional(GRU(units)) (concat) ->
+//                        Dense(9, softmax). The padded steps are masked: each direction's final state is
+//                        the state after the word's last (first) real byte.
+//   transformer          a graph (fastnn/graph.hpp, fastnn/transformer.hpp) of width d = embed_dim:
+//                        x = Embedding(257, d, mask_zero) + PositionEmbedding(maxlen), then --blocks post-norm
+//                        encoder blocks, each
+//                          a = Dropout(MultiHeadAttention(heads, d / heads, dropout)(x, x))
+//                          h = LayerNormalization(x + a)
+//                          x = LayerNormalization(h + Dropout(Dense(d)(Dropout(Dense(ff, gelu)(h)))))
+//                        (torch.nn.TransformerEncoderLayer's layout and dropout places), then
+//                        GlobalAveragePooling1D over the real steps -> Dense(9, softmax). The padded steps
+//                        are masked: attention gives them probability 0 and the pooling skips them.
+// Both: SparseCategoricalCrossentropy, Adam (--lr, epsilon 1e-7), batch 128, shuffled each epoch.
 // Initial weights (--init): `keras` (the default) Keras's initialisers (uniform(-0.05, 0.05)
 // embedding, glorot_uniform kernels, orthogonal recurrent kernels, zero biases); `torch` PyTorch's
 // default initialisation of nn.Embedding / nn.GRU / nn.Linear (init::torch_defaults: N(0, 1)
 // embedding, every GRU weight and bias U(-1/sqrt(units), 1/sqrt(units)), the Dense's kernel and
-// bias U(-1/sqrt(in), 1/sqrt(in))); both drawn from --seed.
+// bias U(-1/sqrt(in), 1/sqrt(in))); both drawn from --seed. The transformer takes `keras` only (its layers
+// have no torch_defaults): uniform(-0.05, 0.05) embedding, glorot_uniform position table and kernels (Keras's
+// fans of MultiHeadAttention's 3-d kernels), zero biases, LayerNormalization gamma 1 and beta 0.
 //
 // Output: the machine, the data, the model summary, one line per epoch
 //   EPOCH 1 train_s=2.345 eval_s=0.123 loss=1.234567 acc=0.612345 val_loss=0.9 val_acc=0.7012
@@ -40,6 +52,9 @@
 // peer started from --init-weights-out prints the same numbers (up to float rounding).
 
 #include <fastnn/fastnn.hpp>
+#include <fastnn/graph.hpp>
+#include <fastnn/transformer.hpp>
+#include <fastnn/vision.hpp>
 
 #include "example_report.hpp"
 
@@ -77,8 +92,11 @@ struct Options {
   int maxlen = 20;
   int threads = 0;
   std::uint64_t seed = 42;
+  std::string model = "bigru";  // "bigru" or "transformer"
   int units = 64;
-  int embed_dim = 32;
+  int embed_dim = 0;  // 0: the model's default (kDefaultEmbedDim)
+  int heads = 4, ff = 128, blocks = 2;
+  double dropout = 0.1;
   double lr = 0.003;
   int verbose = 0;
   bool shuffle = true;
@@ -103,6 +121,9 @@ constexpr std::array<Language, 9> kLanguages{{{"english", "american-english", "w
                                               {"swedish", "swedish", "wswedish"},
                                               {"polish", "polish", "wpolish"}}};
 constexpr int kClasses = static_cast<int>(kLanguages.size());
+
+/// --embed-dim's default per model: the byte embedding of the BiGRU, the width d of the transformer.
+int default_embed_dim(const std::string& model) { return model == "transformer" ? 64 : 32; }
 
 // ---- data -------------------------------------------------------------------------------------
 
@@ -294,9 +315,14 @@ void write_json(const std::string& path, const Options& o, const Corpus& c, cons
   j << "  \"machine\": {\"cpu\": " << json_string(cpu) << ", \"cores\": " << cores << "},\n";
   j << "  \"config\": {\"epochs\": " << o.epochs << ", \"batch_size\": " << o.batch_size
     << ", \"per_language\": " << o.per_language << ", \"maxlen\": " << o.maxlen << ", \"threads\": " << o.threads
-    << ", \"seed\": " << o.seed << ", \"units\": " << o.units << ", \"embed_dim\": " << o.embed_dim
-    << ", \"lr\": " << json_number(o.lr) << ", \"shuffle\": " << (o.shuffle ? "true" : "false")
-    << ", \"init\": " << json_string(o.init)
+    << ", \"seed\": " << o.seed << ", \"model\": " << json_string(o.model);
+  if (o.model == "transformer")
+    j << ", \"heads\": " << o.heads << ", \"ff\": " << o.ff << ", \"blocks\": " << o.blocks
+      << ", \"dropout\": " << json_number(o.dropout);
+  else
+    j << ", \"units\": " << o.units;
+  j << ", \"embed_dim\": " << o.embed_dim << ", \"lr\": " << json_number(o.lr)
+    << ", \"shuffle\": " << (o.shuffle ? "true" : "false") << ", \"init\": " << json_string(o.init)
     << ", \"dict_dir\": " << json_string(o.dict_dir) << "},\n";
   j << "  \"languages\": [";
   for (std::size_t l = 0; l < kLanguages.size(); ++l) j << (l ? ", " : "") << json_string(kLanguages[l].name);
@@ -308,8 +334,129 @@ void write_json(const std::string& path, const Options& o, const Corpus& c, cons
   write_file(path, j.str());
 }
 
+// ---- models and training ----------------------------------------------------------------------
+
+/// Embedding(mask_zero) -> Bidirectional(GRU) -> Dense(9, softmax), built on [maxlen] from --seed.
+fastnn::Sequential<float> make_bigru(const Options& o) {
+  using namespace fastnn;
+  // --init torch: PyTorch's default initialisation, chosen per layer with init::torch_defaults on the options
+  const bool torch_init = o.init == "torch";
+  EmbeddingOptions embedding_options = EmbeddingOptions(257, o.embed_dim).mask_zero(true);
+  GRUOptions gru_options(o.units);
+  DenseOptions dense_options = DenseOptions(kClasses).activation(Activation::Softmax);
+  if (torch_init) {
+    embedding_options = init::torch_defaults(embedding_options);
+    gru_options = init::torch_defaults(gru_options);
+    dense_options = init::torch_defaults(dense_options);
+  }
+  Sequential<float> model;
+  model.add<Embedding>(embedding_options);
+  model.add<Bidirectional>(std::make_unique<GRU<float>>(gru_options));
+  model.add<Dense>(dense_options);
+  model.set_threads(o.threads);
+  model.build(Shape{static_cast<Index>(o.maxlen)}, o.seed);
+  return model;
+}
+
+using Sym = fastnn::SymbolicTensor<float, fastnn::Cpu>;
+
+/// A layer of type L with `opt`, named `name`, called on `xs`.
+template <template <class, class> class L, class Opt>
+Sym named(const std::string& name, const Opt& opt, const std::vector<Sym>& xs) {
+  auto l = std::make_shared<L<float, fastnn::Cpu>>(opt);
+  l->set_name(name);
+  return fastnn::call(l, xs);
+}
+
+/// `x` through Dropout(rate) named `name`, or `x` itself when rate is 0.
+Sym dropout(const Sym& x, double rate, const std::string& name) {
+  return rate > 0 ? named<fastnn::Dropout>(name, fastnn::DropoutOptions(rate), {x}) : x;
+}
+
+/// Post-norm encoder block `b` on x [steps, d] (the file comment); its layers are named enc<b>_mha, enc<b>_norm1,
+/// enc<b>_ffn1, enc<b>_ffn2, enc<b>_norm2 (python/fastnn_torch_transformer.py maps them by these names).
+Sym encoder_block(const Sym& x, const Options& o, int b) {
+  using namespace fastnn;
+  const std::string p = "enc" + std::to_string(b) + "_";
+  const Index d = o.embed_dim;
+  auto a = named<MultiHeadAttention>(p + "mha", MultiHeadAttentionOptions(o.heads, d / o.heads).dropout(o.dropout),
+                                     {x, x});
+  auto h = named<LayerNormalization>(p + "norm1", LayerNormalizationOptions(),
+                                     {apply<Add>({x, dropout(a, o.dropout, p + "dropout1")})});
+  auto f = named<Dense>(p + "ffn1", DenseOptions(o.ff).activation(Activation::Gelu), {h});
+  f = named<Dense>(p + "ffn2", DenseOptions(d), {dropout(f, o.dropout, p + "dropout")});
+  return named<LayerNormalization>(p + "norm2", LayerNormalizationOptions(),
+                                   {apply<Add>({h, dropout(f, o.dropout, p + "dropout2")})});
+}
+
+/// Embedding(mask_zero) + PositionEmbedding -> encoder blocks -> GlobalAveragePooling1D -> Dense(9, softmax).
+std::unique_ptr<fastnn::Model<float>> make_transformer(const Options& o) {
+  using namespace fastnn;
+  auto ids = Input<float>({static_cast<Index>(o.maxlen)}, "tokens");
+  auto tok = named<Embedding>("embedding", EmbeddingOptions(257, o.embed_dim).mask_zero(true), {ids});
+  auto pos = named<PositionEmbedding>("position_embedding", PositionEmbeddingOptions(o.maxlen), {tok});
+  Sym x = apply<Add>({tok, pos});
+  for (int b = 0; b < o.blocks; ++b) x = encoder_block(x, o, b);
+  auto pooled = apply<GlobalAveragePooling1D>(x);
+  auto y = named<Dense>("dense", DenseOptions(kClasses).activation(Activation::Softmax), {pooled});
+  auto model = std::make_unique<Model<float>>(ids, y, o.seed);
+  model->set_threads(o.threads);
+  return model;
+}
+
+/// Writes --init-weights-out, compiles, prints the summary and the initial validation loss, trains, and writes
+/// --export-weights and --json: the same for both models.
+template <class M>
+int train(M& model, const Options& o, const Corpus& corpus, const fastnn::Dataset<float>& train_data,
+          const fastnn::Dataset<float>& val_data, const std::string& cpu, unsigned cores) {
+  using namespace fastnn;
+  if (!o.init_weights_out.empty()) {
+    io::save_weights(model, o.init_weights_out);
+    std::printf("wrote the initial weights to %s\n", o.init_weights_out.c_str());
+  }
+  model.compile(std::make_unique<Adam<float>>(AdamOptions().learning_rate(o.lr)), SparseCategoricalCrossentropy(),
+                {"accuracy"});
+  model.summary(std::cout);
+  const Index params = model.param_count();
+  std::printf("Train on %zu words, validate on %zu (%d thread%s, batch %lld, seed %llu, init %s)\n",
+              corpus.train.size(), corpus.val.size(), o.threads, o.threads == 1 ? "" : "s",
+              static_cast<long long>(o.batch_size), static_cast<unsigned long long>(o.seed), o.init.c_str());
+  std::fflush(stdout);
+
+  // The untrained model on the validation words: bench/lang_id_peer.py, started from the same
+  // weights (--init-weights-out), prints the same line; equal numbers show that both compute
+  // the same function of the same data.
+  const EvalResult initial = model.evaluate(val_data, o.batch_size);
+  std::printf("initial: val_loss %.6f val_acc %.6f\n", initial.loss, initial.accuracy);
+  std::fflush(stdout);
+
+  History h;
+  if (o.epochs > 0) {
+    EpochPrinter printer;
+    h = model.fit(train_data,
+                  FitOptions().epochs(o.epochs).batch_size(o.batch_size).shuffle(o.shuffle).verbose(o.verbose)
+                      .callback(&printer),
+                  &val_data);
+  }
+  if (!o.export_weights.empty()) io::save_weights(model, o.export_weights);
+  if (!o.json.empty()) write_json(o.json, o, corpus, initial, h, cpu, cores, params);
+  if (!h.epochs.empty()) {
+    const auto& l = h.last();
+    std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,
+                l.val_accuracy);
+  }
+  return 0;
+}
+
 int run(const Options& o) {
   using namespace fastnn;
+  if (o.model == "transformer" && o.init != "keras")
+    throw ArgumentError("--model transformer takes --init keras only (MultiHeadAttention, "
+                        "LayerNormalization and PositionEmbedding have no init::torch_defaults), got --init " +
+                        o.init);
+  if (o.model == "transformer" && o.embed_dim % o.heads != 0)
+    throw ArgumentError("--model transformer needs --embed-dim (the width d, " +
+                        std::to_string(o.embed_dim) + ") divisible by --heads (" + std::to_string(o.heads) + ")");
   const std::string cpu = cpu_model_name();
   const unsigned cores = std::thread::hardware_concurrency();
   std::printf("machine: %s, %u core%s\n", cpu.c_str(), cores, cores == 1 ? "" : "s");
@@ -327,69 +474,23 @@ int run(const Options& o) {
   }
   if (corpus.train.empty() || corpus.val.empty())
     throw ArgumentError("lang_id: the training or the validation split is empty (raise --per-language)");
-  const Dataset<float> train = make_data(corpus.train, o.maxlen);
-  const Dataset<float> val = make_data(corpus.val, o.maxlen);
+  const Dataset<float> train_data = make_data(corpus.train, o.maxlen);
+  const Dataset<float> val_data = make_data(corpus.val, o.maxlen);
 
-  // --init torch: PyTorch's default initialisation, chosen per layer with init::torch_defaults on the options
-  const bool torch_init = o.init == "torch";
-  EmbeddingOptions embedding_options = EmbeddingOptions(257, o.embed_dim).mask_zero(true);
-  GRUOptions gru_options(o.units);
-  DenseOptions dense_options = DenseOptions(kClasses).activation(Activation::Softmax);
-  if (torch_init) {
-    embedding_options = init::torch_defaults(embedding_options);
-    gru_options = init::torch_defaults(gru_options);
-    dense_options = init::torch_defaults(dense_options);
+  if (o.model == "transformer") {
+    std::unique_ptr<Model<float>> model = make_transformer(o);
+    return train(*model, o, corpus, train_data, val_data, cpu, cores);
   }
-  Sequential<float> model;
-  model.add<Embedding>(embedding_options);
-  model.add<Bidirectional>(std::make_unique<GRU<float>>(gru_options));
-  model.add<Dense>(dense_options);
-  model.set_threads(o.threads);
-  model.build(Shape{static_cast<Index>(o.maxlen)}, o.seed);
-  if (!o.init_weights_out.empty()) {
-    io::save_weights(model, o.init_weights_out);
-    std::printf("wrote the initial weights to %s\n", o.init_weights_out.c_str());
-  }
-  model.compile(std::make_unique<Adam<float>>(AdamOptions().learning_rate(o.lr)), SparseCategoricalCrossentropy(),
-                {"accuracy"});
-  model.summary(std::cout);
-  const Index params = model.param_count();
-  std::printf("Train on %zu words, validate on %zu (%d thread%s, batch %lld, seed %llu, init %s)\n",
-              corpus.train.size(), corpus.val.size(), o.threads, o.threads == 1 ? "" : "s",
-              static_cast<long long>(o.batch_size), static_cast<unsigned long long>(o.seed), o.init.c_str());
-  std::fflush(stdout);
-
-  // The untrained model on the validation words: bench/lang_id_peer.py, started from the same
-  // weights (--init-weights-out), prints the same line; equal numbers show that both compute
-  // the same function of the same data.
-  const EvalResult initial = model.evaluate(val, o.batch_size);
-  std::printf("initial: val_loss %.6f val_acc %.6f\n", initial.loss, initial.accuracy);
-  std::fflush(stdout);
-
-  History h;
-  if (o.epochs > 0) {
-    EpochPrinter printer;
-    h = model.fit(train,
-                  FitOptions().epochs(o.epochs).batch_size(o.batch_size).shuffle(o.shuffle).verbose(o.verbose)
-                      .callback(&printer),
-                  &val);
-  }
-  if (!o.export_weights.empty()) io::save_weights(model, o.export_weights);
-  if (!o.json.empty()) write_json(o.json, o, corpus, initial, h, cpu, cores, params);
-  if (!h.epochs.empty()) {
-    const auto& l = h.last();
-    std::printf("final: loss %.4f acc %.4f val_loss %.4f val_acc %.4f\n", l.loss, l.accuracy, l.val_loss,
-                l.val_accuracy);
-  }
-  return 0;
+  Sequential<float> model = make_bigru(o);
+  return train(model, o, corpus, train_data, val_data, cpu, cores);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"Identify the language of single words (9 Debian word lists) with a bidirectional GRU over bytes "
-               "(fastnn)"};
+  CLI::App app{"Identify the language of single words (9 Debian word lists) with a bidirectional GRU or a "
+               "Transformer encoder over bytes (fastnn)"};
   app.add_option("--epochs", o.epochs, "number of epochs (0: only prepare the data and the --write-split / "
                                        "--init-weights-out files)")
       ->check(CLI::Range(0, 100000))->capture_default_str();
@@ -398,13 +499,27 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(10, 10000000))->capture_default_str();
   app.add_option("--maxlen", o.maxlen, "longest word in bytes (UTF-8); the sequence length")
       ->check(CLI::Range(2, 1000))->capture_default_str();
-  app.add_option("--threads", o.threads, "CPU threads (0 = min(2, cores)); 2 runs the two GRU directions in parallel")
+  app.add_option("--threads", o.threads, "CPU threads (0 = min(2, cores)); 2 runs the two GRU directions (the "
+                                         "transformer: the attention's heads and the GEMMs) in parallel")
       ->check(CLI::Range(0, 256))->capture_default_str();
   app.add_option("--seed", o.seed, "random seed (weights and shuffling; the split does not depend on it)")
       ->capture_default_str();
-  app.add_option("--units", o.units, "GRU units per direction")->check(CLI::Range(1, 1 << 16))->capture_default_str();
-  app.add_option("--embed-dim", o.embed_dim, "byte embedding size")
+  app.add_option("--model", o.model, "bigru: Embedding -> Bidirectional(GRU) -> Dense; transformer: Embedding + "
+                                     "PositionEmbedding -> encoder blocks -> GlobalAveragePooling1D -> Dense")
+      ->check(CLI::IsMember({"bigru", "transformer"}))->capture_default_str();
+  app.add_option("--units", o.units, "bigru: GRU units per direction")
       ->check(CLI::Range(1, 1 << 16))->capture_default_str();
+  app.add_option("--embed-dim", o.embed_dim, "byte embedding size, the transformer's width d (0: 32 for bigru, 64 "
+                                             "for transformer)")
+      ->check(CLI::Range(0, 1 << 16))->capture_default_str();
+  app.add_option("--heads", o.heads, "transformer: attention heads (key_dim = d / heads)")
+      ->check(CLI::Range(1, 1 << 10))->capture_default_str();
+  app.add_option("--ff", o.ff, "transformer: feed-forward width (Dense(ff, gelu) -> Dense(d))")
+      ->check(CLI::Range(1, 1 << 16))->capture_default_str();
+  app.add_option("--blocks", o.blocks, "transformer: encoder blocks")->check(CLI::Range(1, 64))->capture_default_str();
+  app.add_option("--dropout", o.dropout, "transformer: dropout rate (attention probabilities, attention output, "
+                                         "feed-forward hidden and output, as torch.nn.TransformerEncoderLayer)")
+      ->check(CLI::Range(0.0, 0.99))->capture_default_str();
   app.add_option("--lr", o.lr, "Adam learning rate")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--init", o.init, "initial weights: keras (Keras's initialisers) or torch (PyTorch's defaults for "
                                    "nn.Embedding, nn.GRU and nn.Linear, via init::torch_defaults)")
@@ -431,6 +546,7 @@ int main(int argc, char** argv) {
     return e.get_exit_code() == 0 ? 2 : e.get_exit_code();
   }
   if (o.threads == 0) o.threads = std::max(1, std::min(2, static_cast<int>(std::thread::hardware_concurrency())));
+  if (o.embed_dim == 0) o.embed_dim = default_embed_dim(o.model);
   try {
     return run(o);
   } catch (const fastnn::Error& e) {
