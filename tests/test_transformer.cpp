@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <cstdio>
 #include <fstream>
 #include <functional>
@@ -666,6 +667,78 @@ TEST(TransformerOnnx, ExportsAndRefusesNothingItSupports) {
   EXPECT_NE(bytes.find("layer_normalization.gamma_ones"), std::string::npos);
 }
 
+namespace {
+
+/// The bytes of `path`.
+std::string file_bytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+/// How often `what` occurs in `bytes`.
+int occurrences(const std::string& bytes, const std::string& what) {
+  int k = 0;
+  for (std::size_t at = bytes.find(what); at != std::string::npos; at = bytes.find(what, at + 1)) ++k;
+  return k;
+}
+
+}  // namespace
+
+TEST(TransformerOnnx, MultiHeadAttentionExportsAsMatMulSoftmaxWithItsMasksInTheGraph) {
+  fastnn_test::TempDir dir;
+  {  // self-attention, no lengths, not causal: no mask at all
+    auto x = Input<float>({5, 6}, "x");
+    auto a = apply<MultiHeadAttention>({x, x}, MultiHeadAttentionOptions(2, 3));
+    Model<float> m({x}, {a}, 1);
+    io::export_onnx(m, dir.file("plain.onnx"));
+    const std::string b = file_bytes(dir.file("plain.onnx"));
+    EXPECT_NE(b.find("Softmax"), std::string::npos);
+    EXPECT_GE(occurrences(b, "MatMul_node"), 6);  // 4 projections and 2 products
+    for (const char* w : {"query_kernel", "query_bias", "key_kernel", "key_bias", "value_kernel", "value_bias",
+                          "output_kernel", "output_bias"})
+      EXPECT_NE(b.find(std::string("multi_head_attention.") + w), std::string::npos) << w;
+    EXPECT_EQ(b.find("Where"), std::string::npos);
+    EXPECT_EQ(b.find("LessOrEqual"), std::string::npos);
+  }
+  {  // causal with lengths: key padding (Less on the key's lengths), the causal LessOrEqual, padded queries zeroed
+    auto x = Input<float>({5, 6}, "x");
+    auto a = apply<MultiHeadAttention>({x, x}, MultiHeadAttentionOptions(2, 3).use_causal_mask(true));
+    Model<float> m({x}, {a}, 1);
+    io::export_onnx(m, dir.file("causal.onnx"), true);
+    const std::string b = file_bytes(dir.file("causal.onnx"));
+    EXPECT_NE(b.find("LessOrEqual"), std::string::npos);
+    EXPECT_EQ(occurrences(b, "Where_node"), 3);  // the scores, the probabilities, the padded query steps
+    EXPECT_GE(occurrences(b, "x_sequence_lens"), 3);  // the graph input and the key and query masks
+  }
+  {  // (query, value, key) without biases: the key's kernel from the key's features
+    auto q = Input<float>({3, 4}, "q");
+    auto v = Input<float>({6, 5}, "v");
+    auto k = Input<float>({6, 2}, "k");
+    auto a = apply<MultiHeadAttention>({q, v, k}, MultiHeadAttentionOptions(2, 3).use_bias(false).output_shape(7));
+    Model<float> m({q, v, k}, {a}, 1);
+    io::export_onnx(m, dir.file("cross.onnx"), true);
+    const std::string b = file_bytes(dir.file("cross.onnx"));
+    EXPECT_EQ(b.find("_bias"), std::string::npos);
+    EXPECT_NE(b.find("k_sequence_lens"), std::string::npos);
+  }
+}
+
+TEST(TransformerOnnx, AnotherClassNamedMultiHeadAttentionIsRefusedNamingIt) {
+  struct FakeAttention : fastnn_test::PassThrough<FakeAttention, float, Cpu> {
+    std::string type_name() const override { return "MultiHeadAttention"; }
+  };
+  FakeAttention l;
+  l.set_name("fake_mha");
+  io::onnx_detail::Graph g;
+  io::onnx_detail::CallLengths lens{{"", ""}, std::nullopt};
+  try {
+    io::onnx_detail::LayerExporters<float>::instance().of(l)(g, l, {"q", "v"}, {Shape{3, 4}, Shape{3, 4}}, lens);
+    FAIL() << "expected UnsupportedError";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'fake_mha' (MultiHeadAttention)"), std::string::npos) << e.what();
+  }
+}
+
 // ---- MultiHeadAttention ----------------------------------------------------------------------------------------
 
 namespace {
@@ -1260,11 +1333,9 @@ TEST(MultiHeadAttention, EncoderBlockTrainsWithFit) {
   auto back = io::load_graph_model<float, Cpu>(dir.file("mha.safetensors"));
   const Tensor<float, Cpu> p1 = m.predict(d.x), p2 = back->predict(d.x);
   for (Index i = 0; i < p1.size(); ++i) ASSERT_EQ(p1[i], p2[i]);
-  // no ONNX export yet: a typed error naming the layer, no file
-  try {
-    io::export_onnx(m, dir.file("mha.onnx"));
-    ADD_FAILURE() << "exported";
-  } catch (const UnsupportedError& e) {
-    EXPECT_NE(std::string(e.what()).find("MultiHeadAttention"), std::string::npos) << e.what();
-  }
+  // the trained model exports to ONNX (ONNX Runtime runs such models in tests/onnx: OnnxModels.Write)
+  ASSERT_NO_THROW(io::export_onnx(m, dir.file("mha.onnx"), true));
+  const std::string bytes = file_bytes(dir.file("mha.onnx"));
+  EXPECT_NE(bytes.find("multi_head_attention.query_kernel"), std::string::npos);
+  EXPECT_NE(bytes.find("x_sequence_lens"), std::string::npos);
 }

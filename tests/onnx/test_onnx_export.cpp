@@ -461,6 +461,50 @@ TEST(OnnxModels, Write) {
     randomize(m, rng, 0.5);
     write_graph_case(dir, manifest, "transformer_positions", m, {uniform_input(Shape{n, 8, 6}, rng)});
   }
+  // MultiHeadAttention as MatMul / Softmax, its masks built in the graph from the sequence_lens inputs.
+  {  // a post-norm encoder block on variable-length sequences, pooled over each sample's real steps
+    auto x = Input<float>({10, 8}, "x");
+    auto a = apply<MultiHeadAttention>({x, x}, MultiHeadAttentionOptions(2, 4).dropout(0.1));
+    auto h = apply<LayerNormalization>(apply<Add>({x, a}), LayerNormalizationOptions());
+    auto f = apply<Dense>(apply<Dense>(h, DenseOptions(16).activation(Activation::Gelu)), DenseOptions(8));
+    auto e = apply<LayerNormalization>(apply<Add>({h, f}), LayerNormalizationOptions());
+    auto y = apply<Dense>(apply<GlobalAveragePooling1D>(e), DenseOptions(3).activation(Activation::Softmax));
+    Model<float> m({x}, {y}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "transformer_encoder", m, {uniform_input(Shape{n, 10, 8}, rng)},
+                     {random_lengths(n, 10, rng)});
+  }
+  {  // cross-attention on (query, value, key): value_dim != key_dim, output_shape; the key's lengths (not the
+     // value's) mask the keys, the query's zero the padded query steps
+    auto q = Input<float>({6, 5}, "query");
+    auto v = Input<float>({9, 4}, "value");
+    auto k = Input<float>({9, 3}, "key");
+    auto y = apply<MultiHeadAttention>({q, v, k}, MultiHeadAttentionOptions(3, 4).value_dim(2).output_shape(7));
+    Model<float> m({q, v, k}, {y}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "attention_cross", m,
+                     {uniform_input(Shape{n, 6, 5}, rng), uniform_input(Shape{n, 9, 4}, rng),
+                      uniform_input(Shape{n, 9, 3}, rng)},
+                     {random_lengths(n, 6, rng), random_lengths(n, 9, rng), random_lengths(n, 9, rng)});
+  }
+  {  // cross-attention on (query, value) without biases or lengths, into a Dense
+    auto q = Input<float>({4, 6}, "query");
+    auto v = Input<float>({7, 5}, "value");
+    auto a = apply<MultiHeadAttention>({q, v}, MultiHeadAttentionOptions(2, 3).use_bias(false));
+    Model<float> m({q, v}, {apply<Dense>(a, DenseOptions(3).activation(Activation::Tanh))}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "attention_cross_nobias", m,
+                     {uniform_input(Shape{n, 4, 6}, rng), uniform_input(Shape{n, 7, 5}, rng)});
+  }
+  {  // causal self-attention on variable lengths: the sequence (0 at the padded steps) and its masked max
+    auto x = Input<float>({8, 6}, "x");
+    auto a = apply<MultiHeadAttention>({x, x}, MultiHeadAttentionOptions(3, 4).value_dim(5).use_causal_mask(true));
+    auto pooled = apply<Dense>(apply<GlobalMaxPooling1D>(a), DenseOptions(2));
+    Model<float> m({x}, {a, pooled}, 5);
+    randomize(m, rng, 0.5);
+    write_graph_case(dir, manifest, "attention_causal", m, {uniform_input(Shape{n, 8, 6}, rng)},
+                     {random_lengths(n, 8, rng)});
+  }
   write_graph_models(dir, manifest);
   std::ofstream(dir / "manifest.json") << manifest.dump(1) << "\n";
   std::printf("%zu models in %s\n", manifest.size(), dir.string().c_str());
@@ -573,22 +617,42 @@ TEST(OnnxExport, MaskValueIsWrittenExactlyUnderADecimalCommaLocale) {
 TEST(OnnxExport, SpatialLayersRefusePerSampleLengths) {
   const fs::path d = temp_dir("spatial_lengths");
   const fs::path p = d / "m.onnx";
-  {  // a sequence_lens input into a global pooling
+  {  // a sequence_lens input into a convolution
     Sequential<float> m;
+    m.add<Conv1D>(Conv1DOptions(3, 2));
     m.add<GlobalAveragePooling1D>();
     m.add<Dense>(DenseOptions(2));
     m.build({5, 3}, 1);
-    m.layer(0).set_name("my_pool");
+    m.layer(0).set_name("my_conv");
     try {
       io::export_onnx(m, p.string(), true);
       FAIL() << "expected UnsupportedError";
     } catch (const UnsupportedError& e) {
-      EXPECT_NE(std::string(e.what()).find("my_pool"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("my_conv"), std::string::npos) << e.what();
       EXPECT_NE(std::string(e.what()).find("lengths"), std::string::npos) << e.what();
     }
     io::export_onnx(m, p.string());  // without lengths it exports
     EXPECT_TRUE(fs::exists(p));
     fs::remove(p);
+  }
+  {  // the 1-D global poolings take them (pooling each sample's real steps), the 2-D ones refuse them
+    Sequential<float> m1;
+    m1.add<GlobalMaxPooling1D>();
+    m1.add<Dense>(DenseOptions(2));
+    m1.build({5, 3}, 1);
+    io::export_onnx(m1, p.string(), true);
+    EXPECT_TRUE(fs::exists(p));
+    fs::remove(p);
+    Sequential<float> m2;
+    m2.add<GlobalAveragePooling2D>();
+    m2.build({4, 5, 3}, 1);
+    m2.layer(0).set_name("my_pool");
+    try {
+      io::export_onnx(m2, p.string(), true);
+      FAIL() << "expected UnsupportedError";
+    } catch (const UnsupportedError& e) {
+      EXPECT_NE(std::string(e.what()).find("my_pool"), std::string::npos) << e.what();
+    }
   }
   {  // lengths from Embedding(mask_zero) into a causal Conv1D
     Sequential<float> m;

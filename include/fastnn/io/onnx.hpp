@@ -24,8 +24,11 @@
 /// register_onnx_exporter): the layers above are registered here; the spatial layers (Conv1D/2D,
 /// pooling, BatchNormalization, Reshape, Permute, Activation) register from io/onnx_spatial.hpp,
 /// which fastnn/vision.hpp includes, and the merge layers from io/onnx_graph.hpp (the export of
-/// graph models, which fastnn/graph.hpp includes), so that this header does not compile them for
-/// programs without them.
+/// graph models, which fastnn/graph.hpp includes), the Transformer layers (LayerNormalization, the position
+/// layers, MultiHeadAttention) from io/onnx_transformer.hpp, which fastnn/transformer.hpp includes, so that
+/// this header does not compile them for programs without them. An exporter gets every input of a call
+/// and the lengths of each (CallLengths), and says what the output's lengths are where they are not the
+/// inputs' (output_lengths).
 /// A layer or option ONNX cannot express is an UnsupportedError naming the layer, thrown before
 /// anything is written; the file is written atomically (io/atomic_file.hpp), so a failed export
 /// leaves no file behind.
@@ -35,12 +38,14 @@
 /// Each layer's options are read from its typed options struct (Dense::options() and the like),
 /// never parsed from its config() text, so the export does not depend on the global locale.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -442,29 +447,61 @@ std::string recurrent(Graph& g, const Layer<T, Cpu>& l, const std::string& x, co
   throw UnsupportedError("export_onnx: layer '" + l.name() + "': merge_mode '" + to_string(merge) + "'");
 }
 
+/// The per-sample lengths of one layer call: int32 [N] values, an empty name where every sample has the
+/// full length.
+struct CallLengths {
+  std::vector<std::string> inputs;    ///< the lengths of each input of the call, in order
+  std::optional<std::string> output;  ///< the output's, where the exporter sets them (see output_lengths)
+};
+
+/// The lengths of a call's output: those its exporter set (Embedding with mask_zero and Masking make new
+/// ones, a global pooling consumes them, MultiHeadAttention passes the query's), else, as fastnn's layers by
+/// default, the smallest of the inputs' (their elementwise Min, one node when they differ).
+inline std::string output_lengths(Graph& g, const CallLengths& c) {
+  if (c.output) return *c.output;
+  std::vector<std::string> ls;
+  for (const std::string& l : c.inputs)
+    if (!l.empty() && std::find(ls.begin(), ls.end(), l) == ls.end()) ls.push_back(l);
+  return ls.empty() ? std::string() : ls.size() == 1 ? ls[0] : g.node("Min", ls, {});
+}
+
 /// Exports one call of a layer: adds its nodes to `g` reading the values `xs` (one per input of
-/// the call; per-sample shapes `in`) and returns the value of the call's output. `lens` is the
-/// per-sample lengths value the call reads (int32 [N]; empty when there are none): an exporter
-/// whose layer makes new lengths (Embedding with mask_zero, Masking) replaces it with them.
+/// the call; per-sample shapes `in`; lengths `lens.inputs`) and returns the value of the call's
+/// output, setting `lens.output` where its lengths are not the default (output_lengths). Single-
+/// and multi-input layers (the merge layers, MultiHeadAttention) register exporters of this one kind.
 template <class T>
 using LayerExporter = std::function<std::string(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
-                                                const std::vector<Shape>& in, std::string& lens)>;
+                                                const std::vector<Shape>& in, CallLengths& lens)>;
 
 /// The exporter of a single-input layer: value `x` of per-sample shape `in`, lengths `lens`.
 template <class T>
 using UnaryLayerExporter = std::function<std::string(Graph& g, const Layer<T, Cpu>& l, const std::string& x,
                                                      const Shape& in, const std::string& lens)>;
 
-/// `f` as a LayerExporter: refuses a call on several inputs.
+/// `f` as a LayerExporter (the output keeps the input's lengths): refuses a call on several inputs.
 template <class T>
 LayerExporter<T> unary_exporter(UnaryLayerExporter<T> f) {
   return [f = std::move(f)](Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
-                            const std::vector<Shape>& in, std::string& lens) {
-    if (xs.size() != 1 || in.size() != 1)
+                            const std::vector<Shape>& in, CallLengths& lens) {
+    if (xs.size() != 1 || in.size() != 1 || lens.inputs.size() != 1)
       throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + l.type_name() +
                              ") takes one input, called on " + std::to_string(xs.size()));
-    return f(g, l, xs[0], in[0], lens);
+    return f(g, l, xs[0], in[0], lens.inputs[0]);
   };
+}
+
+/// The steps 0, 1, ..., steps - 1 (int64 [steps]).
+inline std::string step_range(Graph& g, Index steps) {
+  std::vector<std::int64_t> r(static_cast<std::size_t>(steps));
+  for (Index t = 0; t < steps; ++t) r[static_cast<std::size_t>(t)] = t;
+  return g.int64s("steps", r);
+}
+
+/// Which steps are real (bool [N, steps]: step t < lengths[n]) for the lengths value `lens` (int32 [N]).
+inline std::string real_steps(Graph& g, const std::string& lens, Index steps) {
+  const std::string l64 = g.node("Cast", {lens}, {}, {Attr::i("to", kInt64)});
+  const std::string column = g.node("Unsqueeze", {l64, g.int64s("axes", {1})}, {});  // [N, 1]
+  return g.node("Less", {step_range(g, steps), column}, {});
 }
 
 template <class T>
@@ -474,7 +511,7 @@ void add_builtin_exporters(LayerExporters<T>& r);
 
 /// The exporters, keyed by layer type name: the built-in layers' (Dense, the recurrent layers,
 /// Bidirectional, Embedding, Masking, Dropout, Flatten) are there from the start; others register
-/// with register_onnx_exporter (io/onnx_spatial.hpp, io/onnx_graph.hpp).
+/// with register_onnx_exporter (io/onnx_spatial.hpp, io/onnx_graph.hpp, io/onnx_transformer.hpp).
 template <class T>
 class LayerExporters {
  public:
@@ -523,7 +560,7 @@ std::string export_dense(Graph& g, const Layer<T, Cpu>& l, const std::string& x,
 
 template <class T>
 std::string export_embedding(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
-                             const std::vector<Shape>&, std::string& lens) {
+                             const std::vector<Shape>&, CallLengths& lens) {
   const EmbeddingOptions& o = as_builtin<Embedding<T, Cpu>>(l).options();
   const Tensor<T, Cpu>& e = l.parameters()[0].value;
   const std::string ids = g.node("Cast", {xs.at(0)}, {}, {Attr::i("to", kInt64)});
@@ -533,8 +570,8 @@ std::string export_embedding(Graph& g, const Layer<T, Cpu>& l, const std::vector
                                {}, {Attr::i("axis", 0)});
   if (o.mask_zero()) {  // lengths: the ids before the first 0 (padding is trailing)
     const std::string real = g.node("Not", {g.node("Equal", {ids, g.int64s("zero", {0})}, {})}, {});
-    lens = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})}, {},
-                  {Attr::i("keepdims", 0)});
+    lens.output = g.node("ReduceSum", {g.node("Cast", {real}, {}, {Attr::i("to", kInt32)}), g.int64s("axes", {1})},
+                         {}, {Attr::i("keepdims", 0)});
   }
   return y;
 }
@@ -543,7 +580,7 @@ std::string export_embedding(Graph& g, const Layer<T, Cpu>& l, const std::vector
 /// the lengths (padding is trailing) count the real steps.
 template <class T>
 std::string export_masking(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
-                           const std::vector<Shape>&, std::string& lens) {
+                           const std::vector<Shape>&, CallLengths& lens) {
   const float v = static_cast<float>(as_builtin<Masking<T, Cpu>>(l).options().mask_value());
   const std::string& x = xs.at(0);
   const std::string mask_value = g.floats(g.fresh("mask_value"), {}, {v});
@@ -551,8 +588,8 @@ std::string export_masking(Graph& g, const Layer<T, Cpu>& l, const std::vector<s
   const std::string real = g.node("ReduceMax", {g.node("Cast", {differs}, {}, {Attr::i("to", kFloat)})}, {},
                                   {Attr::ints("axes", {2}), Attr::i("keepdims", 1)});  // [N, S, 1]
   const std::string y = g.node("Mul", {x, real}, {});
-  lens = g.node("Cast", {g.node("ReduceSum", {real, g.int64s("axes", {1, 2})}, {}, {Attr::i("keepdims", 0)})}, {},
-                {Attr::i("to", kInt32)});
+  lens.output = g.node("Cast", {g.node("ReduceSum", {real, g.int64s("axes", {1, 2})}, {}, {Attr::i("keepdims", 0)})},
+                       {}, {Attr::i("to", kInt32)});
   return y;
 }
 
@@ -618,7 +655,9 @@ void export_onnx(const Sequential<T, Cpu>& model, const std::string& path, bool 
   const LayerExporters<T>& exporters = LayerExporters<T>::instance();
   for (std::size_t i = 0; i < model.num_layers(); ++i) {
     const Layer<T, Cpu>& l = model.layer(i);
-    x = exporters.of(l)(g, l, {x}, {s}, lens);
+    CallLengths c{{lens}, std::nullopt};
+    x = exporters.of(l)(g, l, {x}, {s}, c);
+    lens = output_lengths(g, c);
     s = l.output_shape();
   }
   std::vector<std::int64_t> out_dims{-1};

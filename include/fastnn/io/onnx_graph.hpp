@@ -17,8 +17,9 @@
 /// by the exporter registered for its layer's type name (io/onnx.hpp's registry, the same as the
 /// Sequential export's), given the ONNX values of the call's inputs. A layer called at several
 /// places exports its weights once: its calls read the same initializers. Lengths flow as in
-/// predict(): a call reads the lengths of its inputs (elementwise Min when several inputs carry
-/// them), Embedding(mask_zero) and Masking make new ones.
+/// predict(): a call reads the lengths of each of its inputs (onnx_detail::CallLengths) and its output
+/// has the elementwise Min of them unless its layer says otherwise (Embedding(mask_zero) and Masking make
+/// new ones, the global poolings consume them, MultiHeadAttention's output has the query's).
 ///
 /// A nested model (model/graph.hpp: a Model called as a layer) is inlined: its layers' calls are exported in its
 /// call order at each call of the model, named "<model>.<layer>", so that its weights are one set of initializers
@@ -29,7 +30,6 @@
 /// count, Maximum -> Max, Minimum -> Min, Concatenate(axis) -> Concat on the per-sample axis + 1
 /// (the batch is ONNX's axis 0).
 
-#include <algorithm>
 #include <cstdint>
 #include <set>
 #include <string>
@@ -46,7 +46,7 @@ namespace onnx_detail {
 /// Add, Subtract, Multiply, Average, Maximum, Minimum.
 template <class T>
 std::string export_elementwise_merge(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
-                                     const std::vector<Shape>&, std::string&) {
+                                     const std::vector<Shape>&, CallLengths&) {
   const MergeOp op = as_builtin<ElementwiseMerge<T, Cpu>>(l).op();
   if (xs.size() < 2)
     throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + l.type_name() + ") called on " +
@@ -73,7 +73,7 @@ std::string export_elementwise_merge(Graph& g, const Layer<T, Cpu>& l, const std
 /// Concatenate(axis): Concat on the per-sample axis + 1.
 template <class T>
 std::string export_concatenate(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
-                               const std::vector<Shape>& in, std::string&) {
+                               const std::vector<Shape>& in, CallLengths&) {
   const Index axis = as_builtin<Concatenate<T, Cpu>>(l).options().axis();
   const Index r = in.at(0).rank();
   const Index a = axis < 0 ? r + axis : axis - 1;  // the per-sample axis, as Concatenate::build_inputs
@@ -103,20 +103,19 @@ std::string export_nested(Graph& g, const ModelLayer<T, Cpu>& m, const std::stri
   const LayerExporters<T>& exporters = LayerExporters<T>::instance();
   for (const auto& rec : m.call_records()) {
     const Layer<T, Cpu>& l = m.built_layer(rec.layer);
-    std::vector<std::string> cx, ls;
+    std::vector<std::string> cx;
     std::vector<Shape> cin;
+    CallLengths cl;
     for (int t : rec.inputs) {
       const std::size_t k = static_cast<std::size_t>(t);
       cx.push_back(value.at(k));
       cin.push_back(shape.at(k));
-      if (!lens[k].empty() && std::find(ls.begin(), ls.end(), lens[k]) == ls.end()) ls.push_back(lens[k]);
+      cl.inputs.push_back(lens.at(k));
     }
     std::string call_lens;
     Shape out;
     if (const auto* nested = dynamic_cast<const ModelLayer<T, Cpu>*>(&l)) {
-      std::vector<std::string> per_input;
-      for (int t : rec.inputs) per_input.push_back(lens.at(static_cast<std::size_t>(t)));
-      value.push_back(export_nested(g, *nested, prefix + l.name() + ".", cx, cin, per_input, call_lens, out));
+      value.push_back(export_nested(g, *nested, prefix + l.name() + ".", cx, cin, cl.inputs, call_lens, out));
     } else {
       // A copy named prefix + name, holding the layer's weights.
       auto r = l.clone_unbuilt();
@@ -130,8 +129,8 @@ std::string export_nested(Graph& g, const ModelLayer<T, Cpu>& m, const std::stri
         off += p.value.size();
       }
       r->bind_parameters(w, w);
-      call_lens = ls.empty() ? std::string() : ls.size() == 1 ? ls[0] : g.node("Min", ls, {});
-      value.push_back(exporters.of(*r)(g, *r, cx, cin, call_lens));
+      value.push_back(exporters.of(*r)(g, *r, cx, cin, cl));
+      call_lens = output_lengths(g, cl);
     }
     lens.push_back(call_lens);
     shape.push_back(out);
@@ -214,29 +213,26 @@ void export_onnx(const Model<T, Cpu>& model, const std::string& path, bool seque
   const auto records = model.call_records();
   for (const auto& rec : records) {
     const Layer<T, Cpu>& l = model.layer(rec.layer);
-    std::vector<std::string> xs, ls;
+    std::vector<std::string> xs;
     std::vector<Shape> in;
+    CallLengths cl;
     for (int t : rec.inputs) {
       const std::size_t k = static_cast<std::size_t>(t);
       xs.push_back(value.at(k));
       in.push_back(shape.at(k));
-      if (!lens[k].empty() && std::find(ls.begin(), ls.end(), lens[k]) == ls.end()) ls.push_back(lens[k]);
+      cl.inputs.push_back(lens.at(k));
     }
     if (const auto* nested = dynamic_cast<const ModelLayer<T, Cpu>*>(&l)) {  // inlined, its inputs' lengths apart
-      std::vector<std::string> per_input;
-      for (int t : rec.inputs) per_input.push_back(lens.at(static_cast<std::size_t>(t)));
       std::string out_lens;
       Shape out;
-      value.push_back(export_nested(g, *nested, l.name() + ".", xs, in, per_input, out_lens, out));
+      value.push_back(export_nested(g, *nested, l.name() + ".", xs, in, cl.inputs, out_lens, out));
       lens.push_back(out_lens);
       shape.push_back(out);
       continue;
     }
     const LayerExporter<T> f = exporters.of(l);
-    // A step is real where it is real in every input: the smallest of the inputs' lengths.
-    std::string call_lens = ls.empty() ? std::string() : ls.size() == 1 ? ls[0] : g.node("Min", ls, {});
-    value.push_back(f(g, l, xs, in, call_lens));
-    lens.push_back(call_lens);
+    value.push_back(f(g, l, xs, in, cl));
+    lens.push_back(output_lengths(g, cl));  // by default the smallest of the inputs' (see output_lengths)
     shape.push_back(l.clone_unbuilt()->build_inputs(in));
   }
   const std::vector<std::string> names = onnx_output_names(model);

@@ -10,17 +10,19 @@
 ///   * MaxPooling1D/2D, AveragePooling1D/2D: MaxPool / AveragePool (count_include_pad 0, so a
 ///     same window divides by its real elements) between the same Transposes;
 ///   * GlobalAveragePooling1D/2D, GlobalMaxPooling1D/2D: ReduceMean / ReduceMax over the steps
-///     (or rows and columns);
+///     (or rows and columns); the 1-D ones with lengths over each sample's real steps only;
 ///   * BatchNormalization (inference): x * scale + shift on the last axis, scale =
 ///     gamma / sqrt(moving_variance + epsilon), shift = beta - moving_mean * scale (in double);
 ///   * Reshape: Reshape to [N, target shape]; Permute: Transpose; Activation: the activation.
 /// Per-sample lengths (a sequence_lens input, or lengths from Embedding(mask_zero) or Masking)
 /// are refused with UnsupportedError before a layer that would need them: every spatial layer but
-/// Activation on a sequence (BatchNormalization on a per-sample vector takes them).
+/// Activation and the 1-D global poolings on a sequence (BatchNormalization on a per-sample vector
+/// takes them).
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -129,13 +131,34 @@ std::string export_pool(Graph& g, const Layer<T, Cpu>& l, const std::string& x, 
   return to_channels_last(g, y, N);
 }
 
-/// GlobalAveragePooling1D/2D or GlobalMaxPooling1D/2D: lengths always refused (the 1-D layers
-/// would pool over each sample's real steps only).
+/// GlobalAveragePooling1D/2D or GlobalMaxPooling1D/2D. With lengths, the 1-D layers pool over each
+/// sample's real steps (the padded ones replaced by 0 before ReduceSum, divided by the length; or by
+/// -inf before ReduceMax) and the output has none; the 2-D layers refuse them.
 template <class T, int N, PoolKind K>
-std::string export_global_pool(Graph& g, const Layer<T, Cpu>& l, const std::string& x, const Shape& in,
-                               const std::string& lens) {
+std::string export_global_pool(Graph& g, const Layer<T, Cpu>& l, const std::vector<std::string>& xs,
+                               const std::vector<Shape>& in, CallLengths& lens) {
   as_builtin<GlobalPoolLayer<T, Cpu, N, K>>(l);
-  refuse_lengths(l, lens, in);
+  if (xs.size() != 1 || in.size() != 1 || lens.inputs.size() != 1)
+    throw UnsupportedError("export_onnx: layer '" + l.name() + "' (" + l.type_name() + ") takes one input, called on " +
+                           std::to_string(xs.size()));
+  const std::string& x = xs[0];
+  const std::string& len = lens.inputs[0];
+  lens.output = std::string();  // the steps are pooled away
+  if (N == 1 && !len.empty()) {
+    const std::string real = g.node("Unsqueeze", {real_steps(g, len, in[0][0]), g.int64s("axes", {2})}, {});
+    if (K == PoolKind::Max) {
+      const std::string low = g.floats(g.fresh("minus_inf"), {}, {-std::numeric_limits<float>::infinity()});
+      return g.node("ReduceMax", {g.node("Where", {real, x, low}, {})}, {},
+                    {Attr::ints("axes", {1}), Attr::i("keepdims", 0)});
+    }
+    const std::string zero = g.floats(g.fresh("zero"), {}, {0.0f});
+    const std::string sum = g.node("ReduceSum", {g.node("Where", {real, x, zero}, {}), g.int64s("axes", {1})}, {},
+                                   {Attr::i("keepdims", 0)});  // [N, C]
+    const std::string count = g.node("Unsqueeze", {g.node("Cast", {len}, {}, {Attr::i("to", kFloat)}),
+                                                   g.int64s("axes", {1})}, {});  // [N, 1]
+    return g.node("Div", {sum, count}, {});
+  }
+  refuse_lengths(l, len, in[0]);
   return g.node(K == PoolKind::Max ? "ReduceMax" : "ReduceMean", {x}, {},
                 {Attr::ints("axes", N == 1 ? std::vector<std::int64_t>{1} : std::vector<std::int64_t>{1, 2}),
                  Attr::i("keepdims", 0)});
@@ -204,10 +227,10 @@ bool register_spatial_onnx_exporters() {
   register_onnx_unary_exporter<T>("MaxPooling2D", export_pool<T, 2, PoolKind::Max>);
   register_onnx_unary_exporter<T>("AveragePooling1D", export_pool<T, 1, PoolKind::Average>);
   register_onnx_unary_exporter<T>("AveragePooling2D", export_pool<T, 2, PoolKind::Average>);
-  register_onnx_unary_exporter<T>("GlobalAveragePooling1D", export_global_pool<T, 1, PoolKind::Average>);
-  register_onnx_unary_exporter<T>("GlobalAveragePooling2D", export_global_pool<T, 2, PoolKind::Average>);
-  register_onnx_unary_exporter<T>("GlobalMaxPooling1D", export_global_pool<T, 1, PoolKind::Max>);
-  register_onnx_unary_exporter<T>("GlobalMaxPooling2D", export_global_pool<T, 2, PoolKind::Max>);
+  register_onnx_exporter<T>("GlobalAveragePooling1D", export_global_pool<T, 1, PoolKind::Average>);
+  register_onnx_exporter<T>("GlobalAveragePooling2D", export_global_pool<T, 2, PoolKind::Average>);
+  register_onnx_exporter<T>("GlobalMaxPooling1D", export_global_pool<T, 1, PoolKind::Max>);
+  register_onnx_exporter<T>("GlobalMaxPooling2D", export_global_pool<T, 2, PoolKind::Max>);
   register_onnx_unary_exporter<T>("BatchNormalization", export_batch_norm<T>);
   register_onnx_unary_exporter<T>("Reshape", export_reshape<T>);
   register_onnx_unary_exporter<T>("Permute", export_permute<T>);
