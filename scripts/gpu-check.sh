@@ -86,7 +86,8 @@ log "machine"
 
 # ---- 2. dependencies ---------------------------------------------------------------------------
 CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DFASTNN_CUDA=ON -DFASTNN_BUILD_TESTS=ON -DFASTNN_BUILD_EXAMPLES=ON
-  -DFASTNN_BUILD_BENCHMARKS=ON -DFASTNN_BUILD_FUZZERS=OFF)
+  -DFASTNN_BUILD_BENCHMARKS=ON -DFASTNN_BUILD_FUZZERS=OFF
+  -DFASTNN_TEST_UNITY=OFF)  # one program per test source: more parallel compiles for a many-core machine
 if command -v ninja >/dev/null 2>&1 && [ ! -f "$BUILD/CMakeCache.txt" ]; then
   CMAKE_ARGS+=(-G Ninja)  # builds the targets below in parallel with each other
 fi
@@ -140,8 +141,7 @@ if [ $CONFIGURE_RC -eq 0 ]; then
     run 900 cmake --build "$BUILD" -j "$JOBS"
     BUILD_RC=$?
   else
-    TARGETS=(mnist_bilstm bench_gpu probe_rnn_algos)
-    for t in "$ROOT"/tests/cuda/test_*_cuda.cpp; do TARGETS+=("$(basename "$t" .cpp)"); done
+    TARGETS=(mnist_bilstm bench_gpu probe_rnn_algos fastnn_cuda_tests)
     run 900 cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"
     BUILD_RC=$?
   fi

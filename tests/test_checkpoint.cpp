@@ -60,7 +60,7 @@ std::vector<T> host(const Tensor<T, Cpu>& t) {
 
 /// Expects `f` to throw E whose message contains every string of `parts`.
 template <class E, class F>
-void expect_error(F&& f, const std::vector<std::string>& parts) {
+void expect_thrown(F&& f, const std::vector<std::string>& parts) {
   try {
     f();
     ADD_FAILURE() << "no exception; expected one mentioning " << parts.front();
@@ -123,7 +123,7 @@ TEST(Weights, AnotherArchitectureGivesMismatchErrorNamingTheLayer) {
   Sequential<float> wider;
   build(wider, 1, /*units=*/16);
   const auto before = flat(wider);
-  expect_error<MismatchError>([&] { io::load_weights(wider, dir.file("w.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_weights(wider, dir.file("w.safetensors")); },
                               {dir.file("w.safetensors"), "layer 0 ('bidirectional', Bidirectional)", "layer.units is '8' in the file, '16'"});
   EXPECT_EQ(flat(wider), before);  // untouched
 
@@ -131,19 +131,19 @@ TEST(Weights, AnotherArchitectureGivesMismatchErrorNamingTheLayer) {
   other_act.add<Bidirectional>(LSTMOptions(8).recurrent_activation(Activation::HardSigmoid));
   other_act.add<Dense>(DenseOptions(3).activation(Activation::Softmax));
   other_act.build({6, 5}, 1);
-  expect_error<MismatchError>([&] { io::load_weights(other_act, dir.file("w.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_weights(other_act, dir.file("w.safetensors")); },
                               {"layer.recurrent_activation is 'sigmoid' in the file, 'hard_sigmoid'"});
 
   Sequential<float> dense_only;
   dense_only.add<Dense>(DenseOptions(3));
   dense_only.build({30}, 1);
-  expect_error<MismatchError>([&] { io::load_weights(dense_only, dir.file("w.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_weights(dense_only, dir.file("w.safetensors")); },
                               {"input shape [6, 5] in the file, [30] in the model", "2 layers in the file, 1 in the model"});
 
   Sequential<double> dbl;
   build(dbl, 1);
-  expect_error<MismatchError>([&] { io::load_weights(dbl, dir.file("w.safetensors")); }, {"F32", "F64"});
-  expect_error<MismatchError>([&] { io::load_model<double>(dir.file("w.safetensors")); }, {"F32"});
+  expect_thrown<MismatchError>([&] { io::load_weights(dbl, dir.file("w.safetensors")); }, {"F32", "F64"});
+  expect_thrown<MismatchError>([&] { io::load_model<double>(dir.file("w.safetensors")); }, {"F32"});
 }
 
 /// A file with the model's own metadata but tensors changed by `edit` (forged or from a buggy tool).
@@ -166,13 +166,13 @@ TEST(Weights, MissingExtraAndMisShapedTensorsAreNamed) {
   build(m, 1);
   using List = std::vector<std::pair<std::string, Tensor<float, Cpu>>>;
   auto missing = forge(dir, m, [](List& t) { t.pop_back(); });
-  expect_error<MismatchError>([&] { io::load_weights(m, missing); }, {missing, "tensor 'dense.bias' [3] is missing from the file"});
+  expect_thrown<MismatchError>([&] { io::load_weights(m, missing); }, {missing, "tensor 'dense.bias' [3] is missing from the file"});
   Tensor<float, Cpu> extra = Tensor<float, Cpu>::zeros(Shape{2, 2});
   auto with_extra = forge(dir, m, [&](List& t) { t.push_back({"dense.scale", extra}); });
-  expect_error<MismatchError>([&] { io::load_weights(m, with_extra); }, {"tensor 'dense.scale' [2, 2] in the file is not a parameter"});
+  expect_thrown<MismatchError>([&] { io::load_weights(m, with_extra); }, {"tensor 'dense.scale' [2, 2] in the file is not a parameter"});
   Tensor<float, Cpu> wrong = Tensor<float, Cpu>::zeros(Shape{3, 16});
   auto misshaped = forge(dir, m, [&](List& t) { t[6].second = wrong; });
-  expect_error<MismatchError>([&] { io::load_weights(m, misshaped); },
+  expect_thrown<MismatchError>([&] { io::load_weights(m, misshaped); },
                               {"tensor 'dense.kernel' has shape [3, 16] in the file, [16, 3] in the model"});
   // A foreign file (no fastnn metadata) with exactly the model's tensors loads.
   io::SafetensorsWriter w;
@@ -253,22 +253,22 @@ TEST(Checkpoint, MalformedMetadataGivesFormatErrorNamingTheField) {
   expect_field("fastnn.optimizer.config", &junk, "__metadata__.fastnn.optimizer.config", "invalid JSON");
   // A fastnn file must carry its checksum.
   const std::string no_crc = with_metadata(dir, m, "x", nullptr, /*checksum=*/false);
-  expect_error<FormatError>([&] { io::load_checkpoint(m, no_crc); }, {"fastnn.crc32", "missing"});
+  expect_thrown<FormatError>([&] { io::load_checkpoint(m, no_crc); }, {"fastnn.crc32", "missing"});
   // A malformed optimizer config is caught when the optimizer is made from it.
   const std::string bad_cfg = with_metadata(dir, m, "fastnn.optimizer.config", &sgd_junk);
   Sequential<float> fresh;
   build(fresh, 1);
-  expect_error<FormatError>([&] { io::load_checkpoint(fresh, bad_cfg); }, {"fastnn.optimizer.config"});
+  expect_thrown<FormatError>([&] { io::load_checkpoint(fresh, bad_cfg); }, {"fastnn.optimizer.config"});
   EXPECT_EQ(fresh.optimizer(), nullptr);
   // load_model on a file whose layers cannot be built.
   const std::string bad_units = "[{\"name\":\"dense\",\"type\":\"Dense\",\"config\":{\"units\":\"0\",\"activation\":\"linear\",\"use_bias\":\"true\"}}]";
   const std::string p = with_metadata(dir, m, "fastnn.layers", &bad_units);
-  expect_error<FormatError>([&] { io::load_model<float>(p); }, {"fastnn.layers", "cannot build"});
+  expect_thrown<FormatError>([&] { io::load_model<float>(p); }, {"fastnn.layers", "cannot build"});
   const std::string too_big =
       "[{\"name\":\"lstm\",\"type\":\"LSTM\",\"config\":{\"units\":\"1073741824\",\"activation\":\"tanh\","
       "\"recurrent_activation\":\"sigmoid\",\"return_sequences\":\"false\",\"unit_forget_bias\":\"true\",\"go_backwards\":\"false\"}}]";
   const std::string p2 = with_metadata(dir, m, "fastnn.layers", &too_big);
-  expect_error<FormatError>([&] { io::load_model<float>(p2); }, {"fastnn.layers", "more parameters than the file holds"});
+  expect_thrown<FormatError>([&] { io::load_model<float>(p2); }, {"fastnn.layers", "more parameters than the file holds"});
 }
 
 TEST(Checkpoint, OptimizerMismatchIsNamed) {
@@ -280,16 +280,16 @@ TEST(Checkpoint, OptimizerMismatchIsNamed) {
   Sequential<float> adam;
   build(adam, 1);
   adam.compile(std::make_unique<Adam<float>>(0.001));
-  expect_error<MismatchError>([&] { io::load_checkpoint(adam, dir.file("c.safetensors")); }, {"optimizer: SGD in the file, Adam in the model"});
+  expect_thrown<MismatchError>([&] { io::load_checkpoint(adam, dir.file("c.safetensors")); }, {"optimizer: SGD in the file, Adam in the model"});
   Sequential<float> mom;
   build(mom, 1);
   mom.compile(std::make_unique<SGD<float>>(0.1, 0.5, true));
-  expect_error<MismatchError>([&] { io::load_checkpoint(mom, dir.file("c.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_checkpoint(mom, dir.file("c.safetensors")); },
                               {"momentum is 0.90000000000000002 in the file"});
   Sequential<float> clip;
   build(clip, 1);
   clip.compile(std::make_unique<SGD<float>>(SGDOptions().learning_rate(0.1).momentum(0.9).nesterov(true).clipnorm(1)));
-  expect_error<MismatchError>([&] { io::load_checkpoint(clip, dir.file("c.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_checkpoint(clip, dir.file("c.safetensors")); },
                               {"'clipnorm' is missing from the file"});
   // The learning rate is state, not configuration: another rate (or a schedule) in the model is no mismatch, and
   // the file's rate is restored.
@@ -302,7 +302,7 @@ TEST(Checkpoint, OptimizerMismatchIsNamed) {
   EXPECT_EQ(lr.optimizer()->schedule(), nullptr);
   // A weights file is not a checkpoint, but a checkpoint holds weights.
   io::save_weights(m, dir.file("w.safetensors"));
-  expect_error<FormatError>([&] { io::load_checkpoint(lr, dir.file("w.safetensors")); }, {"a weights file, not a checkpoint"});
+  expect_thrown<FormatError>([&] { io::load_checkpoint(lr, dir.file("w.safetensors")); }, {"a weights file, not a checkpoint"});
   Sequential<float> b;
   build(b, 9);
   io::load_weights(b, dir.file("c.safetensors"));
@@ -504,11 +504,11 @@ TEST(GraphCheckpoint, AGraphCheckpointIsNoSequentialsAndTheReverse) {
   Sequential<float> s2;
   build(s2, 2);
   const auto before = flat(s2);
-  expect_error<MismatchError>([&] { io::load_checkpoint(s2, dir.file("graph.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_checkpoint(s2, dir.file("graph.safetensors")); },
                               {"graph.safetensors", "the file holds a graph model, the model is a Sequential"});
   EXPECT_TRUE(flat(s2) == before) << "a refused checkpoint changed the model";
   auto g2 = graph_model(2);
-  expect_error<MismatchError>([&] { io::load_checkpoint(*g2, dir.file("seq.safetensors")); },
+  expect_thrown<MismatchError>([&] { io::load_checkpoint(*g2, dir.file("seq.safetensors")); },
                               {"seq.safetensors", "the file holds a Sequential model, the model is a graph"});
   EXPECT_EQ(g2->optimizer(), nullptr);
   // A Sequential's checkpoint loads into a graph of the same chain only through load_graph_model (weights).
@@ -896,14 +896,14 @@ TEST(NonFinite, NanWeightStopsTrainingNamingEpochAndBatch) {
   build(m, 1);
   m.compile(std::make_unique<SGD<float>>(0.1));
   m.named_parameters()[6].value[0] = std::nanf("");  // dense.kernel
-  expect_error<NonFiniteError>([&] { m.fit(toy_data(64, 2), FitOptions().epochs(2).batch_size(16).verbose(0)); },
+  expect_thrown<NonFiniteError>([&] { m.fit(toy_data(64, 2), FitOptions().epochs(2).batch_size(16).verbose(0)); },
                                {"non-finite loss", "epoch 1", "batch 1"});
   // The epoch number counts from the resumed epoch.
   Sequential<float> r;
   build(r, 1);
   r.compile(std::make_unique<SGD<float>>(0.1));
   r.named_parameters()[0].value[3] = INFINITY;
-  expect_error<NonFiniteError>(
+  expect_thrown<NonFiniteError>(
       [&] { r.fit(toy_data(64, 2), FitOptions().initial_epoch(4).epochs(6).batch_size(16).verbose(0)); }, {"epoch 5", "batch 1"});
 }
 
@@ -993,7 +993,7 @@ TEST(Checkpoint, RecordsAndChecksTheLoss) {
   Sequential<float> other = make();
   other.compile(std::make_unique<Adam<float>>(0.01), MeanAbsoluteError());
   const auto before = other.flat_parameters().clone();
-  expect_error<MismatchError>([&] { io::load_checkpoint(other, path); },
+  expect_thrown<MismatchError>([&] { io::load_checkpoint(other, path); },
                               {"loss: MeanSquaredError in the file, MeanAbsoluteError in the model"});
   for (Index i = 0; i < before.size(); ++i) ASSERT_EQ(before[i], other.flat_parameters()[i]);
 }

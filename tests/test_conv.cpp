@@ -12,35 +12,16 @@
 #include <string>
 #include <vector>
 
+#include "gradient_util.hpp"
 #include "test_util.hpp"
 
 using namespace fastnn;
 using fastnn::testing::build_standalone;
 using fastnn::testing::check_gradients;
+using fastnn_test::expect_layer_gradients;
 using fastnn_test::random_tensor;
 
 namespace {
-
-constexpr double kTol = 1e-6;
-
-/// Finite-difference check of every tensor of `layer` (its non-trainable parameters must have a
-/// zero gradient instead: they are not functions the layer differentiates).
-void expect_gradients(Layer<double, Cpu>& layer, const Shape& in, Index batch, std::uint64_t seed,
-                      bool perturb = true) {
-  Rng rng(seed);
-  auto storage = build_standalone(layer, in, rng);
-  if (perturb)
-    for (Index i = 0; i < storage.first.size(); ++i) storage.first[i] += rng.uniform(-0.3, 0.3);
-  auto x = random_tensor(in.prepend(batch), rng);
-  auto errs = check_gradients(layer, x, rng);
-  ASSERT_EQ(errs.size(), layer.parameters().size() + 1);
-  const auto specs = layer.param_specs();
-  for (std::size_t i = 0; i < errs.size(); ++i) {
-    if (i > 0 && !specs[i - 1].trainable) continue;
-    EXPECT_LT(errs[i].rel_error, kTol) << layer.type_name() << " " << errs[i].name << " max abs diff "
-                                       << errs[i].max_abs_diff;
-  }
-}
 
 // ---- direct references ------------------------------------------------------------------------
 
@@ -173,7 +154,7 @@ TEST_P(ConvTest, MatchesDirectReference) {
 TEST_P(ConvTest, GradientsMatchFiniteDifferences) {
   const ConvCase k = GetParam();
   auto layer = make_conv<double>(k);
-  expect_gradients(*layer, conv_input(k), 2, 19);
+  expect_layer_gradients(*layer, conv_input(k), 2, 19);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, ConvTest, ::testing::ValuesIn(kConvCases),
@@ -371,7 +352,7 @@ TEST_P(PoolTest, MatchesDirectReference) {
 TEST_P(PoolTest, GradientsMatchFiniteDifferences) {
   const PoolCase k = GetParam();
   auto layer = make_pool(k);
-  expect_gradients(*layer, k.rank == 1 ? Shape{k.w, k.c} : Shape{k.h, k.w, k.c}, 2, 23);
+  expect_layer_gradients(*layer, k.rank == 1 ? Shape{k.w, k.c} : Shape{k.h, k.w, k.c}, 2, 23);
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, PoolTest, ::testing::ValuesIn(kPoolCases),
@@ -432,10 +413,10 @@ TEST(GlobalPool, ForwardAndGradients) {
   GlobalMaxPooling1D<double> m1;
   GlobalAveragePooling2D<double> a2;
   GlobalMaxPooling2D<double> m2;
-  expect_gradients(a1, Shape{5, 3}, 3, 31);
-  expect_gradients(m1, Shape{5, 3}, 3, 32);
-  expect_gradients(a2, Shape{3, 4, 2}, 2, 33);
-  expect_gradients(m2, Shape{3, 4, 2}, 2, 34);
+  expect_layer_gradients(a1, Shape{5, 3}, 3, 31);
+  expect_layer_gradients(m1, Shape{5, 3}, 3, 32);
+  expect_layer_gradients(a2, Shape{3, 4, 2}, 2, 33);
+  expect_layer_gradients(m2, Shape{3, 4, 2}, 2, 34);
   Rng rng(1);
   auto x = random_tensor(Shape{2, 3, 4, 2}, rng);
   Tensor<double, Cpu> ya, ym;
@@ -587,33 +568,33 @@ TEST(BatchNorm, TrainingFormulaAndMovingStatistics) {
 
 TEST(BatchNorm, GradientsInTrainingAndInference) {
   BatchNormalization<double> train;
-  expect_gradients(train, Shape{3, 4}, 5, 41);
+  expect_layer_gradients(train, Shape{3, 4}, 5, 41);
   for (auto& p : train.parameters()) {
     if (p.name.find("moving") == std::string::npos) continue;
     for (Index i = 0; i < p.grad.size(); ++i) EXPECT_EQ(p.grad[i], 0) << p.name;
   }
   BatchNormalization<double> frozen(BatchNormalizationOptions().momentum(0.5));
   frozen.set_trainable(false);
-  expect_gradients(frozen, Shape{4}, 6, 42);
+  expect_layer_gradients(frozen, Shape{4}, 6, 42);
   for (auto& p : frozen.parameters()) {
     if (p.name.find("moving") == std::string::npos) continue;
     for (Index i = 0; i < p.grad.size(); ++i) EXPECT_EQ(p.grad[i], 0) << p.name;
   }
   BatchNormalization<double> bare(BatchNormalizationOptions().center(false).scale(false));
-  expect_gradients(bare, Shape{2, 2, 3}, 3, 43);
+  expect_layer_gradients(bare, Shape{2, 2, 3}, 3, 43);
   EXPECT_EQ(bare.parameters().size(), 2u);
   BatchNormalization<double> only_scale(BatchNormalizationOptions().center(false));
-  expect_gradients(only_scale, Shape{3}, 4, 44);
+  expect_layer_gradients(only_scale, Shape{3}, 4, 44);
 }
 
 // ---- Reshape, Permute, Activation -------------------------------------------------------------
 
 TEST(Rearrange, ReshapePermuteActivation) {
   Reshape<double> r(ReshapeOptions({-1, 4}));
-  expect_gradients(r, Shape{2, 3, 2}, 2, 51);
+  expect_layer_gradients(r, Shape{2, 3, 2}, 2, 51);
   EXPECT_EQ(r.output_shape(), (Shape{3, 4}));
   Permute<double> p(PermuteOptions({3, 1, 2}));
-  expect_gradients(p, Shape{2, 3, 4}, 2, 52);
+  expect_layer_gradients(p, Shape{2, 3, 4}, 2, 52);
   EXPECT_EQ(p.output_shape(), (Shape{4, 2, 3}));
   Rng rng(3);
   auto x = random_tensor(Shape{2, 2, 3, 4}, rng);
@@ -626,7 +607,7 @@ TEST(Rearrange, ReshapePermuteActivation) {
   for (Activation a : {Activation::Tanh, Activation::Sigmoid, Activation::Softmax, Activation::Gelu,
                        Activation::Swish, Activation::Softplus}) {
     ActivationLayer<double> l(a);
-    expect_gradients(l, Shape{3, 4}, 2, 53);
+    expect_layer_gradients(l, Shape{3, 4}, 2, 53);
   }
   // gelu, swish and softplus against their definitions (softplus stable at large |x|)
   for (Activation a : {Activation::Gelu, Activation::Swish, Activation::Softplus}) {

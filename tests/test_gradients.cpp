@@ -3,38 +3,20 @@
 
 #include <gtest/gtest.h>
 
+#include "gradient_util.hpp"
 #include "test_util.hpp"
 
 using namespace fastnn;
 using fastnn::testing::build_standalone;
-using fastnn::testing::check_gradients;
-
-namespace {
-
-constexpr double kTol = 1e-6;
-
 using fastnn_test::random_tensor;
 
-void expect_gradients_match(Layer<double, Cpu>& layer, const Shape& in, Index batch, std::uint64_t seed) {
-  Rng rng(seed);
-  auto storage = build_standalone(layer, in, rng);
-  // Perturb the parameters away from their initial values (zero biases would hide bias bugs).
-  for (Index i = 0; i < storage.first.size(); ++i) storage.first[i] += rng.uniform(-0.3, 0.3);
-  auto x = random_tensor(in.prepend(batch), rng);
-  auto errs = check_gradients(layer, x, rng);
-  ASSERT_EQ(errs.size(), layer.parameters().size() + 1);
-  for (const auto& e : errs) {
-    EXPECT_LT(e.rel_error, kTol) << layer.type_name() << " " << e.name << " max abs diff " << e.max_abs_diff;
-  }
-}
-
-}  // namespace
+using fastnn_test::expect_layer_gradients;
 
 class DenseGrad : public ::testing::TestWithParam<Activation> {};
 
 TEST_P(DenseGrad, MatchesFiniteDifferences) {
   Dense<double> d(DenseOptions(7).activation(GetParam()));
-  expect_gradients_match(d, Shape{5}, 4, 11);
+  expect_layer_gradients(d, Shape{5}, 4, 11);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllActivations, DenseGrad,
@@ -45,7 +27,7 @@ INSTANTIATE_TEST_SUITE_P(AllActivations, DenseGrad,
 
 TEST(DenseGrad, WithoutBias) {
   Dense<double> d(DenseOptions(3).use_bias(false));
-  expect_gradients_match(d, Shape{6}, 2, 5);
+  expect_layer_gradients(d, Shape{6}, 2, 5);
 }
 
 // Dense on [batch, steps, features] applies the same weights to every step (Keras's last-axis
@@ -54,7 +36,7 @@ class DenseSeqGrad : public ::testing::TestWithParam<Activation> {};
 
 TEST_P(DenseSeqGrad, MatchesFiniteDifferences) {
   Dense<double> d(DenseOptions(4).activation(GetParam()));
-  expect_gradients_match(d, Shape{5, 6}, 3, 17);
+  expect_layer_gradients(d, Shape{5, 6}, 3, 17);
   EXPECT_EQ(d.output_shape(), (Shape{5, 4}));
 }
 
@@ -91,7 +73,7 @@ class LstmGrad : public ::testing::TestWithParam<LstmCase> {};
 TEST_P(LstmGrad, MatchesFiniteDifferences) {
   auto c = GetParam();
   LSTM<double> l(LSTMOptions(6).recurrent_activation(c.recurrent).return_sequences(c.return_sequences).go_backwards(c.go_backwards));
-  expect_gradients_match(l, Shape{4, 5}, 3, 21);
+  expect_layer_gradients(l, Shape{4, 5}, 3, 21);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -111,7 +93,7 @@ TEST_P(BidirGrad, MatchesFiniteDifferences) {
   for (int threads : {1, 2}) {
     Bidirectional<double> b(LSTMOptions(5).return_sequences(seq), mode);
     b.set_threads(threads);
-    expect_gradients_match(b, Shape{4, 3}, 3, 31);
+    expect_layer_gradients(b, Shape{4, 3}, 3, 31);
   }
 }
 

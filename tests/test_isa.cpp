@@ -17,12 +17,8 @@
 namespace {
 
 using namespace fastnn;
+using fastnn_test::IsaScope;
 using fastnn_test::random_tensor;
-
-struct IsaScope {
-  explicit IsaScope(Isa i) { set_cpu_isa(i); }
-  ~IsaScope() { reset_cpu_isa(); }
-};
 
 const std::vector<Isa> kAll = {Isa::Baseline, Isa::Avx2, Isa::Avx512, Isa::Avx512Bf16, Isa::AmxBf16};
 

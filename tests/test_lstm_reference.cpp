@@ -8,7 +8,10 @@
 #include <cmath>
 #include <vector>
 
+#include "test_util.hpp"
+
 using namespace fastnn;
+using fastnn_test::IsaScope;
 
 namespace {
 
@@ -133,11 +136,6 @@ struct Case {
 };
 
 /// Forces a CPU kernel path for one test; skips the test where the CPU lacks it.
-struct IsaScope {
-  explicit IsaScope(Isa i) { set_cpu_isa(i); }
-  ~IsaScope() { reset_cpu_isa(); }
-};
-
 /// Each case on every kernel path (backend/cpu/isa.hpp), in float (1e-5) and, on the paths with
 /// bfloat16 products, in bf16 mixed precision (bf16 rounding of every product input: 3e-2).
 class FastVsReference : public ::testing::TestWithParam<std::tuple<Case, Isa, Precision>> {};

@@ -6,20 +6,19 @@
 
 #include <gtest/gtest.h>
 
+#include "gradient_util.hpp"
 #include "test_util.hpp"
 
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace fastnn;
 using fastnn::testing::build_standalone;
-using fastnn::testing::check_gradients;
 
 namespace {
-
-constexpr double kTol = 1e-6;
 
 using fastnn_test::make_lengths;
 using fastnn_test::random_tensor;
@@ -81,20 +80,16 @@ class Stack : public Layer<double, Cpu> {
   Tensor<double, Cpu> mid_, dmid_;
 };
 
-/// Builds `layer` for `in`, moves its parameters off their initial values, sets `lengths` and
-/// checks every gradient against central differences.
+/// The shared finite-difference check (gradient_util.hpp) with per-sample lengths, and optionally
+/// without the input's gradient or with drawn token ids as input.
 void expect_gradients_match(Layer<double, Cpu>& layer, const Shape& in, Index batch, std::uint64_t seed,
                             const Lengths& lengths = Lengths(), bool check_input = true,
                             std::function<Tensor<double, Cpu>(Rng&)> input = nullptr) {
-  Rng rng(seed);
-  auto storage = build_standalone(layer, in, rng);
-  for (Index i = 0; i < storage.first.size(); ++i) storage.first[i] += rng.uniform(-0.3, 0.3);
-  auto x = input ? input(rng) : random_tensor(in.prepend(batch), rng);
-  layer.set_input_lengths(lengths);
-  auto errs = check_gradients(layer, x, rng, 1e-6, 400, check_input);
-  ASSERT_EQ(errs.size(), layer.parameters().size() + (check_input ? 1 : 0));
-  for (const auto& e : errs)
-    EXPECT_LT(e.rel_error, kTol) << layer.type_name() << " " << e.name << " max abs diff " << e.max_abs_diff;
+  fastnn_test::GradCheck opt;
+  opt.lengths = lengths;
+  opt.check_input = check_input;
+  opt.input = std::move(input);
+  fastnn_test::expect_layer_gradients(layer, in, batch, seed, opt);
 }
 
 const Lengths kLengths = make_lengths({5, 2, 4, 1});  // batch 4, steps 5

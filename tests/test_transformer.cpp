@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "gradient_util.hpp"
 #include "test_util.hpp"
 
 using namespace fastnn;
@@ -46,26 +47,17 @@ std::atomic<long> g_allocations{0};
 
 namespace {
 
-constexpr double kTol = 1e-6;
+using fastnn_test::kGradTol;
 
-/// Finite-difference check of the input and every parameter of `layer`; returns the largest
-/// relative error (printed per tensor, for the record).
+/// The shared finite-difference check (gradient_util.hpp) on inputs in [lo, hi), each tensor's
+/// error printed for the record; returns the largest relative error.
 double expect_gradients(Layer<double, Cpu>& layer, const Shape& in, Index batch, std::uint64_t seed,
                         double lo = -1, double hi = 1) {
-  Rng rng(seed);
-  auto storage = build_standalone(layer, in, rng);
-  for (Index i = 0; i < storage.first.size(); ++i) storage.first[i] += rng.uniform(-0.3, 0.3);
-  auto x = random_tensor(in.prepend(batch), rng, lo, hi);
-  auto errs = check_gradients(layer, x, rng);
-  EXPECT_EQ(errs.size(), layer.parameters().size() + 1);
-  double worst = 0;
-  for (const auto& e : errs) {
-    EXPECT_LT(e.rel_error, kTol) << layer.type_name() << " " << e.name << " max abs diff " << e.max_abs_diff;
-    std::printf("  FD %s %s %s: relative error %.3g\n", layer.type_name().c_str(), in.str().c_str(), e.name.c_str(),
-                e.rel_error);
-    worst = std::max(worst, e.rel_error);
-  }
-  return worst;
+  fastnn_test::GradCheck opt;
+  opt.lo = lo;
+  opt.hi = hi;
+  opt.print = true;
+  return fastnn_test::expect_layer_gradients(layer, in, batch, seed, opt);
 }
 
 /// Two-pass mean and biased variance of r[0, c) in double.
@@ -814,7 +806,7 @@ double mha_gradients(const MhaCase& c, Index batch, std::uint64_t seed) {
       std::printf("  FD MultiHeadAttention %s %s: zero gradient, max abs diff %.3g\n", c.name, what.c_str(), mx);
       return;
     }
-    EXPECT_LT(e, kTol) << c.name << " " << what << " max abs diff " << mx;
+    EXPECT_LT(e, kGradTol) << c.name << " " << what << " max abs diff " << mx;
     std::printf("  FD MultiHeadAttention %s %s: relative error %.3g\n", c.name, what.c_str(), e);
     worst = std::max(worst, e);
   };
@@ -1299,7 +1291,7 @@ TEST(MultiHeadAttention, EncoderBlockGradientsInDouble) {
     double mx = 0;
     const double e = fastnn::testing::rel_error(a, n, &mx);
     std::printf("  FD encoder block%s (%zu parameters): relative error %.3g\n", causal ? " causal" : "", n.size(), e);
-    EXPECT_LT(e, kTol) << "max abs diff " << mx;
+    EXPECT_LT(e, kGradTol) << "max abs diff " << mx;
   }
 }
 

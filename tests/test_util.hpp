@@ -1,7 +1,8 @@
 #pragma once
 // Helpers shared by the tests: a self-deleting temporary directory, whole-file byte I/O,
 // in-memory gzip, a small learnable data set, random tensors and sequence lengths, and a
-// parameter-free pass-through layer with hooks for tests to instrument a model.
+// parameter-free pass-through layer with hooks for tests to instrument a model, and a scoped
+// choice of CPU kernel path.
 
 #include <gtest/gtest.h>
 #include <stdlib.h>  // mkdtemp
@@ -17,6 +18,7 @@
 #include <system_error>
 #include <vector>
 
+#include "fastnn/backend/cpu/isa.hpp"
 #include "fastnn/core/lengths.hpp"
 #include "fastnn/core/random.hpp"
 #include "fastnn/data/dataset.hpp"
@@ -34,6 +36,14 @@ fastnn::Tensor<T, fastnn::Cpu> random_tensor(const fastnn::Shape& s, fastnn::Rng
   for (fastnn::Index i = 0; i < t.size(); ++i) t[i] = static_cast<T>(rng.uniform(lo, hi));
   return t;
 }
+
+/// Selects a CPU kernel path for its lifetime (backend/cpu/isa.hpp), then restores the detected one.
+struct IsaScope {
+  explicit IsaScope(fastnn::Isa i) { fastnn::set_cpu_isa(i); }
+  ~IsaScope() { fastnn::reset_cpu_isa(); }
+  IsaScope(const IsaScope&) = delete;
+  IsaScope& operator=(const IsaScope&) = delete;
+};
 
 /// Host sequence lengths from a list.
 inline fastnn::Lengths make_lengths(const std::vector<std::int32_t>& v) {

@@ -158,22 +158,22 @@ TEST(CudaRecurrent, ReferenceShapeGruAndSimpleRnnMatchCpu) {
 
 // ---- Bidirectional ---------------------------------------------------------------------------
 
-struct BidirCase {
+struct BidirRnnCase {
   std::string cell;
   MergeMode merge;
   bool return_sequences, lengths;
   cuda::BidirMode mode;
   std::string name;
 };
-void PrintTo(const BidirCase& c, std::ostream* os) { *os << c.name; }
+void PrintTo(const BidirRnnCase& c, std::ostream* os) { *os << c.name; }
 
 
-class CudaBidirectionalRnn : public ::testing::TestWithParam<BidirCase> {};
+class CudaBidirectionalRnn : public ::testing::TestWithParam<BidirRnnCase> {};
 
 TEST_P(CudaBidirectionalRnn, MatchesCpu) {
   FASTNN_REQUIRE_CUDA();
   RestoreSettings restore;
-  const BidirCase c = GetParam();
+  const BidirRnnCase c = GetParam();
   cuda::set_bidirectional_mode(c.mode);
   auto make = [&](auto tag) -> LayerPtr<float, decltype(tag)> {
     using D = decltype(tag);
@@ -187,8 +187,8 @@ TEST_P(CudaBidirectionalRnn, MatchesCpu) {
   check_with_lengths(p, l, Shape{4, 6, 5}, 54, kRtolFloat, Mode::Infer);
 }
 
-std::vector<BidirCase> bidir_cases() {
-  std::vector<BidirCase> v;
+std::vector<BidirRnnCase> bidir_rnn_cases() {
+  std::vector<BidirRnnCase> v;
   for (const char* cell : kCells)
     for (MergeMode m : {MergeMode::Concat, MergeMode::Sum, MergeMode::Mul, MergeMode::Ave})
       for (bool seq : {false, true})
@@ -203,7 +203,7 @@ std::vector<BidirCase> bidir_cases() {
   return v;
 }
 
-INSTANTIATE_TEST_SUITE_P(Merges, CudaBidirectionalRnn, ::testing::ValuesIn(bidir_cases()),
+INSTANTIATE_TEST_SUITE_P(Merges, CudaBidirectionalRnn, ::testing::ValuesIn(bidir_rnn_cases()),
                          [](const auto& info) { return info.param.name; });
 
 // ---- streaming step --------------------------------------------------------------------------
