@@ -73,6 +73,7 @@ class CudaAttention {
     cudaStream_t s = cuda::stream();
     project(nq, d.fq, hk, q, w.wq, w.bq, qp_.data());
     cuda::kernels::scale(qp_.data(), nq * hk, T(1) / std::sqrt(static_cast<T>(d.key_dim)), s);
+    FASTNN_CUDA_CHECK_LAUNCH("scale");
     project(nk, d.fk, hk, k, w.wk, w.bk, kp_.data());
     project(nk, d.fv, hv, v, w.wv, w.bv, vp_.data());
     to_heads(qp_.data(), qh_.data(), d.tq, d.key_dim);
