@@ -1,13 +1,14 @@
 #pragma once
 /// \file transformer.hpp
 /// The Transformer layers, opt-in: LayerNormalization (layers/layer_norm.hpp), PositionEmbedding
-/// and SinePositionEncoding (layers/position.hpp), MultiHeadAttention (layers/attention.hpp; CPU
-/// only: on Cuda its build throws UnsupportedError). Including this header also adds them to the
+/// and SinePositionEncoding (layers/position.hpp), MultiHeadAttention (layers/attention.hpp; CUDA:
+/// compiled, not run on a GPU). Including this header also adds them to the
 /// layer registry for float and double (layers/transformer_registry.hpp) before main() runs, so
 /// that models holding them save, load and print like the others, and their ONNX exporters to
 /// io::export_onnx (io/onnx_transformer.hpp). When FASTNN_WITH_CUDA is defined (the fastnn::cuda
 /// CMake target), it also brings their GPU primitives (backend/cuda/transformer.hpp: fastnn's
-/// fused layer-normalisation kernels) and registers them for Cuda. fastnn/fastnn.hpp leaves them
+/// fused layer-normalisation and masked-softmax kernels, cuBLAS strided-batched GEMMs for the
+/// attention) and registers them for Cuda. fastnn/fastnn.hpp leaves them
 /// out, so that a program without them does not compile them. The position layers return the
 /// positions only (as KerasHub); add them to the token embeddings with the Add layer of
 /// fastnn/graph.hpp.

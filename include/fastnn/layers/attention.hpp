@@ -23,17 +23,21 @@
 /// output's lengths are the query's. Dropout draws from a key as Dropout does (layers/dropout.hpp): fixed per
 /// training step by set_noise_key, recomputed in backward().
 ///
-/// The CPU computation is detail::CpuAttention (backend/cpu/attention.hpp). There is no GPU implementation yet:
-/// building the layer on another device throws UnsupportedError naming it.
+/// The computation is TransformerOps<T, D>::Attention (backend/transformer.hpp), so the layer is written once:
+/// detail::CpuAttention on the CPU (backend/cpu/attention.hpp), detail::CudaAttention on the GPU
+/// (backend/cuda/attention.hpp: cuBLAS strided-batched GEMMs and fastnn's fused masked-softmax kernels; include
+/// fastnn/transformer.hpp with FASTNN_WITH_CUDA). CUDA: compiled, not run on a GPU. On the GPU, bf16 precision is
+/// an UnsupportedError, and a batch with lengths cannot be captured in a CUDA graph (DeviceError, as for the other
+/// layers with lengths).
 
 #include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <type_traits>
 #include <vector>
 
-#include "fastnn/backend/cpu/attention.hpp"
+#include "fastnn/backend/cpu/transformer.hpp"
+#include "fastnn/backend/transformer.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/options.hpp"
 #include "fastnn/init/initializers.hpp"
@@ -82,8 +86,6 @@ class MultiHeadAttention : public Layer<T, D> {
                         in.str());
   }
   Shape build_inputs(const std::vector<Shape>& s) override {
-    if constexpr (!std::is_same<D, Cpu>::value)
-      throw UnsupportedError(who() + ": no GPU implementation yet; run it on the CPU");
     if (s.size() != 2 && s.size() != 3)
       throw ShapeError(who() + ": takes (query, value) or (query, value, key), called on " +
                        std::to_string(s.size()) + " inputs");
@@ -144,7 +146,7 @@ class MultiHeadAttention : public Layer<T, D> {
     }
   }
 
-  /// With 2 or more, the (sample, head) pairs run on two threads (the results do not change).
+  /// On the CPU, with 2 or more, the (sample, head) pairs run on two threads (the results do not change).
   void set_threads(int n) override {
     Base::set_threads(n);
     kernel_.set_threads(n);
@@ -176,54 +178,44 @@ class MultiHeadAttention : public Layer<T, D> {
     if (!lengths_fit(this->in_lengths_, batch, tq_)) check_lengths(this->in_lengths_, batch, tq_, who() + " query");
     if (!lengths_fit(key_lengths_, batch, tk_)) check_lengths(key_lengths_, batch, tk_, who() + " key");
     y.resize(Shape{batch, tq_, out_});
-    if constexpr (std::is_same<D, Cpu>::value) {
-      detail::AttentionMask m;
-      m.query_lengths = this->in_lengths_.empty() ? nullptr : this->in_lengths_.data();
-      m.key_lengths = key_lengths_.empty() ? nullptr : key_lengths_.data();
-      m.causal = opt_.use_causal_mask();
-      m.threshold = mode == Mode::Train ? threshold_ : 0;
-      m.key = key_;
-      m.scale = 1.0 / (1.0 - opt_.dropout());
-      const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
-      kernel_.forward(dims(batch), weights(), m, xs[0]->data(), k.data(), xs[1]->data(), y.data(), this->precision_);
-    } else {
-      (void)mode;
-    }
+    detail::AttentionMask m;
+    m.query_lengths = this->in_lengths_.empty() ? nullptr : this->in_lengths_.data();
+    m.key_lengths = key_lengths_.empty() ? nullptr : key_lengths_.data();
+    m.causal = opt_.use_causal_mask();
+    m.threshold = mode == Mode::Train ? threshold_ : 0;
+    m.key = key_;
+    m.scale = 1.0 / (1.0 - opt_.dropout());
+    const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
+    kernel_.forward(dims(batch), weights(), m, xs[0]->data(), k.data(), xs[1]->data(), y.data(), this->precision_);
   }
 
   void backward_inputs(const std::vector<const Tn*>& xs, const Tn&, const Tn& dy,
                        const std::vector<Tn*>& dxs) override {
-    if constexpr (std::is_same<D, Cpu>::value) {
-      if (dy.size() != xs[0]->dim(0) * tq_ * out_)
-        throw ShapeError(who() + ": output gradient " + dy.shape().str() + " for a batch of " +
-                         std::to_string(xs[0]->dim(0)));
-      for (std::size_t i = 0; i < xs.size(); ++i)
-        if (dxs.at(i)) dxs[i]->resize(xs[i]->shape());
-      Tn* dq = dxs[0];
-      Tn* dv = dxs[1];
-      Tn* dk = xs.size() == 3 ? dxs[2] : nullptr;
-      const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
-      T* dk_ptr = dk ? dk->data() : nullptr;
-      if (xs.size() == 2 && dv) dk_ptr = dv->data();  // key and value are one tensor: both gradients add up there
-      detail::AttentionGrads<T> g;
-      std::size_t i = 0;
-      auto next = [&]() { return this->params_[i++].grad.data(); };
-      const bool bias = opt_.use_bias();
-      g.wq = next();
-      if (bias) g.bq = next();
-      g.wk = next();
-      if (bias) g.bk = next();
-      g.wv = next();
-      if (bias) g.bv = next();
-      g.wo = next();
-      if (bias) g.bo = next();
-      kernel_.backward(weights(), g, xs[0]->data(), k.data(), xs[1]->data(), dy.data(), dq ? dq->data() : nullptr,
-                       dk_ptr, dv ? dv->data() : nullptr, this->precision_);
-    } else {
-      (void)xs;
-      (void)dy;
-      (void)dxs;
-    }
+    if (dy.size() != xs[0]->dim(0) * tq_ * out_)
+      throw ShapeError(who() + ": output gradient " + dy.shape().str() + " for a batch of " +
+                       std::to_string(xs[0]->dim(0)));
+    for (std::size_t i = 0; i < xs.size(); ++i)
+      if (dxs.at(i)) dxs[i]->resize(xs[i]->shape());
+    Tn* dq = dxs[0];
+    Tn* dv = dxs[1];
+    Tn* dk = xs.size() == 3 ? dxs[2] : nullptr;
+    const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
+    T* dk_ptr = dk ? dk->data() : nullptr;
+    if (xs.size() == 2 && dv) dk_ptr = dv->data();  // key and value are one tensor: both gradients add up there
+    detail::AttentionGrads<T> g;
+    std::size_t i = 0;
+    auto next = [&]() { return this->params_[i++].grad.data(); };
+    const bool bias = opt_.use_bias();
+    g.wq = next();
+    if (bias) g.bq = next();
+    g.wk = next();
+    if (bias) g.bk = next();
+    g.wv = next();
+    if (bias) g.bv = next();
+    g.wo = next();
+    if (bias) g.bo = next();
+    kernel_.backward(weights(), g, xs[0]->data(), k.data(), xs[1]->data(), dy.data(), dq ? dq->data() : nullptr,
+                     dk_ptr, dv ? dv->data() : nullptr, this->precision_);
   }
 
  private:
@@ -290,7 +282,7 @@ class MultiHeadAttention : public Layer<T, D> {
   std::uint32_t threshold_ = 0;
   std::uint64_t name_hash_ = hash::of_string("");
   std::uint64_t key_ = 0;
-  detail::CpuAttention<T> kernel_;
+  typename TransformerOps<T, D>::Attention kernel_;
 };
 
 }  // namespace fastnn

@@ -20,7 +20,9 @@
 /// (the rule of Ops::dropout), recomputed in backward().
 ///
 /// Every product runs on cpu_gemm (backend/cpu/gemm.hpp); workspaces are tensors that grow to the
-/// largest batch and are then reused, so a step after the first allocates nothing.
+/// largest batch and are then reused, so a step after the first allocates nothing. The call's structs
+/// (AttentionDims, AttentionWeights, AttentionGrads, AttentionMask) are in backend/transformer.hpp; this
+/// class is TransformerOps<T, Cpu>::Attention (backend/cpu/transformer.hpp).
 
 #include <algorithm>
 #include <cmath>
@@ -29,6 +31,7 @@
 #include <memory>
 
 #include "fastnn/backend/cpu/gemm.hpp"
+#include "fastnn/backend/transformer.hpp"
 #include "fastnn/core/hash.hpp"
 #include "fastnn/core/lengths.hpp"
 #include "fastnn/core/precision.hpp"
@@ -38,36 +41,7 @@
 namespace fastnn {
 namespace detail {
 
-/// Sizes of one MultiHeadAttention call (see the file comment).
-struct AttentionDims {
-  Index batch = 0, tq = 0, tk = 0, heads = 0, key_dim = 0, value_dim = 0;
-  Index fq = 0, fk = 0, fv = 0, out = 0;
-};
-
-/// Weights of MultiHeadAttention; biases are null without use_bias.
-template <class T>
-struct AttentionWeights {
-  const T *wq = nullptr, *bq = nullptr, *wk = nullptr, *bk = nullptr, *wv = nullptr, *bv = nullptr;
-  const T *wo = nullptr, *bo = nullptr;
-};
-
-/// Gradients of the weights (accumulated into); biases null without use_bias.
-template <class T>
-struct AttentionGrads {
-  T *wq = nullptr, *bq = nullptr, *wk = nullptr, *bk = nullptr, *wv = nullptr, *bv = nullptr;
-  T *wo = nullptr, *bo = nullptr;
-};
-
-/// The masking and dropout of one call.
-struct AttentionMask {
-  const std::int32_t* query_lengths = nullptr;  ///< [B], null: full length
-  const std::int32_t* key_lengths = nullptr;    ///< [B], null: full length
-  bool causal = false;
-  std::uint32_t threshold = 0;  ///< dropout: keep iff bits32(key, i) >= threshold; 0 keeps all
-  std::uint64_t key = 0;
-  double scale = 1;  ///< dropout: the kept probabilities' factor, 1 / (1 - rate)
-};
-
+/// MultiHeadAttention on the CPU (see the file comment).
 template <class T>
 class CpuAttention {
   using Tn = Tensor<T, Cpu>;

@@ -9,11 +9,13 @@
 /// j, j + kLanes, ...), the lanes merged pairwise with Chan et al.'s formula for two partitions,
 /// then the tail elements by Welford's update. Welford's update is numerically stable (no
 /// subtraction of two large sums), so a row with a large mean and a small spread keeps its variance.
-/// Nothing is allocated: the layer owns mean and rstd.
+/// Nothing is allocated: the layer owns mean and rstd. MultiHeadAttention's computation is
+/// detail::CpuAttention (backend/cpu/attention.hpp).
 
 #include <cmath>
 #include <string>
 
+#include "fastnn/backend/cpu/attention.hpp"
 #include "fastnn/backend/transformer.hpp"
 #include "fastnn/core/error.hpp"
 #include "fastnn/core/tensor.hpp"
@@ -24,6 +26,8 @@ template <class T>
 struct TransformerOps<T, Cpu> {
   using Tn = Tensor<T, Cpu>;
   static constexpr int kLanes = 8;
+  /// MultiHeadAttention's computation (backend/cpu/attention.hpp).
+  using Attention = detail::CpuAttention<T>;
 
   /// Mean and biased variance of r[0, c), in one pass (see the file comment).
   static void row_moments(const T* r, Index c, T& mean, T& var) {

@@ -1597,6 +1597,120 @@ template void layer_norm_backward<float>(const float*, const float*, const float
 template void layer_norm_backward<double>(const double*, const double*, const double*, const double*, const double*,
                                           double*, double*, double*, idx_t, idx_t, cudaStream_t);
 
+// Multi-head attention's masked softmax: a block of 32 x kAttWarps threads, one warp per score row (rows
+// grid-strided); each lane takes the columns lane, lane + 32, ...
+namespace {
+
+constexpr int kAttWarps = 8;
+
+template <class T>
+__device__ inline T warp_max(T v) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const T o = __shfl_xor_sync(kFullMask, v, off);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+template <class T>
+__device__ inline T warp_sum(T v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+}
+
+/// The number of keys row r attends to (0 on a padded query row).
+__device__ inline idx_t attention_keys(const AttentionRows& a, idx_t r) {
+  const idx_t b = r / (a.heads * a.tq), i = r % a.tq;
+  if (a.query_lengths && i >= static_cast<idx_t>(a.query_lengths[b])) return 0;
+  idx_t n = a.key_lengths ? static_cast<idx_t>(a.key_lengths[b]) : a.tk;
+  if (a.causal && n > i + 1) n = i + 1;
+  return n;
+}
+
+__device__ inline bool attention_kept(const AttentionRows& a, idx_t e) {
+  return fastnn::hash::bits32(a.key, static_cast<std::uint64_t>(e)) >= a.threshold;
+}
+
+template <class T>
+__global__ void attention_softmax_forward_kernel(AttentionRows a, const T* s, T* p, T* pd, T scale) {
+  const int lane = static_cast<int>(threadIdx.x);
+  const idx_t rows = a.batch * a.heads * a.tq, tk = a.tk;
+  for (idx_t r = static_cast<idx_t>(blockIdx.x) * kAttWarps + threadIdx.y; r < rows;
+       r += static_cast<idx_t>(gridDim.x) * kAttWarps) {
+    const idx_t n = attention_keys(a, r);
+    const T* sr = s + r * tk;
+    T mx = n > 0 ? sr[0] : T(0);
+    for (idx_t j = lane; j < n; j += 32) mx = sr[j] > mx ? sr[j] : mx;
+    mx = warp_max(mx);
+    T sum = 0;
+    for (idx_t j = lane; j < n; j += 32) sum += dev_exp(sr[j] - mx);
+    sum = warp_sum(sum);
+    const T rs = n > 0 ? T(1) / sum : T(0);
+    T* pr = p + r * tk;
+    T* dr = pd ? pd + r * tk : nullptr;
+    for (idx_t j = lane; j < tk; j += 32) {
+      const T v = j < n ? dev_exp(sr[j] - mx) * rs : T(0);  // sr[j] is read before pr[j] (possibly the same) is set
+      pr[j] = v;
+      if (dr) dr[j] = a.threshold == 0 || attention_kept(a, r * tk + j) ? v * scale : T(0);
+    }
+  }
+}
+
+template <class T>
+__global__ void attention_softmax_backward_kernel(AttentionRows a, const T* p, T* g, T scale) {
+  const int lane = static_cast<int>(threadIdx.x);
+  const idx_t rows = a.batch * a.heads * a.tq, tk = a.tk;
+  for (idx_t r = static_cast<idx_t>(blockIdx.x) * kAttWarps + threadIdx.y; r < rows;
+       r += static_cast<idx_t>(gridDim.x) * kAttWarps) {
+    const idx_t n = attention_keys(a, r);
+    const T* pr = p + r * tk;
+    T* gr = g + r * tk;
+    T dot = 0;
+    for (idx_t j = lane; j < n; j += 32) {
+      const T dp = a.threshold == 0 ? gr[j] : (attention_kept(a, r * tk + j) ? gr[j] * scale : T(0));
+      dot += pr[j] * dp;
+    }
+    dot = warp_sum(dot);
+    for (idx_t j = lane; j < tk; j += 32) {
+      T v = 0;
+      if (j < n) {
+        const T dp = a.threshold == 0 ? gr[j] : (attention_kept(a, r * tk + j) ? gr[j] * scale : T(0));
+        v = pr[j] * (dp - dot);
+      }
+      gr[j] = v;
+    }
+  }
+}
+
+inline unsigned attention_row_blocks(idx_t rows) {
+  idx_t b = (rows + kAttWarps - 1) / kAttWarps;
+  if (b > 65535) b = 65535;  // the row loop covers the rest
+  return static_cast<unsigned>(b < 1 ? 1 : b);
+}
+
+}  // namespace
+
+template <class T>
+void attention_softmax_forward(const AttentionRows& a, const T* s, T* p, T* pd, T scale, cudaStream_t st) {
+  const idx_t rows = a.batch * a.heads * a.tq;
+  if (rows <= 0 || a.tk <= 0) return;
+  attention_softmax_forward_kernel<T><<<attention_row_blocks(rows), dim3(32, kAttWarps), 0, st>>>(a, s, p, pd, scale);
+}
+
+template <class T>
+void attention_softmax_backward(const AttentionRows& a, const T* p, T* g, T scale, cudaStream_t st) {
+  const idx_t rows = a.batch * a.heads * a.tq;
+  if (rows <= 0 || a.tk <= 0) return;
+  attention_softmax_backward_kernel<T><<<attention_row_blocks(rows), dim3(32, kAttWarps), 0, st>>>(a, p, g, scale);
+}
+
+template void attention_softmax_forward<float>(const AttentionRows&, const float*, float*, float*, float,
+                                               cudaStream_t);
+template void attention_softmax_forward<double>(const AttentionRows&, const double*, double*, double*, double,
+                                                cudaStream_t);
+template void attention_softmax_backward<float>(const AttentionRows&, const float*, float*, float, cudaStream_t);
+template void attention_softmax_backward<double>(const AttentionRows&, const double*, double*, double, cudaStream_t);
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace fastnn

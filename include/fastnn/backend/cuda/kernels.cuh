@@ -322,6 +322,33 @@ template <class T>
 void layer_norm_backward(const T* x, const T* mean, const T* rstd, const T* gamma, const T* dy, T* dgamma, T* dbeta,
                          T* dx, idx_t m, idx_t c, cudaStream_t s);
 
+// ---- multi-head attention (backend/cuda/attention.hpp) ------------------------------------------
+
+/// The rows of a batch of attention score matrices [batch, heads, tq, tk] (row r = (b heads + h) tq + i) and their
+/// masking: row r attends to the keys j < n_r, n_r = key_lengths[b] (tk when null), min(n_r, i + 1) when `causal`;
+/// the query steps i >= query_lengths[b] (none when null) are padded rows, of n_r = 0. Dropout keeps element
+/// r tk + j iff fastnn::hash::bits32(key, r tk + j) >= threshold (all when threshold is 0). Lengths are device [batch].
+struct AttentionRows {
+  idx_t batch, heads, tq, tk;
+  const std::int32_t* query_lengths;
+  const std::int32_t* key_lengths;
+  bool causal;
+  std::uint64_t key;
+  std::uint32_t threshold;
+};
+
+/// Fused masked softmax of the scores s, one warp per row: p = exp(s - max) / sum over the row's keys j < n_r
+/// (max and sum over those keys only), 0 for j >= n_r and on padded rows; pd (when not null) = p * scale where
+/// dropout keeps the element, else 0. p may be s.
+template <class T>
+void attention_softmax_forward(const AttentionRows& a, const T* s, T* p, T* pd, T scale, cudaStream_t st);
+
+/// Its backward pass, in place on g (dL/dpd on entry, dL/ds on return), one warp per row: dp = g * scale where
+/// dropout keeps the element, else 0 (dp = g without dropout); g = p (dp - sum_{j < n_r} p dp) for j < n_r, and 0
+/// for j >= n_r and on padded rows.
+template <class T>
+void attention_softmax_backward(const AttentionRows& a, const T* p, T* g, T scale, cudaStream_t st);
+
 }  // namespace kernels
 }  // namespace cuda
 }  // namespace fastnn

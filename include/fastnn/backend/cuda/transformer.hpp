@@ -13,9 +13,12 @@
 ///    over the rows in a fixed order, accumulated in double: deterministic, without atomics).
 ///  - No workspace and no per-call allocation: the layer owns mean and rstd. Nothing is copied
 ///    to or from the host, so the calls may be captured in a CUDA graph.
+///  - MultiHeadAttention's computation, Attention, is detail::CudaAttention (backend/cuda/attention.hpp):
+///    cuBLAS GEMMs and strided-batched GEMMs around fastnn's fused masked-softmax kernels.
 
 #include <string>
 
+#include "fastnn/backend/cuda/attention.hpp"
 #include "fastnn/backend/cuda/common.hpp"
 #include "fastnn/backend/cuda/kernels.cuh"
 #include "fastnn/backend/transformer.hpp"
@@ -27,6 +30,8 @@ namespace fastnn {
 template <class T>
 struct TransformerOps<T, Cuda> {
   using Tn = Tensor<T, Cuda>;
+  /// MultiHeadAttention's computation (backend/cuda/attention.hpp).
+  using Attention = detail::CudaAttention<T>;
 
   static void layer_norm_forward(const Tn& x, T eps, const Tn* gamma, const Tn* beta, Tn& y, Tn& mean, Tn& rstd) {
     const Index c = x.dim(x.rank() - 1), m = x.size() / c;
