@@ -3,8 +3,10 @@
 // (double, relative error < 1e-6) with and without center and scale; PositionEmbedding and
 // SinePositionEncoding against KerasHub's definitions, their gradients and the too-long input;
 // masked batches against each sample alone at its own length; the registry, weights and
-// checkpoint round trips; the ONNX export's typed behaviour.
+// checkpoint round trips; the ONNX export's typed behaviour; streaming a causal encoder step by step
+// (AttentionStream) against its full forward.
 #include <fastnn/graph.hpp>
+#include <fastnn/layers/reshape.hpp>
 #include <fastnn/transformer.hpp>
 
 #include <gtest/gtest.h>
@@ -20,6 +22,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "gradient_util.hpp"
@@ -1330,4 +1333,259 @@ TEST(MultiHeadAttention, EncoderBlockTrainsWithFit) {
   const std::string bytes = file_bytes(dir.file("mha.onnx"));
   EXPECT_NE(bytes.find("multi_head_attention.query_kernel"), std::string::npos);
   EXPECT_NE(bytes.find("x_sequence_lens"), std::string::npos);
+}
+
+// ---- Streaming a causal encoder (model/stream.hpp) ---------------------------------------------------------
+
+namespace {
+
+enum class Pos { Embedding, Sine };
+
+struct EncoderSpec {
+  bool tokens = false;  // Embedding of token ids, else Dense of features
+  Pos pos = Pos::Embedding;
+  Index pos_length = 0;  // PositionEmbedding's sequence_length (0: the steps)
+  bool causal = true;
+  bool with_key = false;  // MultiHeadAttention on {query, value, key} (three step-aligned tensors)
+};
+
+constexpr Index kVocab = 11, kFeatures = 5, kOut = 3;
+
+/// A causal encoder of `steps` steps: tokens (Embedding) or features (Dense) + position (Add), MultiHeadAttention
+/// 'attn' with a residual, LayerNormalization, a gelu feed-forward with a residual, LayerNormalization, and a per-step
+/// Dense output; the weights moved off their initial values (the biases away from 0).
+template <class T>
+std::unique_ptr<Model<T>> causal_encoder(Index steps, const EncoderSpec& spec, std::uint64_t seed) {
+  auto x = spec.tokens ? Input<T>({steps}, "ids") : Input<T>({steps, kFeatures}, "x");
+  auto e = spec.tokens ? apply<Embedding>(x, EmbeddingOptions(kVocab, 8)) : apply<Dense>(x, DenseOptions(8));
+  std::shared_ptr<Layer<T, Cpu>> pos;
+  if (spec.pos == Pos::Embedding)
+    pos = std::make_shared<PositionEmbedding<T, Cpu>>(PositionEmbeddingOptions(spec.pos_length ? spec.pos_length
+                                                                                                 : steps));
+  else
+    pos = std::make_shared<SinePositionEncoding<T, Cpu>>();
+  pos->set_name("pos");
+  auto h0 = apply<Add>({e, call(pos, e)});
+  auto mha = std::make_shared<MultiHeadAttention<T, Cpu>>(
+      MultiHeadAttentionOptions(2, 4).value_dim(3).use_causal_mask(spec.causal));
+  mha->set_name("attn");
+  auto a = spec.with_key ? call(mha, {h0, e, apply<LayerNormalization>(h0, LayerNormalizationOptions())})
+                         : call(mha, {h0, h0});
+  auto h = apply<LayerNormalization>(apply<Add>({h0, a}), LayerNormalizationOptions());
+  auto f = apply<Dense>(apply<Dense>(h, DenseOptions(16).activation(Activation::Gelu)), DenseOptions(8));
+  auto y =
+      apply<Dense>(apply<LayerNormalization>(apply<Add>({h, f}), LayerNormalizationOptions()), DenseOptions(kOut));
+  auto m = std::make_unique<Model<T>>(std::vector<SymbolicTensor<T, Cpu>>{x}, std::vector<SymbolicTensor<T, Cpu>>{y},
+                                      seed);
+  Rng rng(seed + 1);
+  Tensor<T, Cpu>& w = m->flat_parameters();
+  for (Index i = 0; i < w.size(); ++i) w[i] += static_cast<T>(rng.uniform(-0.2, 0.2));
+  return m;
+}
+
+/// Inputs [batch, steps] of token ids or [batch, steps, features].
+template <class T>
+Tensor<T, Cpu> encoder_inputs(bool tokens, Index batch, Index steps, Rng& rng) {
+  if (!tokens) return random_tensor<T>(Shape{batch, steps, kFeatures}, rng);
+  Tensor<T, Cpu> x(Shape{batch, steps});
+  for (Index i = 0; i < x.size(); ++i) x[i] = static_cast<T>(static_cast<Index>(rng.uniform(0, kVocab - 0.01)));
+  return x;
+}
+
+/// Step t of every row of x [batch, steps, ...]: [batch, ...].
+template <class T>
+Tensor<T, Cpu> step_of(const Tensor<T, Cpu>& x, Index t) {
+  const Index batch = x.dim(0), steps = x.dim(1), per = x.size() / (batch * steps);
+  Shape s = x.shape().drop_front().drop_front().prepend(batch);
+  Tensor<T, Cpu> xt(s);
+  for (Index b = 0; b < batch; ++b)
+    for (Index k = 0; k < per; ++k) xt[b * per + k] = x[(b * steps + t) * per + k];
+  return xt;
+}
+
+/// The largest |stream step t - full[:, t, :]| over `steps` steps of `stream` on x (from its current state).
+template <class T>
+double stream_vs_full(Stream<T>& stream, const Tensor<T, Cpu>& x, const Tensor<T, Cpu>& full, Index steps) {
+  double worst = 0;
+  const Index batch = x.dim(0), S = full.dim(1), out = full.dim(2);
+  for (Index t = 0; t < steps; ++t) {
+    const Tensor<T, Cpu>& y = stream.step(step_of(x, t));
+    EXPECT_EQ(y.shape(), (Shape{batch, out}));
+    for (Index b = 0; b < batch; ++b)
+      for (Index k = 0; k < out; ++k)
+        worst = std::max(worst, std::fabs(static_cast<double>(y[b * out + k]) -
+                                          static_cast<double>(full[(b * S + t) * out + k])));
+  }
+  return worst;
+}
+
+template <class T>
+void expect_stream_equals_full(double tol, const char* type) {
+  const Index B = 3, S = 7;
+  const std::vector<std::pair<const char*, EncoderSpec>> specs = {
+      {"tokens + PositionEmbedding", {true, Pos::Embedding, 0, true, false}},
+      {"features + PositionEmbedding, {query, value, key}", {false, Pos::Embedding, 9, true, true}},
+      {"features + SinePositionEncoding", {false, Pos::Sine, 0, true, false}},
+  };
+  for (const auto& [name, spec] : specs) {
+    const auto mp = causal_encoder<T>(S, spec, 7);
+    const Model<T>& m = *mp;
+    Rng rng(3);
+    const Tensor<T, Cpu> x1 = encoder_inputs<T>(spec.tokens, B, S, rng), x2 = encoder_inputs<T>(spec.tokens, B, S, rng);
+    const Tensor<T, Cpu> f1 = m.predict(x1), f2 = m.predict(x2);
+    ASSERT_EQ(f1.shape(), (Shape{B, S, kOut}));
+    auto stream = m.make_stream(B);
+    const double d1 = stream_vs_full(stream, x1, f1, S);
+    EXPECT_EQ(stream.steps_taken(), S);
+    stream.reset();
+    const double d2 = stream_vs_full(stream, x2, f2, S);
+    std::printf("  stream vs full forward, %s, %s: max abs difference %.3g, after reset() %.3g\n", type, name, d1,
+                d2);
+    EXPECT_LT(d1, tol) << name;
+    EXPECT_LT(d2, tol) << name;
+    // the rows are independent streams: row 1 alone gives row 1
+    auto one = m.make_stream(1);
+    Tensor<T, Cpu> x1_row = Tensor<T, Cpu>(x1.shape().drop_front().prepend(1));
+    for (Index i = 0; i < x1_row.size(); ++i) x1_row[i] = x1[x1_row.size() + i];
+    Tensor<T, Cpu> f1_row(Shape{1, S, kOut});
+    for (Index i = 0; i < f1_row.size(); ++i) f1_row[i] = f1[f1_row.size() + i];
+    EXPECT_LT(stream_vs_full(one, x1_row, f1_row, S), tol) << name;
+  }
+}
+
+}  // namespace
+
+TEST(AttentionStream, StepsEqualTheFullForwardInDouble) { expect_stream_equals_full<double>(1e-12, "double"); }
+TEST(AttentionStream, StepsEqualTheFullForwardInFloat) { expect_stream_equals_full<float>(1e-6, "float"); }
+
+TEST(AttentionStream, TwoThreadsRunTheirOwnStreamsOnOneConstModel) {
+  const Index B = 2, S = 8;
+  const EncoderSpec spec{false, Pos::Embedding, 0, true, false};
+  const auto mp = causal_encoder<float>(S, spec, 11);
+  const Model<float>& m = *mp;
+  Rng rng(4);
+  const Tensor<float, Cpu> xa = encoder_inputs<float>(false, B, S, rng), xb = encoder_inputs<float>(false, B, S, rng);
+  auto run = [&m, B, S](const Tensor<float, Cpu>& x, std::vector<float>& out) {
+    auto s = m.make_stream(B);
+    for (int round = 0; round < 20; ++round) {
+      s.reset();
+      out.clear();
+      for (Index t = 0; t < S; ++t) {
+        const Tensor<float, Cpu>& y = s.step(step_of(x, t));
+        out.insert(out.end(), y.data(), y.data() + y.size());
+      }
+    }
+  };
+  std::vector<float> ya1, yb1, ya2, yb2;
+  run(xa, ya1);
+  run(xb, yb1);
+  std::thread ta([&] { run(xa, ya2); });
+  std::thread tb([&] { run(xb, yb2); });
+  ta.join();
+  tb.join();
+  ASSERT_EQ(ya1.size(), static_cast<std::size_t>(B * S * kOut));
+  for (std::size_t i = 0; i < ya1.size(); ++i) {
+    ASSERT_EQ(ya1[i], ya2[i]) << i;
+    ASSERT_EQ(yb1[i], yb2[i]) << i;
+  }
+  EXPECT_NE(ya1, yb1);
+}
+
+TEST(AttentionStream, LayersThatSeeLaterStepsAreRefusedNamingThem) {
+  EncoderSpec spec;
+  spec.causal = false;
+  const auto mp = causal_encoder<double>(5, spec, 1);
+  const Model<double>& m = *mp;
+  try {
+    m.make_stream(1);
+    ADD_FAILURE() << "no error";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'attn' (MultiHeadAttention)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("use_causal_mask"), std::string::npos) << e.what();
+  }
+  // Cross-attention on a value that does not advance with the stream's steps: the last state of an LSTM, reshaped
+  // into a memory of 5 steps.
+  auto x = Input<double>({5, 4}, "x");
+  auto memory = apply<Reshape>(apply<LSTM>(x, LSTMOptions(20)), ReshapeOptions({5, 4}));
+  auto mha = std::make_shared<MultiHeadAttention<double, Cpu>>(MultiHeadAttentionOptions(2, 3).use_causal_mask(true));
+  mha->set_name("cross");
+  Model<double> m2(x, call(mha, {x, memory}), 1);
+  try {
+    m2.make_stream(1);
+    ADD_FAILURE() << "no error";
+  } catch (const UnsupportedError& e) {
+    EXPECT_NE(std::string(e.what()).find("'cross' (MultiHeadAttention)"), std::string::npos) << e.what();
+  }
+  // and the full forward of that model runs
+  Rng rng(2);
+  EXPECT_NO_THROW(m2.predict(random_tensor(Shape{2, 5, 4}, rng)));
+}
+
+TEST(AttentionStream, NoAllocationPerStepAfterTheFirst) {
+  const Index B = 4, S = 8;
+  for (Pos pos : {Pos::Embedding, Pos::Sine}) {
+    EncoderSpec spec;
+    spec.pos = pos;
+    spec.pos_length = 2 * S;
+    const auto mp = causal_encoder<float>(S, spec, 5);
+    const Model<float>& m = *mp;
+    Rng rng(6);
+    const Tensor<float, Cpu> x = encoder_inputs<float>(false, B, S, rng);
+    std::vector<Tensor<float, Cpu>> steps;
+    for (Index t = 0; t < S; ++t) steps.push_back(step_of(x, t));
+    steps.push_back(steps[0]);
+    auto s = m.make_stream(B);
+    s.step(steps[0]);
+    const long before = g_allocations.load();
+    for (Index t = 1; t < S; ++t) s.step(steps[static_cast<std::size_t>(t)]);
+    s.reset();
+    for (Index t = 0; t < S; ++t) s.step(steps[static_cast<std::size_t>(t)]);
+    EXPECT_EQ(g_allocations.load() - before, 0);
+    // the counter does count: a step beyond the capacity (the model's steps) grows the cache
+    s.step(steps[S]);
+    EXPECT_GT(g_allocations.load() - before, 0);
+  }
+}
+
+TEST(AttentionStream, BeyondTheModelsStepsAsDocumented) {
+  // Built for 5 steps, streamed for 12: the attention cache (and the sine table) double past 5 and 10, and the
+  // steps equal the full forward of the same weights built for 12 steps. PositionEmbedding(12) then refuses step 13.
+  const Index B = 2, S = 5, L = 12;
+  for (Pos pos : {Pos::Embedding, Pos::Sine}) {
+    EncoderSpec spec;
+    spec.pos = pos;
+    spec.pos_length = L;
+    const auto mp = causal_encoder<double>(S, spec, 9);
+    const Model<double>& m = *mp;
+    const auto lp = causal_encoder<double>(L, spec, 9);
+    Model<double>& longer = *lp;
+    ASSERT_EQ(longer.flat_parameters().size(), m.flat_parameters().size());
+    copy_into(m.flat_parameters(), longer.flat_parameters());
+    Rng rng(10);
+    const Tensor<double, Cpu> x = encoder_inputs<double>(false, B, L, rng);
+    const Tensor<double, Cpu> full = longer.predict(x);
+    auto s = m.make_stream(B);
+    EXPECT_EQ(s.max_steps(), pos == Pos::Embedding ? L : 0);
+    const double d = stream_vs_full(s, x, full, L);
+    std::printf("  stream of %lld steps on a model of %lld, %s: max abs difference %.3g\n",
+                static_cast<long long>(L), static_cast<long long>(S),
+                pos == Pos::Embedding ? "PositionEmbedding" : "SinePositionEncoding", d);
+    EXPECT_LT(d, 1e-12);
+    if (pos == Pos::Embedding) {
+      try {
+        s.step(step_of(x, 0));
+        ADD_FAILURE() << "no error";
+      } catch (const ShapeError& e) {
+        EXPECT_NE(std::string(e.what()).find("'pos' (PositionEmbedding) has positions for 12 steps"),
+                  std::string::npos)
+            << e.what();
+      }
+      EXPECT_EQ(s.steps_taken(), L);
+    } else {
+      EXPECT_NO_THROW(s.step(step_of(x, 0)));
+    }
+    // reset() starts again at position 0
+    s.reset();
+    EXPECT_LT(stream_vs_full(s, x, full, 3), 1e-12);
+  }
 }

@@ -29,6 +29,13 @@
 /// fastnn/transformer.hpp with FASTNN_WITH_CUDA). CUDA: compiled, not run on a GPU. On the GPU, bf16 precision is
 /// an UnsupportedError, and a batch with lengths cannot be captured in a CUDA graph (DeviceError, as for the other
 /// layers with lengths).
+///
+/// Streaming (model/stream.hpp), on the CPU: with use_causal_mask, on a query, value (and key) that all advance
+/// with the stream's steps, a stream runs the layer one step at a time on a key/value cache of its own
+/// (detail::CpuAttentionCache, made by make_step_state for the model's sequence length and doubling beyond it):
+/// each step projects its query, key and value, appends the key and value and attends over the cached steps, as
+/// the full forward does at that step. Without the causal mask, or on a key or value without the steps axis, the
+/// stream refuses the layer (UnsupportedError naming it).
 
 #include <cmath>
 #include <cstdint>
@@ -283,6 +290,43 @@ class MultiHeadAttention : public Layer<T, D> {
   std::uint64_t name_hash_ = hash::of_string("");
   std::uint64_t key_ = 0;
   typename TransformerOps<T, D>::Attention kernel_;
+
+ public:
+  /// Streaming (model/stream.hpp), with use_causal_mask only: a stream's state is a key/value cache
+  /// (detail::CpuAttentionCache) of the steps so far, for the model's sequence length and doubling beyond it;
+  /// step_inputs() projects the step's query, key and value, appends the key and value, and attends over the
+  /// cached steps. Without the causal mask a step would need the later steps: UnsupportedError naming the layer.
+  bool has_step_state() const override { return true; }
+  std::unique_ptr<StepState> make_step_state(Index batch, Index capacity) const override {
+    if (!opt_.use_causal_mask())
+      throw UnsupportedError("make_stream: layer '" + this->name_ + "' (MultiHeadAttention) attends to every step "
+                             "of the sequence (use_causal_mask is false) and cannot run one step at a time");
+    if constexpr (!std::is_same<D, Cpu>::value) throw UnsupportedError(who() + ": streaming runs on the CPU only");
+    auto st = std::make_unique<CacheState>();
+    st->cache.reserve(dims(batch), capacity);
+    return st;
+  }
+  void step_inputs(const std::vector<const Tn*>& xs, Tn& y, StepState& state) const override {
+    auto* st = dynamic_cast<CacheState*>(&state);
+    if (!st) throw ArgumentError(who() + ": step_inputs takes a state of make_step_state");
+    check(xs);
+    const Index batch = xs[0]->dim(0);
+    if (tq_ != 1 || batch != st->cache.batch)
+      throw ShapeError(who() + ": a step is [" + std::to_string(st->cache.batch) + ", 1, features] (the state's " +
+                       "batch), got query " + xs[0]->shape().str());
+    y.resize(Shape{batch, 1, out_});
+    if constexpr (std::is_same<D, Cpu>::value) {
+      const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
+      detail::cpu_attention_step(dims(batch), weights(), xs[0]->data(), k.data(), xs[1]->data(), y.data(),
+                                 st->cache, this->precision_);
+    }
+  }
+
+ private:
+  struct CacheState : StepState {
+    detail::CpuAttentionCache<T> cache;
+    void reset() override { cache.reset(); }
+  };
 };
 
 }  // namespace fastnn

@@ -32,6 +32,17 @@ namespace fastnn {
 /// transfer (re-creating the layer on another device).
 using LayerConfig = Config;
 
+/// The per-stream memory of a layer that runs in a stream (model/stream.hpp) one step at a time although its
+/// output at a step depends on the steps before (Layer::make_step_state): a recurrent layer's hidden state,
+/// MultiHeadAttention's cached keys and values, a position layer's step counter. Each stream owns its own.
+struct StepState {
+  virtual ~StepState() = default;
+  /// Back to the state before the first step.
+  virtual void reset() = 0;
+  /// The most steps the state can take after reset() (0: no limit). The stream refuses a step beyond it.
+  virtual Index max_steps() const { return 0; }
+};
+
 template <class T, class D = Cpu>
 class Layer {
  public:
@@ -160,6 +171,28 @@ class Layer {
   /// Whether the layer maps each step of a sequence on its own (Dense, Dropout, Embedding,
   /// Masking), so that a stream (model/stream.hpp) can run it one step at a time.
   virtual bool per_step() const { return false; }
+  /// Whether the layer runs in a stream one step at a time on a state of the stream's (make_step_state).
+  virtual bool has_step_state() const { return false; }
+  /// A fresh state for `batch` streams of this built layer, with room for `capacity` steps (the model's
+  /// sequence length) before it grows or refuses as the layer documents. Throws UnsupportedError naming the layer
+  /// when this instance cannot run step by step (a MultiHeadAttention without use_causal_mask, a recurrent layer
+  /// running backwards).
+  virtual std::unique_ptr<StepState> make_step_state(Index batch, Index capacity) const {
+    (void)batch;
+    (void)capacity;
+    throw UnsupportedError(name_ + " (" + type_name() + "): has no step state; it cannot run one step at a time");
+  }
+  /// Advances `state` (made by make_step_state) by one step: xs are the inputs' current steps [batch, 1, ...], y
+  /// the output's [batch, 1, ...] (or [batch, ...] when step_keeps_steps() is false). Const: any number of
+  /// streams, each with its own state, may step one layer.
+  virtual void step_inputs(const std::vector<const Tensor_*>& xs, Tensor_& y, StepState& state) const {
+    (void)xs;
+    (void)y;
+    (void)state;
+    throw UnsupportedError(name_ + " (" + type_name() + "): has no step state; it cannot run one step at a time");
+  }
+  /// Whether step_inputs()'s output keeps the steps axis (not a recurrent layer's last state).
+  virtual bool step_keeps_steps() const { return true; }
 
   /// Number of worker threads the layer may use (Bidirectional runs its directions in parallel).
   virtual void set_threads(int n) { threads_ = n < 1 ? 1 : n; }

@@ -21,9 +21,16 @@
 /// positions 0, 1, ..., steps - 1.
 ///
 /// Sequence lengths pass through; the padded steps receive their positions' values as the real
-/// ones, and the layers after them ignore them. The output at step t depends on t, so neither
-/// layer runs step by step in a stream (per_step() is false).
+/// ones, and the layers after them ignore them.
+///
+/// In a stream (model/stream.hpp) the output at step t depends on t only: each stream's state is its step
+/// counter, which is the position (make_step_state). PositionEmbedding has positions for sequence_length steps:
+/// the stream refuses a step beyond them (ShapeError naming the layer) until reset(). SinePositionEncoding
+/// keeps its table for the model's sequence length in the state and doubles it (recomputed) beyond it. On an
+/// input [steps, ..., positions, features] of rank above 2 the positions axis is not the stream's, and a step
+/// gets the whole table as the full forward does.
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -84,6 +91,34 @@ class PositionLayerBase : public Layer<T, D> {
   }
 
   Index steps_ = 0, features_ = 0;
+
+  /// A stream's state: the step counter (the position of the next step) and, for SinePositionEncoding, the table.
+  struct PositionState : StepState {
+    Index t = 0, limit = 0;
+    Tn table;  ///< SinePositionEncoding's positions [capacity, features]
+    void reset() override { t = 0; }
+    Index max_steps() const override { return limit; }
+  };
+  /// Whether the positions are the stream's steps (input [steps, features]) rather than an inner axis.
+  bool positions_are_steps() const { return this->input_shape_.rank() == 2; }
+  /// The state of a stream's step: checks x [batch, 1, features] and returns it.
+  PositionState& step_state(const std::vector<const Tn*>& xs, StepState& state) const {
+    auto* st = dynamic_cast<PositionState*>(&state);
+    if (!st || xs.size() != 1)
+      throw ArgumentError(this->name_ + " (" + this->type_name() + "): step_inputs takes one input and a state "
+                                                                   "of make_step_state");
+    this->require_batch_of_input_shape(xs[0]->shape());
+    return *st;
+  }
+  /// y = the rows [first, first + steps_) of `table` broadcast over x's shape; advances the position.
+  void step_broadcast(const Tn& x, const Tn& table, Tn& y, PositionState& st) const {
+    const Index per = steps_ * features_, first = positions_are_steps() ? st.t : 0;
+    y.resize(x.shape());
+    Tn y2 = y.reshaped(Shape{y.size() / per, per});
+    O::fill(y2, T(0));
+    O::add_row_vector(y2, table.view(first * features_, Shape{per}));
+    if (positions_are_steps()) ++st.t;
+  }
 };
 
 }  // namespace detail
@@ -133,6 +168,18 @@ class PositionEmbedding : public detail::PositionLayerBase<T, D> {
     Tn g = this->params_[0].grad.view(0, Shape{per});
     O::accumulate_column_sums(dy.reshaped(Shape{dy.size() / per, per}), g);
     this->zero_input_gradient(x, dx);
+  }
+
+  /// Streaming: the state's counter is the position (see the file comment); sequence_length bounds the steps.
+  bool has_step_state() const override { return true; }
+  std::unique_ptr<StepState> make_step_state(Index, Index) const override {
+    auto st = std::make_unique<typename detail::PositionLayerBase<T, D>::PositionState>();
+    if (this->positions_are_steps()) st->limit = opt_.sequence_length();
+    return st;
+  }
+  void step_inputs(const std::vector<const Tn*>& xs, Tn& y, StepState& state) const override {
+    auto& st = this->step_state(xs, state);
+    this->step_broadcast(*xs[0], this->params_[0].value, y, st);
   }
 
  private:
@@ -188,7 +235,28 @@ class SinePositionEncoding : public detail::PositionLayerBase<T, D> {
   /// The table [steps, features] of the built shape.
   const Tn& table() const { return table_; }
 
+  /// Streaming: the state's counter is the position; its table holds `capacity` positions and doubles beyond.
+  bool has_step_state() const override { return true; }
+  std::unique_ptr<StepState> make_step_state(Index, Index capacity) const override {
+    auto st = std::make_unique<typename detail::PositionLayerBase<T, D>::PositionState>();
+    if (this->positions_are_steps()) fill_table(*st, std::max<Index>(capacity, 1));
+    else st->table = table_;
+    return st;
+  }
+  void step_inputs(const std::vector<const Tn*>& xs, Tn& y, StepState& state) const override {
+    auto& st = this->step_state(xs, state);
+    if (this->positions_are_steps() && st.t == st.table.dim(0)) fill_table(st, 2 * st.t);
+    this->step_broadcast(*xs[0], st.table, y, st);
+  }
+
  private:
+  /// The state's table for `rows` positions.
+  void fill_table(typename detail::PositionLayerBase<T, D>::PositionState& st, Index rows) const {
+    const Tensor<T, Cpu> h = sine_position_table<T>(rows, this->features_, opt_.max_wavelength());
+    st.table = Tn(h.shape());
+    copy_from_host(h, st.table);
+  }
+
   SinePositionEncodingOptions opt_;
   Tn table_;
 };

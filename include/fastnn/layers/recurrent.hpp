@@ -92,12 +92,13 @@ struct RnnImpl<T, Cpu> {
 
 /// The state of a batch of streams of one recurrent layer (RecurrentLayer::make_state): the
 /// hidden state h [batch, units], the cell state c of an LSTM, and scratch. Each stream (or
-/// thread) owns its own; reset() returns it to the zero initial state.
+/// thread) owns its own; reset() returns it to the zero initial state. A stream holds it as the layer's
+/// StepState (make_step_state).
 template <class T, class D = Cpu>
-struct RnnState {
+struct RnnState : StepState {
   Tensor<T, D> h, c, work;
   Index batch = 0;
-  void reset() {
+  void reset() override {
     h.set_zero();
     if (c.size()) c.set_zero();
   }
@@ -193,6 +194,26 @@ class RecurrentLayer : public Layer<T, D> {
     y_t.resize(Shape{state.batch, units()});
     copy_into(state.h, y_t);
   }
+
+  /// In a stream (model/stream.hpp): the state of make_state(batch), advanced by step_inputs(); the output is
+  /// the state [batch, units], or the step [batch, 1, units] with return_sequences. A layer running backwards is
+  /// refused (UnsupportedError naming it).
+  bool has_step_state() const override { return true; }
+  std::unique_ptr<StepState> make_step_state(Index batch, Index) const override {
+    if (go_backwards())
+      throw UnsupportedError("make_stream: layer '" + this->name_ + "' runs backwards and needs the whole sequence");
+    return std::make_unique<RnnState<T, D>>(make_state(batch));
+  }
+  void step_inputs(const std::vector<const Tn*>& xs, Tn& y, StepState& state) const override {
+    auto* s = dynamic_cast<RnnState<T, D>*>(&state);
+    if (!s || xs.size() != 1)
+      throw ArgumentError(this->name_ + " (" + this->type_name() + "): step_inputs takes one input and a state of "
+                                        "make_step_state");
+    const Tn& x = *xs[0];
+    step(x.reshaped(Shape{s->batch, x.size() / s->batch}), y, *s);
+    if (return_sequences()) y = y.reshaped(Shape{s->batch, 1, units()});
+  }
+  bool step_keeps_steps() const override { return return_sequences(); }
 
   /// Device-specific state (the CUDA backend keeps its cuDNN descriptors here).
   detail::RnnImpl<T, D>& impl() { return impl_; }

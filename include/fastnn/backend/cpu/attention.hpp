@@ -281,5 +281,92 @@ class CpuAttention {
   Index split_ = 0;
 };
 
+/// The keys and values a causal MultiHeadAttention has projected for the steps of `batch` streams so far (streaming,
+/// model/stream.hpp), time-major: row t B + b of k [capacity B, H kd] and of v [capacity B, H vd] is step t of
+/// stream b. With the scratch of one step (q, o, the scores s), it is allocated for `capacity` steps by reserve();
+/// a step beyond the capacity doubles it (copying the cached rows), so that steps allocate nothing until then.
+template <class T>
+struct CpuAttentionCache {
+  Tensor<T, Cpu> k, v, q, o, s;
+  Index batch = 0, steps = 0, capacity = 0;
+
+  /// Room for `capacity` steps (at least 1) of d.batch streams; forgets the cached steps.
+  void reserve(const AttentionDims& d, Index cap) {
+    batch = d.batch;
+    steps = 0;
+    capacity = std::max<Index>(cap, 1);
+    k = Tensor<T, Cpu>(Shape{capacity * batch, d.heads * d.key_dim});
+    v = Tensor<T, Cpu>(Shape{capacity * batch, d.heads * d.value_dim});
+    q = Tensor<T, Cpu>(Shape{batch, d.heads * d.key_dim});
+    o = Tensor<T, Cpu>(Shape{batch, d.heads * d.value_dim});
+    s = Tensor<T, Cpu>(Shape{capacity});
+  }
+  void reset() { steps = 0; }
+
+  /// Doubles the capacity, keeping the cached steps.
+  void grow() {
+    const Index cap = 2 * capacity;
+    Tensor<T, Cpu> k2(Shape{cap * batch, k.dim(1)}), v2(Shape{cap * batch, v.dim(1)});
+    std::copy(k.data(), k.data() + steps * batch * k.dim(1), k2.data());
+    std::copy(v.data(), v.data() + steps * batch * v.dim(1), v2.data());
+    k = k2;
+    v = v2;
+    s = Tensor<T, Cpu>(Shape{cap});
+    capacity = cap;
+  }
+};
+
+/// One causal self-attention step of the cache's d.batch streams: q, k, v are the current step of the query, key
+/// and value [B, Fq], [B, Fk], [B, Fv]; y [B, O]. As CpuAttention::forward at the cache's next step t: Q = (q Wq +
+/// bq) / sqrt(kd), the step's K and V rows are appended to the cache, and per stream and head the softmax of Q_bh
+/// against the t + 1 cached keys weighs the cached values; y = O Wo + bo. The projections run on cpu_gemm (with
+/// precision p); the products over the cached steps, whose count changes every step, are plain loops in T, so that
+/// no GEMM workspace grows with the steps. d.tq and d.tk are not read.
+template <class T>
+void cpu_attention_step(const AttentionDims& d, const AttentionWeights<T>& w, const T* q, const T* k, const T* v,
+                        T* y, CpuAttentionCache<T>& c, Precision p) {
+  const Index B = d.batch, hk = d.heads * d.key_dim, hv = d.heads * d.value_dim;
+  auto project = [&](const T* x, Index f, const T* wt, const T* bias, Index n, T* out, Index ldo) {
+    cpu_gemm(false, false, B, n, f, T(1), x, f, wt, n, T(0), out, ldo, p);
+    if (bias)
+      for (Index r = 0; r < B; ++r)
+        for (Index j = 0; j < n; ++j) out[r * ldo + j] += bias[j];
+  };
+  if (c.steps == c.capacity) c.grow();
+  const Index t = c.steps, n = t + 1;
+  project(q, d.fq, w.wq, w.bq, hk, c.q.data(), hk);
+  c.q.array() *= T(1) / std::sqrt(static_cast<T>(d.key_dim));
+  project(k, d.fk, w.wk, w.bk, hk, c.k.data() + t * B * hk, hk);
+  project(v, d.fv, w.wv, w.bv, hv, c.v.data() + t * B * hv, hv);
+  T* s = c.s.data();
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < d.heads; ++h) {
+      const T* qr = c.q.data() + b * hk + h * d.key_dim;
+      for (Index j = 0; j < n; ++j) {
+        const T* kr = c.k.data() + (j * B + b) * hk + h * d.key_dim;
+        T dot = 0;
+        for (Index e = 0; e < d.key_dim; ++e) dot += qr[e] * kr[e];
+        s[j] = dot;
+      }
+      T mx = s[0];
+      for (Index j = 1; j < n; ++j) mx = std::max(mx, s[j]);
+      T sum = 0;
+      for (Index j = 0; j < n; ++j) {
+        s[j] = std::exp(s[j] - mx);
+        sum += s[j];
+      }
+      const T rs = T(1) / sum;
+      T* orow = c.o.data() + b * hv + h * d.value_dim;
+      std::fill(orow, orow + d.value_dim, T(0));
+      for (Index j = 0; j < n; ++j) {
+        const T pj = s[j] * rs;
+        const T* vr = c.v.data() + (j * B + b) * hv + h * d.value_dim;
+        for (Index e = 0; e < d.value_dim; ++e) orow[e] += pj * vr[e];
+      }
+    }
+  c.steps = n;
+  project(c.o.data(), hv, w.wo, w.bo, d.out, y, d.out);
+}
+
 }  // namespace detail
 }  // namespace fastnn
