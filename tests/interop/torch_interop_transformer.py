@@ -21,16 +21,14 @@ Exit status: 0 every case matches, 1 a mismatch or error, 77 skipped (no torch o
 /usr/bin/python3 (python3-torch, python3-numpy).
 """
 
-import argparse
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python"))
+from fastnn_interop import run_interop  # noqa: E402
 from fastnn_safetensors import read_safetensors  # noqa: E402
 from fastnn_torch_transformer import MappingError, load_encoder_layer  # noqa: E402
 
-SKIP = 77
 REQUIRED = ["encoder_block", "encoder_stack2"]
 
 
@@ -111,55 +109,7 @@ def self_check(work, np, torch, tol):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--export", required=True, help="the transformer_export program")
-    ap.add_argument("--work", required=True, help="directory for its files")
-    ap.add_argument("--n", type=int, default=1000, help="inputs per case (default 1000)")
-    ap.add_argument("--tol", type=float, default=1e-5, help="largest allowed |y_fastnn - y_torch| at a real step")
-    args = ap.parse_args()
-
-    try:
-        import numpy as np
-        import torch
-    except ImportError as e:
-        print(f"SKIP: {e} (install python3-torch and python3-numpy; run with /usr/bin/python3)")
-        return SKIP
-    torch.set_num_threads(1)
-
-    os.makedirs(args.work, exist_ok=True)
-    for f in os.listdir(args.work):  # no stale case from an earlier run
-        if f.endswith(".safetensors") or f == "manifest.txt":
-            os.remove(os.path.join(args.work, f))
-    cmd = [args.export, args.work, str(args.n)]
-    print("+", " ".join(cmd), flush=True)
-    if subprocess.run(cmd).returncode != 0:
-        print("FAIL: transformer_export failed")
-        return 1
-    with open(os.path.join(args.work, "manifest.txt")) as f:
-        cases = [line.strip() for line in f if line.strip()]
-    missing = [c for c in REQUIRED if c not in cases]
-    if missing:
-        print(f"FAIL: transformer_export wrote no case {', '.join(missing)}")
-        return 1
-
-    failed, worst_all = [], 0.0
-    for name in cases:
-        try:
-            ok, worst, msg = check_case(args.work, name, np, torch, args.tol)
-            worst_all = max(worst_all, worst)
-        except (MappingError, ValueError, KeyError) as e:
-            ok, msg = False, f"{name}: FAIL: {type(e).__name__}: {e}"
-        print(msg, flush=True)
-        if not ok:
-            failed.append(name)
-    if not self_check(args.work, np, torch, args.tol):
-        print("FAIL: the self-check matched with a wrong mapping: the comparison proves nothing")
-        return 1
-    if failed:
-        print(f"FAIL: {len(failed)} of {len(cases)} cases: {', '.join(failed)}")
-        return 1
-    print(f"PASS: {len(cases)} cases within {args.tol:g} at every real step (largest difference {worst_all:.3e})")
-    return 0
+    return run_interop(__doc__, "transformer_export", REQUIRED, check_case, self_check, (MappingError,), tol_help="|y_fastnn - y_torch| at a real step")
 
 
 if __name__ == "__main__":
