@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <utility>
 
 #include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/transformer.hpp"
@@ -40,6 +41,22 @@
 
 namespace fastnn {
 namespace detail {
+
+/// Numerically stable softmax of r[0, n) in place (n >= 1): subtracts the row's maximum before exp. Returns the
+/// maximum and the sum of the exponentials, whose log-sum-exp the backward pass keeps.
+template <class T>
+std::pair<T, T> softmax_in_place(T* r, Index n) {
+  T mx = r[0];
+  for (Index j = 1; j < n; ++j) mx = std::max(mx, r[j]);
+  T sum = 0;
+  for (Index j = 0; j < n; ++j) {
+    r[j] = std::exp(r[j] - mx);
+    sum += r[j];
+  }
+  const T rs = T(1) / sum;
+  for (Index j = 0; j < n; ++j) r[j] *= rs;
+  return {mx, sum};
+}
 
 /// MultiHeadAttention on the CPU (see the file comment).
 template <class T>
@@ -212,15 +229,7 @@ class CpuAttention {
         continue;
       }
       const Index n = keys_of_row(b, i);
-      T mx = r[0];
-      for (Index j = 1; j < n; ++j) mx = std::max(mx, r[j]);
-      T sum = 0;
-      for (Index j = 0; j < n; ++j) {
-        r[j] = std::exp(r[j] - mx);
-        sum += r[j];
-      }
-      const T rs = T(1) / sum;
-      for (Index j = 0; j < n; ++j) r[j] *= rs;
+      const auto [mx, sum] = softmax_in_place(r, n);
       std::fill(r + n, r + tk, T(0));
       lse[i] = mx + std::log(sum);
       if (m_.threshold)
@@ -348,18 +357,11 @@ void cpu_attention_step(const AttentionDims& d, const AttentionWeights<T>& w, co
         for (Index e = 0; e < d.key_dim; ++e) dot += qr[e] * kr[e];
         s[j] = dot;
       }
-      T mx = s[0];
-      for (Index j = 1; j < n; ++j) mx = std::max(mx, s[j]);
-      T sum = 0;
-      for (Index j = 0; j < n; ++j) {
-        s[j] = std::exp(s[j] - mx);
-        sum += s[j];
-      }
-      const T rs = T(1) / sum;
+      softmax_in_place(s, n);
       T* orow = c.o.data() + b * hv + h * d.value_dim;
       std::fill(orow, orow + d.value_dim, T(0));
       for (Index j = 0; j < n; ++j) {
-        const T pj = s[j] * rs;
+        const T pj = s[j];
         const T* vr = c.v.data() + (j * B + b) * hv + h * d.value_dim;
         for (Index e = 0; e < d.value_dim; ++e) orow[e] += pj * vr[e];
       }
