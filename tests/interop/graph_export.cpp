@@ -22,6 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "export_main.hpp"
+
 namespace {
 
 using namespace fastnn;
@@ -89,35 +91,5 @@ std::vector<Case> cases() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 2 && argc != 3) {
-    std::fprintf(stderr, "usage: graph_export OUT_DIR [N]\n");
-    return 2;
-  }
-  const std::string dir = argv[1];
-  long long n = 1000;
-  if (argc == 3 && (!fastnn::parse_number(argv[2], n) || n <= 0)) {
-    std::fprintf(stderr, "graph_export: N must be a positive integer, got '%s'\n", argv[2]);
-    return 2;
-  }
-  try {
-    std::string manifest;
-    std::uint64_t seed = 1;
-    for (const Case& c : cases()) {
-      run_case(c, dir, static_cast<fastnn::Index>(n), seed++);
-      manifest += c.name + "\n";
-    }
-    std::ofstream f(dir + "/manifest.txt", std::ios::trunc);
-    f << manifest;
-    if (!f.flush()) {
-      std::fprintf(stderr, "graph_export: error: cannot write %s/manifest.txt\n", dir.c_str());
-      return 1;
-    }
-  } catch (const fastnn::Error& e) {
-    std::fprintf(stderr, "graph_export: error: %s\n", e.what());
-    return 1;
-  } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "graph_export: error: out of memory\n");
-    return 1;
-  }
-  return 0;
+  return fastnn_test::export_main(argc, argv, "graph_export", cases(), run_case);
 }
