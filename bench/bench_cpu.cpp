@@ -24,6 +24,7 @@
 
 #include <fastnn/data/mnist.hpp>
 #include <fastnn/fastnn.hpp>
+#include <fastnn/transformer.hpp>
 
 #include <benchmark/benchmark.h>
 #include <unistd.h>
@@ -429,6 +430,41 @@ void BM_Dense(benchmark::State& st) {
   report_flops(st, (what == 0 ? 1 : 3) * kDenseFwdFlopsPerSample * kBatch, 1, secs);
 }
 BENCHMARK(BM_Dense)->ArgName("bwd")->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
+
+/// MultiHeadAttention self-attention, batch 32, sequence 128, d 128, 4 heads (key_dim 32), no
+/// mask, no dropout, one thread. Arg: 0 forward, 1 forward + backward with the input gradient.
+/// FLOPs: the four projections 4 x 2 B T d^2, the two per-head products 2 x 2 B T^2 d; backward
+/// twice each (the scores it recomputes are not counted: gflops is the useful rate).
+void BM_Attention(benchmark::State& st) {
+  const bool bwd = st.range(0) != 0;
+  constexpr Index B = 32, T = 128, d = 128, heads = 4;
+  MultiHeadAttention<float> mha(MultiHeadAttentionOptions().num_heads(heads).key_dim(d / heads));
+  mha.set_name("attention");
+  mha.build_inputs({Shape{T, d}, Shape{T, d}});
+  Tn values = Tn::zeros(Shape{mha.param_count()}), grads = Tn::zeros(Shape{mha.param_count()});
+  mha.bind_parameters(values, grads);
+  Rng rng(42);
+  mha.initialize(rng);
+  Tn x = random_tensor(Shape{B, T, d}, -1.f, 1.f, 1), dy = random_tensor(Shape{B, T, d}, -0.01f, 0.01f, 2);
+  Tn y, dx;
+  auto run = [&] {
+    mha.forward_inputs({&x, &x}, y, bwd ? Mode::Train : Mode::Infer);
+    if (bwd) mha.backward_inputs({&x, &x}, y, dy, {&dx, nullptr});
+  };
+  run();  // warm-up: workspaces grow once
+  double secs = 0;
+  for (auto _ : st) {
+    const auto t0 = Clock::now();
+    run();
+    secs += std::chrono::duration<double>(Clock::now() - t0).count();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const double proj = 4 * 2.0 * B * T * d * d, att = 2 * 2.0 * B * T * T * d;
+  report_samples(st, B);
+  report_flops(st, bwd ? 3 * (proj + att) : proj + att, 1, secs);
+}
+BENCHMARK(BM_Attention)->ArgName("bwd")->Arg(0)->Arg(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 /// The fused softmax cross-entropy of Sequential (loss, dlogits, then the accuracy metric) on [128, 10].
 void BM_SoftmaxCrossEntropy(benchmark::State& st) {

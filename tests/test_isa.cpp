@@ -358,4 +358,44 @@ TEST(Isa, OptimizerKernelsMatchEigen) {
   }
 }
 
+TEST(Isa, GeluKernelsMatchItsDefinitionInDouble) {
+  // gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x), from erfc in double; the lower tail
+  // (x < 0, where Phi is small) to a relative error, the rest to an absolute one.
+  const Index n = 48001;
+  for (Isa isa : supported()) {
+    IsaScope scope(isa);
+    Tensor<float, Cpu> x(Shape{n}), y(Shape{n}), d(Shape{n});
+    for (Index i = 0; i < n; ++i) {
+      x[i] = -12.f + 24.f * static_cast<float>(i) / static_cast<float>(n - 1);
+      y[i] = x[i];
+      d[i] = 0.5f + static_cast<float>(i % 7);
+    }
+    Ops<float, Cpu>::activate(Activation::Gelu, y);
+    Ops<float, Cpu>::activation_backward_input(Activation::Gelu, x, d);
+    for (Index i = 0; i < n; ++i) {
+      const double v = x[i], phi_cdf = 0.5 * std::erfc(-v / std::sqrt(2.0)), want = v * phi_cdf;
+      const double slope = phi_cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI), scale = 0.5 + i % 7;
+      ASSERT_NEAR(y[i], want, 2e-7 * (1 + std::fabs(want))) << isa_name(isa) << " gelu(" << v << ")";
+      if (v < 0 && v > -6) {
+        ASSERT_NEAR(y[i], want, 1e-5 * std::fabs(want)) << isa_name(isa) << " gelu(" << v << ")";
+      }
+      ASSERT_NEAR(d[i] / scale, slope, 3e-7 * (1 + std::fabs(slope))) << isa_name(isa) << " gelu'(" << v << ")";
+    }
+    // NaN stays NaN; far tails are exact (0 and x), with no subnormal on the way; gelu'(0) = 1/2.
+    Tensor<float, Cpu> s(Shape{5}), ds(Shape{5});
+    const float sv[] = {std::nanf(""), 0.f, 30.f, -30.f, 1e30f};
+    for (Index i = 0; i < 5; ++i) s[i] = sv[i], ds[i] = 1.f;
+    Ops<float, Cpu>::activation_backward_input(Activation::Gelu, s, ds);
+    Ops<float, Cpu>::activate(Activation::Gelu, s);
+    EXPECT_TRUE(std::isnan(s[0]) && std::isnan(ds[0])) << isa_name(isa);
+    EXPECT_EQ(s[1], 0.f);
+    EXPECT_NEAR(ds[1], 0.5f, 1e-7);
+    EXPECT_EQ(s[2], 30.f);
+    EXPECT_EQ(ds[2], 1.f);
+    EXPECT_EQ(s[3], 0.f);
+    EXPECT_EQ(ds[3], 0.f);
+    EXPECT_EQ(s[4], 1e30f);
+  }
+}
+
 }  // namespace

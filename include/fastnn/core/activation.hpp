@@ -9,7 +9,8 @@
 namespace fastnn {
 
 /// Element-wise (or, for softmax, row-wise) activation. Keras's definitions:
-///   gelu(x) = x Phi(x) = x (1 + erf(x / sqrt(2))) / 2  (Keras's default, approximate=False)
+///   gelu(x) = x Phi(x) = x (1 + erf(x / sqrt(2))) / 2  (Keras's default, approximate=False), computed as
+///             x erfc(-x / sqrt(2)) / 2, which keeps its relative accuracy for x < 0
 ///   swish(x) = x sigmoid(x)     softplus(x) = log(1 + exp(x))
 enum class Activation { Linear, Relu, Tanh, Sigmoid, HardSigmoid, Softmax, Gelu, Swish, Softplus };
 

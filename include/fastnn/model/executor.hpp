@@ -111,9 +111,10 @@ class CallExecutor {
         for (std::size_t j = 0; j < c.inputs.size(); ++j) {
           const std::size_t t = static_cast<std::size_t>(c.inputs[j]);
           in_.push_back(&acts_[t]);
-          // A tensor read by this call alone takes the gradient in place; others add it up through scratch.
+          // The first gradient of a tensor is written in place (always so for a tensor with one reader); later
+          // ones, and a second input of this call reading the same tensor, add up through scratch.
           if (t < ni_ && !input_grads_) dx_.push_back(nullptr);
-          else if (readers_[t] == 1) dx_.push_back(&grads_t_[t]);
+          else if (readers_[t] == 1 || (!has_grad_[t] && !read_earlier(c, j))) dx_.push_back(&grads_t_[t]);
           else dx_.push_back(&scratch_[j]);
         }
         l.backward_inputs(in_, acts_[out], grads_t_[out], dx_);
@@ -136,6 +137,12 @@ class CallExecutor {
   }
 
  private:
+  /// Whether input j of call c reads a tensor that one of its inputs before j reads too.
+  static bool read_earlier(const Call& c, std::size_t j) {
+    for (std::size_t i = 0; i < j; ++i)
+      if (c.inputs[i] == c.inputs[j]) return true;
+    return false;
+  }
   /// Adds `g` into the gradient of tensor t (copies it when t has none yet).
   void accumulate(std::size_t t, const Tn& g) {
     if (!has_grad_[t]) {

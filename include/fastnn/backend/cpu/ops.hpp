@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "fastnn/backend/cpu/gemm.hpp"
 #include "fastnn/backend/cpu/x86_kernels.hpp"
@@ -52,9 +53,19 @@ struct Ops<T, Cpu> {
       case Activation::Sigmoid: y = T(1) / (T(1) + (-y).exp()); break;
       case Activation::HardSigmoid: y = (T(0.2) * y + T(0.5)).max(T(0)).min(T(1)); break;
       case Activation::Gelu:
+#if FASTNN_X86_DISPATCH
+        if constexpr (std::is_same<T, float>::value) {
+          const Isa isa = cpu_isa();
+          if (isa != Isa::Baseline) {
+            (isa == Isa::Avx2 ? &detail::x86_avx2::gelu_forward : &detail::x86_avx512::gelu_forward)(Y.size(),
+                                                                                                   Y.data());
+            break;
+          }
+        }
+#endif
         for (Index i = 0; i < Y.size(); ++i) {
           const T v = Y.data()[i];
-          Y.data()[i] = T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
+          Y.data()[i] = T(0.5) * v * std::erfc(v * T(-0.70710678118654752440));
         }
         break;
       case Activation::Swish: y = y / (T(1) + (-y).exp()); break;
@@ -103,6 +114,14 @@ struct Ops<T, Cpu> {
     if (X.size() != dX.size())
       throw ShapeError("activation_backward_input: " + X.shape().str() + " and " + dX.shape().str());
     if (a == Activation::Softmax) throw ArgumentError("activation_backward_input: softmax is not element-wise");
+#if FASTNN_X86_DISPATCH
+    if constexpr (std::is_same<T, float>::value) {
+      const Isa isa = cpu_isa();
+      if (a == Activation::Gelu && isa != Isa::Baseline)
+        return (isa == Isa::Avx2 ? &detail::x86_avx2::gelu_backward : &detail::x86_avx512::gelu_backward)(
+            X.size(), X.data(), dX.data());
+    }
+#endif
     const T* x = X.data();
     T* d = dX.data();
     for (Index i = 0; i < X.size(); ++i) {
@@ -119,7 +138,7 @@ struct Ops<T, Cpu> {
         }
         case Activation::HardSigmoid: g = (v > T(-2.5) && v < T(2.5)) ? T(0.2) : T(0); break;
         case Activation::Gelu:
-          g = T(0.5) * (T(1) + std::erf(v * T(0.70710678118654752440))) +
+          g = T(0.5) * std::erfc(v * T(-0.70710678118654752440)) +
               v * T(0.39894228040143267794) * std::exp(T(-0.5) * v * v);
           break;
         case Activation::Swish: {

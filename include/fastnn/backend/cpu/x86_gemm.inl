@@ -44,26 +44,26 @@ FASTNN_KFN void pack_b(const float* B, Index ldb, bool tb, Index N, Index k0, In
           vstore(d, vload(src));
           vstore(d + VL, vload(src + VL));
         } else {
-          for (Index j = 0; j < NR; ++j) d[j] = j < cols ? src[j] : 0.f;
+          vstore(d, vload_first(src, cols < VL ? cols : VL));
+          vstore(d + VL, cols > VL ? vload_first(src + VL, cols - VL) : vzero());
         }
       }
     } else {
-      for (Index j = 0; j < NR; ++j) {
-        if (j < cols) {
-          const float* src = B + (q + j) * ldb + k0;
-          for (Index k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
-        } else {
-          for (Index k = 0; k < kc; ++k) dst[k * NR + j] = 0.f;
-        }
+      if (cols < NR)
+        for (Index k = 0; k < kc; ++k) vstore(dst + k * NR, vzero()), vstore(dst + k * NR + VL, vzero());
+      for (Index j = 0; j < cols; ++j) {
+        const float* src = B + (q + j) * ldb + k0;
+        for (Index k = 0; k < kc; ++k) dst[k * NR + j] = src[k];
       }
     }
   }
 }
 
-/// Writes one row of NR accumulators (a0, a1) into c (n valid): c = alpha acc + beta c.
+/// Writes one row of NR accumulators (a0, a1) into c (n valid): c = alpha acc + beta c, as
+/// fma(alpha, acc, beta c) in every lane, so a partial row rounds as a full one.
 FASTNN_VFN void store_row(V a0, V a1, float* c, Index n, float alpha, float beta) {
+  const V va = vset(alpha);
   if (n == NR) {
-    const V va = vset(alpha);
     if (beta == 0.f) {
       vstore(c, vmul(va, a0));
       vstore(c + VL, vmul(va, a1));
@@ -74,10 +74,15 @@ FASTNN_VFN void store_row(V a0, V a1, float* c, Index n, float alpha, float beta
     }
     return;
   }
-  alignas(64) float tile[NR];
-  vstore(tile, a0);
-  vstore(tile + VL, a1);
-  for (Index j = 0; j < n; ++j) c[j] = beta == 0.f ? alpha * tile[j] : alpha * tile[j] + beta * c[j];
+  const Index n0 = n < VL ? n : VL, n1 = n - n0;
+  if (beta == 0.f) {
+    vstore_first(c, n0, vmul(va, a0));
+    if (n1) vstore_first(c + VL, n1, vmul(va, a1));
+  } else {
+    const V vb = vset(beta);
+    vstore_first(c, n0, vfma(va, a0, vmul(vb, vload_first(c, n0))));
+    if (n1) vstore_first(c + VL, n1, vfma(va, a1, vmul(vb, vload_first(c + VL, n1))));
+  }
 }
 
 /// Writes an MR x NR tile of accumulators into C (m x n valid): C = alpha acc + beta C.
@@ -145,6 +150,54 @@ FASTNN_KFN void micro_f32(Index kc, const float* ap, const float* bp, float* C, 
   store_tile(acc, C, ldc, m, n, alpha, beta);
 }
 
+/// Like micro_f32 for R <= MR rows of op(A) read in place, not packed: row r, depth k at
+/// a[r * rs + k * ks] (rows past m repeat row m - 1, and are not stored). Two: both vectors of
+/// the panel; otherwise only the first (n <= VL), the second accumulator staying 0. The same sums
+/// in the same order, stored by store_row, so the results are micro_f32's.
+template <int R, bool Two>
+FASTNN_KFN void micro_direct_f32(Index kc, const float* a, Index rs, Index ks, Index m, const float* bp, float* C,
+                                 Index ldc, Index n, float alpha, float beta) {
+  V acc[R][2];
+  Index off[R];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = acc[r][1] = vzero();
+    off[r] = (r < m ? r : m - 1) * rs;
+  }
+  for (Index k = 0; k < kc; ++k) {
+    const V b0 = vload(bp + k * NR);
+    const V b1 = Two ? vload(bp + k * NR + VL) : vzero();
+    const float* ak = a + k * ks;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const V av = vset(ak[off[r]]);
+      acc[r][0] = vfma(av, b0, acc[r][0]);
+      if (Two) acc[r][1] = vfma(av, b1, acc[r][1]);
+    }
+  }
+  for (int r = 0; r < R && r < m; ++r) store_row(acc[r][0], acc[r][1], C + r * ldc, n, alpha, beta);
+}
+
+/// C[M, N] (+)= rows of op(A) (in place, at a with strides rs, ks) times a packed depth block
+/// `bblock` of op(B) (kc deep): per panel of NR columns, MR rows at a time, the last ones 4 at a time.
+FASTNN_KFN void direct_block_f32(Index M, Index N, Index kc, float alpha, const float* a, Index rs, Index ks,
+                                 const float* bblock, float beta, float* C, Index ldc) {
+  for (Index q = 0; q < N; q += NR) {
+    const Index n = N - q < NR ? N - q : NR;
+    const float* bq = bblock + q * kc;
+    Index i = 0;
+    for (; i + MR <= M; i += MR) {
+      if (n > VL) micro_direct_f32<MR, true>(kc, a + i * rs, rs, ks, MR, bq, C + i * ldc + q, ldc, n, alpha, beta);
+      else micro_direct_f32<MR, false>(kc, a + i * rs, rs, ks, MR, bq, C + i * ldc + q, ldc, n, alpha, beta);
+    }
+    for (; i < M; i += 4) {
+      const Index m = M - i < 4 ? M - i : 4;
+      if (n > VL) micro_direct_f32<4, true>(kc, a + i * rs, rs, ks, m, bq, C + i * ldc + q, ldc, n, alpha, beta);
+      else micro_direct_f32<4, false>(kc, a + i * rs, rs, ks, m, bq, C + i * ldc + q, ldc, n, alpha, beta);
+    }
+  }
+}
+
 /// Size in floats of op(B) [K, N] packed whole (every K block).
 FASTNN_KFN Index packed_b_size(Index K, Index N) { return ((N + NR - 1) / NR) * NR * K; }
 
@@ -156,10 +209,19 @@ FASTNN_KFN void pack_b_all(const float* B, Index ldb, bool tb, Index K, Index N,
 
 /// One depth block [pc, pc + kc) of C = alpha op(A) op(B) + b C, op(B)'s block packed in `bblock`:
 /// packs op(A) block by block into `work` (MC * KC floats) and runs the micro-kernel over C.
+/// With at most four panels of op(B) (N <= 4 NR), packing op(A) costs more than it saves (each packed row would be
+/// read at most four times): its rows are read in place instead (direct_block_f32), MC rows at a time, which stay
+/// in the L1 cache across the panels.
 FASTNN_KFN void gemm_block_f32(Index M, Index N, Index pc, Index kc, float alpha, const float* A, Index lda, bool ta,
                                const float* bblock, float b, float* C, Index ldc, float* work) {
+  const bool direct = N <= 4 * NR;
   for (Index ic = 0; ic < M; ic += MC) {
     const Index mc = M - ic < MC ? M - ic : MC;
+    if (direct && mc > 1) {
+      const Index rs = ta ? 1 : lda, ks = ta ? lda : 1;
+      direct_block_f32(mc, N, kc, alpha, A + ic * rs + pc * ks, rs, ks, bblock, b, C + ic * ldc, ldc);
+      continue;
+    }
     if (mc == 1) {  // one row, used in place unless strided: four panels of B at a time
       const float* a = A + ic * lda + pc;
       if (ta) {

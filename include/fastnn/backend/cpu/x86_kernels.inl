@@ -9,7 +9,8 @@
 //
 // GEMM: C = alpha op(A) op(B) + beta C, row-major, blocked like BLIS/GotoBLAS: op(B) is packed
 // in panels of NR columns ([k][NR], K blocks of KC), op(A) in panels of MR rows ([k][MR]); an
-// MR x NR micro-kernel keeps its tile of C in registers. op(B) can be packed once and reused
+// MR x NR micro-kernel keeps its tile of C in registers. With N <= 4 NR, op(A) is read in place
+// instead of packed (too few panels to repay packing). op(B) can be packed once and reused
 // (PackedB: the recurrent kernel of every time step). The bf16 variant packs both operands as
 // pairs of bfloat16 along k (one 32-bit word per pair) and multiplies them with vdpbf16ps,
 // accumulating in float.
@@ -37,6 +38,21 @@ FASTNN_VFN V vrcp_approx(V a) { return _mm512_rcp14_ps(a); }
 FASTNN_VFN V vdiv(V a, V b) { return _mm512_div_ps(a, b); }
 FASTNN_VFN V vsqrt(V a) { return _mm512_sqrt_ps(a); }
 FASTNN_VFN V vscale2(V p, V n) { return _mm512_scalef_ps(p, n); }  // p 2^n, n integral
+FASTNN_VFN V vabs(V a) { return _mm512_abs_ps(a); }
+/// The first m (0 <= m <= VL) floats at p, the other lanes 0; nothing past p + m is read.
+FASTNN_VFN V vload_first(const float* p, Index m) {
+  return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << m) - 1u), p);
+}
+/// Stores the first m (0 <= m <= VL) lanes of v at p; nothing past p + m is written.
+FASTNN_VFN void vstore_first(float* p, Index m, V v) {
+  _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << m) - 1u), v);
+}
+/// if_neg where x's sign bit is set, else otherwise.
+FASTNN_VFN V vselect_neg(V x, V if_neg, V otherwise) {
+  return _mm512_mask_blend_ps(_mm512_movepi32_mask(_mm512_castps_si512(x)), otherwise, if_neg);
+}
+/// v where !(z > limit) (NaN z keeps v), else 0.
+FASTNN_VFN V vzero_above(V v, V z, V limit) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(z, limit, _CMP_NGT_UQ), v); }
 /// 1 where 0 < y < 1, else 0 (the hard sigmoid's slope mask, times 0.2 by the caller).
 FASTNN_VFN V vinside01(V y) {
   const __mmask16 m = _mm512_cmp_ps_mask(y, vzero(), _CMP_GT_OQ) & _mm512_cmp_ps_mask(y, vset(1.f), _CMP_LT_OQ);
@@ -65,6 +81,17 @@ FASTNN_VFN V vscale2(V p, V n) {  // p 2^n for integral n in [-126, 127]
   return _mm256_mul_ps(
       p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
 }
+FASTNN_VFN V vabs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
+FASTNN_VFN V vload_first(const float* p, Index m) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), lane));
+}
+FASTNN_VFN void vstore_first(float* p, Index m, V v) {
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), lane), v);
+}
+FASTNN_VFN V vselect_neg(V x, V if_neg, V otherwise) { return _mm256_blendv_ps(otherwise, if_neg, x); }
+FASTNN_VFN V vzero_above(V v, V z, V limit) { return _mm256_and_ps(_mm256_cmp_ps(z, limit, _CMP_NGT_UQ), v); }
 FASTNN_VFN V vinside01(V y) {
   const V m = _mm256_and_ps(_mm256_cmp_ps(y, vzero(), _CMP_GT_OQ), _mm256_cmp_ps(y, vset(1.f), _CMP_LT_OQ));
   return _mm256_and_ps(m, vset(1.f));

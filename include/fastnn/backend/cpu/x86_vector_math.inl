@@ -51,6 +51,53 @@ FASTNN_VFN V vgate_grad(V y) {
   else return vmul(y, vsub(vset(1.f), y));
 }
 
+/// The standard normal distribution function Phi(x) and, in *density, exp(-x^2 / 2). Through
+/// erfc(z), z = |x| / sqrt(2): erfc(z) = t exp(-z^2 + P(t)) with t = 1 / (1 + z / 2) and P the
+/// degree-9 Chebyshev fit of Numerical Recipes' erfcc (fractional error below 1.2e-7 for every
+/// z >= 0); Phi(x) = erfc(z) / 2 for x < 0 and 1 - erfc(z) / 2 otherwise, so the lower tail keeps
+/// its relative accuracy. Past z = 9.2 both exponentials are below the smallest normal float and
+/// are returned as 0 (no subnormal results).
+FASTNN_VFN V vnormal_cdf(V x, V* density) {
+  const V z = vmul(vabs(x), vset(0.70710678118654752f));
+  const V t = vrcp(vfma(z, vset(0.5f), vset(1.f)));
+  V p = vset(0.17087277f);
+  p = vfma(p, t, vset(-0.82215223f));
+  p = vfma(p, t, vset(1.48851587f));
+  p = vfma(p, t, vset(-1.13520398f));
+  p = vfma(p, t, vset(0.27886807f));
+  p = vfma(p, t, vset(-0.18628806f));
+  p = vfma(p, t, vset(0.09678418f));
+  p = vfma(p, t, vset(0.37409196f));
+  p = vfma(p, t, vset(1.00002368f));
+  p = vfma(p, t, vset(-1.26551223f));
+  const V limit = vset(9.2f), zz = vmul(z, z);
+  if (density) *density = vzero_above(vexp2(vmul(vsub(vzero(), zz), vset(kLog2e))), z, limit);
+  const V half_erfc = vzero_above(vmul(vmul(t, vset(0.5f)), vexp2(vmul(vsub(p, zz), vset(kLog2e)))), z, limit);
+  return vselect_neg(x, half_erfc, vsub(vset(1.f), half_erfc));
+}
+
+FASTNN_VFN V vgelu(V x) { return vmul(x, vnormal_cdf(x, nullptr)); }
+/// d gelu'(x), gelu'(x) = Phi(x) + x exp(-x^2 / 2) / sqrt(2 pi).
+FASTNN_VFN V vgelu_backward(V x, V d) {
+  V e;
+  const V phi = vnormal_cdf(x, &e);
+  return vmul(d, vfma(vmul(x, vset(0.39894228040143268f)), e, phi));
+}
+
+/// y = gelu(y) = y Phi(y), in place (Keras's exact gelu, approximate=False).
+FASTNN_KFN void gelu_forward(Index n, float* y) {
+  Index k = 0;
+  for (; k + VL <= n; k += VL) vstore(y + k, vgelu(vload(y + k)));
+  if (k < n) vstore_first(y + k, n - k, vgelu(vload_first(y + k, n - k)));
+}
+
+/// d *= gelu'(x), from the pre-activation x.
+FASTNN_KFN void gelu_backward(Index n, const float* x, float* d) {
+  Index k = 0;
+  for (; k + VL <= n; k += VL) vstore(d + k, vgelu_backward(vload(x + k), vload(d + k)));
+  if (k < n) vstore_first(d + k, n - k, vgelu_backward(vload_first(x + k, n - k), vload_first(d + k, n - k)));
+}
+
 // ---- optimizer updates ---------------------------------------------------------------------
 
 /// SGD with momentum m (0: plain): v = m v - lr g; w += v, or w += m v - lr g (Nesterov).

@@ -105,7 +105,7 @@ __global__ void activate_kernel(int act, T* y, idx_t n) {
         v = v < T(1) ? v : T(1);
         break;
       }
-      case Activation::Gelu: v = T(0.5) * v * (T(1) + erf(v * T(0.70710678118654752440))); break;
+      case Activation::Gelu: v = T(0.5) * v * erfc(v * T(-0.70710678118654752440)); break;
       case Activation::Swish: v = v / (T(1) + dev_exp(-v)); break;
       case Activation::Softplus: v = (v > T(0) ? v : T(0)) + log1p(dev_exp(v > T(0) ? -v : v)); break;
       default: break;
@@ -163,7 +163,7 @@ __global__ void activation_backward_input_kernel(int act, const T* x, T* d, idx_
       }
       case Activation::HardSigmoid: g = (v > T(-2.5) && v < T(2.5)) ? T(0.2) : T(0); break;
       case Activation::Gelu:
-        g = T(0.5) * (T(1) + erf(v * T(0.70710678118654752440))) +
+        g = T(0.5) * erfc(v * T(-0.70710678118654752440)) +
             v * T(0.39894228040143267794) * dev_exp(T(-0.5) * v * v);
         break;
       case Activation::Swish: {
