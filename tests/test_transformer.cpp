@@ -882,7 +882,10 @@ TEST(MultiHeadAttention, MatchesAReferenceAndDropoutChangesOnlyTraining) {
   const double* wk = p[2].value.data(); const double* bk = p[3].value.data();
   const double* wv = p[4].value.data(); const double* bv = p[5].value.data();
   const double* wo = p[6].value.data(); const double* bo = p[7].value.data();
-  double worst = 0;
+  Tensor<double, Cpu> scores;
+  l.attention_scores(scores);
+  ASSERT_EQ(scores.shape(), (Shape{B, H, Tq, Tk}));
+  double worst = 0, worst_scores = 0;
   for (Index b = 0; b < B; ++b) {
     std::vector<double> o(static_cast<std::size_t>(Tq * H * vd), 0.0);
     for (Index h = 0; h < H; ++h)
@@ -905,6 +908,9 @@ TEST(MultiHeadAttention, MatchesAReferenceAndDropoutChangesOnlyTraining) {
         double sum = 0;
         for (auto& e : s) sum += (e = std::exp(e - mx));
         for (Index j = 0; j < Tk; ++j)
+          worst_scores = std::max(worst_scores, std::fabs(s[static_cast<std::size_t>(j)] / sum -
+                                                          scores[((b * H + h) * Tq + i) * Tk + j]));
+        for (Index j = 0; j < Tk; ++j)
           for (Index e = 0; e < vd; ++e) {
             double ve = bv[h * vd + e];
             for (Index f = 0; f < F; ++f) ve += v[(b * Tk + j) * F + f] * wv[f * H * vd + h * vd + e];
@@ -918,8 +924,10 @@ TEST(MultiHeadAttention, MatchesAReferenceAndDropoutChangesOnlyTraining) {
         worst = std::max(worst, std::fabs(ref - y[(b * Tq + i) * O + c]));
       }
   }
-  std::printf("  MultiHeadAttention vs the formula: max abs difference %.3g\n", worst);
+  std::printf("  MultiHeadAttention vs the formula: max abs difference %.3g, attention scores %.3g\n", worst,
+              worst_scores);
   EXPECT_LT(worst, 1e-12);
+  EXPECT_LT(worst_scores, 1e-14);
   // dropout: inference is unchanged, training differs and depends on the key only
   MultiHeadAttention<double> d(MultiHeadAttentionOptions(H, kd).value_dim(vd).dropout(0.5));
   d.set_name("mha");
@@ -945,6 +953,42 @@ TEST(MultiHeadAttention, MatchesAReferenceAndDropoutChangesOnlyTraining) {
   EXPECT_EQ(d12, 0.0);
   EXPECT_GT(d13, 1e-3);
   EXPECT_GT(d1i, 1e-3);
+  // the scores of a training call are the probabilities before dropout
+  Tensor<double, Cpu> dropped_scores;
+  d.attention_scores(dropped_scores);
+  for (Index i = 0; i < scores.size(); ++i) ASSERT_DOUBLE_EQ(dropped_scores[i], scores[i]);
+}
+
+TEST(MultiHeadAttention, AttentionScoresFollowTheMasks) {
+  // Causal self-attention with padded steps: row i of a real query step sums to 1 over the keys j <= i that are
+  // real and is 0 elsewhere; the rows of padded query steps are 0. Before any call: a typed error.
+  const Index B = 3, T = 5, F = 4, H = 2;
+  Rng rng(12);
+  MultiHeadAttention<double> l(MultiHeadAttentionOptions(H, 3).use_causal_mask(true));
+  auto st = build_mha(l, {Shape{T, F}, Shape{T, F}}, rng);
+  Tensor<double, Cpu> scores;
+  EXPECT_THROW(l.attention_scores(scores), ArgumentError);
+  auto x = random_tensor(Shape{B, T, F}, rng);
+  const Lengths lens = make_lengths({5, 2, 4});
+  l.set_inputs_lengths({lens, lens});
+  Tensor<double, Cpu> y;
+  l.forward_inputs({&x, &x}, y, Mode::Infer);
+  l.attention_scores(scores);
+  ASSERT_EQ(scores.shape(), (Shape{B, H, T, T}));
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h)
+      for (Index i = 0; i < T; ++i) {
+        double sum = 0;
+        for (Index j = 0; j < T; ++j) {
+          const double p = scores[((b * H + h) * T + i) * T + j];
+          const bool attended = i < lens[b] && j <= i && j < lens[b];
+          if (attended) EXPECT_GT(p, 0.0);
+          else EXPECT_EQ(p, 0.0) << "sample " << b << " head " << h << " query " << i << " key " << j;
+          sum += p;
+        }
+        EXPECT_NEAR(sum, i < lens[b] ? 1.0 : 0.0, 1e-15);
+      }
+  EXPECT_EQ(scores[0 * T * T + 0 * T + 0], 1.0);  // the first query step attends to itself alone
 }
 
 TEST(MultiHeadAttention, FloatIsStableOnLargeScores) {

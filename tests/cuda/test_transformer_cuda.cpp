@@ -122,7 +122,7 @@ struct MhaCase {
 
 /// Builds the case's layer on both devices with the same random weights and non-zero gradient buffers, runs
 /// forward (and backward in training) on the same inputs and lengths, and compares the output, every input
-/// gradient and every weight gradient.
+/// gradient and every weight gradient; and the attention scores.
 template <class T>
 void expect_mha_matches(const MhaCase& c, std::uint64_t seed, double rtol, Mode mode = Mode::Train) {
   SCOPED_TRACE(c.name);
@@ -170,6 +170,12 @@ void expect_mha_matches(const MhaCase& c, std::uint64_t seed, double rtol, Mode 
   lg.forward_inputs(ig, yg, mode);
   ASSERT_EQ(yc.shape().str(), yg.shape().str());
   EXPECT_TRUE(close(yc, yg, rtol)) << "forward output";
+  Tensor<T, Cpu> sc;
+  Tensor<T, Cuda> sg;
+  lc.attention_scores(sc);
+  lg.attention_scores(sg);
+  ASSERT_EQ(sc.shape().str(), sg.shape().str());
+  EXPECT_TRUE(close(sc, sg, rtol)) << "attention scores";
   if (mode != Mode::Train) return;
   const Tensor<T, Cpu> dyc = random_tensor<T>(yc.shape(), rng);
   const Tensor<T, Cuda> dyg = to_device<Cuda>(dyc);

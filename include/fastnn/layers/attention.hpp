@@ -12,7 +12,8 @@
 /// training), use_bias, output_shape (0: the query's last extent), kernel_initializer (glorot_uniform, with Keras's
 /// fans of the 3-d kernels), bias_initializer (zeros), and use_causal_mask (query step i attends to key steps
 /// j <= i; query and key must have the same number of steps). Only the steps axis is attended over (Keras's
-/// attention_axes=None on rank-3 inputs); return_attention_scores is not offered.
+/// attention_axes=None on rank-3 inputs). Keras's return_attention_scores is attention_scores(out) on the layer after
+/// a call: the layer's output stays one tensor.
 ///
 /// Parameters, in Keras's order and layout: query_kernel [Fq, H, key_dim], query_bias [H, key_dim], key_kernel
 /// [Fk, H, key_dim], key_bias, value_kernel [Fv, H, value_dim], value_bias [H, value_dim], output_kernel
@@ -194,6 +195,16 @@ class MultiHeadAttention : public Layer<T, D> {
     m.scale = 1.0 / (1.0 - opt_.dropout());
     const Tn& k = xs.size() == 3 ? *xs[2] : *xs[1];
     kernel_.forward(dims(batch), weights(), m, xs[0]->data(), k.data(), xs[1]->data(), y.data(), this->precision_);
+    last_batch_ = batch;
+  }
+
+  /// Keras's attention scores (return_attention_scores=True) of the last forward_inputs() call: the softmax
+  /// probabilities [batch, num_heads, Tq, Tk] before dropout, 0 for the masked keys and on the padded query steps.
+  /// An ArgumentError before any call.
+  void attention_scores(Tn& out) {
+    if (last_batch_ < 0) throw ArgumentError(who() + ": attention_scores() before any call of the layer");
+    out.resize(Shape{last_batch_, opt_.num_heads(), tq_, tk_});
+    kernel_.scores(out.data());
   }
 
   void backward_inputs(const std::vector<const Tn*>& xs, const Tn&, const Tn& dy,
@@ -285,6 +296,7 @@ class MultiHeadAttention : public Layer<T, D> {
   MultiHeadAttentionOptions opt_;
   std::vector<Shape> shapes_;
   Index tq_ = 0, tk_ = 0, fq_ = 0, fk_ = 0, fv_ = 0, out_ = 0;
+  Index last_batch_ = -1;  // the batch of the last forward_inputs() call
   Lengths key_lengths_;
   std::uint32_t threshold_ = 0;
   std::uint64_t name_hash_ = hash::of_string("");

@@ -98,6 +98,35 @@ FASTNN_KFN void gelu_backward(Index n, const float* x, float* d) {
   if (k < n) vstore_first(d + k, n - k, vgelu_backward(vload_first(x + k, n - k), vload_first(d + k, n - k)));
 }
 
+/// r[0, n) = exp(r - shift), n >= 1 (vexp2: about 1.3 ulp); returns the sum of the results.
+FASTNN_KFN float exp_shifted(Index n, float* r, float shift) {
+  const V vs = vset(shift), l2e = vset(kLog2e);
+  V acc = vzero();
+  Index k = 0;
+  for (; k + VL <= n; k += VL) {
+    const V e = vexp2(vmul(vsub(vload(r + k), vs), l2e));
+    vstore(r + k, e);
+    acc = vadd(acc, e);
+  }
+  if (k < n) {
+    vstore_first(r + k, n - k, vexp2(vmul(vsub(vload_first(r + k, n - k), vs), l2e)));
+    acc = vadd(acc, vload_first(r + k, n - k));
+  }
+  alignas(64) float lanes[VL];
+  vstore(lanes, acc);
+  float sum = 0.f;
+  for (int i = 0; i < VL; ++i) sum += lanes[i];
+  return sum;
+}
+
+/// r[0, n) *= a.
+FASTNN_KFN void scale_row(Index n, float* r, float a) {
+  const V va = vset(a);
+  Index k = 0;
+  for (; k + VL <= n; k += VL) vstore(r + k, vmul(vload(r + k), va));
+  if (k < n) vstore_first(r + k, n - k, vmul(vload_first(r + k, n - k), va));
+}
+
 // ---- optimizer updates ---------------------------------------------------------------------
 
 /// SGD with momentum m (0: plain): v = m v - lr g; w += v, or w += m v - lr g (Nesterov).

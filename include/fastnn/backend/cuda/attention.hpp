@@ -95,6 +95,13 @@ class CudaAttention {
     }
   }
 
+  /// The attention probabilities of the last forward() [B, H, Tq, Tk] into `out` (device memory; before dropout, 0
+  /// for the masked keys and on padded query rows): a copy of P.
+  void scores(T* out) {
+    FASTNN_CUDA_CHECK(cudaMemcpyAsync(out, p_.data(), sizeof(T) * static_cast<std::size_t>(p_.size()),
+                                      cudaMemcpyDeviceToDevice, cuda::stream()));
+  }
+
   /// Given dy [B, Tq, O], accumulates the weight gradients into g and writes the input gradients dq, dk, dv
   /// (each may be null). With `dk == dv` (key and value the same tensor) both contributions are summed there.
   void backward(const AttentionWeights<T>& w, const AttentionGrads<T>& g, const T* q, const T* k, const T* v,
