@@ -49,9 +49,7 @@ template <class T>
 T exp_shifted(T* r, Index n, T shift) {
 #if FASTNN_X86_DISPATCH
   if constexpr (std::is_same<T, float>::value) {
-    const Isa isa = cpu_isa();
-    if (isa != Isa::Baseline)
-      return (isa == Isa::Avx2 ? &x86_avx2::exp_shifted : &x86_avx512::exp_shifted)(n, r, shift);
+    if (auto* f = path_kernel(&x86_avx2::exp_shifted, &x86_avx512::exp_shifted)) return f(n, r, shift);
   }
 #endif
   T sum = 0;
@@ -72,9 +70,8 @@ std::pair<T, T> softmax_in_place(T* r, Index n) {
   const T rs = T(1) / sum;
 #if FASTNN_X86_DISPATCH
   if constexpr (std::is_same<T, float>::value) {
-    const Isa isa = cpu_isa();
-    if (isa != Isa::Baseline) {
-      (isa == Isa::Avx2 ? &x86_avx2::scale_row : &x86_avx512::scale_row)(n, r, rs);
+    if (auto* f = path_kernel(&x86_avx2::scale_row, &x86_avx512::scale_row)) {
+      f(n, r, rs);
       return {mx, sum};
     }
   }

@@ -55,10 +55,8 @@ struct Ops<T, Cpu> {
       case Activation::Gelu:
 #if FASTNN_X86_DISPATCH
         if constexpr (std::is_same<T, float>::value) {
-          const Isa isa = cpu_isa();
-          if (isa != Isa::Baseline) {
-            (isa == Isa::Avx2 ? &detail::x86_avx2::gelu_forward : &detail::x86_avx512::gelu_forward)(Y.size(),
-                                                                                                   Y.data());
+          if (auto* f = detail::path_kernel(&detail::x86_avx2::gelu_forward, &detail::x86_avx512::gelu_forward)) {
+            f(Y.size(), Y.data());
             break;
           }
         }
@@ -116,10 +114,9 @@ struct Ops<T, Cpu> {
     if (a == Activation::Softmax) throw ArgumentError("activation_backward_input: softmax is not element-wise");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
-      const Isa isa = cpu_isa();
-      if (a == Activation::Gelu && isa != Isa::Baseline)
-        return (isa == Isa::Avx2 ? &detail::x86_avx2::gelu_backward : &detail::x86_avx512::gelu_backward)(
-            X.size(), X.data(), dX.data());
+      if (a == Activation::Gelu)
+        if (auto* f = detail::path_kernel(&detail::x86_avx2::gelu_backward, &detail::x86_avx512::gelu_backward))
+          return f(X.size(), X.data(), dX.data());
     }
 #endif
     const T* x = X.data();
@@ -320,11 +317,8 @@ struct Ops<T, Cpu> {
     const T lr = scalar(rate, "sgd_update");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
-      const Isa isa = cpu_isa();
-      if (isa != Isa::Baseline) {
-        auto* f = isa == Isa::Avx2 ? &detail::x86_avx2::sgd_update : &detail::x86_avx512::sgd_update;
+      if (auto* f = detail::path_kernel(&detail::x86_avx2::sgd_update, &detail::x86_avx512::sgd_update))
         return f(p.size(), p.data(), g.data(), momentum == T(0) ? nullptr : v.data(), lr, momentum, nesterov);
-      }
     }
 #endif
     auto pa = p.array();
@@ -344,11 +338,8 @@ struct Ops<T, Cpu> {
     const T lr_t = scalar(rate, "adam_update");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
-      const Isa isa = cpu_isa();
-      if (isa != Isa::Baseline) {
-        auto* f = isa == Isa::Avx2 ? &detail::x86_avx2::adam_update : &detail::x86_avx512::adam_update;
+      if (auto* f = detail::path_kernel(&detail::x86_avx2::adam_update, &detail::x86_avx512::adam_update))
         return f(p.size(), p.data(), g.data(), m.data(), v.data(), lr_t, b1, b2, eps);
-      }
     }
 #endif
     auto ga = g.array();
@@ -361,11 +352,8 @@ struct Ops<T, Cpu> {
     const T lr = scalar(rate, "rmsprop_update");
 #if FASTNN_X86_DISPATCH
     if constexpr (std::is_same<T, float>::value) {
-      const Isa isa = cpu_isa();
-      if (isa != Isa::Baseline) {
-        auto* f = isa == Isa::Avx2 ? &detail::x86_avx2::rmsprop_update : &detail::x86_avx512::rmsprop_update;
+      if (auto* f = detail::path_kernel(&detail::x86_avx2::rmsprop_update, &detail::x86_avx512::rmsprop_update))
         return f(p.size(), p.data(), g.data(), a.data(), lr, rho, eps);
-      }
     }
 #endif
     auto ga = g.array();

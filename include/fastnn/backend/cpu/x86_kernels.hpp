@@ -84,6 +84,13 @@ namespace x86_amx {
 }  // namespace x86_amx
 #endif
 
+/// The AVX2 or the AVX-512 version of a kernel, whichever the path of cpu_isa() runs; null on the baseline path.
+template <class F>
+F* path_kernel(F* avx2, F* avx512) {
+  const Isa isa = cpu_isa();
+  return isa == Isa::Baseline ? nullptr : isa == Isa::Avx2 ? avx2 : avx512;
+}
+
 }  // namespace detail
 }  // namespace fastnn
 
