@@ -182,4 +182,61 @@ TEST(Concurrency, StreamsOnOneConstModelFromEightThreads) {
                     full[(t * 8 + b) * 3 + k], 1e-6);
 }
 
+// The shared helper thread (core/thread.hpp): one lease at a time, none from a task already on the helper, and a
+// spinning worker that runs back-to-back tasks in order and hands a task's exception to wait().
+TEST(Concurrency, SharedHelperIsLeasedToOneCallerAtATime) {
+  {
+    detail::HelperLease first;
+    ASSERT_TRUE(static_cast<bool>(first));
+    detail::HelperLease second;
+    EXPECT_FALSE(static_cast<bool>(second)) << "a second lease while the first holds the helper";
+    bool inner_held = true;
+    first.worker().run([&] { inner_held = static_cast<bool>(detail::HelperLease()); });
+    first.worker().wait();
+    EXPECT_FALSE(inner_held) << "a task on the helper got a lease on the helper";
+  }
+  detail::HelperLease again;
+  EXPECT_TRUE(static_cast<bool>(again)) << "the lease was not given back";
+
+  detail::Worker w(500);
+  long sum = 0;
+  for (int i = 1; i <= 2000; ++i) {
+    w.run([&sum, i] { sum = sum * 3 % 1000003 + i; });
+    w.wait();
+  }
+  long want = 0;
+  for (int i = 1; i <= 2000; ++i) want = want * 3 % 1000003 + i;
+  EXPECT_EQ(sum, want);
+  w.run([] { throw ArgumentError("from the worker"); });
+  EXPECT_THROW(w.wait(), ArgumentError);
+  w.run([&sum] { sum = -1; });
+  w.wait();
+  EXPECT_EQ(sum, -1);
+}
+
+// Products that ask for two threads, from eight threads at once: each gets the helper or runs alone, and every
+// result has the bits of the serial one-thread product.
+TEST(Concurrency, TwoThreadProductsFromEightThreadsEqualSerial) {
+  const Index M = 257, N = 96, K = 300;
+  std::vector<float> A(static_cast<std::size_t>(M * K)), B(static_cast<std::size_t>(K * N));
+  Rng rng(3);
+  for (auto& v : A) v = static_cast<float>(rng.uniform(-1, 1));
+  for (auto& v : B) v = static_cast<float>(rng.uniform(-1, 1));
+  std::vector<float> ref(static_cast<std::size_t>(M * N));
+  cpu_gemm<float>(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, ref.data(), N, Precision::F32, 1);
+  std::atomic<int> differed{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&] {
+      std::vector<float> c(ref.size());
+      for (int i = 0; i < kCallsPerThread; ++i) {
+        std::fill(c.begin(), c.end(), 0.f);
+        cpu_gemm<float>(false, false, M, N, K, 1.f, A.data(), K, B.data(), N, 0.f, c.data(), N, Precision::F32, 2);
+        if (std::memcmp(c.data(), ref.data(), c.size() * sizeof(float)) != 0) differed++;
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(differed.load(), 0);
+}
+
 }  // namespace

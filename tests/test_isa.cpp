@@ -125,6 +125,66 @@ INSTANTIATE_TEST_SUITE_P(All, GemmPaths,
                                   (std::get<3>(info.param) ? "_tB" : "");
                          });
 
+// With threads = 2, cpu_gemm splits a large product's rows (or columns, when it has more columns than rows)
+// between the caller and the shared helper thread. Each half must be exactly the rows or columns of the one-thread
+// product, on every path and precision, for both operand layouts, and so must a Dense layer trained on two threads.
+TEST(Isa, TwoThreadProductsEqualOneThreadBitForBit) {
+  for (Isa isa : supported()) {
+    IsaScope scope(isa);
+    for (Precision prec : {Precision::F32, Precision::BF16}) {
+      if (prec == Precision::BF16 && isa < Isa::Avx512Bf16) continue;
+      Rng rng(23);
+      // rows split (M >= N), columns split (N > M), and products too small to split
+      for (auto [M, N, K] : {std::tuple<Index, Index, Index>{301, 45, 601}, {37, 170, 300}, {64, 64, 2560},
+                             {1000, 33, 40}, {20, 20, 20}, {31, 31, 900}})
+        for (bool ta : {false, true})
+          for (bool tb : {false, true})
+            for (float beta : {0.f, 0.5f}) {
+              std::vector<float> A(static_cast<std::size_t>(M * K)), B(static_cast<std::size_t>(K * N)),
+                  C(static_cast<std::size_t>(M * N));
+              for (auto& v : A) v = static_cast<float>(rng.uniform(-1, 1));
+              for (auto& v : B) v = static_cast<float>(rng.uniform(-1, 1));
+              for (auto& v : C) v = static_cast<float>(rng.uniform(-1, 1));
+              std::vector<float> one = C, two = C;
+              cpu_gemm<float>(ta, tb, M, N, K, 1.5f, A.data(), ta ? M : K, B.data(), tb ? K : N, beta, one.data(), N,
+                              prec, 1);
+              cpu_gemm<float>(ta, tb, M, N, K, 1.5f, A.data(), ta ? M : K, B.data(), tb ? K : N, beta, two.data(), N,
+                              prec, 2);
+              ASSERT_EQ(std::memcmp(one.data(), two.data(), one.size() * sizeof(float)), 0)
+                  << isa_name(isa) << " " << to_string(prec) << " M " << M << " N " << N << " K " << K << " ta " << ta
+                  << " tb " << tb << " beta " << beta;
+              const auto want = ref_gemm(ta, tb, M, N, K, 1.5f, A, B, beta, C, prec == Precision::BF16);
+              ASSERT_LT(max_rel_err(two, want), 1e-7 * static_cast<double>(K) + 1e-6);
+            }
+    }
+    // a Dense layer's forward and backward, one thread against two
+    std::vector<Tensor<float, Cpu>> grads;
+    std::vector<Tensor<float, Cpu>> outs;
+    for (int threads : {1, 2}) {
+      Dense<float> d(DenseOptions(48).activation(Activation::Gelu));
+      d.build(Shape{300});
+      Rng rng(5);
+      const Index n = d.param_count();
+      Tensor<float, Cpu> w(Shape{n}), g = Tensor<float, Cpu>::zeros(Shape{n});
+      for (Index i = 0; i < n; ++i) w[i] = static_cast<float>(rng.uniform(-0.1, 0.1));
+      d.bind_parameters(w, g);
+      d.set_threads(threads);
+      auto x = random_tensor<float>(Shape{700, 300}, rng), dy = random_tensor<float>(Shape{700, 48}, rng);
+      Tensor<float, Cpu> y, dx;
+      d.forward(x, y, Mode::Train);
+      d.backward(x, y, dy, &dx);
+      outs.push_back(y);
+      outs.push_back(dx);
+      grads.push_back(g);
+    }
+    for (std::size_t i = 0; i < 2; ++i)
+      ASSERT_EQ(std::memcmp(outs[i].data(), outs[i + 2].data(), sizeof(float) * outs[i].size()), 0)
+          << isa_name(isa) << (i ? " dx" : " y");
+    ASSERT_EQ(std::memcmp(grads[0].data(), grads[1].data(), sizeof(float) * grads[0].size()), 0)
+        << isa_name(isa) << " weight gradients";
+  }
+}
+
 // A product with one row (batch-1 inference) takes kernels of its own: B read in place by
 // cpu_gemm, packed panels four at a time by PackedB. Each must give exactly the row the
 // many-row kernels give, so that a sample's prediction does not depend on its batch.

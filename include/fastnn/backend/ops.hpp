@@ -26,7 +26,9 @@
 /// extent; `stats` is a Tensor<double, D> of accumulators and `slot` the index to add into):
 ///
 ///  math
-///   gemm(ta, tb, alpha, A, B, beta, C)          C = alpha op(A) op(B) + beta C
+///   gemm(ta, tb, alpha, A, B, beta, C[, p, threads])
+///                                               C = alpha op(A) op(B) + beta C; p the precision; threads >= 2
+///                                               lets the CPU split a large product on two threads
 ///   add_row_vector(Y, b)                        Y[i, :] += b
 ///   accumulate_column_sums(dY, db)              db += sum_i dY[i, :]
 ///   activate(a, Y)                              Y = a(Y) in place (row softmax for Softmax)

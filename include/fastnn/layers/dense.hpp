@@ -94,7 +94,8 @@ class Dense : public Layer<T, D> {
     const Index rows = x.size() / features();
     y.resize(this->output_shape_.prepend(x.dim(0)));
     Tn y2 = y.reshaped(Shape{rows, opt_.units()});
-    O::gemm(false, false, T(1), x.reshaped(Shape{rows, features()}), this->params_[0].value, T(0), y2, this->precision_);
+    O::gemm(false, false, T(1), x.reshaped(Shape{rows, features()}), this->params_[0].value, T(0), y2, this->precision_,
+            this->threads_);
     if (opt_.use_bias()) O::add_row_vector(y2, this->params_[1].value);
     if (!emit_pre_) activate_keeping_input<T, D>(opt_.activation(), y2, pre_, mode == Mode::Train);
   }
@@ -108,12 +109,13 @@ class Dense : public Layer<T, D> {
       activation_grad<T, D>(opt_.activation(), y.reshaped(dz.shape()), pre_, dz_);
       dz = dz_;
     }
-    O::gemm(true, false, T(1), x.reshaped(Shape{rows, features()}), dz, T(1), this->params_[0].grad, this->precision_);
+    O::gemm(true, false, T(1), x.reshaped(Shape{rows, features()}), dz, T(1), this->params_[0].grad, this->precision_,
+            this->threads_);
     if (opt_.use_bias()) O::accumulate_column_sums(dz, this->params_[1].grad);
     if (dx) {
       dx->resize(x.shape());
       Tn dx2 = dx->reshaped(Shape{rows, features()});
-      O::gemm(false, true, T(1), dz, this->params_[0].value, T(0), dx2, this->precision_);
+      O::gemm(false, true, T(1), dz, this->params_[0].value, T(0), dx2, this->precision_, this->threads_);
     }
   }
 

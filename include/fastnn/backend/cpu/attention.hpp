@@ -143,9 +143,9 @@ class CpuAttention {
     do_.resize(Shape{nq, hv});
     for (int i = 0; i < (threads_ >= 2 ? 2 : 1); ++i) scratch_[i].gs.resize(Shape{d.tq, d.tk});
     // output projection
-    cpu_gemm(true, false, hv, d.out, nq, T(1), o_.data(), hv, dy_.data(), d.out, T(1), g.wo, d.out, p);
+    cpu_gemm(true, false, hv, d.out, nq, T(1), o_.data(), hv, dy_.data(), d.out, T(1), g.wo, d.out, p, threads_);
     if (g.bo) column_sums(dy_.data(), nq, d.out, g.bo);
-    cpu_gemm(false, true, nq, hv, d.out, T(1), dy_.data(), d.out, w.wo, d.out, T(0), do_.data(), hv, p);
+    cpu_gemm(false, true, nq, hv, d.out, T(1), dy_.data(), d.out, w.wo, d.out, T(0), do_.data(), hv, p, threads_);
     run_pairs(true, p);
     // input projections
     project_backward(nq, d.fq, hk, q, w.wq, dqp_.data(), g.wq, g.bq, dq, false, p);
@@ -157,21 +157,29 @@ class CpuAttention {
   T dropout_scale() const { return m_.threshold ? static_cast<T>(m_.scale) : T(1); }
 
   /// Runs every (sample, head) pair, forward or backward: all on this thread, or with threads >= 2 the second
-  /// half on the worker (each pair writes its own slices and uses its thread's scratch, so the results do not
-  /// depend on the split).
+  /// half on the shared helper thread when it is free (each pair writes its own slices and uses its thread's
+  /// scratch, so the results do not depend on the split).
   void run_pairs(bool back, Precision p) {
     const Index n = d_.batch * d_.heads;
     back_ = back;
     precision_ = p;
-    if (threads_ < 2 || n < 2) {
+    HelperLease lease;
+    if (threads_ < 2 || n < 2 || !lease) {
       run_range(0, 0, n);
       return;
     }
-    if (!worker_) worker_ = std::make_unique<Worker>();
     split_ = n / 2;
-    worker_->run([this] { run_range(1, split_, d_.batch * d_.heads); });
-    run_range(0, 0, split_);
-    worker_->wait();
+    lease.worker().run([this] { run_range(1, split_, d_.batch * d_.heads); });
+    try {
+      run_range(0, 0, split_);
+    } catch (...) {
+      try {
+        lease.worker().wait();
+      } catch (...) {
+      }
+      throw;
+    }
+    lease.worker().wait();
   }
   void run_range(int slot, Index lo, Index hi) {
     Scratch& sc = scratch_[slot];
@@ -221,18 +229,18 @@ class CpuAttention {
   }
 
   /// out [rows, n] = x [rows, f] W [f, n] (+ bias).
-  static void project(Index rows, Index f, Index n, const T* x, const T* w, const T* bias, T* out, Precision p) {
-    cpu_gemm(false, false, rows, n, f, T(1), x, f, w, n, T(0), out, n, p);
+  void project(Index rows, Index f, Index n, const T* x, const T* w, const T* bias, T* out, Precision p) const {
+    cpu_gemm(false, false, rows, n, f, T(1), x, f, w, n, T(0), out, n, p, threads_);
     if (!bias) return;
     for (Index r = 0; r < rows; ++r)
       for (Index c = 0; c < n; ++c) out[r * n + c] += bias[c];
   }
   /// dW += x^T dout, db += column sums of dout, dx = dout W^T (added to dx when `add`).
-  static void project_backward(Index rows, Index f, Index n, const T* x, const T* w, const T* dout, T* dw, T* db,
-                               T* dx, bool add, Precision p) {
-    cpu_gemm(true, false, f, n, rows, T(1), x, f, dout, n, T(1), dw, n, p);
+  void project_backward(Index rows, Index f, Index n, const T* x, const T* w, const T* dout, T* dw, T* db, T* dx,
+                        bool add, Precision p) const {
+    cpu_gemm(true, false, f, n, rows, T(1), x, f, dout, n, T(1), dw, n, p, threads_);
     if (db) column_sums(dout, rows, n, db);
-    if (dx) cpu_gemm(false, true, rows, f, n, T(1), dout, n, w, n, add ? T(1) : T(0), dx, f, p);
+    if (dx) cpu_gemm(false, true, rows, f, n, T(1), dout, n, w, n, add ? T(1) : T(0), dx, f, p, threads_);
   }
   static void column_sums(const T* x, Index rows, Index n, T* acc) {
     for (Index r = 0; r < rows; ++r)
@@ -319,7 +327,6 @@ class CpuAttention {
   Tn dy_, dqp_, dkp_, dvp_, do_;
   Scratch scratch_[2];  // one per thread: the scores or probabilities, and their gradient
   int threads_ = 1;
-  std::unique_ptr<Worker> worker_;
   bool back_ = false;
   Precision precision_ = Precision::F32;
   Index split_ = 0;

@@ -8,8 +8,8 @@
 ///   PackedB<T>: op(B) packed once for many products with the same right-hand side (the
 ///       recurrent kernel U at every time step).
 ///
-/// float on the AVX2 / AVX-512 paths: fastnn's packed kernels (x86_kernels.inl), single-threaded:
-/// the caller owns the threads (Bidirectional runs its two directions on two). Precision::BF16:
+/// float on the AVX2 / AVX-512 paths: fastnn's packed kernels (x86_kernels.inl), on the calling thread, or
+/// with threads >= 2 a large product split with the shared helper thread (core/thread.hpp). Precision::BF16:
 /// bfloat16 products with float accumulation: AMX tiles on the amx_bf16 path, vdpbf16ps on the
 /// avx512_bf16 path, unavailable on the others. double, and float on
 /// the baseline path: Eigen. Every path is deterministic: the same inputs give the same bits.
@@ -23,6 +23,7 @@
 #include "fastnn/core/error.hpp"
 #include "fastnn/core/precision.hpp"
 #include "fastnn/core/tensor.hpp"
+#include "fastnn/core/thread.hpp"
 
 namespace fastnn {
 
@@ -88,13 +89,70 @@ inline void scale_rows(Index M, Index N, float beta, float* C, Index ldc) {
 
 }  // namespace detail
 
-/// C = alpha op(A) op(B) + beta C (see the file comment). beta == 0 ignores C's old values.
 template <class T>
 void cpu_gemm(bool ta, bool tb, Index M, Index N, Index K, T alpha, const T* A, Index lda, const T* B, Index ldb,
-              T beta, T* C, Index ldc, Precision p = Precision::F32) {
+              T beta, T* C, Index ldc, Precision p = Precision::F32, int threads = 1);
+
+namespace detail {
+
+/// Products of at least this many multiply-adds are worth splitting between two threads.
+constexpr Index kGemmSplitWork = Index(1) << 19;
+
+/// cpu_gemm on two threads: the caller and the shared helper (core/thread.hpp) each compute half of C's rows, or
+/// of its columns when C has more columns than rows. Every element of C is the same sum in the same order as on
+/// one thread, so the result does not depend on the split. Returns false (nothing done) when the product is too
+/// small to split or the helper is taken.
+template <class T>
+bool cpu_gemm_split(bool ta, bool tb, Index M, Index N, Index K, T alpha, const T* A, Index lda, const T* B,
+                    Index ldb, T beta, T* C, Index ldc, Precision p) {
+  if (M * N * K < kGemmSplitWork || (M < 32 && N < 32)) return false;
+  HelperLease lease;
+  if (!lease) return false;
+  // the helper's half, captured as one reference so that the task fits std::function without a heap allocation
+  struct Half {
+    bool ta, tb;
+    Index M, N, K, lda, ldb, ldc;
+    T alpha, beta;
+    const T *A, *B;
+    T* C;
+    Precision p;
+  } h{ta, tb, M, N, K, lda, ldb, ldc, alpha, beta, A, B, C, p};
+  if (M >= N) {
+    const Index m0 = (M / 2 + 7) / 8 * 8;
+    h.M = M - m0, h.A = ta ? A + m0 : A + m0 * lda, h.C = C + m0 * ldc;
+    M = m0;
+  } else {
+    const Index n0 = (N / 2 + 15) / 16 * 16;
+    h.N = N - n0, h.B = tb ? B + n0 * ldb : B + n0, h.C = C + n0;
+    N = n0;
+  }
+  lease.worker().run(
+      [&h] { cpu_gemm(h.ta, h.tb, h.M, h.N, h.K, h.alpha, h.A, h.lda, h.B, h.ldb, h.beta, h.C, h.ldc, h.p); });
+  try {
+    cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, p);
+  } catch (...) {
+    try {
+      lease.worker().wait();
+    } catch (...) {
+    }
+    throw;
+  }
+  lease.worker().wait();
+  return true;
+}
+
+}  // namespace detail
+
+/// C = alpha op(A) op(B) + beta C (see the file comment). beta == 0 ignores C's old values. threads >= 2: a large
+/// product is split between the calling thread and the shared helper thread (detail::cpu_gemm_split), with the
+/// same result.
+template <class T>
+void cpu_gemm(bool ta, bool tb, Index M, Index N, Index K, T alpha, const T* A, Index lda, const T* B, Index ldb,
+              T beta, T* C, Index ldc, Precision p, int threads) {
   if (M <= 0 || N <= 0) return;
   const Isa isa = cpu_isa();
   if (p == Precision::BF16) check_cpu_precision<T>(p, isa, "matrix product");
+  if (threads >= 2 && detail::cpu_gemm_split(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, p)) return;
 #if FASTNN_X86_DISPATCH
   if constexpr (std::is_same<T, float>::value) {
     if (K <= 0) return detail::scale_rows(M, N, beta, C, ldc);

@@ -24,16 +24,17 @@ template <class T>
 struct Ops<T, Cpu> {
   using Tn = Tensor<T, Cpu>;
 
-  /// On the path of cpu_isa() (backend/cpu/gemm.hpp); `p` BF16: bfloat16 products.
+  /// On the path of cpu_isa() (backend/cpu/gemm.hpp); `p` BF16: bfloat16 products; threads >= 2: a large
+  /// product on two threads.
   static void gemm(bool ta, bool tb, T alpha, const Tn& A, const Tn& B, T beta, Tn& C,
-                   Precision p = Precision::F32) {
+                   Precision p = Precision::F32, int threads = 1) {
     const Index ar = A.matrix().rows(), ac = A.matrix().cols(), br = B.matrix().rows(), bc = B.matrix().cols();
     const Index M = ta ? ac : ar, K = ta ? ar : ac, N = tb ? br : bc;
     if ((tb ? bc : br) != K || C.matrix().rows() != M || C.matrix().cols() != N)
       throw ShapeError("gemm: op(A) " + std::to_string(M) + "x" + std::to_string(K) + ", op(B) " +
                        std::to_string(tb ? bc : br) + "x" + std::to_string(N) + ", C " +
                        std::to_string(C.matrix().rows()) + "x" + std::to_string(C.matrix().cols()));
-    cpu_gemm(ta, tb, M, N, K, alpha, A.data(), ac, B.data(), bc, beta, C.data(), N, p);
+    cpu_gemm(ta, tb, M, N, K, alpha, A.data(), ac, B.data(), bc, beta, C.data(), N, p, threads);
   }
 
   static void add_row_vector(Tn& Y, const Tn& b) {

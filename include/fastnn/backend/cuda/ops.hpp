@@ -28,8 +28,9 @@ struct Ops<T, Cuda> {
 
   /// C = alpha op(A) op(B) + beta C, each tensor viewed as [dim(0), rest].
   /// `p` must be F32: bfloat16 products are CPU-only (cuBLAS runs float, or TF32 when enabled).
+  /// `threads` is the CPU's option and has no effect here.
   static void gemm(bool ta, bool tb, T alpha, const Tn& A, const Tn& B, T beta, Tn& C,
-                   Precision p = Precision::F32) {
+                   Precision p = Precision::F32, int /*threads*/ = 1) {
     if (p != Precision::F32) throw UnsupportedError("gemm: bf16 precision runs on the CPU only");
     const Index ar = rows(A), ac = cols(A), br = rows(B), bc = cols(B);
     const Index m = ta ? ac : ar, k = ta ? ar : ac;
