@@ -418,6 +418,37 @@ TEST(Isa, OptimizerKernelsMatchEigen) {
   }
 }
 
+// The vectorised dropout masks (64-bit SplitMix hashes on 4 or 8 lanes) must draw exactly the scalar
+// hash::bits32 mask: the CPU and CUDA masks, and backward's recomputed mask, depend on it.
+TEST(Isa, DropoutKernelsDrawTheScalarMask) {
+  Rng rng(17);
+  for (Isa isa : supported()) {
+    IsaScope scope(isa);
+    for (Index n : {1, 7, 8, 15, 16, 17, 100, 1000})
+      for (std::uint64_t first : {std::uint64_t(0), std::uint64_t(5), (std::uint64_t(1) << 33) + 3})
+        for (std::uint32_t threshold : {0u, 1u, 0x80000000u, 0xFFFFFFFFu, 0x1999999Au}) {
+          const std::uint64_t key = rng.next_u64();
+          std::vector<float> x(static_cast<std::size_t>(n)), got(x.size()), want(x.size());
+          for (auto& v : x) v = static_cast<float>(rng.uniform(-2, 2));
+          x[0] = std::nanf("");
+          detail::apply_dropout<float>(n, key, first, threshold, 1.25f, x.data(), got.data());
+          int kept = 0;
+          for (Index k = 0; k < n; ++k) {
+            const bool keep = hash::bits32(key, first + static_cast<std::uint64_t>(k)) >= threshold;
+            kept += keep;
+            want[static_cast<std::size_t>(k)] = keep ? x[static_cast<std::size_t>(k)] * 1.25f : 0.f;
+          }
+          ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+              << isa_name(isa) << " n " << n << " first " << first << " threshold " << threshold;
+          if (threshold == 0) {
+            ASSERT_EQ(kept, n);
+          }
+          detail::apply_dropout<float>(n, key, first, threshold, 1.25f, x.data(), x.data());  // in place
+          ASSERT_EQ(std::memcmp(x.data(), want.data(), x.size() * sizeof(float)), 0) << isa_name(isa) << " in place";
+        }
+  }
+}
+
 TEST(Isa, GeluKernelsMatchItsDefinitionInDouble) {
   // gelu(x) = x Phi(x) and gelu'(x) = Phi(x) + x phi(x), from erfc in double; the lower tail
   // (x < 0, where Phi is small) to a relative error, the rest to an absolute one.

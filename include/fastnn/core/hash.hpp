@@ -13,10 +13,16 @@
 namespace fastnn {
 namespace hash {
 
+/// SplitMix64's increment (the golden ratio in 64 bits) and its finaliser's two multipliers; the vectorised
+/// dropout masks of the CPU kernels (x86_vector_math.inl) compute the same function from them.
+constexpr std::uint64_t kGolden = 0x9E3779B97F4A7C15ULL;
+constexpr std::uint64_t kMix1 = 0xBF58476D1CE4E5B9ULL;
+constexpr std::uint64_t kMix2 = 0x94D049BB133111EBULL;
+
 /// SplitMix64's finaliser: a bijective mix of all 64 bits.
 constexpr std::uint64_t mix64(std::uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+  z = (z ^ (z >> 30)) * kMix1;
+  z = (z ^ (z >> 27)) * kMix2;
   return z ^ (z >> 31);
 }
 
@@ -28,7 +34,7 @@ constexpr std::uint64_t combine(std::uint64_t a, std::uint64_t b) {
 
 /// 32 random bits for element i under `key`.
 constexpr std::uint32_t bits32(std::uint64_t key, std::uint64_t i) {
-  return static_cast<std::uint32_t>(mix64(key + (i + 1) * 0x9E3779B97F4A7C15ULL) >> 32);
+  return static_cast<std::uint32_t>(mix64(key + (i + 1) * kGolden) >> 32);
 }
 
 /// FNV-1a of a string (layer names into keys).

@@ -223,9 +223,10 @@ class CpuAttention {
     const Index n = key_length(b);
     return m_.causal ? std::min(n, i + 1) : n;
   }
-  bool kept(Index b, Index h, Index i, Index j) const {
-    const auto idx = static_cast<std::uint64_t>(((b * d_.heads + h) * d_.tq + i) * d_.tk + j);
-    return hash::bits32(m_.key, idx) >= m_.threshold;
+  /// y[j] = dropout of x[j] for the n elements from (b, h, i, 0) of the mask, element ((b H + h) Tq + i) Tk + j.
+  void drop(Index b, Index h, Index i, Index n, const T* x, T* y) const {
+    const auto first = static_cast<std::uint64_t>(((b * d_.heads + h) * d_.tq + i) * d_.tk);
+    apply_dropout(n, m_.key, first, m_.threshold, dropout_scale(), x, y);
   }
 
   /// out [rows, n] = x [rows, f] W [f, n] (+ bias).
@@ -261,7 +262,6 @@ class CpuAttention {
 
   /// sc.s = dropout(masked softmax(sc.s)) in place, keeping each row's log-sum-exp in lse_.
   void softmax_forward(Index b, Index h, Scratch& sc) {
-    const T scale = dropout_scale();
     const Index lq = query_length(b), tk = d_.tk;
     T* lse = lse_.data() + (b * d_.heads + h) * d_.tq;
     for (Index i = 0; i < d_.tq; ++i) {
@@ -275,8 +275,7 @@ class CpuAttention {
       const auto [mx, sum] = softmax_in_place(r, n);
       std::fill(r + n, r + tk, T(0));
       lse[i] = mx + std::log(sum);
-      if (m_.threshold)
-        for (Index j = 0; j < n; ++j) r[j] = kept(b, h, i, j) ? r[j] * scale : T(0);
+      if (m_.threshold) drop(b, h, i, n, r, r);
     }
   }
 
@@ -298,22 +297,17 @@ class CpuAttention {
       std::copy(sc.s.data(), sc.s.data() + sc.s.size(), sc.gs.data());
       return;
     }
-    const T scale = dropout_scale();
-    for (Index i = 0; i < d_.tq; ++i)
-      for (Index j = 0; j < d_.tk; ++j)
-        sc.gs.data()[i * d_.tk + j] = kept(b, h, i, j) ? sc.s.data()[i * d_.tk + j] * scale : T(0);
+    drop(b, h, 0, d_.tq * d_.tk, sc.s.data(), sc.gs.data());  // the rows of one (b, h) are consecutive elements
   }
 
   /// sc.gs = dS from sc.gs = dPd and sc.s = P: dP = dropout(dPd), dS = P (dP - sum_j P dP).
   void softmax_backward(Index b, Index h, Scratch& sc) {
-    const T scale = dropout_scale();
     const Index lq = query_length(b), tk = d_.tk;
     for (Index i = 0; i < d_.tq; ++i) {
       T* g = sc.gs.data() + i * tk;
       const T* pr = sc.s.data() + i * tk;
       const Index n = i < lq ? keys_of_row(b, i) : 0;
-      if (m_.threshold)
-        for (Index j = 0; j < n; ++j) g[j] = kept(b, h, i, j) ? g[j] * scale : T(0);
+      if (m_.threshold) drop(b, h, i, n, g, g);
       T dot = 0;
       for (Index j = 0; j < n; ++j) dot += pr[j] * g[j];
       for (Index j = 0; j < n; ++j) g[j] = pr[j] * (g[j] - dot);

@@ -438,10 +438,7 @@ struct Ops<T, Cpu> {
   /// out[i] = in[i] * scale where hash::bits32(key, i) >= threshold, else 0 (Dropout's mask).
   static void dropout(const Tn& in, Tn& out, std::uint64_t key, std::uint32_t threshold, T scale) {
     if (in.size() != out.size()) throw ShapeError("dropout: " + in.shape().str() + " and " + out.shape().str());
-    const T* x = in.data();
-    T* y = out.data();
-    for (Index i = 0; i < in.size(); ++i)
-      y[i] = hash::bits32(key, static_cast<std::uint64_t>(i)) >= threshold ? x[i] * scale : T(0);
+    detail::apply_dropout(in.size(), key, 0, threshold, scale, in.data(), out.data());
   }
 
   static void fill(Tn& t, T v) { t.array().setConstant(v); }

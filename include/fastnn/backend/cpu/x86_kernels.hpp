@@ -13,8 +13,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "fastnn/backend/cpu/isa.hpp"
+#include "fastnn/core/hash.hpp"
 #include "fastnn/core/shape.hpp"
 
 #if FASTNN_X86_DISPATCH
@@ -98,3 +100,24 @@ F* path_kernel(F* avx2, F* avx512) {
 #pragma GCC diagnostic pop
 #endif
 #endif
+
+namespace fastnn {
+namespace detail {
+
+/// The dropout mask applied to n elements: y[k] = x[k] scale where it keeps element first + k
+/// (hash::bits32(key, first + k) >= threshold), else 0; y may be x. Float on an x86 path: vectorised, the same bits.
+template <class T>
+void apply_dropout(Index n, std::uint64_t key, std::uint64_t first, std::uint32_t threshold, T scale, const T* x,
+                   T* y) {
+#if FASTNN_X86_DISPATCH
+  if constexpr (std::is_same<T, float>::value) {
+    if (auto* f = path_kernel(&x86_avx2::dropout_mask, &x86_avx512::dropout_mask))
+      return f(n, key, first, threshold, scale, x, y);
+  }
+#endif
+  for (Index k = 0; k < n; ++k)
+    y[k] = hash::bits32(key, first + static_cast<std::uint64_t>(k)) >= threshold ? x[k] * scale : T(0);
+}
+
+}  // namespace detail
+}  // namespace fastnn

@@ -39,6 +39,24 @@ FASTNN_VFN V vdiv(V a, V b) { return _mm512_div_ps(a, b); }
 FASTNN_VFN V vsqrt(V a) { return _mm512_sqrt_ps(a); }
 FASTNN_VFN V vscale2(V p, V n) { return _mm512_scalef_ps(p, n); }  // p 2^n, n integral
 FASTNN_VFN V vabs(V a) { return _mm512_abs_ps(a); }
+using LL = long long;
+FASTNN_VFN __m512i vmix64(__m512i z) {  // hash::mix64 on 8 lanes
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 30)), _mm512_set1_epi64(LL(hash::kMix1)));
+  z = _mm512_mullo_epi64(_mm512_xor_si512(z, _mm512_srli_epi64(z, 27)), _mm512_set1_epi64(LL(hash::kMix2)));
+  return _mm512_xor_si512(z, _mm512_srli_epi64(z, 31));
+}
+/// All-ones lanes where mix64(z0 + l kGolden) >> 32 >= threshold, l = 0 .. VL - 1, zero lanes elsewhere.
+FASTNN_VFN V vkept(std::uint64_t z0, std::uint32_t threshold) {
+  constexpr std::uint64_t g = hash::kGolden;
+  const __m512i step = _mm512_set_epi64(LL(7 * g), LL(6 * g), LL(5 * g), LL(4 * g), LL(3 * g), LL(2 * g), LL(g), 0);
+  const __m512i t = _mm512_set1_epi64(LL(threshold));
+  const __m512i lo = _mm512_add_epi64(_mm512_set1_epi64(LL(z0)), step);
+  const __m512i hi = _mm512_add_epi64(_mm512_set1_epi64(LL(z0 + 8 * g)), step);
+  const unsigned a = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(vmix64(lo), 32), t);
+  const unsigned b = _mm512_cmpge_epu64_mask(_mm512_srli_epi64(vmix64(hi), 32), t);
+  return _mm512_castsi512_ps(_mm512_movm_epi32(static_cast<__mmask16>(a | (b << 8))));
+}
+FASTNN_VFN V vand(V mask, V v) { return _mm512_and_ps(mask, v); }
 /// The first m (0 <= m <= VL) floats at p, the other lanes 0; nothing past p + m is read.
 FASTNN_VFN V vload_first(const float* p, Index m) {
   return _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << m) - 1u), p);
@@ -82,6 +100,32 @@ FASTNN_VFN V vscale2(V p, V n) {  // p 2^n for integral n in [-126, 127]
       p, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
 }
 FASTNN_VFN V vabs(V a) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), a); }
+using LL = long long;
+FASTNN_VFN __m256i vmullo64(__m256i a, __m256i b) {  // a b mod 2^64 on 4 lanes (AVX2 has no 64-bit multiply)
+  const __m256i cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64(a, 32), b),
+                                         _mm256_mul_epu32(a, _mm256_srli_epi64(b, 32)));
+  return _mm256_add_epi64(_mm256_mul_epu32(a, b), _mm256_slli_epi64(cross, 32));
+}
+FASTNN_VFN __m256i vmix64(__m256i z) {  // hash::mix64 on 4 lanes
+  z = vmullo64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 30)), _mm256_set1_epi64x(LL(hash::kMix1)));
+  z = vmullo64(_mm256_xor_si256(z, _mm256_srli_epi64(z, 27)), _mm256_set1_epi64x(LL(hash::kMix2)));
+  return _mm256_xor_si256(z, _mm256_srli_epi64(z, 31));
+}
+/// All-ones lanes where mix64(z0 + l kGolden) >> 32 >= threshold, l = 0 .. VL - 1, zero lanes elsewhere.
+FASTNN_VFN V vkept(std::uint64_t z0, std::uint32_t threshold) {
+  constexpr std::uint64_t g = hash::kGolden;
+  const __m256i step = _mm256_set_epi64x(LL(3 * g), LL(2 * g), LL(g), 0);
+  // the hashes' high halves and the threshold are below 2^32: a signed 64-bit comparison is exact
+  const __m256i t = _mm256_set1_epi64x(LL(threshold) - 1);
+  const __m256i lo = _mm256_add_epi64(_mm256_set1_epi64x(LL(z0)), step);
+  const __m256i hi = _mm256_add_epi64(_mm256_set1_epi64x(LL(z0 + 4 * g)), step);
+  const __m256 a = _mm256_castsi256_ps(_mm256_cmpgt_epi64(_mm256_srli_epi64(vmix64(lo), 32), t));
+  const __m256 b = _mm256_castsi256_ps(_mm256_cmpgt_epi64(_mm256_srli_epi64(vmix64(hi), 32), t));
+  // the low 32 bits of each 64-bit lane, in lane order: a0 a1 b0 b1 | a2 a3 b2 b3, then a0-a3 b0-b3
+  const __m256i ab = _mm256_castps_si256(_mm256_shuffle_ps(a, b, 0x88));
+  return _mm256_castsi256_ps(_mm256_permute4x64_epi64(ab, 0xD8));
+}
+FASTNN_VFN V vand(V mask, V v) { return _mm256_and_ps(mask, v); }
 FASTNN_VFN V vload_first(const float* p, Index m) {
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(m)), lane));

@@ -119,6 +119,22 @@ FASTNN_KFN float exp_shifted(Index n, float* r, float shift) {
   return sum;
 }
 
+/// Dropout: y[k] = x[k] scale where the mask keeps element first + k (hash::bits32(key, first + k) >= threshold),
+/// else 0, for k in [0, n); y may be x. The same mask as the scalar hash::bits32, bit for bit.
+FASTNN_KFN void dropout_mask(Index n, std::uint64_t key, std::uint64_t first, std::uint32_t threshold, float scale,
+                             const float* x, float* y) {
+  const V vs = vset(scale);
+  Index k = 0;
+  for (; k + VL <= n; k += VL) {
+    const V m = vkept(key + (first + std::uint64_t(k) + 1) * hash::kGolden, threshold);
+    vstore(y + k, vand(m, vmul(vload(x + k), vs)));
+  }
+  if (k < n) {
+    const V m = vkept(key + (first + std::uint64_t(k) + 1) * hash::kGolden, threshold);
+    vstore_first(y + k, n - k, vand(m, vmul(vload_first(x + k, n - k), vs)));
+  }
+}
+
 /// r[0, n) *= a.
 FASTNN_KFN void scale_row(Index n, float* r, float a) {
   const V va = vset(a);
