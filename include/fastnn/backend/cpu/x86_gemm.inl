@@ -59,21 +59,10 @@ FASTNN_KFN void pack_b(const float* B, Index ldb, bool tb, Index N, Index k0, In
   }
 }
 
-/// Writes one row of NR accumulators (a0, a1) into c (n valid): c = alpha acc + beta c, as
-/// fma(alpha, acc, beta c) in every lane, so a partial row rounds as a full one.
-FASTNN_VFN void store_row(V a0, V a1, float* c, Index n, float alpha, float beta) {
+/// store_row for a partial row (n < NR valid), with masked vectors; out of line, so that the micro-kernels that
+/// inline store_row keep the small code of their full tiles.
+__attribute__((noinline)) FASTNN_KFN void store_row_part(V a0, V a1, float* c, Index n, float alpha, float beta) {
   const V va = vset(alpha);
-  if (n == NR) {
-    if (beta == 0.f) {
-      vstore(c, vmul(va, a0));
-      vstore(c + VL, vmul(va, a1));
-    } else {
-      const V vb = vset(beta);
-      vstore(c, vfma(va, a0, vmul(vb, vload(c))));
-      vstore(c + VL, vfma(va, a1, vmul(vb, vload(c + VL))));
-    }
-    return;
-  }
   const Index n0 = n < VL ? n : VL, n1 = n - n0;
   if (beta == 0.f) {
     vstore_first(c, n0, vmul(va, a0));
@@ -82,6 +71,21 @@ FASTNN_VFN void store_row(V a0, V a1, float* c, Index n, float alpha, float beta
     const V vb = vset(beta);
     vstore_first(c, n0, vfma(va, a0, vmul(vb, vload_first(c, n0))));
     if (n1) vstore_first(c + VL, n1, vfma(va, a1, vmul(vb, vload_first(c + VL, n1))));
+  }
+}
+
+/// Writes one row of NR accumulators (a0, a1) into c (n valid): c = alpha acc + beta c, as
+/// fma(alpha, acc, beta c) in every lane, so a partial row rounds as a full one.
+FASTNN_VFN void store_row(V a0, V a1, float* c, Index n, float alpha, float beta) {
+  if (n != NR) return store_row_part(a0, a1, c, n, alpha, beta);
+  const V va = vset(alpha);
+  if (beta == 0.f) {
+    vstore(c, vmul(va, a0));
+    vstore(c + VL, vmul(va, a1));
+  } else {
+    const V vb = vset(beta);
+    vstore(c, vfma(va, a0, vmul(vb, vload(c))));
+    vstore(c + VL, vfma(va, a1, vmul(vb, vload(c + VL))));
   }
 }
 
