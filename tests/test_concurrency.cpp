@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -212,6 +213,15 @@ TEST(Concurrency, SharedHelperIsLeasedToOneCallerAtATime) {
   w.run([&sum] { sum = -1; });
   w.wait();
   EXPECT_EQ(sum, -1);
+
+  // the caller's half throwing: rethrown only after the helper's half is done
+  std::atomic<bool> helper_done{false};
+  again.worker().run([&helper_done] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    helper_done = true;
+  });
+  EXPECT_THROW(again.run_alongside([] { throw ArgumentError("the caller's half"); }), ArgumentError);
+  EXPECT_TRUE(helper_done.load());
 }
 
 // Products that ask for two threads, from eight threads at once: each gets the helper or runs alone, and every

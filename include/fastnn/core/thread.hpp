@@ -135,6 +135,21 @@ class HelperLease {
   explicit operator bool() const { return held_; }
   /// The helper; only on a lease that holds it.
   Worker& worker() const { return helper(); }
+  /// Runs `mine` on the calling thread, then waits for the helper's task (started with worker().run()). An
+  /// exception from `mine` is rethrown only once the helper is done, since its task may use the caller's frame.
+  template <class F>
+  void run_alongside(F&& mine) const {
+    try {
+      mine();
+    } catch (...) {
+      try {
+        helper().wait();
+      } catch (...) {
+      }
+      throw;
+    }
+    helper().wait();
+  }
 
  private:
   static std::atomic<bool>& taken() {

@@ -170,16 +170,7 @@ class CpuAttention {
     }
     split_ = n / 2;
     lease.worker().run([this] { run_range(1, split_, d_.batch * d_.heads); });
-    try {
-      run_range(0, 0, split_);
-    } catch (...) {
-      try {
-        lease.worker().wait();
-      } catch (...) {
-      }
-      throw;
-    }
-    lease.worker().wait();
+    lease.run_alongside([this] { run_range(0, 0, split_); });
   }
   void run_range(int slot, Index lo, Index hi) {
     Scratch& sc = scratch_[slot];

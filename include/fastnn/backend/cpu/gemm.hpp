@@ -128,16 +128,7 @@ bool cpu_gemm_split(bool ta, bool tb, Index M, Index N, Index K, T alpha, const 
   }
   lease.worker().run(
       [&h] { cpu_gemm(h.ta, h.tb, h.M, h.N, h.K, h.alpha, h.A, h.lda, h.B, h.ldb, h.beta, h.C, h.ldc, h.p); });
-  try {
-    cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, p);
-  } catch (...) {
-    try {
-      lease.worker().wait();
-    } catch (...) {
-    }
-    throw;
-  }
-  lease.worker().wait();
+  lease.run_alongside([&] { cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, p); });
   return true;
 }
 
