@@ -216,11 +216,13 @@ TEST(Concurrency, SharedHelperIsLeasedToOneCallerAtATime) {
 
   // the caller's half throwing: rethrown only after the helper's half is done
   std::atomic<bool> helper_done{false};
-  again.worker().run([&helper_done] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    helper_done = true;
-  });
-  EXPECT_THROW(again.run_alongside([] { throw ArgumentError("the caller's half"); }), ArgumentError);
+  EXPECT_THROW(again.worker().run_alongside(
+                   [&helper_done] {
+                     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                     helper_done = true;
+                   },
+                   [] { throw ArgumentError("the caller's half"); }),
+               ArgumentError);
   EXPECT_TRUE(helper_done.load());
 }
 

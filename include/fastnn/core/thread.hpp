@@ -20,6 +20,7 @@
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
@@ -56,6 +57,23 @@ class Worker {
       posted_.store(true, std::memory_order_release);
     }
     cv_.notify_all();
+  }
+  /// Runs `theirs` on the worker and `mine` on the calling thread, and waits for both. The worker's exception, if
+  /// any, is rethrown once the caller's part is done; the caller's own exception wins, and is rethrown only once
+  /// the worker is done, since its task may use the caller's frame.
+  template <class Theirs, class Mine>
+  void run_alongside(Theirs&& theirs, Mine&& mine) {
+    run(std::forward<Theirs>(theirs));
+    try {
+      mine();
+    } catch (...) {
+      try {
+        wait();
+      } catch (...) {
+      }
+      throw;
+    }
+    wait();
   }
   /// Blocks until the current task is done; rethrows an exception it threw.
   void wait() {
@@ -135,21 +153,6 @@ class HelperLease {
   explicit operator bool() const { return held_; }
   /// The helper; only on a lease that holds it.
   Worker& worker() const { return helper(); }
-  /// Runs `mine` on the calling thread, then waits for the helper's task (started with worker().run()). An
-  /// exception from `mine` is rethrown only once the helper is done, since its task may use the caller's frame.
-  template <class F>
-  void run_alongside(F&& mine) const {
-    try {
-      mine();
-    } catch (...) {
-      try {
-        helper().wait();
-      } catch (...) {
-      }
-      throw;
-    }
-    helper().wait();
-  }
 
  private:
   static std::atomic<bool>& taken() {

@@ -169,8 +169,8 @@ class CpuAttention {
       return;
     }
     split_ = n / 2;
-    lease.worker().run([this] { run_range(1, split_, d_.batch * d_.heads); });
-    lease.run_alongside([this] { run_range(0, 0, split_); });
+    lease.worker().run_alongside([this] { run_range(1, split_, d_.batch * d_.heads); },
+                                 [this] { run_range(0, 0, split_); });
   }
   void run_range(int slot, Index lo, Index hi) {
     Scratch& sc = scratch_[slot];

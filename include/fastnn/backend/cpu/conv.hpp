@@ -134,8 +134,8 @@ struct SpatialOps<T, Cpu> {
       Index b0, b1;
     } job{&g, x.data(), w.data(), b, y.data(), &ws.col[1], p, half, g.n};
     const Job* j = &job;
-    on_two_threads(*worker, [j] { forward_samples(*j->g, j->x, j->w, j->b, j->y, *j->col, j->p, j->b0, j->b1); },
-                   [&] { forward_samples(g, x.data(), w.data(), b, y.data(), ws.col[0], p, 0, half); });
+    worker->run_alongside([j] { forward_samples(*j->g, j->x, j->w, j->b, j->y, *j->col, j->p, j->b0, j->b1); },
+                          [&] { forward_samples(g, x.data(), w.data(), b, y.data(), ws.col[0], p, 0, half); });
   }
 
   /// dw += dL/dw, db += dL/dbias (when not null; the column sums of dy) and, with dx, dx = dL/dx,
@@ -168,8 +168,7 @@ struct SpatialOps<T, Cpu> {
     } job{&g, x.data(), w.data(), dy.data(), ws.dw[1].data(), db ? ws.db[1].data() : nullptr, pdx,
           &ws.col[1], &ws.dcol[1], p, half, g.n};
     const Job* j = &job;
-    on_two_threads(
-        *worker,
+    worker->run_alongside(
         [j] {
           backward_samples(*j->g, j->x, j->w, j->dy, j->dw, j->db, j->dx, *j->col, *j->dcol, j->p, j->b0, j->b1);
         },
@@ -556,22 +555,6 @@ struct SpatialOps<T, Cpu> {
       std::fill(dxc, dxc + gc.n * in_per, T(0));
       col2im_add(gc, dcol.data(), dxc);
     }
-  }
-  /// Runs `mine` here and `theirs` on the worker, and waits for both (the worker's error, if any,
-  /// is rethrown after the caller's part is done; the caller's own error wins).
-  template <class Theirs, class Mine>
-  static void on_two_threads(detail::Worker& worker, Theirs&& theirs, Mine&& mine) {
-    worker.run(std::forward<Theirs>(theirs));
-    try {
-      mine();
-    } catch (...) {
-      try {
-        worker.wait();
-      } catch (...) {
-      }
-      throw;
-    }
-    worker.wait();
   }
   /// out[i] = (out[i] + a[i]) + b[i]: the two halves' gradients added in a fixed order.
   static void add_sum(T* out, const T* a, const T* b, Index n) {

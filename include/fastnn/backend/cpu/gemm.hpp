@@ -126,9 +126,9 @@ bool cpu_gemm_split(bool ta, bool tb, Index M, Index N, Index K, T alpha, const 
     h.N = N - n0, h.B = tb ? B + n0 * ldb : B + n0, h.C = C + n0;
     N = n0;
   }
-  lease.worker().run(
-      [&h] { cpu_gemm(h.ta, h.tb, h.M, h.N, h.K, h.alpha, h.A, h.lda, h.B, h.ldb, h.beta, h.C, h.ldc, h.p); });
-  lease.run_alongside([&] { cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, p); });
+  lease.worker().run_alongside(
+      [&h] { cpu_gemm(h.ta, h.tb, h.M, h.N, h.K, h.alpha, h.A, h.lda, h.B, h.ldb, h.beta, h.C, h.ldc, h.p); },
+      [&] { cpu_gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc, p); });
   return true;
 }
 
